@@ -1,0 +1,162 @@
+// CInterop: the only place C enters Shootdown.
+//
+// Every symbol here carries the `cinterop_` prefix and is wrapped exactly once on the Swift side
+// (RCU, Futex, ThreadSlot, PageArena, Clock). Header `static inline` functions are imported and
+// inlined by Swift; that is how the liburcu memb read side costs about a nanosecond instead of a
+// 10 ns library call (swift-on-linux.md §2, liburcu.md §1.5 and §4.5).
+//
+// Licensing: `_LGPL_SOURCE` inlines liburcu's read-side fast path, whose functions are kept under
+// the LGPL ten-line criterion by upstream; the library itself stays dynamically linked.
+#ifndef SHOOTDOWN_CINTEROP_H
+#define SHOOTDOWN_CINTEROP_H
+
+#define _LGPL_SOURCE 1
+#include <urcu/urcu-memb.h>
+#include <stdint.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+// ThreadSanitizer does not understand grace periods. In TSan builds every read-side unlock
+// releases, and every post-grace-period reclamation acquires, one synchronisation address, which
+// is exactly the happens-before edge RCU guarantees. Swift's clang importer does not see
+// `-fsanitize=thread`, so TSan runs also pass `-Xcc -DSHOOTDOWN_TSAN` (see .ci/run).
+#if defined(SHOOTDOWN_TSAN)
+#define CINTEROP_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define CINTEROP_TSAN 1
+#endif
+#endif
+
+#ifdef CINTEROP_TSAN
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+extern char cinterop_rcu_tsan_grace_period;
+#endif
+
+// MARK: - Per-thread state: liburcu registration and a thread slot
+
+/// Bit 0: this thread is registered with liburcu-memb (by us, or by liburcu for its own worker
+/// threads). Bits 8...: thread slot + 1 (0 = no slot yet).
+extern __thread uint32_t cinterop_thread_state;
+
+/// Number of thread slots. Slots `0 ..< CINTEROP_THREAD_SLOTS - 1` are owned by exactly one live
+/// thread; the last slot is shared by every thread beyond that and must be updated with RMWs.
+#define CINTEROP_THREAD_SLOTS 64u
+
+/// Registers the calling thread with liburcu-memb and claims a thread slot. Installs a pthread-key
+/// destructor that unregisters and releases the slot when the thread exits, so an exiting thread
+/// never leaves a grace period hanging (liburcu.md §4.6). Idempotent.
+void cinterop_thread_attach_slow(void);
+
+static inline __attribute__((always_inline)) void cinterop_thread_attach(void) {
+    if (__builtin_expect(!(cinterop_thread_state & 1u), 0)) cinterop_thread_attach_slow();
+}
+
+/// The calling thread's slot in `0 ..< CINTEROP_THREAD_SLOTS`. Slots below the last one are
+/// exclusive to the calling thread while it lives.
+static inline __attribute__((always_inline)) uint32_t cinterop_thread_slot(void) {
+    uint32_t state = cinterop_thread_state;
+    if (__builtin_expect((state >> 8) == 0, 0)) {
+        cinterop_thread_attach_slow();
+        state = cinterop_thread_state;
+    }
+    return (state >> 8) - 1u;
+}
+
+/// Number of slots currently owned by live threads (diagnostics).
+uint32_t cinterop_thread_slots_in_use(void);
+
+// MARK: - liburcu memb read side (inlined)
+
+static inline __attribute__((always_inline)) void cinterop_rcu_read_lock(void) {
+    cinterop_thread_attach();
+    _urcu_memb_read_lock();
+}
+
+static inline __attribute__((always_inline)) void cinterop_rcu_read_unlock(void) {
+#ifdef CINTEROP_TSAN
+    __tsan_release(&cinterop_rcu_tsan_grace_period);
+#endif
+    _urcu_memb_read_unlock();
+}
+
+static inline __attribute__((always_inline)) bool cinterop_rcu_read_ongoing(void) {
+    return (cinterop_thread_state & 1u) && _urcu_memb_read_ongoing();
+}
+
+/// `rcu_dereference`: a consume load of a published pointer.
+static inline __attribute__((always_inline)) void *_Nullable
+cinterop_rcu_dereference(void *_Nullable const *_Nonnull slot) {
+    return rcu_dereference(*(void **)slot);
+}
+
+/// `rcu_assign_pointer`: a release store publishing a fully initialised object.
+static inline __attribute__((always_inline)) void
+cinterop_rcu_assign_pointer(void *_Nullable *_Nonnull slot, void *_Nullable value) {
+    rcu_assign_pointer(*slot, value);
+}
+
+/// `rcu_xchg_pointer`: exchange with full-barrier semantics.
+static inline __attribute__((always_inline)) void *_Nullable
+cinterop_rcu_xchg_pointer(void *_Nullable *_Nonnull slot, void *_Nullable value) {
+    return rcu_xchg_pointer(slot, value);
+}
+
+// MARK: - liburcu memb grace periods (out of line)
+
+/// `synchronize_rcu`: waits for every pre-existing read-side section. Must not be called inside a
+/// read-side section.
+void cinterop_rcu_synchronize(void);
+
+/// `call_rcu`: runs `fn(context)` on liburcu's worker thread after a grace period.
+void cinterop_rcu_call(void (*_Nonnull fn)(void *_Nullable), void *_Nullable context);
+
+/// `rcu_barrier`: waits until every callback queued by `cinterop_rcu_call` has run (~10 ms).
+void cinterop_rcu_barrier(void);
+
+/// Whether liburcu uses `membarrier(PRIVATE_EXPEDITED)`; without it the memb read side falls back
+/// to full fences (~70 ns per section).
+bool cinterop_rcu_has_sys_membarrier(void);
+
+// MARK: - Futex
+
+/// Sleeps while `*word == expected`. Returns early on wake-up, signal, or spuriously.
+void cinterop_futex_wait(uint32_t *_Nonnull word, uint32_t expected);
+/// Wakes up to `count` waiters on `word`.
+void cinterop_futex_wake(uint32_t *_Nonnull word, int32_t count);
+
+// MARK: - CPU and time
+
+static inline __attribute__((always_inline)) void cinterop_cpu_relax(void) { caa_cpu_relax(); }
+
+/// Yields the processor (sched_yield).
+void cinterop_yield(void);
+
+/// Sleeps for `nanoseconds` (nanosleep). Library code uses it only for bounded back-off and for
+/// the CLI's deliberately slow notifier; tests never synchronise with sleeps.
+void cinterop_sleep_ns(uint64_t nanoseconds);
+
+/// CLOCK_MONOTONIC in nanoseconds.
+uint64_t cinterop_monotonic_ns(void);
+
+// MARK: - Memory
+
+/// Maps `length` bytes of zeroed anonymous memory aligned to `alignment` (a power of two that is a
+/// multiple of the page size). Returns NULL on failure.
+void *_Nullable cinterop_map_aligned(size_t length, size_t alignment);
+/// Unmaps memory returned by `cinterop_map_aligned`.
+void cinterop_unmap(void *_Nonnull base, size_t length);
+
+/// AddressSanitizer poisoning of recycled blocks (no-ops unless built with ASan).
+void cinterop_asan_poison(void *_Nonnull base, size_t length);
+void cinterop_asan_unpoison(void *_Nonnull base, size_t length);
+bool cinterop_asan_is_poisoned(void *_Nonnull address);
+
+// MARK: - Signals (CLI)
+
+/// Installs a SIGINT handler that sets a flag readable with `cinterop_interrupted`.
+void cinterop_install_interrupt_handler(void);
+bool cinterop_interrupted(void);
+
+#endif

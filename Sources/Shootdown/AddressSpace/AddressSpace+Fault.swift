@@ -1,0 +1,243 @@
+import Synchronization
+
+extension AddressSpace {
+    /// The classic fault path (`lock_mm_and_find_vma` + `handle_mm_fault`): under the mmap read
+    /// lock, find the VMA, check access, then handle the PMD or PTE under its lock.
+    @usableFromInline
+    func classicFault(_ address: UInt64, _ access: Access) throws(MemoryError) {
+        mmapLock.readLock()
+        defer { mmapLock.readUnlock() }
+        guard address < Self.userLimit, !dead.load(ordering: .relaxed),
+            let vma = index.find(containing: address), Self.accessAllowed(vma.protection, access)
+        else {
+            count(.segmentationFaults)
+            throw .segmentationFault
+        }
+        do {
+            try handleFault(vma, address, access)
+        } catch {
+            if error == .outOfMemory { count(.outOfMemoryFaults) }
+            throw error
+        }
+        count(.classicFaults)
+    }
+
+    /// Handles a fault at `address` in `vma` (mmap read lock held, access already checked).
+    func handleFault(_ vma: VMA, _ address: UInt64, _ access: Access) throws(MemoryError) {
+        let write = access == .write
+        guard let pmd = pageTable.pmdTable(for: address) else { throw .outOfMemory }
+        let pmdIndex = PageTable.index(address, level: 1)
+        let hugeStart = address & ~(Self.hugePageSize - 1)
+        while true {
+            let pmdEntry = pmd.load(pmdIndex)
+            if pmdEntry.isNone && vma.allowsHuge(at: hugeStart) {
+                if try installHuge(vma, pmd: pmd, index: pmdIndex, write: write) { return }
+            }
+            if pmd.load(pmdIndex).isHuge {
+                if try handleHugeFault(vma, pmd: pmd, index: pmdIndex, address: address, write: write) { return }
+                continue
+            }
+            guard let pte = pageTable.pteTable(in: pmd, at: pmdIndex) else { continue }  // a huge one raced in
+            if try handlePTEFault(vma, pte: pte, address: address, write: write) { return }
+        }
+    }
+
+    /// A huge fault (`do_huge_pmd_anonymous_page`): one 2 MiB compound frame in one PMD entry.
+    /// Returns `false` when it could not (no whole free block, or the slot got filled meanwhile).
+    private func installHuge(_ vma: VMA, pmd: TableBlock, index: Int, write: Bool) throws(MemoryError) -> Bool {
+        guard let head = memory.allocateHuge() else { return false }
+        let lock = pageTable.pmdLock(pmd)
+        lock.lock()
+        guard pmd.load(index).isNone else {
+            lock.unlock()
+            memory.freeUnusedHuge(head)
+            return false
+        }
+        let entry = PageTableEntry.leaf(frame: head, writable: write, dirty: write, softDirty: true, huge: true)
+        // Sequentially consistent CAS-equivalent store under pmd_lock: a speculative fault may CAS a
+        // PTE table into this slot concurrently, so install by CAS too.
+        let installed = pmd[index].pointee.compareExchange(
+            expected: 0, desired: entry.rawValue, ordering: .sequentiallyConsistent
+        ).exchanged
+        lock.unlock()
+        if !installed {
+            memory.freeUnusedHuge(head)
+            return false
+        }
+        count(.hugeFaults)
+        return true
+    }
+
+    /// A fault on a present huge mapping: spurious, or a write to a read-only one (exclusive by
+    /// construction: fork splits huge mappings, so the compound is reused in place).
+    private func handleHugeFault(
+        _ vma: VMA, pmd: TableBlock, index: Int, address: UInt64, write: Bool
+    ) throws(MemoryError) -> Bool {
+        let lock = pageTable.pmdLock(pmd)
+        lock.lock()
+        defer { lock.unlock() }
+        let entry = pmd.load(index)
+        guard entry.isHuge else { return false }
+        var bits = PageTableEntry.accessed
+        if write {
+            bits |= PageTableEntry.writable | PageTableEntry.dirty | PageTableEntry.softDirty
+        }
+        if entry.rawValue & bits != bits {
+            pmd[index].pointee.store(entry.rawValue | bits, ordering: .relaxed)
+        } else {
+            count(.spuriousFaults)
+        }
+        return true
+    }
+
+    /// A fault on a 4 KiB entry. Returns `false` to retry (the entry changed under us).
+    private func handlePTEFault(_ vma: VMA, pte: TableBlock, address: UInt64, write: Bool) throws(MemoryError) -> Bool {
+        let slot = PageTable.index(address, level: 0)
+        let lock = pageTable.pteLock(pte)
+        let entry = pte.load(slot)
+
+        if entry.isNone {
+            if let object = vma.sharedObject {
+                // Shared memory (`do_shared_fault`): the object's page, writable if the VMA is.
+                let offset = vma.pageOffset + (address - vma.start) / Self.pageSize
+                guard let frame = object.mapPage(at: offset) else { throw .outOfMemory }
+                let writable = vma.protection.contains(.write)
+                let installed = PageTableEntry.leaf(frame: frame, writable: writable, dirty: write, softDirty: true)
+                return installIfUnchanged(pte, slot, lock, expected: entry, installed, orRelease: frame)
+            }
+            if !write {
+                // Read of private anonymous memory: the zero page, read-only (`do_anonymous_page`).
+                let installed = PageTableEntry.leaf(
+                    frame: PhysicalMemory.zeroFrame, writable: false, dirty: false, softDirty: false)
+                let done = installIfUnchanged(pte, slot, lock, expected: entry, installed, orRelease: nil)
+                if done { count(.zeroPageFaults) }
+                return done
+            }
+            guard let frame = memory.allocate() else { throw .outOfMemory }
+            let installed = PageTableEntry.leaf(frame: frame, writable: true, dirty: true, softDirty: true)
+            return installIfUnchanged(pte, slot, lock, expected: entry, installed, orRelease: frame)
+        }
+
+        if entry.isSwap { return try swapIn(vma, pte: pte, slot: slot, entry: entry, write: write) }
+
+        if entry.isProtNone {
+            // Accessible VMA over a PROT_NONE entry: restore a read-only present entry and retry.
+            lock.lock()
+            if pte.load(slot) == entry {
+                pte[slot].pointee.store(
+                    entry.without(PageTableEntry.protNone | PageTableEntry.writable).with(PageTableEntry.present)
+                        .rawValue, ordering: .releasing)
+            }
+            lock.unlock()
+            return false
+        }
+
+        // Present.
+        if !write || entry.isWritable {
+            let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
+            lock.lock()
+            defer { lock.unlock() }
+            let current = pte.load(slot)
+            guard current == entry else { return false }
+            if current.rawValue & wanted != wanted {
+                pte[slot].pointee.store(current.rawValue | wanted, ordering: .relaxed)
+            } else {
+                count(.spuriousFaults)
+            }
+            return true
+        }
+
+        // Write to a read-only entry of a writable VMA (`do_wp_page`).
+        let frame = entry.number
+        if vma.isShared || (frame != PhysicalMemory.zeroFrame && memory.isExclusive(frame)) {
+            // Reuse: shared memory, or a private frame nobody else maps (soft-dirty re-arm, or the
+            // other side of a fork already copied or exited).
+            lock.lock()
+            defer { lock.unlock() }
+            guard pte.load(slot) == entry, vma.isShared || memory.isExclusive(frame) else { return false }
+            let bits = PageTableEntry.writable | PageTableEntry.dirty | PageTableEntry.softDirty
+                | PageTableEntry.accessed
+            pte[slot].pointee.store(entry.rawValue | bits, ordering: .relaxed)
+            return true
+        }
+        return try copyOnWrite(vma, pte: pte, slot: slot, entry: entry, address: address)
+    }
+
+    /// Installs `installed` if slot still holds `expected`; otherwise drops the mapping reference
+    /// of `frame` (if any) and asks for a retry.
+    private func installIfUnchanged(
+        _ pte: TableBlock, _ slot: Int, _ lock: SpinLockHandle, expected: PageTableEntry,
+        _ installed: PageTableEntry, orRelease frame: UInt64?
+    ) -> Bool {
+        lock.lock()
+        if pte.load(slot) == expected {
+            // Releasing: the frame's state is visible to lockless readers of the entry.
+            pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
+            lock.unlock()
+            return true
+        }
+        lock.unlock()
+        if let frame {
+            var chain = FrameChain()
+            memory.unmapFrame(frame, into: &chain)  // not mapped anywhere yet: no invalidation owed
+            memory.release(chain)
+        }
+        return false
+    }
+
+    /// Copy-on-write (`wp_page_copy`): copy the frame, then replace the entry with the notify
+    /// *inside* the split lock, because the entry changes to point to a new frame (kernel-mm.md
+    /// §1.6 case B): clear, flush secondary TLBs, set.
+    private func copyOnWrite(
+        _ vma: VMA, pte: TableBlock, slot: Int, entry: PageTableEntry, address: UInt64
+    ) throws(MemoryError) -> Bool {
+        let old = entry.number
+        guard let copy = memory.allocate() else { throw .outOfMemory }
+        memory.setToken(memory.token(of: old), of: copy)
+        let page = address & ~(Self.pageSize - 1)
+        let scope = beginInvalidation(page, page + Self.pageSize, .clear, vma: snapshot(vma))
+        var chain = FrameChain()
+        let lock = pageTable.pteLock(pte)
+        lock.lock()
+        let replaced = pte.load(slot) == entry
+        if replaced {
+            pte[slot].pointee.store(0, ordering: .relaxed)
+            withSecondaryTLBHook { hook in hook(page, page + Self.pageSize) }
+            let installed = PageTableEntry.leaf(frame: copy, writable: true, dirty: true, softDirty: true)
+            pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
+            memory.unmapFrame(old, into: &chain)
+        }
+        lock.unlock()
+        scope.end()
+        memory.release(chain)
+        if !replaced {
+            memory.freeUnused(copy)
+            return false
+        }
+        count(.copyOnWriteFaults)
+        return true
+    }
+
+    /// Swap-in (`do_swap_page`): a new frame with the slot's token.
+    private func swapIn(
+        _ vma: VMA, pte: TableBlock, slot: Int, entry: PageTableEntry, write: Bool
+    ) throws(MemoryError) -> Bool {
+        let swapSlot = UInt32(truncatingIfNeeded: entry.number)
+        guard let frame = memory.allocate() else { throw .outOfMemory }
+        memory.setToken(memory.swap.token(of: swapSlot), of: frame)
+        let installed = PageTableEntry.leaf(
+            frame: frame, writable: write, dirty: write, softDirty: entry.isSoftDirty || write)
+        let lock = pageTable.pteLock(pte)
+        lock.lock()
+        guard pte.load(slot) == entry else {
+            lock.unlock()
+            memory.freeUnused(frame)
+            return false
+        }
+        pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
+        lock.unlock()
+        memory.swap.release(swapSlot)
+        count(.swapInFaults)
+        return true
+    }
+}

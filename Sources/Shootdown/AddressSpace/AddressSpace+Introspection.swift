@@ -1,0 +1,115 @@
+import Synchronization
+
+/// One VMA as seen from outside.
+public struct Mapping: Hashable, Sendable, CustomStringConvertible {
+    public var start: UInt64
+    public var end: UInt64
+    public var protection: Protection
+    public var flags: MappingFlags
+
+    public init(start: UInt64, end: UInt64, protection: Protection, flags: MappingFlags) {
+        self.start = start
+        self.end = end
+        self.protection = protection
+        self.flags = flags
+    }
+
+    /// A `/proc/self/maps` line: `start-end perms`, `p` or `s`.
+    public var description: String {
+        String(start, radix: 16) + "-" + String(end, radix: 16) + " " + protection.description
+            + (flags.contains(.shared) ? "s" : "p")
+    }
+}
+
+extension AddressSpace {
+    /// The VMAs in address order.
+    public func mappings() -> [Mapping] {
+        mmapLock.withReadLock {
+            index.all.map { Mapping(start: $0.start, end: $0.end, protection: $0.protection, flags: $0.flags) }
+        }
+    }
+
+    /// `/proc/self/maps`-style lines.
+    public func mapsText() -> [String] { mappings().map(\.description) }
+
+    /// Number of VMAs.
+    public var mappingCount: Int { mmapLock.withReadLock { index.count } }
+
+    /// The page-table entry translating `address` (4 KiB view: a huge mapping is reported as the
+    /// entry for the 4 KiB page inside it), or `nil` when no entry exists. Lock-free.
+    @inlinable
+    public func translate(_ address: UInt64) -> PageTableEntry? {
+        guard address < Self.userLimit else { return nil }
+        return RCU.withReadSection {
+            guard let leaf = pageTable.lookup(address), !leaf.entry.isNone else { return nil }
+            if leaf.isHuge {
+                let offset = (address & (PageTable.hugePageSize &- 1)) >> 12
+                return PageTableEntry(rawValue: (leaf.entry.number &+ offset) << 12
+                    | (leaf.entry.rawValue & ~PageTableEntry.numberMask))
+            }
+            return leaf.entry
+        }
+    }
+
+    /// A snapshot of the counters.
+    public var statistics: SpaceStatistics {
+        SpaceStatistics(values: SpaceCounter.allCases.map { counters.sum($0.rawValue) })
+    }
+
+    /// Times a thread waited for the mmap lock.
+    public var mmapLockContentions: UInt64 { mmapLock.contended.load(ordering: .relaxed) }
+
+    /// A consistency audit of the whole space, for tests and the torture command.
+    public struct Audit: Sendable, Equatable {
+        /// Tables reachable from the root.
+        public var tables = 0
+        /// Reachable tables that were freed or retired: must be 0.
+        public var deadTablesReached = 0
+        /// Present 4 KiB entries (huge mappings count 512).
+        public var presentPages = 0
+        public var swapEntries = 0
+        public var hugeMappings = 0
+        /// Entries outside every VMA: must be 0.
+        public var entriesOutsideVMAs = 0
+        /// Writable entries in VMAs without write permission, or accessible entries in PROT_NONE
+        /// VMAs: must be 0.
+        public var entriesExceedingProtection = 0
+        public var vmas = 0
+        /// Adjacent VMAs that should have been merged: must be 0.
+        public var unmergedNeighbours = 0
+    }
+
+    /// Walks every VMA and page-table entry and checks the invariants the engine promises.
+    public func audit() -> Audit {
+        mmapLock.withReadLock {
+            var result = Audit()
+            let vmas = index.all
+            result.vmas = vmas.count
+            for (lower, upper) in zip(vmas, vmas.dropFirst()) where lower.canMerge(with: upper) {
+                result.unmergedNeighbours += 1
+            }
+            var cursor = 0
+            let tables = pageTable.forEachLeaf { address, entry, huge in
+                while cursor < vmas.count && vmas[cursor].end <= address { cursor += 1 }
+                let size = huge ? PageTable.hugePageSize : PageTable.pageSize
+                let inside = cursor < vmas.count && vmas[cursor].start <= address && address + size <= vmas[cursor].end
+                if !inside {
+                    result.entriesOutsideVMAs += 1
+                } else {
+                    let protection = vmas[cursor].protection
+                    if (entry.isWritable && !protection.contains(.write))
+                        || (entry.isPresent && protection.isEmpty)
+                    {
+                        result.entriesExceedingProtection += 1
+                    }
+                }
+                if entry.isSwap { result.swapEntries += 1 }
+                if entry.isPresent { result.presentPages += huge ? 512 : 1 }
+                if huge { result.hugeMappings += 1 }
+            }
+            result.tables = tables.tables
+            result.deadTablesReached = tables.deadTablesReached
+            return result
+        }
+    }
+}

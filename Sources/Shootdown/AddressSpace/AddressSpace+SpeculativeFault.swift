@@ -1,0 +1,151 @@
+import Synchronization
+import CInterop
+
+/// How a speculative fault ended. Aborts are counted by reason, then the classic path runs.
+@usableFromInline
+enum SpeculativeOutcome: UInt8 {
+    case handled
+    case segmentationFault
+    case abortNoVMA
+    case abortSequenceOdd
+    case abortVMAChanged
+    case abortEntryChanged
+    case abortLockContention
+    case abortNotSupported
+    case abortNoMemory
+
+    /// The counter of an abort.
+    @inlinable
+    var counter: Int {
+        SpaceCounter.speculativeAbortNoVMA.rawValue &+ Int(rawValue &- SpeculativeOutcome.abortNoVMA.rawValue)
+    }
+}
+
+extension AddressSpace {
+    /// Handles a page fault (`handle_mm_fault`): first speculatively (when the space was created
+    /// with ``FaultPath/speculative``), then, if that aborts, on the classic path under the mmap
+    /// read lock.
+    ///
+    /// - Throws: ``MemoryError/segmentationFault`` outside any VMA or against its protection,
+    ///   ``MemoryError/outOfMemory`` when no frame is left.
+    @inlinable
+    public func fault(at address: UInt64, access: Access) throws(MemoryError) {
+        if speculativeEnabled {
+            let outcome = speculativeFault(address, access)
+            if outcome == .handled { return }
+            if outcome == .segmentationFault {
+                count(.segmentationFaults)
+                throw .segmentationFault
+            }
+            counters.increment(outcome.counter)
+        }
+        try classicFault(address, access)
+    }
+
+    /// Whether `protection` allows `access` (x86: any access right allows reads).
+    @inlinable @inline(__always)
+    static func accessAllowed(_ protection: Protection, _ access: Access) -> Bool {
+        access == .write ? protection.contains(.write) : !protection.isEmpty
+    }
+
+    /// The speculative fault path (seed 003, kernel-mm.md §4.1): no mmap lock, an RCU read section,
+    /// the VMA validated by its sequence count under the PTE table's split lock.
+    ///
+    /// Handles the common cases (a missing entry of a private anonymous VMA: a fresh frame for a
+    /// write, the zero page for a read; and spurious faults on present entries) and aborts on
+    /// everything else: copy-on-write, swap-in, shared or huge-page memory, conflicts.
+    /// No heap allocation, no retain/release.
+    @inlinable
+    func speculativeFault(_ address: UInt64, _ access: Access) -> SpeculativeOutcome {
+        RCU.readLock()
+        defer { RCU.readUnlock() }
+        guard let found = index.lookup(address) else { return .abortNoVMA }
+        return found._withUnsafeGuaranteedRef { vma -> SpeculativeOutcome in
+            let sequence = vma.sequence.readBegin()
+            if sequence & 1 != 0 { return .abortSequenceOdd }
+            let attributes = vma.attributeWord.load(ordering: .relaxed)
+            let protection = Protection(rawValue: UInt8(truncatingIfNeeded: attributes))
+            let flags = MappingFlags(rawValue: UInt16(truncatingIfNeeded: attributes >> 8))
+            if address < vma.start || address >= vma.end { return .abortVMAChanged }
+            if !Self.accessAllowed(protection, access) {
+                // A real violation only if the snapshot was consistent.
+                return vma.sequence.hasChanged(since: sequence) ? .abortVMAChanged : .segmentationFault
+            }
+            if flags.contains(.shared) { return .abortNotSupported }
+            let write = access == .write
+
+            guard let pmd = pageTable.pmdTable(for: address) else { return .abortNoMemory }
+            let pmdIndex = PageTable.index(address, level: 1)
+            let pmdEntry = pmd.load(pmdIndex)
+            if pmdEntry.isHuge { return .abortNotSupported }
+            if pmdEntry.isNone && vma.allowsHuge(at: address & ~(PageTable.hugePageSize &- 1)) {
+                return .abortNotSupported  // the classic path may install a huge mapping
+            }
+            guard let pte = pageTable.pteTable(in: pmd, at: pmdIndex) else { return .abortNotSupported }
+            let slot = PageTable.index(address, level: 0)
+            let entry = pte.load(slot)
+
+            let lock = pageTable.pteLock(pte)
+            var frame = PhysicalMemory.zeroFrame
+            if entry.isPresent {
+                // Spurious unless it needs write access it lacks (copy-on-write, soft-dirty).
+                if write && !entry.isWritable { return .abortNotSupported }
+                let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
+                if entry.rawValue & wanted == wanted {
+                    counters.increment(SpaceCounter.spuriousFaults.rawValue)
+                    counters.increment(SpaceCounter.speculativeFaults.rawValue)
+                    return .handled
+                }
+            } else if !entry.isNone {
+                return .abortNotSupported  // swap or PROT_NONE entry
+            } else if write {
+                guard let fresh = memory.allocate() else { return .abortNoMemory }
+                frame = fresh
+            }
+
+            guard lock.tryLock() || lockWithBoundedSpin(lock) else {
+                if frame != PhysicalMemory.zeroFrame { memory.freeUnused(frame) }
+                return .abortLockContention
+            }
+            // Re-validate under the split lock: the table is still linked, the VMA unchanged (its
+            // sequence orders every zap of its pages and every change to it), the entry unchanged.
+            let outcome: SpeculativeOutcome
+            if pmd.load(pmdIndex).rawValue != PageTableEntry.table(at: pte.address).rawValue
+                || vma.sequence.hasChanged(since: sequence)
+            {
+                outcome = .abortVMAChanged
+            } else if pte.load(slot) != entry {
+                outcome = .abortEntryChanged
+            } else {
+                if entry.isPresent {
+                    let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
+                    pte[slot].pointee.store(entry.rawValue | wanted, ordering: .relaxed)
+                    counters.increment(SpaceCounter.spuriousFaults.rawValue)
+                } else {
+                    let installed = PageTableEntry.leaf(frame: frame, writable: write, dirty: write, softDirty: write)
+                    // Releasing: the frame's counts and zeroed token are visible to lockless readers
+                    // that load this entry.
+                    pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
+                    if !write { counters.increment(SpaceCounter.zeroPageFaults.rawValue) }
+                    frame = PhysicalMemory.zeroFrame  // consumed
+                }
+                outcome = .handled
+            }
+            lock.unlock()
+            if frame != PhysicalMemory.zeroFrame { memory.freeUnused(frame) }
+            if outcome == .handled { counters.increment(SpaceCounter.speculativeFaults.rawValue) }
+            return outcome
+        }
+    }
+
+    /// Spins a bounded number of times for a contended split lock (the speculative path never
+    /// sleeps on a lock; like SPF's `spin_trylock`, it gives up and lets the classic path wait).
+    @usableFromInline
+    func lockWithBoundedSpin(_ lock: SpinLockHandle) -> Bool {
+        for _ in 0..<256 {
+            if lock.tryLock() { return true }
+            cinterop_cpu_relax()
+        }
+        return false
+    }
+}

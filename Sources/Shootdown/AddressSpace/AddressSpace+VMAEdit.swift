@@ -1,0 +1,127 @@
+import Synchronization
+/// One structural change to a space's VMAs, made under the mmap write lock (or, for zaps, the mmap
+/// read lock plus each VMA's writer lock).
+///
+/// Every VMA the edit touches enters its write section (odd `vm_sequence`) on first touch and
+/// stays there until ``finish()``, so a speculative fault that found it aborts; removed VMAs stay
+/// odd forever. Index changes become visible to lockless readers in one step at ``publish()``.
+/// Everything unlinked goes to ``retire`` and is freed after a grace period.
+final class VMAEdit {
+    unowned let space: AddressSpace
+    let retire = RetireList()
+    private var touched: [VMA] = []
+    private let holdsWriterLocks: Bool
+
+    /// - Parameter writerLocks: `true` when the caller holds only the mmap read lock, so VMA
+    ///   writers must also take each VMA's writer lock.
+    init(_ space: AddressSpace, writerLocks: Bool = false) {
+        self.space = space
+        holdsWriterLocks = writerLocks
+    }
+
+    /// Enters `vma`'s write section (once per edit).
+    func touch(_ vma: VMA) {
+        if touched.contains(where: { $0 === vma }) { return }
+        if holdsWriterLocks { vma.writerLock.handle.lock() }
+        vma.beginWrite()
+        touched.append(vma)
+    }
+
+    /// Adds a new VMA to the index (visible at ``publish()``).
+    func insert(_ vma: VMA) {
+        space.index.insert(vma)
+    }
+
+    /// Removes `vma` from the index; its sequence count stays odd for good.
+    func remove(_ vma: VMA) {
+        touch(vma)
+        vma.markRemoved()
+        space.index.remove(vma, retire: retire)
+    }
+
+    /// Changes `vma`'s bounds, re-keying the index.
+    func setBounds(_ vma: VMA, start: UInt64, end: UInt64) {
+        touch(vma)
+        let oldStart = vma.start
+        if vma.sharedObject != nil {
+            if start >= oldStart {
+                vma.pageOffset += (start - oldStart) / PageTable.pageSize
+            } else {
+                vma.pageOffset -= (oldStart - start) / PageTable.pageSize
+            }
+        }
+        vma.setBounds(start: start, end: end)
+        space.index.rekey(vma, from: oldStart)
+    }
+
+    /// Splits `vma` at `address` (strictly inside it): `vma` keeps `[start, address)`, the new VMA
+    /// returned gets `[address, end)`. The caller has split any huge mapping across `address`.
+    @discardableResult
+    func split(_ vma: VMA, at address: UInt64) -> VMA {
+        checkInvariant(vma.start < address && address < vma.end, "split outside the VMA")
+        touch(vma)
+        let upper = VMA(
+            start: address, end: vma.end, protection: vma.protection, flags: vma.flags,
+            sharedObject: vma.sharedObject,
+            pageOffset: vma.pageOffset + (address - vma.start) / PageTable.pageSize)
+        vma.setBounds(start: vma.start, end: address)
+        space.index.insert(upper)
+        return upper
+    }
+
+    /// Merges `vma` with its neighbours where they are compatible (`vma_merge`). Returns the VMA
+    /// that now covers `vma`'s range.
+    @discardableResult
+    func mergeNeighbours(_ vma: VMA) -> VMA {
+        var survivor = vma
+        if let previous = survivor.previous, previous.canMerge(with: survivor) {
+            let end = survivor.end
+            let flags = previous.flags.union(survivor.flags.intersection(.softDirty))
+            remove(survivor)
+            touch(previous)
+            previous.setAttributes(protection: previous.protection, flags: flags)
+            previous.setBounds(start: previous.start, end: end)
+            survivor = previous
+        }
+        if let next = survivor.next, survivor.canMerge(with: next) {
+            let end = next.end
+            let flags = survivor.flags.union(next.flags.intersection(.softDirty))
+            remove(next)
+            touch(survivor)
+            survivor.setAttributes(protection: survivor.protection, flags: flags)
+            survivor.setBounds(start: survivor.start, end: end)
+        }
+        return survivor
+    }
+
+    /// Makes the index changes visible to lockless readers.
+    func publish() {
+        space.index.commit(retire: retire)
+    }
+
+    /// Publishes (again, if needed), leaves every write section and queues reclamation.
+    func finish() {
+        publish()
+        for vma in touched where !vma.isRemoved {
+            vma.endWrite()
+        }
+        if holdsWriterLocks {
+            for vma in touched { vma.writerLock.handle.unlock() }
+        }
+        touched.removeAll()
+        retire.submit()
+    }
+}
+
+extension VMA {
+    /// Whether two VMAs may be merged, ignoring `softDirty` (Linux's `VM_IGNORE_MERGE`).
+    func canMerge(with other: VMA) -> Bool {
+        guard end == other.start, protection == other.protection,
+            flags.subtracting(.softDirty) == other.flags.subtracting(.softDirty)
+        else { return false }
+        if let object = sharedObject {
+            return object === other.sharedObject && pageOffset + (end - start) / PageTable.pageSize == other.pageOffset
+        }
+        return other.sharedObject == nil
+    }
+}

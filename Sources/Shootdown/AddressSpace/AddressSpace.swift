@@ -1,0 +1,201 @@
+import Synchronization
+
+/// A userspace model of a Linux address space (`struct mm_struct`): VMAs in an RCU-safe index, a
+/// 4-level page table with split locks, frames from a ``PhysicalMemory``, and MMU notifiers that
+/// keep secondary mirrors coherent.
+///
+/// Operations follow Linux semantics (see each method) and the invalidation shape of the kernel:
+/// the range is fixed once, notifiers start outside any page-table lock, entries change under the
+/// split lock of their table, notifiers end, and only then are frames freed (tables and VMAs after
+/// an RCU grace period).
+///
+/// Locking: structural operations take the mmap lock for writing; the classic fault path and
+/// page-level operations (madvise, reclaim, migration, aging) take it for reading; the speculative
+/// fault path takes no lock but an RCU read section and one split lock.
+///
+/// Every public operation validates its input first and throws a ``MemoryError`` without changing
+/// anything.
+public final class AddressSpace: @unchecked Sendable {
+    /// Which fault path serves faults (a design knob).
+    public enum FaultPath: String, Sendable, CaseIterable {
+        /// VMA lookup without the mmap lock, validated by the VMA's sequence count; falls back to
+        /// the classic path on any conflict (default).
+        case speculative
+        /// Always the classic path under the mmap read lock.
+        case mmapLock = "mmap-lock"
+    }
+
+    /// The kind of access that faulted.
+    public enum Access: Sendable, Hashable {
+        case read
+        case write
+    }
+
+    /// Settings fixed when a space is created.
+    public struct Configuration: Sendable, Hashable {
+        public var faultPath: FaultPath
+        public var notifierList: NotifierListProtection
+        public var pageTableLocking: PageTableLocking
+        /// Top of the area searched top-down for non-fixed mappings (`mm->mmap_base`).
+        public var mmapBase: UInt64
+        /// Lowest address a mapping may use (`vm.mmap_min_addr`).
+        public var mmapMinAddress: UInt64
+        /// Maximum number of VMAs (`vm.max_map_count`); more fail with `ENOMEM`.
+        public var maxMapCount: Int
+
+        public init(
+            faultPath: FaultPath = .speculative, notifierList: NotifierListProtection = .rcu,
+            pageTableLocking: PageTableLocking = .split, mmapBase: UInt64 = 0x7F00_0000_0000,
+            mmapMinAddress: UInt64 = 0x10000, maxMapCount: Int = 1 << 20
+        ) {
+            self.faultPath = faultPath
+            self.notifierList = notifierList
+            self.pageTableLocking = pageTableLocking
+            self.mmapBase = mmapBase
+            self.mmapMinAddress = mmapMinAddress
+            self.maxMapCount = maxMapCount
+        }
+    }
+
+    /// Page size (4 KiB).
+    public static let pageSize: UInt64 = PageTable.pageSize
+    /// Huge page size (2 MiB).
+    public static let hugePageSize: UInt64 = PageTable.hugePageSize
+    /// End of the 48-bit user address space (`TASK_SIZE`, rounded to 2^47).
+    public static let userLimit: UInt64 = PageTable.userLimit
+
+    private static let nextID = Atomic<UInt64>(1)
+
+    /// A process-unique identifier, carried by every ``InvalidationRange``.
+    public let id: UInt64
+    public let configuration: Configuration
+    /// The frames this space maps (shared with its forks).
+    public let memory: PhysicalMemory
+
+    @usableFromInline let mmapLock = MmapLock()
+    @usableFromInline let pageTable: PageTable
+    @usableFromInline let index = VMAIndex()
+    /// `Unmanaged<NotifierSubscriptions>` bits, 0 until the first subscriber.
+    @usableFromInline let subscriptionsWord = Atomic<UInt>(0)
+    @usableFromInline let counters = SlotCounters(width: SpaceCounter.allCases.count)
+    @usableFromInline let speculativeEnabled: Bool
+    /// Set by teardown (read without the lock by accessors; written under the mmap write lock).
+    @usableFromInline let dead = Atomic<Bool>(false)
+    /// Where the last top-down search ended (`free_area_cache`; mmap write lock).
+    var freeAreaCache: UInt64
+
+    /// Creates an empty address space.
+    ///
+    /// - Throws: ``MemoryError/invalidArgument`` for an inconsistent configuration,
+    ///   ``MemoryError/outOfMemory`` if the page-table root cannot be allocated.
+    public init(configuration: Configuration = Configuration(), memory: PhysicalMemory = PhysicalMemory())
+        throws(MemoryError)
+    {
+        guard configuration.mmapBase % Self.pageSize == 0, configuration.mmapMinAddress % Self.pageSize == 0,
+            configuration.mmapMinAddress < configuration.mmapBase, configuration.mmapBase <= Self.userLimit,
+            configuration.maxMapCount > 0
+        else { throw .invalidArgument }
+        guard let pageTable = PageTable(locking: configuration.pageTableLocking) else { throw .outOfMemory }
+        id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        self.configuration = configuration
+        self.memory = memory
+        self.pageTable = pageTable
+        speculativeEnabled = configuration.faultPath == .speculative
+        freeAreaCache = configuration.mmapBase
+    }
+
+    deinit {
+        if !dead.load(ordering: .relaxed) { teardown() }
+        if let subscriptions = subscriptionsPointer { subscriptions.release() }
+    }
+
+    // MARK: - Notifier plumbing
+
+    /// The subscriptions, if any subscriber ever registered (one pointer test).
+    @inlinable
+    var subscriptionsPointer: Unmanaged<NotifierSubscriptions>? {
+        let bits = subscriptionsWord.load(ordering: .acquiring)
+        return bits == 0 ? nil : Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: bits).unsafelyUnwrapped)
+    }
+
+    /// The subscriptions, created if needed. Caller holds the mmap write lock.
+    func ensureSubscriptions() -> NotifierSubscriptions {
+        if let existing = subscriptionsPointer { return existing.takeUnretainedValue() }
+        let created = NotifierSubscriptions(
+            space: id, protection: configuration.notifierList, domain: SleepableRCU.notifiers, counters: counters)
+        // Releasing: the object is complete before any dispatcher sees it.
+        subscriptionsWord.store(UInt(bitPattern: Unmanaged.passRetained(created).toOpaque()), ordering: .releasing)
+        return created
+    }
+
+    /// Begins a blockable invalidation of `[start, end)`. Call outside any split lock.
+    func beginInvalidation(
+        _ start: UInt64, _ end: UInt64, _ event: InvalidationEvent, vma: VMASnapshot? = nil,
+        owner: InvalidationOwner = .none
+    ) -> InvalidationScope {
+        counters.increment(SpaceCounter.invalidations(event).rawValue)
+        let range = InvalidationRange(
+            space: id, start: start, end: end, event: event, flags: .blockable, vma: vma, owner: owner)
+        let subscriptions = subscriptionsPointer
+        if let subscriptions {
+            _ = subscriptions._withUnsafeGuaranteedRef { $0.invalidateRangeStart(range) }
+        }
+        return InvalidationScope(range: range, subscriptions: subscriptions)
+    }
+
+    /// Begins a non-blockable invalidation; `nil` if a subscriber refused (the range must then be
+    /// left untouched; every end owed has been called).
+    func tryBeginInvalidation(
+        _ start: UInt64, _ end: UInt64, _ event: InvalidationEvent, vma: VMASnapshot? = nil
+    ) -> InvalidationScope? {
+        let range = InvalidationRange(space: id, start: start, end: end, event: event, flags: [], vma: vma)
+        let subscriptions = subscriptionsPointer
+        if let subscriptions {
+            let accepted = subscriptions._withUnsafeGuaranteedRef { $0.invalidateRangeStart(range) }
+            if !accepted {
+                counters.increment(SpaceCounter.invalidationsRefused.rawValue)
+                return nil
+            }
+        }
+        counters.increment(SpaceCounter.invalidations(event).rawValue)
+        return InvalidationScope(range: range, subscriptions: subscriptions)
+    }
+
+    /// Calls `body` with the secondary-TLB hook to use under split locks while the mmap lock is
+    /// held (a no-op when no subscriber implements it).
+    func withSecondaryTLBHook<R>(_ body: ((UInt64, UInt64) -> Void) -> R) -> R {
+        if let subscriptions = subscriptionsPointer?.takeUnretainedValue(), subscriptions.wantsSecondaryTLBs {
+            return body { start, end in subscriptions.invalidateSecondaryTLBs(start: start, end: end) }
+        }
+        return body { _, _ in }
+    }
+
+    // MARK: - Validation helpers
+
+    /// Throws ``MemoryError/addressSpaceDead`` after teardown.
+    @inlinable
+    func checkAlive() throws(MemoryError) {
+        if dead.load(ordering: .relaxed) { throw .addressSpaceDead }
+    }
+
+    /// Page-aligns `length` up (Linux `PAGE_ALIGN`); `nil` on overflow.
+    @inlinable
+    static func pageAlign(_ length: UInt64) -> UInt64? {
+        let (sum, overflow) = length.addingReportingOverflow(pageSize - 1)
+        return overflow ? nil : sum & ~(pageSize - 1)
+    }
+
+    @inlinable
+    static func isPageAligned(_ value: UInt64) -> Bool { value & (pageSize - 1) == 0 }
+
+    /// A snapshot of `vma` for an invalidation range.
+    func snapshot(_ vma: VMA) -> VMASnapshot {
+        VMASnapshot(start: vma.start, end: vma.end, protection: vma.protection, flags: vma.flags)
+    }
+
+    /// Adds `delta` to counter `counter`.
+    @inlinable
+    func count(_ counter: SpaceCounter, _ delta: Int = 1) {
+        counters.add(counter.rawValue, Int64(delta))
+    }
+}

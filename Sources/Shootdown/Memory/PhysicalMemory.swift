@@ -1,0 +1,358 @@
+import Synchronization
+
+/// The frames (physical pages) that address spaces map, with a reference count, a map count and
+/// a content token per frame, and the swap space that holds evicted pages.
+///
+/// Frames are what secondary mirrors cache, so the rule is: a frame is never recycled before every
+/// notifier has seen the invalidation that unmapped it. Zaps gather frames into a ``FrameChain``
+/// and release the chain only after the invalidation's end has been called.
+///
+/// Frame `0` is the shared zero page: read faults on anonymous memory map it read-only, and it is
+/// never counted or freed. Usable frames come in 512-frame blocks (one 2 MiB huge page each);
+/// block 0 is reserved for the zero page, so frame numbers of huge pages are 512-aligned.
+///
+/// Free frames live on per-thread-slot shards (lock-free Treiber stacks with ABA tags), refilled a
+/// block at a time, so concurrent faults on different cores do not share a cache line. Whole free
+/// blocks for huge pages live on a separate stack.
+///
+/// A frame's counts word packs `refcount` (bits 0–31) and `mapcount` (bits 32–63). While a frame
+/// is mapped by exactly one entry, every change of its counts happens under that entry's split
+/// lock, which lets the zap path release an exclusive frame with a plain load and store.
+public final class PhysicalMemory: @unchecked Sendable {
+    /// Frames per huge page and per refill block.
+    public static let framesPerHugePage = 512
+    /// The zero page.
+    public static let zeroFrame: UInt64 = 0
+
+    @usableFromInline static let shardCount = 16
+    @usableFromInline static let shardStride = cacheLineSize / MemoryLayout<UInt64>.stride
+    @usableFromInline static let refOne: UInt64 = 1
+    @usableFromInline static let mapOne: UInt64 = 1 << 32
+    /// Counts word of a frame mapped by exactly one entry and referenced by nothing else.
+    @usableFromInline static let exclusivelyMapped: UInt64 = refOne | mapOne
+
+    /// Number of usable frames (a multiple of 512).
+    public let capacity: Int
+    /// Total frames including reserved block 0.
+    @usableFromInline let totalFrames: Int
+
+    @usableFromInline let counts: UnsafeMutablePointer<Atomic<UInt64>>
+    @usableFromInline let links: UnsafeMutablePointer<Atomic<UInt32>>
+    @usableFromInline let tokens: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Per-frame flags (``FrameFlags``).
+    @usableFromInline let flags: UnsafeMutablePointer<Atomic<UInt8>>
+    /// Shard stacks, one per cache line: `tag << 32 | top frame` (0 = empty).
+    @usableFromInline let shards: UnsafeMutablePointer<Atomic<UInt64>>
+    /// [0]: next never-used block; [8]: huge free stack (`tag << 32 | head frame`).
+    @usableFromInline let global: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Frames in use, sharded per thread slot (see ``ThreadSlot``).
+    @usableFromInline let inUse: SlotCounters
+
+    /// The swap space backing evicted anonymous pages.
+    public let swap: SwapSpace
+
+    /// Creates physical memory with `capacity` usable frames (rounded up to a multiple of 512) and
+    /// `swapSlots` swap slots.
+    public init(capacity: Int = 1 << 20, swapSlots: Int = 1 << 16) {
+        let blocks = max(1, (capacity + Self.framesPerHugePage - 1) / Self.framesPerHugePage)
+        self.capacity = blocks * Self.framesPerHugePage
+        totalFrames = (blocks + 1) * Self.framesPerHugePage
+        counts = RawMemory.allocateAtomics(UInt64.self, count: totalFrames, initial: 0)
+        links = RawMemory.allocateAtomics(UInt32.self, count: totalFrames, initial: 0)
+        tokens = RawMemory.allocateAtomics(UInt64.self, count: totalFrames, initial: 0)
+        flags = RawMemory.allocateAtomics(UInt8.self, count: totalFrames, initial: 0)
+        shards = RawMemory.allocateAtomics(UInt64.self, count: Self.shardCount * Self.shardStride, initial: 0)
+        global = RawMemory.allocateAtomics(UInt64.self, count: 16, initial: 0)
+        global[0].store(1, ordering: .relaxed)
+        inUse = SlotCounters(width: 1)
+        swap = SwapSpace(capacity: swapSlots)
+    }
+
+    deinit {
+        RawMemory.deallocateAtomics(counts, count: totalFrames)
+        RawMemory.deallocateAtomics(links, count: totalFrames)
+        RawMemory.deallocateAtomics(tokens, count: totalFrames)
+        RawMemory.deallocateAtomics(flags, count: totalFrames)
+        RawMemory.deallocateAtomics(shards, count: Self.shardCount * Self.shardStride)
+        RawMemory.deallocateAtomics(global, count: 16)
+    }
+
+    // MARK: - Allocation
+
+    /// Allocates one frame, zero-filled (token 0), with counts set to `initialCounts`.
+    /// Returns `nil` when every frame is in use. Lock-free; no heap allocation.
+    @inlinable
+    func allocate(initialCounts: UInt64 = exclusivelyMapped) -> UInt64? {
+        let shard = ThreadSlot.current & (Self.shardCount - 1)
+        guard let frame = pop(shard: shard) ?? allocateSlow(shard: shard) else { return nil }
+        tokens[Int(frame)].store(0, ordering: .relaxed)
+        // Relaxed: the frame is private until the caller publishes it under a split lock.
+        counts[Int(frame)].store(initialCounts, ordering: .relaxed)
+        inUse.add(0, 1)
+        return frame
+    }
+
+    @inlinable @inline(__always)
+    func pop(shard: Int) -> UInt64? {
+        let top = shards + shard * Self.shardStride
+        var head = top.pointee.load(ordering: .acquiring)
+        while true {
+            let frame = UInt32(truncatingIfNeeded: head)
+            if frame == 0 { return nil }
+            let next = links[Int(frame)].load(ordering: .relaxed)
+            let replacement = ((head >> 32) &+ 1) << 32 | UInt64(next)
+            // Acquiring: the freer's writes to the frame (released by its push) are visible.
+            let result = top.pointee.compareExchange(expected: head, desired: replacement, ordering: .acquiring)
+            if result.exchanged { return UInt64(frame) }
+            head = result.original
+        }
+    }
+
+    @usableFromInline
+    func allocateSlow(shard: Int) -> UInt64? {
+        // Refill this shard with a never-used block, keeping one frame for the caller.
+        if let block = takeFreshBlock() {
+            let first = block &* UInt64(Self.framesPerHugePage)
+            let last = first &+ UInt64(Self.framesPerHugePage - 1)
+            for frame in (first &+ 1)..<last {
+                links[Int(frame)].store(UInt32(frame &+ 1), ordering: .relaxed)
+            }
+            push(first: first &+ 1, last: last, shard: shard)
+            return first
+        }
+        // Break a free huge block into small frames.
+        if let head = popHuge() {
+            let last = head &+ UInt64(Self.framesPerHugePage - 1)
+            for frame in (head &+ 1)..<last {
+                links[Int(frame)].store(UInt32(frame &+ 1), ordering: .relaxed)
+            }
+            push(first: head &+ 1, last: last, shard: shard)
+            return head
+        }
+        // Steal from another shard.
+        for offset in 1..<Self.shardCount {
+            if let frame = pop(shard: (shard + offset) & (Self.shardCount - 1)) { return frame }
+        }
+        return nil
+    }
+
+    @usableFromInline
+    func takeFreshBlock() -> UInt64? {
+        let blocks = UInt64(totalFrames / Self.framesPerHugePage)
+        var next = global[0].load(ordering: .relaxed)
+        while next < blocks {
+            let result = global[0].compareExchange(expected: next, desired: next &+ 1, ordering: .relaxed)
+            if result.exchanged { return next }
+            next = result.original
+        }
+        return nil
+    }
+
+    /// Allocates a 512-frame, 512-aligned compound frame for a huge mapping, zero-filled. Its counts
+    /// live in the head frame. Returns `nil` when no whole block is free (the caller falls back to
+    /// 4 KiB pages).
+    func allocateHuge(initialCounts: UInt64 = exclusivelyMapped) -> UInt64? {
+        guard let head = popHuge() ?? takeFreshBlock().map({ $0 &* UInt64(Self.framesPerHugePage) }) else {
+            return nil
+        }
+        for index in 0..<Self.framesPerHugePage {
+            tokens[Int(head) + index].store(0, ordering: .relaxed)
+            counts[Int(head) + index].store(0, ordering: .relaxed)
+        }
+        flags[Int(head)].store(FrameFlags.compoundHead, ordering: .relaxed)
+        counts[Int(head)].store(initialCounts, ordering: .relaxed)
+        inUse.add(0, Int64(Self.framesPerHugePage))
+        return head
+    }
+
+    private func popHuge() -> UInt64? {
+        var head = global[8].load(ordering: .acquiring)
+        while true {
+            let frame = UInt32(truncatingIfNeeded: head)
+            if frame == 0 { return nil }
+            let next = links[Int(frame)].load(ordering: .relaxed)
+            let replacement = ((head >> 32) &+ 1) << 32 | UInt64(next)
+            let result = global[8].compareExchange(expected: head, desired: replacement, ordering: .acquiring)
+            if result.exchanged { return UInt64(frame) }
+            head = result.original
+        }
+    }
+
+    private func pushHuge(_ frame: UInt64) {
+        var head = global[8].load(ordering: .relaxed)
+        while true {
+            links[Int(frame)].store(UInt32(truncatingIfNeeded: head), ordering: .relaxed)
+            let replacement = ((head >> 32) &+ 1) << 32 | frame
+            // Releasing: the frame's last writes happen before a popper reuses it.
+            let result = global[8].compareExchange(expected: head, desired: replacement, ordering: .releasing)
+            if result.exchanged { return }
+            head = result.original
+        }
+    }
+
+    @usableFromInline
+    func push(first: UInt64, last: UInt64, shard: Int) {
+        let top = shards + shard * Self.shardStride
+        var head = top.pointee.load(ordering: .relaxed)
+        while true {
+            links[Int(last)].store(UInt32(truncatingIfNeeded: head), ordering: .relaxed)
+            let replacement = ((head >> 32) &+ 1) << 32 | first
+            // Releasing: links and the frames' last state are visible to the popper.
+            let result = top.pointee.compareExchange(expected: head, desired: replacement, ordering: .releasing)
+            if result.exchanged { return }
+            head = result.original
+        }
+    }
+
+    // MARK: - Freeing
+
+    /// Returns every frame of `chain` to the free lists. Call only after the invalidation that
+    /// unmapped them has ended.
+    @usableFromInline
+    func release(_ chain: consuming FrameChain) {
+        if chain.count > 0 {
+            push(first: chain.first, last: chain.last, shard: ThreadSlot.current & (Self.shardCount - 1))
+            inUse.add(0, -Int64(chain.count))
+        }
+        for huge in chain.hugeHeads() { freeHuge(huge) }
+    }
+
+    /// Frees a frame that was allocated but never mapped (a fault that lost a race).
+    @usableFromInline
+    func freeUnused(_ frame: UInt64) {
+        counts[Int(frame)].store(0, ordering: .relaxed)
+        var chain = FrameChain()
+        chain.append(frame, links: links)
+        release(chain)
+    }
+
+    /// Frees a compound frame that was allocated but never mapped.
+    func freeUnusedHuge(_ head: UInt64) {
+        counts[Int(head)].store(0, ordering: .relaxed)
+        freeHuge(head)
+    }
+
+    private func freeHuge(_ head: UInt64) {
+        flags[Int(head)].store(0, ordering: .relaxed)
+        inUse.add(0, -Int64(Self.framesPerHugePage))
+        pushHuge(head)
+    }
+
+    // MARK: - Counts
+
+    /// Drops one mapping of `frame` (and the reference it held). If that was the last reference the
+    /// frame is appended to `chain` for freeing after the invalidation ends.
+    ///
+    /// - Precondition: the caller holds the split lock of the entry that mapped `frame`.
+    @inlinable @inline(__always)
+    func unmapFrame(_ frame: UInt64, into chain: inout FrameChain) {
+        if frame == Self.zeroFrame { return }
+        let word = counts + Int(frame)
+        // Exclusive fast path: nobody else can change the counts of a frame mapped once without
+        // holding the split lock the caller holds (see the type's note), so load+store suffices.
+        if word.pointee.load(ordering: .relaxed) == Self.exclusivelyMapped {
+            word.pointee.store(0, ordering: .relaxed)
+            chain.append(frame, links: links)
+            return
+        }
+        let remaining = word.pointee.wrappingSubtract(Self.refOne | Self.mapOne, ordering: .acquiringAndReleasing)
+            .newValue
+        checkInvariant(remaining & 0xFFFF_FFFF != 0xFFFF_FFFF, "frame \(frame) refcount underflow")
+        if remaining == 0 { chain.append(frame, links: links) }
+    }
+
+    /// Drops one mapping of the compound frame headed by `head`.
+    ///
+    /// - Precondition: the caller holds the lock of the PMD table that mapped it.
+    func unmapHugeFrame(_ head: UInt64, into chain: inout FrameChain) {
+        let remaining = counts[Int(head)].wrappingSubtract(Self.refOne | Self.mapOne, ordering: .acquiringAndReleasing)
+            .newValue
+        checkInvariant(remaining & 0xFFFF_FFFF != 0xFFFF_FFFF, "huge frame \(head) refcount underflow")
+        if remaining == 0 { chain.appendHuge(head) }
+    }
+
+    /// Adds one mapping (and reference) to `frame`, e.g. when fork shares it.
+    @inlinable
+    func mapAgain(_ frame: UInt64) {
+        if frame == Self.zeroFrame { return }
+        counts[Int(frame)].wrappingAdd(Self.refOne | Self.mapOne, ordering: .relaxed)
+    }
+
+    /// Takes an extra reference (a pin) on `frame`.
+    func pin(_ frame: UInt64) {
+        if frame == Self.zeroFrame { return }
+        counts[Int(frame)].wrappingAdd(Self.refOne, ordering: .relaxed)
+    }
+
+    /// Drops a pin taken with ``pin(_:)``; appends the frame to `chain` if it was the last reference.
+    func unpin(_ frame: UInt64, into chain: inout FrameChain) {
+        if frame == Self.zeroFrame { return }
+        let remaining = counts[Int(frame)].wrappingSubtract(Self.refOne, ordering: .acquiringAndReleasing).newValue
+        if remaining == 0 { chain.append(frame, links: links) }
+    }
+
+    /// Sets the counts of `frame` (a frame this caller owns exclusively).
+    func setCounts(_ frame: UInt64, refcount: UInt32, mapcount: UInt32) {
+        counts[Int(frame)].store(UInt64(refcount) | UInt64(mapcount) << 32, ordering: .relaxed)
+    }
+
+    /// The reference count of `frame`.
+    public func refcount(_ frame: UInt64) -> Int {
+        Int(counts[Int(frame)].load(ordering: .relaxed) & 0xFFFF_FFFF)
+    }
+
+    /// The number of page-table entries mapping `frame`.
+    public func mapcount(_ frame: UInt64) -> Int {
+        Int(counts[Int(frame)].load(ordering: .relaxed) >> 32)
+    }
+
+    /// Whether `frame` is mapped once and referenced by nothing else (so a write may reuse it).
+    @inlinable
+    func isExclusive(_ frame: UInt64) -> Bool {
+        frame != Self.zeroFrame && counts[Int(frame)].load(ordering: .acquiring) == Self.exclusivelyMapped
+    }
+
+    /// Whether `frame` heads a compound (huge) frame.
+    func isCompoundHead(_ frame: UInt64) -> Bool {
+        flags[Int(frame)].load(ordering: .relaxed) & FrameFlags.compoundHead != 0
+    }
+
+    /// Turns the compound frame headed by `head` into 512 independent frames, each with the
+    /// compound's counts (used when a huge mapping is split into a PTE table).
+    func splitCompound(_ head: UInt64) {
+        let word = counts[Int(head)].load(ordering: .relaxed)
+        for index in 0..<Self.framesPerHugePage {
+            counts[Int(head) + index].store(word, ordering: .relaxed)
+        }
+        flags[Int(head)].store(0, ordering: .relaxed)
+    }
+
+    // MARK: - Content tokens
+
+    /// The content token of `frame` (the model of a page's data; the zero page reads 0).
+    @inlinable
+    public func token(of frame: UInt64) -> UInt64 {
+        tokens[Int(frame)].load(ordering: .relaxed)
+    }
+
+    /// Sets the content token of `frame`.
+    @inlinable
+    func setToken(_ token: UInt64, of frame: UInt64) {
+        checkInvariant(frame != Self.zeroFrame, "writing the zero page")
+        tokens[Int(frame)].store(token, ordering: .relaxed)
+    }
+
+    // MARK: - Accounting
+
+    /// Frames currently allocated (approximate while allocations race; exact when quiescent).
+    public var framesInUse: Int { Int(inUse.sum(0)) }
+
+    /// Frames that can still be allocated.
+    public var framesFree: Int { capacity - framesInUse }
+}
+
+/// Per-frame flag bits.
+@usableFromInline
+enum FrameFlags {
+    @usableFromInline static let compoundHead: UInt8 = 1
+}

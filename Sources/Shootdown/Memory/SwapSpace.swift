@@ -1,0 +1,49 @@
+import Synchronization
+
+/// Swap slots holding the content tokens of evicted anonymous pages (pageout, reclaim). A swap
+/// entry in a page table names a slot; fork shares slots, so each slot is reference counted.
+/// Not a hot path: one mutex guards the free list.
+public final class SwapSpace: @unchecked Sendable {
+    /// Number of slots (slot 0 is reserved as "none").
+    public let capacity: Int
+
+    private let tokens: UnsafeMutablePointer<Atomic<UInt64>>
+    private let references: UnsafeMutablePointer<Atomic<UInt32>>
+    private let freeSlots: Mutex<[UInt32]>
+
+    init(capacity: Int) {
+        self.capacity = max(capacity, 1)
+        tokens = RawMemory.allocateAtomics(UInt64.self, count: self.capacity + 1, initial: 0)
+        references = RawMemory.allocateAtomics(UInt32.self, count: self.capacity + 1, initial: 0)
+        freeSlots = Mutex(Array((1...UInt32(self.capacity)).reversed()))
+    }
+
+    deinit {
+        RawMemory.deallocateAtomics(tokens, count: capacity + 1)
+        RawMemory.deallocateAtomics(references, count: capacity + 1)
+    }
+
+    /// Stores `token` in a new slot with one reference. Returns `nil` when swap is full.
+    func store(_ token: UInt64) -> UInt32? {
+        guard let slot = freeSlots.withLock({ $0.popLast() }) else { return nil }
+        tokens[Int(slot)].store(token, ordering: .relaxed)
+        references[Int(slot)].store(1, ordering: .releasing)
+        return slot
+    }
+
+    /// The token held by `slot`.
+    func token(of slot: UInt32) -> UInt64 { tokens[Int(slot)].load(ordering: .acquiring) }
+
+    /// Adds a reference to `slot` (fork copied a swap entry).
+    func duplicate(_ slot: UInt32) { references[Int(slot)].wrappingAdd(1, ordering: .relaxed) }
+
+    /// Drops a reference to `slot`, freeing it with the last one.
+    func release(_ slot: UInt32) {
+        let remaining = references[Int(slot)].wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue
+        checkInvariant(remaining != UInt32.max, "swap slot \(slot) reference underflow")
+        if remaining == 0 { freeSlots.withLock { $0.append(slot) } }
+    }
+
+    /// Slots in use.
+    public var slotsInUse: Int { capacity - freeSlots.withLock { $0.count } }
+}

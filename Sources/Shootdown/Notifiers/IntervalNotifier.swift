@@ -1,0 +1,256 @@
+import Synchronization
+
+/// What a mirror implements to follow an interval (the kernel's `mmu_interval_notifier_ops`).
+public protocol IntervalNotifierHandler: AnyObject, Sendable {
+    /// An invalidation intersects `notifier`'s interval. Take the lock that also guards your
+    /// commits, call `notifier.setSequence(currentSequence)`, drop (or downgrade) translations in
+    /// `range`, unlock, and return `true`. Return `false` only if `range` is not blockable and you
+    /// would have to sleep; the caller then leaves the range alone.
+    func invalidate(_ notifier: IntervalNotifier, range: InvalidationRange, currentSequence: UInt64) -> Bool
+}
+
+/// A subscription to invalidations of one interval `[start, end)` of an address space, with the
+/// collision-retry protocol of the kernel's `mmu_interval_notifier` (kernel-mm.md §2.3):
+///
+/// ```
+/// again:
+///   let seq = notifier.readBegin()        // waits if this interval was invalidated in an open epoch
+///   ... read the CPU page tables (AddressSpace.snapshot / fault), may sleep;
+///       notifier.checkRetry(seq) is a lock-free early-abort hint ...
+///   lock(userLock)                        // the same lock the handler takes
+///   if notifier.readRetry(seq) { unlock; goto again }
+///   program translations
+///   unlock(userLock)
+/// ```
+/// The guarantee: a translation is never committed after an invalidation that removed it began.
+///
+/// Created by ``AddressSpace/insertIntervalNotifier(start:length:handler:)``; removed by
+/// ``remove()``, which returns only when no callback of this notifier runs or will run.
+public final class IntervalNotifier: @unchecked Sendable {
+    /// First address of the interval.
+    public let start: UInt64
+    /// End of the interval (exclusive).
+    public let end: UInt64
+
+    @usableFromInline unowned(unsafe) let handler: any IntervalNotifierHandler
+    private let handlerOwner: any IntervalNotifierHandler
+    /// `invalidate_seq`: always odd.
+    @usableFromInline let sequence = Atomic<UInt64>(1)
+    let state: IntervalNotifierState
+    /// Tree node while in the tree, else -1 (guarded by the state's lock).
+    var node: Int32 = -1
+    /// On the deferred list (guarded by the state's lock).
+    var isDeferred = false
+    /// Inserted and not yet removed (guarded by the state's lock).
+    var isLive = false
+
+    init(start: UInt64, end: UInt64, handler: any IntervalNotifierHandler, state: IntervalNotifierState) {
+        self.start = start
+        self.end = end
+        self.handler = handler
+        handlerOwner = handler
+        self.state = state
+    }
+
+    /// Begins a read: returns the sequence to validate against, after waiting for an open
+    /// invalidation epoch that already invalidated this interval to close. May sleep; never loops.
+    public func readBegin() -> UInt64 {
+        let (seq, invalidated) = state.lock.withLock {
+            let seq = sequence.load(ordering: .relaxed)
+            return (seq, seq == state.sequence.load(ordering: .relaxed))
+        }
+        if invalidated {
+            state.counters?.increment(SpaceCounter.intervalReadWaits.rawValue)
+            state.waitQueue.wait { state.sequence.load(ordering: .acquiring) != seq }
+        }
+        return seq
+    }
+
+    /// Whether an invalidation hit the interval since ``readBegin()`` returned `sequence`.
+    /// Reliable only under the lock the handler takes (which orders it).
+    public func readRetry(_ sequence: UInt64) -> Bool {
+        let retry = self.sequence.load(ordering: .relaxed) != sequence
+        if retry { state.counters?.increment(SpaceCounter.intervalCollisions.rawValue) }
+        return retry
+    }
+
+    /// Lock-free hint: `true` is reliable (a collision happened), `false` is not.
+    public func checkRetry(_ sequence: UInt64) -> Bool {
+        self.sequence.load(ordering: .acquiring) != sequence
+    }
+
+    /// Records the current invalidation's sequence. Call from the handler, under its lock.
+    public func setSequence(_ currentSequence: UInt64) {
+        sequence.store(currentSequence, ordering: .relaxed)
+    }
+
+    /// Removes the notifier; waits until no callback of it runs or will run. Must not be called
+    /// from a callback. Removing twice does nothing.
+    public func remove() { state.remove(self) }
+}
+
+/// The per-space interval-notifier state (the itree part of the kernel's
+/// `mmu_notifier_subscriptions`): a lock, the collision-retry sequence (even when idle, odd while an
+/// invalidation that hit an interval is in flight), the number of in-flight invalidations, the
+/// interval tree, the deferred list, and a wait queue.
+@usableFromInline
+final class IntervalNotifierState: @unchecked Sendable {
+    let lock = SpinLock()
+    /// `invalidate_seq`: changed under `lock`, read without it by sleepers.
+    @usableFromInline let sequence = Atomic<UInt64>(2)
+    @exclusivity(unchecked) private var active = 0
+    @usableFromInline let tree = IntervalTree()
+    @exclusivity(unchecked) private var deferred: [IntervalNotifier] = []
+    let waitQueue = WaitQueue()
+    /// The owning space's counters (weakly tied: set once at creation).
+    @usableFromInline let counters: SlotCounters?
+
+    init(counters: SlotCounters?) { self.counters = counters }
+
+    /// Number of intervals in the tree.
+    var count: Int { lock.withLock { tree.count } }
+
+    // MARK: Writer side
+
+    /// W1: begins an invalidation of `range`. Returns `false` if a handler refused a non-blockable
+    /// range; the epoch has then already been ended and the caller must not call
+    /// ``invalidateEnd()``.
+    func invalidateStart(_ range: InvalidationRange) -> Bool {
+        let last = range.end &- 1
+        let current: UInt64? = lock.withLock {
+            active &+= 1
+            guard tree.intersects(range.start, last) else { return nil }
+            let odd = sequence.load(ordering: .relaxed) | 1
+            sequence.store(odd, ordering: .relaxed)
+            return odd
+        }
+        guard let current else { return true }  // hit nothing: partially excluded
+        var refused = false
+        tree.forEachIntersecting(range.start, last) { _, value in
+            let notifier = Unmanaged<IntervalNotifier>.fromOpaque(value)
+            let accepted = notifier._withUnsafeGuaranteedRef {
+                $0.handler.invalidate($0, range: range, currentSequence: current)
+            }
+            counters?.increment(SpaceCounter.intervalInvalidations.rawValue)
+            if accepted { return true }
+            if range.isBlockable {
+                counters?.increment(SpaceCounter.notifierContractViolations.rawValue)
+                return true
+            }
+            refused = true
+            return false
+        }
+        if refused {
+            invalidateEnd()
+            return false
+        }
+        return true
+    }
+
+    /// W2: ends an invalidation. The last one to end closes the epoch, applies deferred inserts
+    /// and removals, and wakes readers.
+    func invalidateEnd() {
+        var released: [IntervalNotifier] = []
+        let closed: Bool = lock.withLock {
+            active &-= 1
+            let seq = sequence.load(ordering: .relaxed)
+            if active != 0 || seq & 1 == 0 { return false }
+            // Releasing: pairs with readers' acquiring load in readBegin's wait.
+            sequence.store(seq &+ 1, ordering: .releasing)
+            applyDeferred(&released)
+            return true
+        }
+        if closed { waitQueue.wakeAll() }
+        for notifier in released { Unmanaged.passUnretained(notifier).release() }
+    }
+
+    /// Applies deferred inserts and removals. Under `lock`, epoch closed.
+    private func applyDeferred(_ released: inout [IntervalNotifier]) {
+        if deferred.isEmpty { return }
+        for notifier in deferred {
+            notifier.isDeferred = false
+            if notifier.node < 0 {
+                notifier.node = tree.insert(
+                    start: notifier.start, last: notifier.end - 1,
+                    value: Unmanaged.passUnretained(notifier).toOpaque())
+            } else {
+                tree.remove(notifier.node)
+                notifier.node = -1
+                released.append(notifier)
+            }
+        }
+        deferred.removeAll()
+    }
+
+    // MARK: Insert and remove
+
+    /// INS: adds `notifier` (its retain is owned by the tree or the deferred list).
+    func insert(_ notifier: IntervalNotifier) {
+        _ = Unmanaged.passRetained(notifier)
+        lock.withLock {
+            notifier.isLive = true
+            let seq = sequence.load(ordering: .relaxed)
+            if active > 0 {
+                if seq & 1 == 1 {
+                    notifier.isDeferred = true
+                    deferred.append(notifier)
+                } else {
+                    // An invalidation that hit nothing is in flight and may cover the new interval.
+                    sequence.store(seq | 1, ordering: .relaxed)
+                    notifier.node = tree.insert(
+                        start: notifier.start, last: notifier.end - 1,
+                        value: Unmanaged.passUnretained(notifier).toOpaque())
+                }
+                notifier.sequence.store(sequence.load(ordering: .relaxed), ordering: .relaxed)
+            } else {
+                notifier.sequence.store(seq &- 1, ordering: .relaxed)
+                notifier.node = tree.insert(
+                    start: notifier.start, last: notifier.end - 1,
+                    value: Unmanaged.passUnretained(notifier).toOpaque())
+            }
+        }
+    }
+
+    /// REM: removes `notifier`, waiting for an open epoch in which it may still be called.
+    func remove(_ notifier: IntervalNotifier) {
+        var waitFor: UInt64 = 0
+        var drop = false
+        lock.withLock {
+            guard notifier.isLive else { return }
+            notifier.isLive = false
+            let seq = sequence.load(ordering: .relaxed)
+            if seq & 1 == 1 {
+                if notifier.isDeferred && notifier.node < 0 {
+                    // Insert still pending: cancel it.
+                    deferred.removeAll { $0 === notifier }
+                    notifier.isDeferred = false
+                    drop = true
+                } else {
+                    notifier.isDeferred = true
+                    deferred.append(notifier)
+                    waitFor = seq
+                }
+            } else {
+                tree.remove(notifier.node)
+                notifier.node = -1
+                drop = true
+            }
+        }
+        if waitFor != 0 {
+            waitQueue.wait { sequence.load(ordering: .acquiring) != waitFor }
+        }
+        if drop { Unmanaged.passUnretained(notifier).release() }
+    }
+
+    /// Every live notifier (diagnostics and teardown).
+    var notifiers: [IntervalNotifier] {
+        lock.withLock {
+            var result: [IntervalNotifier] = []
+            tree.forEachIntersecting(0, .max) { _, value in
+                result.append(Unmanaged<IntervalNotifier>.fromOpaque(value).takeUnretainedValue())
+                return true
+            }
+            return result + deferred.filter { $0.node < 0 }
+        }
+    }
+}

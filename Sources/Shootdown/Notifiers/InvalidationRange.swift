@@ -1,0 +1,122 @@
+import Synchronization
+/// Why translations in a range are being removed or weakened (the kernel's
+/// `enum mmu_notifier_event`, seeds 000 and 004). Every operation passes the event that fits it.
+public enum InvalidationEvent: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    /// munmap, or mremap moving the range away: the addresses are going away.
+    case unmap
+    /// Entries cleared for another reason: madvise, reclaim, pageout, compaction, collapse,
+    /// copy-on-write replacement.
+    case clear
+    /// mprotect: the VMA's new protection (in ``InvalidationRange/vma``) describes the whole range.
+    case protectionVMA
+    /// Write access removed from individual pages (fork's copy-on-write): inspect the entries.
+    case protectionPage
+    /// Soft-dirty tracking re-armed (clear_refs): same pages, write-protected.
+    case softDirty
+    /// The address space is being torn down.
+    case release
+    /// Pages move to new frames; ``InvalidationRange/owner`` names who asked.
+    case migrate
+    /// Pages become exclusive to a device; ``InvalidationRange/owner`` names the device.
+    case exclusive
+
+    public var description: String {
+        switch self {
+        case .unmap: "unmap"
+        case .clear: "clear"
+        case .protectionVMA: "protectionVMA"
+        case .protectionPage: "protectionPage"
+        case .softDirty: "softDirty"
+        case .release: "release"
+        case .migrate: "migrate"
+        case .exclusive: "exclusive"
+        }
+    }
+}
+
+/// Flags of an invalidation.
+public struct InvalidationFlags: OptionSet, Hashable, Sendable {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+    /// Subscribers may sleep. Without it (OOM reaping) a subscriber may refuse instead.
+    public static let blockable = InvalidationFlags(rawValue: 1)
+}
+
+/// An opaque tag naming who caused an invalidation (migration, device exclusivity), so a mirror
+/// can skip invalidations it caused itself. `0` means nobody in particular.
+public struct InvalidationOwner: Hashable, Sendable {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public static let none = InvalidationOwner(rawValue: 0)
+}
+
+/// A snapshot of the VMA an invalidation concerns: its bounds and, for mprotect, the *new*
+/// protection and flags.
+public struct VMASnapshot: Hashable, Sendable {
+    public var start: UInt64
+    public var end: UInt64
+    public var protection: Protection
+    public var flags: MappingFlags
+
+    public init(start: UInt64, end: UInt64, protection: Protection, flags: MappingFlags) {
+        self.start = start
+        self.end = end
+        self.protection = protection
+        self.flags = flags
+    }
+}
+
+/// One invalidation, fixed once when it begins and passed unchanged to every callback (the
+/// kernel's `struct mmu_notifier_range`): which space, `[start, end)`, why, whether subscribers may
+/// sleep, the VMA it concerns, and who caused it.
+@frozen
+public struct InvalidationRange: Hashable, Sendable, CustomStringConvertible {
+    /// Identifier of the address space (``AddressSpace/id``).
+    public let space: UInt64
+    public let start: UInt64
+    public let end: UInt64
+    public let event: InvalidationEvent
+    public let flags: InvalidationFlags
+    /// The VMA concerned, if the change concerns one (mprotect: with the new protection).
+    public let vma: VMASnapshot?
+    public let owner: InvalidationOwner
+
+    public init(
+        space: UInt64, start: UInt64, end: UInt64, event: InvalidationEvent,
+        flags: InvalidationFlags = .blockable, vma: VMASnapshot? = nil, owner: InvalidationOwner = .none
+    ) {
+        self.space = space
+        self.start = start
+        self.end = end
+        self.event = event
+        self.flags = flags
+        self.vma = vma
+        self.owner = owner
+    }
+
+    /// Whether subscribers may sleep.
+    @inlinable public var isBlockable: Bool { flags.contains(.blockable) }
+
+    /// Whether the change can only take write access away, leaving pages readable: a mirror may
+    /// downgrade its translations to read-only instead of dropping them (the kernel's former
+    /// `mmu_notifier_range_update_to_read_only`).
+    public var onlyDowngradesToReadOnly: Bool {
+        switch event {
+        case .protectionVMA: vma?.protection.contains(.read) ?? false
+        case .protectionPage, .softDirty: true
+        default: false
+        }
+    }
+
+    /// Whether `[start, end)` intersects this range.
+    @inlinable
+    public func intersects(_ otherStart: UInt64, _ otherEnd: UInt64) -> Bool {
+        otherStart < end && start < otherEnd
+    }
+
+    public var description: String {
+        let bounds = "0x" + String(start, radix: 16) + "-0x" + String(end, radix: 16)
+        return "InvalidationRange(\(event), \(bounds)\(isBlockable ? "" : ", non-blockable"))"
+    }
+}

@@ -1,0 +1,150 @@
+import Synchronization
+
+/// An immutable snapshot of a space's classic subscribers. Published with one pointer store and
+/// replaced (never modified) by registration changes, so readers walk it without locks.
+///
+/// Entries hold the subscribers unowned-unsafe (no ARC on dispatch); `owners` keeps them alive for
+/// as long as the snapshot lives, which is at least until no reader can see it.
+@usableFromInline
+final class NotifierSnapshot: @unchecked Sendable {
+    @frozen @usableFromInline
+    struct Entry {
+        @usableFromInline unowned(unsafe) let notifier: any MMUNotifier
+        @usableFromInline let callbacks: NotifierCallbacks
+
+        init(notifier: any MMUNotifier, callbacks: NotifierCallbacks) {
+            self.notifier = notifier
+            self.callbacks = callbacks
+        }
+    }
+
+    @usableFromInline let entries: UnsafeMutableBufferPointer<Entry>
+    /// Union of every subscriber's callbacks, to skip whole dispatches.
+    @usableFromInline let union: NotifierCallbacks
+    let owners: [any MMUNotifier]
+
+    init(_ owners: [any MMUNotifier], callbacks: [NotifierCallbacks]) {
+        self.owners = owners
+        entries = .allocate(capacity: max(owners.count, 1))
+        var union: NotifierCallbacks = []
+        for index in owners.indices {
+            (entries.baseAddress! + index).initialize(to: Entry(notifier: owners[index], callbacks: callbacks[index]))
+            union.formUnion(callbacks[index])
+        }
+        self.union = union
+    }
+
+    deinit {
+        entries.baseAddress!.deinitialize(count: owners.count)
+        entries.deallocate()
+    }
+
+    var count: Int { owners.count }
+}
+
+/// A space's list of classic subscribers (the kernel's `subscriptions->list`), walked in read
+/// sections of ``SleepableRCU/notifiers`` (or under a reader-writer lock, for comparison).
+@usableFromInline
+final class NotifierList: @unchecked Sendable {
+    @usableFromInline let protection: NotifierListProtection
+    @usableFromInline let domain: SleepableRCU
+    /// `Unmanaged<NotifierSnapshot>` bits; always a valid snapshot (possibly empty).
+    @usableFromInline let current: Atomic<UInt>
+    /// Readers' lock in ``NotifierListProtection/rwlock`` mode.
+    @usableFromInline let lock = MmapLock()
+    /// Serialises registration changes.
+    private let writers = Mutex<Void>(())
+
+    init(protection: NotifierListProtection, domain: SleepableRCU) {
+        self.protection = protection
+        self.domain = domain
+        current = Atomic(UInt(bitPattern: Unmanaged.passRetained(NotifierSnapshot([], callbacks: [])).toOpaque()))
+    }
+
+    deinit {
+        Unmanaged<NotifierSnapshot>.fromOpaque(UnsafeRawPointer(bitPattern: current.load(ordering: .acquiring))!)
+            .release()
+    }
+
+    /// Runs `body` with the current snapshot inside a read section. `body` may sleep.
+    func withSnapshot<R>(_ body: (NotifierSnapshot) -> R) -> R {
+        if protection == .rcu {
+            let token = domain.readLock()
+            defer { domain.readUnlock(token) }
+            // Sequentially consistent: required by SleepableRCU's grace-period argument.
+            let bits = current.load(ordering: .sequentiallyConsistent)
+            return Unmanaged<NotifierSnapshot>.fromOpaque(UnsafeRawPointer(bitPattern: bits).unsafelyUnwrapped)
+                ._withUnsafeGuaranteedRef(body)
+        } else {
+            lock.readLock()
+            defer { lock.readUnlock() }
+            let bits = current.load(ordering: .acquiring)
+            return Unmanaged<NotifierSnapshot>.fromOpaque(UnsafeRawPointer(bitPattern: bits).unsafelyUnwrapped)
+                ._withUnsafeGuaranteedRef(body)
+        }
+    }
+
+    /// Subscribers currently registered.
+    var subscribers: [any MMUNotifier] { withSnapshot { $0.owners } }
+
+    /// Adds `notifier`. Throws `invalidArgument` if it is already registered or mixes the
+    /// secondary-TLB hook with start/end.
+    func add(_ notifier: any MMUNotifier) throws(MemoryError) {
+        let callbacks = notifier.callbacks
+        if callbacks.contains(.invalidateSecondaryTLBs) && !callbacks.isDisjoint(with: .invalidateRange) {
+            throw .invalidArgument
+        }
+        try writers.withLock { _ throws(MemoryError) in
+            let old = snapshot
+            if old.owners.contains(where: { $0 === notifier }) { throw .invalidArgument }
+            publish(NotifierSnapshot(old.owners + [notifier], callbacks: old.callbacksList + [callbacks]))
+        }
+    }
+
+    /// Removes `notifier` and waits until no reader can still be running one of its callbacks.
+    /// Returns whether it was registered.
+    @discardableResult
+    func remove(_ notifier: any MMUNotifier) -> Bool {
+        writers.withLock { _ in
+            let old = snapshot
+            guard let position = old.owners.firstIndex(where: { $0 === notifier }) else { return false }
+            var owners = old.owners
+            var callbacks = old.callbacksList
+            owners.remove(at: position)
+            callbacks.remove(at: position)
+            publish(NotifierSnapshot(owners, callbacks: callbacks))
+            return true
+        }
+    }
+
+    /// Removes every subscriber (teardown), waiting for readers.
+    func removeAll() {
+        writers.withLock { _ in publish(NotifierSnapshot([], callbacks: [])) }
+    }
+
+    /// The current snapshot (writers only).
+    private var snapshot: NotifierSnapshot {
+        Unmanaged<NotifierSnapshot>.fromOpaque(UnsafeRawPointer(bitPattern: current.load(ordering: .acquiring))!)
+            .takeUnretainedValue()
+    }
+
+    /// Publishes `replacement`, waits for the readers of the old snapshot, and releases it.
+    private func publish(_ replacement: NotifierSnapshot) {
+        let bits = UInt(bitPattern: Unmanaged.passRetained(replacement).toOpaque())
+        let oldBits: UInt
+        if protection == .rcu {
+            // Sequentially consistent: the publication store of SleepableRCU's argument.
+            oldBits = current.exchange(bits, ordering: .sequentiallyConsistent)
+            domain.synchronize()
+        } else {
+            lock.writeLock()
+            oldBits = current.exchange(bits, ordering: .acquiringAndReleasing)
+            lock.writeUnlock()
+        }
+        Unmanaged<NotifierSnapshot>.fromOpaque(UnsafeRawPointer(bitPattern: oldBits)!).release()
+    }
+}
+
+extension NotifierSnapshot {
+    var callbacksList: [NotifierCallbacks] { (0..<count).map { entries[$0].callbacks } }
+}

@@ -1,0 +1,69 @@
+import Synchronization
+
+extension PageTable {
+    /// Replaces the huge mapping in PMD slot `index` of `pmd` by a PTE table of 512 entries with
+    /// the same bits (`__split_huge_pmd`). The compound frame becomes 512 frames.
+    ///
+    /// - Precondition: the 2 MiB range is being invalidated (start called); mmap lock held.
+    /// - Returns: `false` if no table block could be allocated (nothing changed).
+    func splitHuge(pmd: TableBlock, index: Int, memory: PhysicalMemory) -> Bool {
+        guard let table = TableAllocator.shared.allocate() else { return false }
+        let lock = pmdLock(pmd)
+        lock.lock()
+        let entry = pmd.load(index)
+        guard entry.isHuge else {
+            lock.unlock()
+            TableAllocator.shared.free(table)
+            return true
+        }
+        let head = entry.number
+        let bits = entry.rawValue & (PageTableEntry.writable | PageTableEntry.dirty | PageTableEntry.softDirty
+            | PageTableEntry.accessed | PageTableEntry.user | PageTableEntry.present | PageTableEntry.protNone)
+        for offset in 0..<TableBlock.entries {
+            table[offset].pointee.store((head + UInt64(offset)) << 12 | bits, ordering: .relaxed)
+        }
+        memory.splitCompound(head)
+        // Releasing: the filled table is visible to lockless walkers that load the new entry.
+        pmd[index].pointee.store(PageTableEntry.table(at: table.address).rawValue, ordering: .releasing)
+        lock.unlock()
+        return true
+    }
+
+    /// The PMD slot mapping `address` with a huge entry, if any.
+    func hugeSlot(containing address: UInt64) -> (pmd: TableBlock, index: Int)? {
+        var table = root
+        for level in stride(from: 3, to: 1, by: -1) {
+            let entry = table.loadOrdered(Self.index(address, level: level))
+            if entry.isNone { return nil }
+            table = TableBlock(entry: entry)
+        }
+        let index = Self.index(address, level: 1)
+        return table.load(index).isHuge ? (table, index) : nil
+    }
+}
+
+extension AddressSpace {
+    /// Splits the huge mapping that spans `address` (when `address` is not 2 MiB aligned), under
+    /// its own `clear` invalidation of the 2 MiB range, as a VMA split or a partial operation needs.
+    ///
+    /// - Precondition: mmap lock held.
+    func splitHugeMapping(across address: UInt64) {
+        if address % Self.hugePageSize == 0 { return }
+        splitHugeMapping(containing: address)
+    }
+
+    /// Splits the huge mapping containing `address`, if any.
+    func splitHugeMapping(containing address: UInt64) {
+        guard let (pmd, index) = pageTable.hugeSlot(containing: address) else { return }
+        let start = address & ~(Self.hugePageSize - 1)
+        let scope = beginInvalidation(start, start + Self.hugePageSize, .clear)
+        if pageTable.splitHuge(pmd: pmd, index: index, memory: memory) { count(.hugePagesSplit) }
+        scope.end()
+    }
+
+    /// Splits every huge mapping that `[start, end)` covers only partly.
+    func splitPartialHugeMappings(_ start: UInt64, _ end: UInt64) {
+        splitHugeMapping(across: start)
+        splitHugeMapping(across: end)
+    }
+}

@@ -1,0 +1,111 @@
+import Synchronization
+extension PageTable {
+    /// Visits every populated leaf run of `[start, end)` with the right lock held:
+    /// - for a huge PMD slot: `huge(pmdTable, index, entry, chunkStart, chunkEnd)` under `pmd_lock`;
+    /// - for a PTE table: `pte(table, firstIndex, endIndex)` under its split lock, followed by
+    ///   `flush(chunkStart, chunkEnd)` still under the lock (the secondary-TLB hook).
+    ///
+    /// The per-page loop lives in the caller's `pte` closure, called once per table (at most 512
+    /// pages), so no per-page dispatch happens here. Does not allocate tables.
+    ///
+    /// - Precondition: the mmap lock is held (read or write), so PTE tables cannot be detached
+    ///   underneath; no split lock is held by the caller.
+    func forEachLockedLeafRun(
+        from start: UInt64, to end: UInt64,
+        huge: (TableBlock, Int, PageTableEntry, UInt64, UInt64) -> Void,
+        pte: (TableBlock, Int, Int) -> Void,
+        flush: (UInt64, UInt64) -> Void
+    ) {
+        forEachPMDSlot(from: start, to: end) { pmd, pmdIndex, chunkStart, chunkEnd in
+            var entry = pmd.loadOrdered(pmdIndex)
+            if entry.isNone { return }
+            if entry.isHuge {
+                let lock = pmdLock(pmd)
+                lock.lock()
+                entry = pmd.load(pmdIndex)
+                if entry.isHuge {
+                    huge(pmd, pmdIndex, entry, chunkStart, chunkEnd)
+                    flush(chunkStart, chunkEnd)
+                    lock.unlock()
+                    return
+                }
+                lock.unlock()
+                if entry.isNone { return }
+            }
+            let table = TableBlock(entry: entry)
+            let first = Self.index(chunkStart, level: 0)
+            let last = first &+ Int(truncatingIfNeeded: (chunkEnd &- chunkStart) &>> 12)
+            let lock = pteLock(table)
+            lock.lock()
+            pte(table, first, last)
+            flush(chunkStart, chunkEnd)
+            lock.unlock()
+        }
+    }
+}
+
+/// What a zap removed.
+@frozen @usableFromInline
+struct ZapResult {
+    /// 4 KiB entries cleared (present or PROT_NONE).
+    @usableFromInline var pages = 0
+    /// Huge entries cleared.
+    @usableFromInline var hugePages = 0
+    /// Swap entries cleared.
+    @usableFromInline var swapEntries = 0
+    /// Huge entries left alone because the range covered them only partly (they must be split by
+    /// the caller first; under the mmap read lock a concurrent fault may have created one).
+    @usableFromInline var partialHugeSkipped = 0
+
+    @inlinable init() {}
+}
+
+extension PageTable {
+    /// Clears every leaf entry in `[start, end)` (the kernel's `zap_pte_range` family): frames
+    /// whose last mapping disappears are appended to `chain`, swap slots are released.
+    ///
+    /// - Precondition: the invalidation covering the range has started (outside any split lock),
+    ///   the mmap lock is held, and partly covered huge mappings were split beforehand.
+    /// - Postcondition: the caller ends the invalidation, then releases `chain`.
+    func zap(
+        from start: UInt64, to end: UInt64, memory: PhysicalMemory, chain: inout FrameChain,
+        flush: (UInt64, UInt64) -> Void
+    ) -> ZapResult {
+        var result = ZapResult()
+        forEachLockedLeafRun(
+            from: start, to: end,
+            huge: { pmd, index, entry, chunkStart, chunkEnd in
+                guard chunkEnd &- chunkStart == Self.hugePageSize else {
+                    result.partialHugeSkipped &+= 1
+                    return
+                }
+                pmd[index].pointee.store(0, ordering: .relaxed)
+                memory.unmapHugeFrame(entry.number, into: &chain)
+                result.hugePages &+= 1
+            },
+            pte: { table, first, last in
+                var index = first
+                var pages = 0
+                while index < last {
+                    let raw = table[index].pointee.load(ordering: .relaxed)
+                    if raw != 0 {
+                        // Relaxed: the split lock orders this against other writers; lockless
+                        // readers load atomically and revalidate.
+                        table[index].pointee.store(0, ordering: .relaxed)
+                        let entry = PageTableEntry(rawValue: raw)
+                        if entry.isSwap {
+                            memory.swap.release(UInt32(truncatingIfNeeded: entry.number))
+                            result.swapEntries &+= 1
+                        } else {
+                            memory.unmapFrame(entry.number, into: &chain)
+                            pages &+= 1
+                        }
+                    }
+                    index &+= 1
+                }
+                result.pages &+= pages
+            },
+            flush: flush)
+        return result
+    }
+}

@@ -1,0 +1,104 @@
+import Synchronization
+/// One 8-byte page-table entry, x86-64 style.
+///
+/// A present leaf entry maps a frame; a non-present entry is empty (all zero), a PROT_NONE entry
+/// (the frame stays mapped but inaccessible, like `_PAGE_PROTNONE`), or a swap entry naming the
+/// slot that holds an evicted page. A PMD entry is either a pointer to a PTE table or, with the
+/// ``huge`` bit, a 2 MiB mapping of a compound frame. Upper-level entries hold the address of the
+/// next table block.
+@frozen
+public struct PageTableEntry: Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt64
+
+    @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
+
+    // MARK: Bits
+
+    public static let present: UInt64 = 1 << 0
+    public static let writable: UInt64 = 1 << 1
+    public static let user: UInt64 = 1 << 2
+    public static let accessed: UInt64 = 1 << 5
+    public static let dirty: UInt64 = 1 << 6
+    public static let huge: UInt64 = 1 << 7
+    /// Not present, frame still mapped, access denied (mprotect PROT_NONE).
+    public static let protNone: UInt64 = 1 << 8
+    /// Not present, the number is a swap slot.
+    public static let swap: UInt64 = 1 << 9
+    public static let softDirty: UInt64 = 1 << 11
+    /// Bits 12–51: frame number, table address, or swap slot.
+    public static let numberMask: UInt64 = ((1 << 40) - 1) << 12
+
+    /// The empty entry.
+    public static let none = PageTableEntry(rawValue: 0)
+
+    // MARK: Construction
+
+    /// A present leaf entry mapping `frame`.
+    @inlinable
+    static func leaf(frame: UInt64, writable: Bool, dirty: Bool, softDirty: Bool, huge: Bool = false) -> PageTableEntry {
+        var raw = frame << 12 | present | user | accessed
+        if writable { raw |= Self.writable }
+        if dirty { raw |= Self.dirty }
+        if softDirty { raw |= Self.softDirty }
+        if huge { raw |= Self.huge }
+        return PageTableEntry(rawValue: raw)
+    }
+
+    /// An entry pointing to the table block at `address`.
+    @inlinable
+    static func table(at address: UInt64) -> PageTableEntry {
+        PageTableEntry(rawValue: address | present | writable | user)
+    }
+
+    /// A swap entry for `slot`.
+    @inlinable
+    static func swapEntry(slot: UInt32, softDirty: Bool) -> PageTableEntry {
+        PageTableEntry(rawValue: UInt64(slot) << 12 | swap | (softDirty ? Self.softDirty : 0))
+    }
+
+    // MARK: Queries
+
+    @inlinable public var isNone: Bool { rawValue == 0 }
+    @inlinable public var isPresent: Bool { rawValue & Self.present != 0 }
+    @inlinable public var isWritable: Bool { rawValue & Self.writable != 0 }
+    @inlinable public var isAccessed: Bool { rawValue & Self.accessed != 0 }
+    @inlinable public var isDirty: Bool { rawValue & Self.dirty != 0 }
+    @inlinable public var isSoftDirty: Bool { rawValue & Self.softDirty != 0 }
+    @inlinable public var isHuge: Bool { rawValue & Self.huge != 0 }
+    @inlinable public var isProtNone: Bool { rawValue & (Self.present | Self.protNone) == Self.protNone }
+    @inlinable public var isSwap: Bool { rawValue & (Self.present | Self.swap) == Self.swap }
+
+    /// The number field: a frame, a table address >> 12, or a swap slot.
+    @inlinable var number: UInt64 { (rawValue & Self.numberMask) >> 12 }
+
+    /// The mapped frame of a present or PROT_NONE leaf entry.
+    @inlinable
+    public var frame: UInt64? { isPresent || isProtNone ? number : nil }
+
+    /// The swap slot of a swap entry.
+    @inlinable
+    public var swapSlot: UInt32? { isSwap ? UInt32(truncatingIfNeeded: number) : nil }
+
+    /// The table address of an upper-level (or non-huge PMD) entry.
+    @inlinable var tableAddress: UInt64 { rawValue & Self.numberMask }
+
+    @inlinable
+    func with(_ bits: UInt64) -> PageTableEntry { PageTableEntry(rawValue: rawValue | bits) }
+
+    @inlinable
+    func without(_ bits: UInt64) -> PageTableEntry { PageTableEntry(rawValue: rawValue & ~bits) }
+
+    public var description: String {
+        if isNone { return "none" }
+        if isSwap { return "swap(slot: \(number)\(isSoftDirty ? ", soft-dirty" : ""))" }
+        var parts: [String] = []
+        parts.append(isProtNone ? "protnone" : "present")
+        parts.append("frame: \(number)")
+        if isWritable { parts.append("writable") }
+        if isAccessed { parts.append("young") }
+        if isDirty { parts.append("dirty") }
+        if isSoftDirty { parts.append("soft-dirty") }
+        if isHuge { parts.append("huge") }
+        return "PageTableEntry(" + parts.joined(separator: ", ") + ")"
+    }
+}

@@ -1,0 +1,25 @@
+import Synchronization
+import CInterop
+
+/// A small integer naming the calling thread, used to shard per-thread data (counters, SRCU
+/// counts, frame free lists) the way the kernel uses per-CPU data.
+///
+/// Slots `0 ..< count - 1` are owned by exactly one live thread: data indexed by such a slot may be
+/// updated with a relaxed load and store. The last slot (``shared``) is used by every thread past
+/// the first `count - 1` live ones, so data indexed by it must be updated with read-modify-writes.
+/// A thread's slot is claimed on first use and released when it exits (CInterop).
+@usableFromInline
+enum ThreadSlot {
+    /// Number of slots.
+    @usableFromInline static let count = Int(CINTEROP_THREAD_SLOTS)
+
+    /// The slot shared by overflow threads.
+    @usableFromInline static let shared = count - 1
+
+    /// The calling thread's slot.
+    @inlinable @inline(__always)
+    static var current: Int { Int(cinterop_thread_slot()) }
+
+    /// Number of slots owned by live threads.
+    static var inUse: Int { Int(cinterop_thread_slots_in_use()) }
+}

@@ -1,0 +1,90 @@
+import Synchronization
+/// The per-space event counters (the kernel's `spf_*`, `VMA_LOCK_*` and vmstat counters). Read
+/// them with ``AddressSpace/statistics``.
+public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
+    // Faults, by path and kind.
+    case speculativeFaults
+    case classicFaults
+    case hugeFaults
+    case copyOnWriteFaults
+    case zeroPageFaults
+    case swapInFaults
+    case spuriousFaults
+    case segmentationFaults
+    case outOfMemoryFaults
+    // Speculative-fault aborts, by reason (then the classic path runs).
+    case speculativeAbortNoVMA
+    case speculativeAbortSequenceOdd
+    case speculativeAbortVMAChanged
+    case speculativeAbortEntryChanged
+    case speculativeAbortLockContention
+    case speculativeAbortNotSupported
+    case speculativeAbortNoMemory
+    // Invalidations, by event.
+    case invalidationsUnmap
+    case invalidationsClear
+    case invalidationsProtectionVMA
+    case invalidationsProtectionPage
+    case invalidationsSoftDirty
+    case invalidationsRelease
+    case invalidationsMigrate
+    case invalidationsExclusive
+    case invalidationsRefused
+    case notifierContractViolations
+    // Page-table work.
+    case pagesZapped
+    case hugePagesZapped
+    case swapEntriesZapped
+    case tablesFreed
+    case hugePagesSplit
+    case hugePagesCollapsed
+    case pagesSwappedOut
+    case pagesMigrated
+    case pagesWriteProtected
+    // Interval notifiers and mirrors.
+    case intervalInvalidations
+    case intervalCollisions
+    case intervalReadWaits
+    // Grace periods this space waited for (notifier domain).
+    case notifierGracePeriods
+
+    public var description: String { String(describing: self) }
+
+    /// Counter for the invalidation event `event`.
+    @inlinable
+    static func invalidations(_ event: InvalidationEvent) -> SpaceCounter {
+        SpaceCounter(rawValue: SpaceCounter.invalidationsUnmap.rawValue + Int(event.rawValue))!
+    }
+}
+
+/// A snapshot of an address space's counters.
+public struct SpaceStatistics: Sendable, Equatable {
+    private var values: [Int64]
+
+    init(values: [Int64]) { self.values = values }
+
+    /// The value of `counter`.
+    public subscript(_ counter: SpaceCounter) -> Int64 { values[counter.rawValue] }
+
+    /// Every counter with its name, in declaration order.
+    public var all: [(name: String, value: Int64)] {
+        SpaceCounter.allCases.map { ($0.description, values[$0.rawValue]) }
+    }
+
+    /// Counters that are not zero.
+    public var nonZero: [(name: String, value: Int64)] { all.filter { $0.value != 0 } }
+
+    /// Faults handled, by either path.
+    public var faults: Int64 { self[.speculativeFaults] + self[.classicFaults] }
+
+    /// Speculative aborts of every reason.
+    public var speculativeAborts: Int64 {
+        (SpaceCounter.speculativeAbortNoVMA.rawValue...SpaceCounter.speculativeAbortNoMemory.rawValue)
+            .reduce(0) { $0 + values[$1] }
+    }
+
+    /// The difference `self - earlier`, counter by counter.
+    public func since(_ earlier: SpaceStatistics) -> SpaceStatistics {
+        SpaceStatistics(values: zip(values, earlier.values).map { $0 - $1 })
+    }
+}

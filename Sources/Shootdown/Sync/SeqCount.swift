@@ -1,0 +1,74 @@
+import Synchronization
+
+/// A sequence count (the kernel's `seqcount_t`, used as `vm_sequence` in seed 003).
+///
+/// Writers must be serialised by the caller (the mmap write lock, or a VMA's writer lock); they
+/// make the count odd for the duration of a change. Readers never block: they take a snapshot
+/// with ``readBegin()``, treat an odd snapshot as "a writer is active", read the protected fields
+/// (which are themselves atomics read with relaxed ordering) and validate with
+/// ``hasChanged(since:)``.
+///
+/// Ordering: ``writeBegin()`` is a sequentially consistent read-modify-write. Besides ordering the
+/// odd value before the writer's later stores (what a release fence would do), it orders it before
+/// the writer's later *loads*. The speculative fault path relies on this: a zap that makes the
+/// count odd and then finds a page-table slot empty, and a speculative fault that installs a table
+/// in that slot with a sequentially consistent CAS and then re-reads the count, cannot both miss
+/// each other (store-buffering is excluded by the single total order).
+@usableFromInline
+struct SeqCount: ~Copyable, @unchecked Sendable {
+    @usableFromInline let value: Atomic<UInt32>
+
+    @inlinable init() { value = Atomic(0) }
+
+    // MARK: Readers
+
+    /// Takes a snapshot. An odd result means a writer is active.
+    @inlinable @inline(__always)
+    func readBegin() -> UInt32 {
+        // Acquiring: fields read after this are at least as new as the snapshot.
+        value.load(ordering: .acquiring)
+    }
+
+    /// Whether a writer ran (or is running) since `snapshot` was taken.
+    @inlinable @inline(__always)
+    func hasChanged(since snapshot: UInt32) -> Bool {
+        // Sequentially consistent: pairs with writeBegin's RMW in the speculative-fault argument
+        // above; on x86 this is a plain load, and it also orders the protected reads before it.
+        value.load(ordering: .sequentiallyConsistent) != snapshot
+    }
+
+    // MARK: Writers (externally serialised)
+
+    /// Makes the count odd. Pair with ``writeEnd()``.
+    @inlinable
+    func writeBegin() {
+        let old = value.wrappingAdd(1, ordering: .sequentiallyConsistent).oldValue
+        checkInvariant(old & 1 == 0, "nested or concurrent seqcount writer")
+    }
+
+    /// Makes the count even again, publishing the change.
+    @inlinable
+    func writeEnd() {
+        let old = value.load(ordering: .relaxed)
+        checkInvariant(old & 1 == 1, "seqcount writeEnd without writeBegin")
+        // Releasing: every write of the section is visible to a reader that sees the new value.
+        value.store(old &+ 1, ordering: .releasing)
+    }
+
+    /// ``writeBegin()`` without the parity check, for a writer that deliberately leaves the count
+    /// odd for good (a VMA that was removed) or re-enters a section it already holds.
+    @inlinable
+    func rawWriteBegin() {
+        _ = value.wrappingAdd(1, ordering: .sequentiallyConsistent)
+    }
+
+    /// ``writeEnd()`` without the parity check.
+    @inlinable
+    func rawWriteEnd() {
+        _ = value.wrappingAdd(1, ordering: .releasing)
+    }
+
+    /// The current value, for invariant checks and tests.
+    @inlinable
+    var current: UInt32 { value.load(ordering: .relaxed) }
+}

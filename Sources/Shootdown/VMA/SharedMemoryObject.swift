@@ -1,0 +1,46 @@
+import Synchronization
+
+/// The backing object of a shared anonymous mapping (`MAP_SHARED | MAP_ANONYMOUS`, shmem in
+/// Linux): a page cache from page offset to frame. The object holds one reference on each cached
+/// frame; every page-table entry mapping it holds another. Forks share the object, so parent and
+/// child see the same frames and nothing is copied on write.
+///
+/// Lifetime: referenced by the VMAs that map it; when the last such VMA is reclaimed (after a
+/// grace period) the object drops its frame references.
+final class SharedMemoryObject: @unchecked Sendable {
+    let memory: PhysicalMemory
+    private let pages = Mutex<[UInt64: UInt64]>([:])
+
+    init(memory: PhysicalMemory) { self.memory = memory }
+
+    deinit {
+        var chain = FrameChain()
+        pages.withLock { pages in
+            for frame in pages.values { memory.unpin(frame, into: &chain) }
+            pages.removeAll()
+        }
+        memory.release(chain)
+    }
+
+    /// The frame caching page `offset`, allocated (zero-filled) if absent. The returned frame
+    /// carries one extra mapping reference for the caller's new entry. Returns `nil` when out of
+    /// frames.
+    func mapPage(at offset: UInt64) -> UInt64? {
+        pages.withLock { pages -> UInt64? in
+            if let frame = pages[offset] {
+                memory.mapAgain(frame)
+                return frame
+            }
+            // One reference for the cache, one reference plus one mapping for the caller.
+            guard let frame = memory.allocate(initialCounts: 2 | PhysicalMemory.mapOne) else { return nil }
+            pages[offset] = frame
+            return frame
+        }
+    }
+
+    /// The frame caching page `offset`, if any (no reference taken).
+    func cachedFrame(at offset: UInt64) -> UInt64? { pages.withLock { $0[offset] } }
+
+    /// Number of cached pages.
+    var cachedPages: Int { pages.withLock { $0.count } }
+}
