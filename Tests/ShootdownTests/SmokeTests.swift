@@ -20,3 +20,109 @@ import Testing
         space.teardown()
     }
 }
+
+@Suite struct SmokeOperationTests {
+    let page: UInt64 = 4096
+
+    @Test func protectSplitsAndMerges() throws {
+        let space = try AddressSpace(memory: PhysicalMemory(capacity: 4096))
+        let base = try space.map(length: 16 * page)
+        for i in 0..<16 { try space.write(UInt64(i), at: base + UInt64(i) * page) }
+        try space.protect(address: base + 4 * page, length: 4 * page, protection: .read)
+        #expect(space.mappings().count == 3)
+        #expect(space.translate(base + 4 * page)?.isWritable == false)
+        #expect(space.translate(base)?.isWritable == true)
+        #expect(throws: MemoryError.segmentationFault) { try space.write(9, at: base + 5 * page) }
+        try space.protect(address: base + 4 * page, length: 4 * page, protection: .readWrite)
+        #expect(space.mappings().count == 1)
+        try space.write(99, at: base + 5 * page)
+        #expect(try space.read(at: base + 5 * page) == 99)
+        #expect(space.audit().unmergedNeighbours == 0)
+    }
+
+    @Test func remapMovesPages() throws {
+        let space = try AddressSpace(memory: PhysicalMemory(capacity: 4096))
+        let base = try space.map(length: 8 * page)
+        for i in 0..<8 { try space.write(100 + UInt64(i), at: base + UInt64(i) * page) }
+        _ = try space.map(length: page, placement: .fixed(base + 8 * page), options: [.shared])
+        let moved = try space.remap(address: base, oldLength: 8 * page, newLength: 16 * page, move: .mayMove)
+        #expect(moved != base)
+        for i in 0..<8 { #expect(try space.read(at: moved + UInt64(i) * page) == 100 + UInt64(i)) }
+        #expect(space.translate(base) == nil)
+        let audit = space.audit()
+        #expect(audit.entriesOutsideVMAs == 0)
+    }
+
+    @Test func forkCopyOnWrite() throws {
+        let memory = PhysicalMemory(capacity: 4096)
+        let parent = try AddressSpace(memory: memory)
+        let base = try parent.map(length: 4 * page)
+        for i in 0..<4 { try parent.write(UInt64(i + 1), at: base + UInt64(i) * page) }
+        let child = try parent.fork()
+        #expect(memory.framesInUse == 4)
+        try child.write(42, at: base)
+        #expect(try parent.read(at: base) == 1)
+        #expect(try child.read(at: base) == 42)
+        #expect(memory.framesInUse == 5)
+        child.teardown()
+        #expect(memory.framesInUse == 4)
+        try parent.write(7, at: base + page)  // exclusive again: reused in place
+        #expect(memory.framesInUse == 4)
+        parent.teardown()
+        #expect(memory.framesInUse == 0)
+    }
+
+    @Test func dontNeedAndPageOut() throws {
+        let memory = PhysicalMemory(capacity: 4096)
+        let space = try AddressSpace(memory: memory)
+        let base = try space.map(length: 4 * page)
+        for i in 0..<4 { try space.write(UInt64(i + 1), at: base + UInt64(i) * page) }
+        try space.advise(address: base, length: page, advice: .dontNeed)
+        #expect(try space.read(at: base) == 0)
+        try space.advise(address: base + page, length: 3 * page, advice: .pageOut)
+        #expect(space.translate(base + page)?.isSwap == true)
+        #expect(memory.swap.slotsInUse == 3)
+        #expect(try space.read(at: base + 2 * page) == 3)
+        #expect(memory.swap.slotsInUse == 2)
+        space.teardown()
+        #expect(memory.swap.slotsInUse == 0)
+        #expect(memory.framesInUse == 0)
+    }
+
+    @Test func hugePagesAndCollapse() throws {
+        let memory = PhysicalMemory(capacity: 8192)
+        let space = try AddressSpace(memory: memory)
+        let base = try space.map(length: 8 << 20, options: [.hugePage])
+        let aligned = (base + (2 << 20) - 1) & ~UInt64((2 << 20) - 1)
+        try space.write(5, at: aligned + 3 * page)
+        #expect(space.audit().hugeMappings == 1)
+        #expect(try space.read(at: aligned + 3 * page) == 5)
+        try space.unmap(address: aligned + page, length: page)  // splits the huge mapping
+        #expect(space.audit().hugeMappings == 0)
+        #expect(try space.read(at: aligned + 3 * page) == 5)
+        try space.map(length: page, placement: .fixed(aligned + page))
+        try space.protect(address: aligned, length: 2 << 20, protection: .readWrite)
+        try space.advise(address: aligned, length: 2 << 20, advice: .hugePage)
+        #expect(try space.collapse(address: aligned, length: 2 << 20) == 1)
+        #expect(space.audit().hugeMappings == 1)
+        #expect(try space.read(at: aligned + 3 * page) == 5)
+        space.teardown()
+        #expect(memory.framesInUse == 0)
+    }
+
+    @Test func mirrorFollowsInvalidations() throws {
+        let space = try AddressSpace(memory: PhysicalMemory(capacity: 4096))
+        let base = try space.map(length: 16 * page)
+        let mirror = try SoftwareMirror(space: space, start: base, length: 16 * page)
+        try mirror.populate(base, base + 16 * page, write: true)
+        #expect(mirror.count == 16)
+        try space.advise(address: base, length: 4 * page, advice: .dontNeed)
+        #expect(mirror.count == 12)
+        try space.protect(address: base + 4 * page, length: 4 * page, protection: .read)
+        #expect(mirror.translation(for: base + 4 * page)?.writable == false)
+        try space.unmap(address: base, length: 16 * page)
+        #expect(mirror.count == 0)
+        space.teardown()
+        mirror.detach()
+    }
+}

@@ -7,7 +7,7 @@ import Synchronization
 /// odd forever. Index changes become visible to lockless readers in one step at ``publish()``.
 /// Everything unlinked goes to ``retire`` and is freed after a grace period.
 final class VMAEdit {
-    unowned let space: AddressSpace
+    unowned(unsafe) let space: AddressSpace
     let retire = RetireList()
     private var touched: [VMA] = []
     private let holdsWriterLocks: Bool

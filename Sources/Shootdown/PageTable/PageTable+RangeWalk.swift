@@ -2,8 +2,9 @@ import Synchronization
 extension PageTable {
     /// Visits every populated leaf run of `[start, end)` with the right lock held:
     /// - for a huge PMD slot: `huge(pmdTable, index, entry, chunkStart, chunkEnd)` under `pmd_lock`;
-    /// - for a PTE table: `pte(table, firstIndex, endIndex)` under its split lock, followed by
-    ///   `flush(chunkStart, chunkEnd)` still under the lock (the secondary-TLB hook).
+    /// - for a PTE table: `pte(table, firstIndex, endIndex, chunkStart)` under its split lock, then
+    ///   `flush(chunkStart, chunkEnd)` still under the lock (the secondary-TLB hook). `chunkStart`
+    ///   is the address of `firstIndex`.
     ///
     /// The per-page loop lives in the caller's `pte` closure, called once per table (at most 512
     /// pages), so no per-page dispatch happens here. Does not allocate tables.
@@ -13,7 +14,7 @@ extension PageTable {
     func forEachLockedLeafRun(
         from start: UInt64, to end: UInt64,
         huge: (TableBlock, Int, PageTableEntry, UInt64, UInt64) -> Void,
-        pte: (TableBlock, Int, Int) -> Void,
+        pte: (TableBlock, Int, Int, UInt64) -> Void,
         flush: (UInt64, UInt64) -> Void
     ) {
         forEachPMDSlot(from: start, to: end) { pmd, pmdIndex, chunkStart, chunkEnd in
@@ -37,7 +38,7 @@ extension PageTable {
             let last = first &+ Int(truncatingIfNeeded: (chunkEnd &- chunkStart) &>> 12)
             let lock = pteLock(table)
             lock.lock()
-            pte(table, first, last)
+            pte(table, first, last, chunkStart)
             flush(chunkStart, chunkEnd)
             lock.unlock()
         }
@@ -83,7 +84,7 @@ extension PageTable {
                 memory.unmapHugeFrame(entry.number, into: &chain)
                 result.hugePages &+= 1
             },
-            pte: { table, first, last in
+            pte: { table, first, last, _ in
                 var index = first
                 var pages = 0
                 while index < last {

@@ -1,0 +1,134 @@
+import Synchronization
+
+extension AddressSpace {
+    /// Advice for ``advise(address:length:advice:)`` (`madvise`).
+    public enum Advice: String, Sendable, CaseIterable {
+        /// `MADV_DONTNEED`: drop the pages; private memory reads back as zeros (event `clear`).
+        case dontNeed
+        /// `MADV_PAGEOUT`: write exclusive private pages to swap (event `clear`); a later fault
+        /// reads them back.
+        case pageOut
+        /// `MADV_HUGEPAGE`: allow 2 MiB mappings.
+        case hugePage
+        /// `MADV_NOHUGEPAGE`.
+        case noHugePage
+        /// `MADV_POPULATE_READ`.
+        case populateRead
+        /// `MADV_POPULATE_WRITE`.
+        case populateWrite
+    }
+
+    /// Applies `advice` to `[address, address + length)` (`madvise`).
+    ///
+    /// Linux rules: unaligned address or an overflowing length is `EINVAL`; zero length succeeds;
+    /// a hole is `ENOMEM`; `dontNeed`/`pageOut` on a locked VMA is `EINVAL`; `populateWrite` on a
+    /// mapping without write access (or `populateRead` on `PROT_NONE`) is `EFAULT`. Unlike Linux,
+    /// a range with a hole fails before anything changes.
+    public func advise(address: UInt64, length: UInt64, advice: Advice) throws(MemoryError) {
+        guard Self.isPageAligned(address), let length = Self.pageAlign(length) else { throw .invalidArgument }
+        if length == 0 { return }
+        guard address <= Self.userLimit, length <= Self.userLimit - address else { throw .noMemory }
+        let end = address + length
+        switch advice {
+        case .dontNeed, .pageOut:
+            try mmapLock.withReadLock { () throws(MemoryError) in
+                try checkAlive()
+                let vmas = try coveringVMAs(address, end)
+                if vmas.contains(where: { $0.flags.contains(.locked) }) { throw .invalidArgument }
+                let edit = VMAEdit(self, writerLocks: true)
+                for vma in vmas { edit.touch(vma) }
+                splitPartialHugeMappings(address, end)
+                for vma in vmas {
+                    let start = max(address, vma.start)
+                    let stop = min(end, vma.end)
+                    if advice == .dontNeed {
+                        let scope = beginInvalidation(start, stop, .clear, vma: snapshot(vma))
+                        var chain = FrameChain()
+                        let result = withSecondaryTLBHook { hook in
+                            pageTable.zap(from: start, to: stop, memory: memory, chain: &chain, flush: hook)
+                        }
+                        scope.end()
+                        memory.release(chain)
+                        recordZap(result)
+                    } else if vma.isAnonymousPrivate {
+                        pageOut(start, stop, vma: vma)
+                    }
+                }
+                edit.finish()
+            }
+        case .hugePage, .noHugePage:
+            try mmapLock.withWriteLock { () throws(MemoryError) in
+                try checkAlive()
+                let vmas = try coveringVMAs(address, end)
+                try checkSplitBudget(vmas, address, end)
+                let edit = VMAEdit(self)
+                let inside = isolate(vmas, address, end, edit: edit)
+                for vma in inside {
+                    var flags = vma.flags
+                    if advice == .hugePage {
+                        flags.insert(.hugePage)
+                        flags.remove(.noHugePage)
+                    } else {
+                        flags.insert(.noHugePage)
+                        flags.remove(.hugePage)
+                    }
+                    vma.setAttributes(protection: vma.protection, flags: flags)
+                }
+                mergeAll(inside, edit: edit)
+                edit.finish()
+            }
+        case .populateRead, .populateWrite:
+            let write = advice == .populateWrite
+            try mmapLock.withReadLock { () throws(MemoryError) in
+                try checkAlive()
+                let vmas = try coveringVMAs(address, end)
+                if vmas.contains(where: { !Self.accessAllowed($0.protection, write ? .write : .read) }) {
+                    throw .badAddress
+                }
+            }
+            try populate(address, length: length, write: write)
+        }
+    }
+
+    /// Writes the exclusive private pages of `[start, end)` to swap under one `clear`
+    /// invalidation. Shared, zero-page and huge entries stay. Returns pages swapped out.
+    ///
+    /// - Precondition: mmap lock held; the VMA in an edit's write section.
+    @discardableResult
+    func pageOut(_ start: UInt64, _ end: UInt64, vma: VMA, limit: Int = .max, onlyOld: Bool = false) -> Int {
+        let scope = beginInvalidation(start, end, .clear, vma: snapshot(vma))
+        var chain = FrameChain()
+        var swapped = 0
+        var swapFull = false
+        withSecondaryTLBHook { hook in
+            pageTable.forEachLockedLeafRun(
+                from: start, to: end, huge: { _, _, _, _, _ in },
+                pte: { table, first, last, _ in
+                    for index in first..<last where swapped < limit && !swapFull {
+                        let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
+                        guard entry.isPresent, entry.number != PhysicalMemory.zeroFrame,
+                            memory.isExclusive(entry.number)
+                        else { continue }
+                        if onlyOld && entry.isAccessed {
+                            table[index].pointee.store(entry.without(PageTableEntry.accessed).rawValue, ordering: .relaxed)
+                            continue
+                        }
+                        guard let slot = memory.swap.store(memory.token(of: entry.number)) else {
+                            swapFull = true
+                            continue
+                        }
+                        table[index].pointee.store(
+                            PageTableEntry.swapEntry(slot: slot, softDirty: entry.isSoftDirty).rawValue,
+                            ordering: .relaxed)
+                        memory.unmapFrame(entry.number, into: &chain)
+                        swapped += 1
+                    }
+                },
+                flush: hook)
+        }
+        scope.end()
+        memory.release(chain)
+        count(.pagesSwappedOut, swapped)
+        return swapped
+    }
+}

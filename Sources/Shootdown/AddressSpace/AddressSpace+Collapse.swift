@@ -1,0 +1,89 @@
+import Synchronization
+
+extension AddressSpace {
+    /// Collapses every 2 MiB-aligned block of `[address, address + length)` that lies in a
+    /// huge-page-allowed private VMA into one huge mapping (`khugepaged`'s `collapse_huge_page`, or
+    /// `MADV_COLLAPSE`): the 512 entries must be present or empty, with frames nobody else maps; their
+    /// content is copied into a new compound frame, the PMD entry replaced under a `clear`
+    /// invalidation of the block, the old frames freed after its end and the PTE table after a
+    /// grace period.
+    ///
+    /// - Returns: blocks collapsed.
+    /// - Throws: `EINVAL` for an unaligned or overflowing range; ``MemoryError/addressSpaceDead``.
+    public func collapse(address: UInt64, length: UInt64) throws(MemoryError) -> Int {
+        guard Self.isPageAligned(address), let length = Self.pageAlign(length), address <= Self.userLimit,
+            length <= Self.userLimit - address
+        else { throw .invalidArgument }
+        let end = address + length
+        return try mmapLock.withWriteLock { () throws(MemoryError) -> Int in
+            try checkAlive()
+            let edit = VMAEdit(self)
+            var collapsed = 0
+            var block = (address + Self.hugePageSize - 1) & ~(Self.hugePageSize - 1)
+            while block + Self.hugePageSize <= end {
+                defer { block += Self.hugePageSize }
+                guard let vma = index.find(containing: block), vma.allowsHuge(at: block) else { continue }
+                edit.touch(vma)
+                if collapseBlock(block, vma: vma, retire: edit.retire) { collapsed += 1 }
+            }
+            edit.finish()
+            count(.hugePagesCollapsed, collapsed)
+            return collapsed
+        }
+    }
+
+    private func collapseBlock(_ block: UInt64, vma: VMA, retire: RetireList) -> Bool {
+        guard let (pmd, pmdIndex) = pageTable.existingPMDSlot(block) else { return false }
+        let pmdEntry = pmd.load(pmdIndex)
+        guard !pmdEntry.isNone, !pmdEntry.isHuge else { return false }
+        let table = TableBlock(entry: pmdEntry)
+        func eligible() -> Bool {
+            var present = 0
+            for index in 0..<TableBlock.entries {
+                let entry = table.load(index)
+                if entry.isNone { continue }
+                guard entry.isPresent else { return false }
+                if entry.number != PhysicalMemory.zeroFrame {
+                    guard memory.isExclusive(entry.number) else { return false }
+                    present += 1
+                }
+            }
+            return present > 0
+        }
+        guard eligible(), let head = memory.allocateHuge() else { return false }
+        var softDirty = false
+        for index in 0..<TableBlock.entries {
+            let entry = table.load(index)
+            if entry.isPresent { memory.setToken(memory.token(of: entry.number), of: head + UInt64(index)) }
+            softDirty = softDirty || entry.isSoftDirty
+        }
+        let scope = beginInvalidation(block, block + Self.hugePageSize, .clear, vma: snapshot(vma))
+        var chain = FrameChain()
+        let pteLock = pageTable.pteLock(table)
+        let pmdLock = pageTable.pmdLock(pmd)
+        pmdLock.lock()
+        if pteLock.word != pmdLock.word { pteLock.lock() }
+        // Only speculative faults (on empty entries) can have changed the table meanwhile.
+        let stillEligible = eligible()
+        if stillEligible {
+            for index in 0..<TableBlock.entries {
+                let entry = PageTableEntry(rawValue: table[index].pointee.exchange(0, ordering: .relaxed))
+                if entry.isPresent { memory.unmapFrame(entry.number, into: &chain) }
+            }
+            let huge = PageTableEntry.leaf(
+                frame: head, writable: vma.protection.contains(.write), dirty: true, softDirty: softDirty, huge: true)
+            pmd[pmdIndex].pointee.store(huge.rawValue, ordering: .releasing)
+            withSecondaryTLBHook { hook in hook(block, block + Self.hugePageSize) }
+        }
+        if pteLock.word != pmdLock.word { pteLock.unlock() }
+        pmdLock.unlock()
+        scope.end()
+        memory.release(chain)
+        if stillEligible {
+            retire.retire(table: table, level: 0)
+        } else {
+            memory.freeUnusedHuge(head)
+        }
+        return stillEligible
+    }
+}

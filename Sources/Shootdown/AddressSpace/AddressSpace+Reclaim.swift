@@ -1,0 +1,95 @@
+import Synchronization
+
+extension AddressSpace {
+    /// A reclaim pass (`shrink_page_list` over this space, second-chance order): evicts up to
+    /// `pages` exclusive private pages to swap under `clear` invalidations. A page that is young,
+    /// by its accessed bit or through any subscriber's `clearYoung`, gets a second chance: its bit
+    /// is cleared and it is skipped; a second pass evicts what stayed old. Locked VMAs, shared
+    /// memory, the zero page and huge mappings are left alone. A later fault reads an evicted page
+    /// back from swap.
+    ///
+    /// - Returns: pages evicted (fewer when nothing more is reclaimable or swap is full).
+    /// - Throws: ``MemoryError/addressSpaceDead``.
+    public func reclaim(pages: Int) throws(MemoryError) -> Int {
+        guard pages > 0 else { return 0 }
+        return try mmapLock.withReadLock { () throws(MemoryError) -> Int in
+            try checkAlive()
+            let vmas = index.all.filter { $0.isAnonymousPrivate && !$0.flags.contains(.locked) }
+            var evicted = 0
+            for _ in 0..<2 where evicted < pages {
+                for vma in vmas where evicted < pages {
+                    let edit = VMAEdit(self, writerLocks: true)
+                    edit.touch(vma)
+                    evicted += pageOut(vma.start, vma.end, vma: vma, limit: pages - evicted, onlyOld: true)
+                    edit.finish()
+                }
+            }
+            return evicted
+        }
+    }
+
+    /// Migrates the exclusive private pages of `[address, address + length)` to new frames
+    /// (`migrate_vma`), under one `migrate` invalidation per VMA tagged with `owner`, so a mirror can
+    /// recognise migrations it asked for. Content tokens follow the pages; entry bits are kept.
+    /// Shared frames (fork, shared memory) and the zero page stay where they are.
+    ///
+    /// Linux rules: unaligned or overflowing range `EINVAL`; a hole `ENOMEM` (nothing changes).
+    ///
+    /// - Returns: 4 KiB pages migrated (a huge mapping counts 512); fewer if frames run out.
+    public func migrate(address: UInt64, length: UInt64, owner: InvalidationOwner = .none) throws(MemoryError) -> Int {
+        guard Self.isPageAligned(address), let length = Self.pageAlign(length), length != 0,
+            address <= Self.userLimit, length <= Self.userLimit - address
+        else { throw .invalidArgument }
+        let end = address + length
+        return try mmapLock.withReadLock { () throws(MemoryError) -> Int in
+            try checkAlive()
+            let vmas = try coveringVMAs(address, end)
+            let edit = VMAEdit(self, writerLocks: true)
+            for vma in vmas { edit.touch(vma) }
+            var migrated = 0
+            for vma in vmas where vma.isAnonymousPrivate {
+                let start = max(address, vma.start)
+                let stop = min(end, vma.end)
+                let scope = beginInvalidation(start, stop, .migrate, vma: snapshot(vma), owner: owner)
+                var chain = FrameChain()
+                withSecondaryTLBHook { hook in
+                    pageTable.forEachLockedLeafRun(
+                        from: start, to: stop,
+                        huge: { pmd, index, entry, chunkStart, chunkEnd in
+                            guard entry.isPresent, chunkEnd - chunkStart == Self.hugePageSize,
+                                let head = memory.allocateHuge()
+                            else { return }
+                            for offset in 0..<UInt64(PhysicalMemory.framesPerHugePage) {
+                                memory.setToken(memory.token(of: entry.number + offset), of: head + offset)
+                            }
+                            let replacement = PageTableEntry(
+                                rawValue: head << 12 | (entry.rawValue & ~PageTableEntry.numberMask))
+                            pmd[index].pointee.store(replacement.rawValue, ordering: .releasing)
+                            memory.unmapHugeFrame(entry.number, into: &chain)
+                            migrated += PhysicalMemory.framesPerHugePage
+                        },
+                        pte: { table, first, last, _ in
+                            for index in first..<last {
+                                let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
+                                guard entry.isPresent, entry.number != PhysicalMemory.zeroFrame,
+                                    memory.isExclusive(entry.number), let fresh = memory.allocate()
+                                else { continue }
+                                memory.setToken(memory.token(of: entry.number), of: fresh)
+                                let replacement = PageTableEntry(
+                                    rawValue: fresh << 12 | (entry.rawValue & ~PageTableEntry.numberMask))
+                                table[index].pointee.store(replacement.rawValue, ordering: .releasing)
+                                memory.unmapFrame(entry.number, into: &chain)
+                                migrated += 1
+                            }
+                        },
+                        flush: hook)
+                }
+                scope.end()
+                memory.release(chain)
+            }
+            edit.finish()
+            count(.pagesMigrated, migrated)
+            return migrated
+        }
+    }
+}
