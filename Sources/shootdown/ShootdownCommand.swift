@@ -1,8 +1,19 @@
 import ArgumentParser
+import CInterop
 import Shootdown
 
 @main
 struct ShootdownCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "shootdown", abstract: "Shootdown benchmark CLI")
-    func run() throws {}
+    static let configuration = CommandConfiguration(
+        commandName: "shootdown",
+        abstract: "Benchmarks of the Shootdown invalidation engine.",
+        discussion: """
+            Without a subcommand, runs the headline suite (about 20 seconds) and prints each key \
+            figure beside its target. `shootdown bench WORKLOAD` runs one workload with every knob.
+            """,
+        subcommands: [Headline.self, Bench.self, Torture.self, PerfProbe.self],
+        defaultSubcommand: Headline.self)
 }
+
+/// Ctrl-C handling shared by every command.
+func installInterruptHandler() { cinterop_install_interrupt_handler() }

@@ -25,7 +25,8 @@ extension AddressSpace {
     private func accessPresent(_ address: UInt64, write: Bool, token: UInt64) -> UInt64? {
         guard address < Self.userLimit else { return nil }
         return RCU.withReadSection { () -> UInt64? in
-            guard let leaf = pageTable.lookup(address) else { return nil }
+            // After teardown the tables are retired (see `translate`): fault, which fails.
+            guard !dead.load(ordering: .relaxed), let leaf = pageTable.lookup(address) else { return nil }
             let lock = leaf.isHuge ? pageTable.pmdLock(leaf.table) : pageTable.pteLock(leaf.table)
             return lock.withLock { () -> UInt64? in
                 if leaf.isHuge {

@@ -100,18 +100,30 @@ extension AddressSpace {
         var chain = FrameChain()
         var swapped = 0
         var swapFull = false
+        // Reclaim's second chance also covers pages a subscriber saw accessed
+        // (`ptep_clear_flush_young_notify`), as ``reclaim(pages:)`` promises.
+        let youngSubscriptions = onlyOld ? subscriptionsPointer?.takeUnretainedValue() : nil
+        let askSubscribers = youngSubscriptions?.wantsYoung ?? false
         withSecondaryTLBHook { hook in
             pageTable.forEachLockedLeafRun(
                 from: start, to: end, huge: { _, _, _, _, _ in },
-                pte: { table, first, last, _ in
+                pte: { table, first, last, chunkStart in
                     for index in first..<last where swapped < limit && !swapFull {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
                         guard entry.isPresent, entry.number != PhysicalMemory.zeroFrame,
                             memory.isExclusive(entry.number)
                         else { continue }
-                        if onlyOld && entry.isAccessed {
-                            table[index].pointee.store(entry.without(PageTableEntry.accessed).rawValue, ordering: .relaxed)
-                            continue
+                        if onlyOld {
+                            var young = entry.isAccessed
+                            if young {
+                                table[index].pointee.store(entry.without(PageTableEntry.accessed).rawValue, ordering: .relaxed)
+                            }
+                            if askSubscribers {
+                                let page = chunkStart + UInt64(index - first) * Self.pageSize
+                                young = youngSubscriptions!.clearYoung(start: page, end: page + Self.pageSize, flush: true)
+                                    || young
+                            }
+                            if young { continue }
                         }
                         guard let slot = memory.swap.store(memory.token(of: entry.number)) else {
                             swapFull = true

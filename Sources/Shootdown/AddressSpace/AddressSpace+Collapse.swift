@@ -51,24 +51,25 @@ extension AddressSpace {
             return present > 0
         }
         guard eligible(), let head = memory.allocateHuge() else { return false }
-        var softDirty = false
-        for index in 0..<TableBlock.entries {
-            let entry = table.load(index)
-            if entry.isPresent { memory.setToken(memory.token(of: entry.number), of: head + UInt64(index)) }
-            softDirty = softDirty || entry.isSoftDirty
-        }
         let scope = beginInvalidation(block, block + Self.hugePageSize, .clear, vma: snapshot(vma))
         var chain = FrameChain()
         let pteLock = pageTable.pteLock(table)
         let pmdLock = pageTable.pmdLock(pmd)
         pmdLock.lock()
         if pteLock.word != pmdLock.word { pteLock.lock() }
-        // Only speculative faults (on empty entries) can have changed the table meanwhile.
+        // Speculative faults (on empty entries) may have changed the table meanwhile, and stores
+        // through present entries (which take only this split lock) may have changed the content:
+        // copy it here, as each entry goes, so no store can land in an old frame after its copy.
         let stillEligible = eligible()
+        var softDirty = false
         if stillEligible {
             for index in 0..<TableBlock.entries {
                 let entry = PageTableEntry(rawValue: table[index].pointee.exchange(0, ordering: .relaxed))
-                if entry.isPresent { memory.unmapFrame(entry.number, into: &chain) }
+                if entry.isPresent {
+                    memory.setToken(memory.token(of: entry.number), of: head + UInt64(index))
+                    memory.unmapFrame(entry.number, into: &chain)
+                }
+                softDirty = softDirty || entry.isSoftDirty
             }
             let huge = PageTableEntry.leaf(
                 frame: head, writable: vma.protection.contains(.write), dirty: true, softDirty: softDirty, huge: true)

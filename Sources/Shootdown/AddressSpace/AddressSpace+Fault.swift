@@ -7,17 +7,25 @@ extension AddressSpace {
     func classicFault(_ address: UInt64, _ access: Access) throws(MemoryError) {
         mmapLock.readLock()
         defer { mmapLock.readUnlock() }
-        guard address < Self.userLimit, !dead.load(ordering: .relaxed),
-            let vma = index.find(containing: address), Self.accessAllowed(vma.protection, access)
-        else {
+        // Unretained: no VMA can be freed while the mmap read lock is held (removal needs the
+        // write lock), so the fault path does no reference counting.
+        guard address < Self.userLimit, !dead.load(ordering: .relaxed), let found = index.lookup(address) else {
             count(.segmentationFaults)
             throw .segmentationFault
         }
-        do {
-            try handleFault(vma, address, access)
-        } catch {
-            if error == .outOfMemory { count(.outOfMemoryFaults) }
-            throw error
+        // `_withUnsafeGuaranteedRef` is untyped-rethrows: carry the typed error out as a value.
+        let failure = found._withUnsafeGuaranteedRef { vma -> MemoryError? in
+            guard Self.accessAllowed(vma.protection, access) else { return .segmentationFault }
+            do throws(MemoryError) {
+                try handleFault(vma, address, access)
+                return nil
+            } catch {
+                return error
+            }
+        }
+        if let failure {
+            count(failure == .outOfMemory ? .outOfMemoryFaults : .segmentationFaults)
+            throw failure
         }
         count(.classicFaults)
     }

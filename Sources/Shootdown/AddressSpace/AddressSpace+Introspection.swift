@@ -36,12 +36,17 @@ extension AddressSpace {
     public var mappingCount: Int { mmapLock.withReadLock { index.count } }
 
     /// The page-table entry translating `address` (4 KiB view: a huge mapping is reported as the
-    /// entry for the 4 KiB page inside it), or `nil` when no entry exists. Lock-free.
+    /// entry for the 4 KiB page inside it), or `nil` when no entry exists (always after
+    /// ``teardown()``). Lock-free.
     @inlinable
     public func translate(_ address: UInt64) -> PageTableEntry? {
         guard address < Self.userLimit else { return nil }
         return RCU.withReadSection {
-            guard let leaf = pageTable.lookup(address), !leaf.entry.isNone else { return nil }
+            // After teardown the tables are retired and freed after a grace period: checked inside
+            // the read section, a `false` here keeps them alive until the section ends.
+            guard !dead.load(ordering: .relaxed), let leaf = pageTable.lookup(address), !leaf.entry.isNone else {
+                return nil
+            }
             if leaf.isHuge {
                 let offset = (address & (PageTable.hugePageSize &- 1)) >> 12
                 return PageTableEntry(rawValue: (leaf.entry.number &+ offset) << 12
@@ -83,6 +88,7 @@ extension AddressSpace {
     public func audit() -> Audit {
         mmapLock.withReadLock {
             var result = Audit()
+            if dead.load(ordering: .relaxed) { return result }  // no VMAs, and the tables are retired
             let vmas = index.all
             result.vmas = vmas.count
             for (lower, upper) in zip(vmas, vmas.dropFirst()) where lower.canMerge(with: upper) {

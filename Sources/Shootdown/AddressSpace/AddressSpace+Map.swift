@@ -24,7 +24,9 @@ extension AddressSpace {
         public static let hugePage = MapOptions(rawValue: 1 << 1)
         /// `MAP_LOCKED`: never paged out or reaped.
         public static let locked = MapOptions(rawValue: 1 << 2)
-        /// `MAP_POPULATE`: fault every page in before returning.
+        /// `MAP_POPULATE`: fault every page in before returning. Best effort, as in Linux
+        /// (`mm_populate` ignores errors): nothing is populated under `PROT_NONE`, and running out
+        /// of frames leaves the rest unpopulated without failing the (already made) mapping.
         public static let populate = MapOptions(rawValue: 1 << 3)
     }
 
@@ -69,8 +71,9 @@ extension AddressSpace {
             edit.finish()
             return address
         }
-        if options.contains(.populate) {
-            try populate(address, length: length, write: protection.contains(.write))
+        if options.contains(.populate), !protection.isEmpty {
+            // The mapping exists now: a populate failure must not turn it into a failed call.
+            try? populate(address, length: length, write: protection.contains(.write))
         }
         return address
     }

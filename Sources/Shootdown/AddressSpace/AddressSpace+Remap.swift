@@ -37,7 +37,8 @@ extension AddressSpace {
         }
         return try mmapLock.withWriteLock { () throws(MemoryError) -> UInt64 in
             try checkAlive()
-            guard address <= Self.userLimit - oldLength, let vma = index.find(containing: address),
+            guard oldLength <= Self.userLimit, address <= Self.userLimit - oldLength,
+                let vma = index.find(containing: address),
                 address + oldLength <= vma.end
             else { throw .badAddress }
             let edit = VMAEdit(self)

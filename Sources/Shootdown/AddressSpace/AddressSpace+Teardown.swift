@@ -21,7 +21,9 @@ extension AddressSpace {
             for vma in vmas { edit.remove(vma) }
             edit.publish()
             if let first = vmas.first, let last = vmas.last {
-                let scope = beginInvalidation(first.start, last.end, .release)
+                // `unmap`, as `exit_mmap` → `unmap_vmas` sends: interval notifiers (still in the
+                // tree) already had their one `release` above and must not see a second one.
+                let scope = beginInvalidation(first.start, last.end, .unmap)
                 var chain = FrameChain()
                 let result = pageTable.zap(from: first.start, to: last.end, memory: memory, chain: &chain) { _, _ in }
                 scope.end()

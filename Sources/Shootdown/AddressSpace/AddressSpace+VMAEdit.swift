@@ -10,6 +10,7 @@ final class VMAEdit {
     unowned(unsafe) let space: AddressSpace
     let retire = RetireList()
     private var touched: [VMA] = []
+    private var touchedSet: Set<ObjectIdentifier> = []
     private let holdsWriterLocks: Bool
 
     /// - Parameter writerLocks: `true` when the caller holds only the mmap read lock, so VMA
@@ -21,7 +22,7 @@ final class VMAEdit {
 
     /// Enters `vma`'s write section (once per edit).
     func touch(_ vma: VMA) {
-        if touched.contains(where: { $0 === vma }) { return }
+        if !touchedSet.insert(ObjectIdentifier(vma)).inserted { return }
         if holdsWriterLocks { vma.writerLock.handle.lock() }
         vma.beginWrite()
         touched.append(vma)
@@ -83,7 +84,10 @@ final class VMAEdit {
             previous.setBounds(start: previous.start, end: end)
             survivor = previous
         }
-        if let next = survivor.next, survivor.canMerge(with: next) {
+        // A loop: when `vma` was split off a VMA that already had its new attributes (mprotect or
+        // madvise over a range ending inside such a VMA), merging forward makes the split-off tail
+        // a compatible neighbour in turn.
+        while let next = survivor.next, survivor.canMerge(with: next) {
             let end = next.end
             let flags = survivor.flags.union(next.flags.intersection(.softDirty))
             remove(next)
@@ -95,7 +99,12 @@ final class VMAEdit {
     }
 
     /// Makes the index changes visible to lockless readers.
+    ///
+    /// An edit made under the mmap read lock (zaps: madvise, reclaim, migration) never changes the
+    /// index, and must not commit it: `commit` writes writer-owned index state, and several such
+    /// edits run concurrently.
     func publish() {
+        if holdsWriterLocks { return }
         space.index.commit(retire: retire)
     }
 
@@ -109,6 +118,7 @@ final class VMAEdit {
             for vma in touched { vma.writerLock.handle.unlock() }
         }
         touched.removeAll()
+        touchedSet.removeAll()
         retire.submit()
     }
 }

@@ -33,7 +33,9 @@ public final class IntervalNotifier: @unchecked Sendable {
     public let end: UInt64
 
     @usableFromInline unowned(unsafe) let handler: any IntervalNotifierHandler
-    private let handlerOwner: any IntervalNotifierHandler
+    /// Keeps the handler alive while it may be called; dropped once ``remove()`` has made sure it
+    /// never will be again (a handler usually holds its notifier: keeping it would be a cycle).
+    fileprivate var handlerOwner: (any IntervalNotifierHandler)?
     /// `invalidate_seq`: always odd.
     @usableFromInline let sequence = Atomic<UInt64>(1)
     let state: IntervalNotifierState
@@ -215,9 +217,11 @@ final class IntervalNotifierState: @unchecked Sendable {
     func remove(_ notifier: IntervalNotifier) {
         var waitFor: UInt64 = 0
         var drop = false
+        var removing = false
         lock.withLock {
             guard notifier.isLive else { return }
             notifier.isLive = false
+            removing = true
             let seq = sequence.load(ordering: .relaxed)
             if seq & 1 == 1 {
                 if notifier.isDeferred && notifier.node < 0 {
@@ -239,6 +243,8 @@ final class IntervalNotifierState: @unchecked Sendable {
         if waitFor != 0 {
             waitQueue.wait { sequence.load(ordering: .acquiring) != waitFor }
         }
+        // No callback runs or will run: let the handler go (only the remover that unlinked it).
+        if removing { notifier.handlerOwner = nil }
         if drop { Unmanaged.passUnretained(notifier).release() }
     }
 

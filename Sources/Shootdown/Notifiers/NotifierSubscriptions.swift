@@ -37,7 +37,7 @@ final class NotifierSubscriptions: @unchecked Sendable {
             for index in 0..<snapshot.count {
                 let entry = snapshot.entries[index]
                 guard entry.callbacks.contains(.invalidateRangeStart) else { continue }
-                if entry.notifier.invalidateRangeStart(range) { continue }
+                if entry.with({ $0.invalidateRangeStart(range) }) { continue }
                 if range.isBlockable {
                     counters.increment(SpaceCounter.notifierContractViolations.rawValue)
                 } else {
@@ -49,7 +49,7 @@ final class NotifierSubscriptions: @unchecked Sendable {
             }
             if refused {
                 for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.invalidateRangeEnd) {
-                    snapshot.entries[index].notifier.invalidateRangeEnd(range)
+                    snapshot.entries[index].with { $0.invalidateRangeEnd(range) }
                 }
             }
             return !refused
@@ -64,7 +64,7 @@ final class NotifierSubscriptions: @unchecked Sendable {
         list.withSnapshot { snapshot in
             guard snapshot.union.contains(.invalidateRangeEnd) else { return }
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.invalidateRangeEnd) {
-                snapshot.entries[index].notifier.invalidateRangeEnd(range)
+                snapshot.entries[index].with { $0.invalidateRangeEnd(range) }
             }
         }
     }
@@ -79,7 +79,7 @@ final class NotifierSubscriptions: @unchecked Sendable {
         list.withSnapshot { snapshot in
             for index in 0..<snapshot.count
             where snapshot.entries[index].callbacks.contains(.invalidateSecondaryTLBs) {
-                snapshot.entries[index].notifier.invalidateSecondaryTLBs(space: space, start: start, end: end)
+                snapshot.entries[index].with { $0.invalidateSecondaryTLBs(space: space, start: start, end: end) }
             }
         }
     }

@@ -85,28 +85,67 @@ extension PageTable {
                 result.hugePages &+= 1
             },
             pte: { table, first, last, _ in
-                var index = first
-                var pages = 0
-                while index < last {
-                    let raw = table[index].pointee.load(ordering: .relaxed)
-                    if raw != 0 {
-                        // Relaxed: the split lock orders this against other writers; lockless
-                        // readers load atomically and revalidate.
-                        table[index].pointee.store(0, ordering: .relaxed)
-                        let entry = PageTableEntry(rawValue: raw)
-                        if entry.isSwap {
-                            memory.swap.release(UInt32(truncatingIfNeeded: entry.number))
-                            result.swapEntries &+= 1
-                        } else {
-                            memory.unmapFrame(entry.number, into: &chain)
-                            pages &+= 1
-                        }
-                    }
-                    index &+= 1
-                }
-                result.pages &+= pages
+                let cleared = Self.zapEntries(table, first, last, memory: memory, chain: &chain)
+                result.pages &+= cleared.pages
+                result.swapEntries &+= cleared.swapEntries
             },
             flush: flush)
         return result
+    }
+
+    /// The per-page loop of a zap over entries `first..<last` of one PTE table (split lock held).
+    /// Everything it touches per page (entry, frame counts word, free-list link) is a local or a
+    /// base pointer in a register; the chain is read once and written back once.
+    @inline(__always)
+    static func zapEntries(
+        _ table: TableBlock, _ first: Int, _ last: Int, memory: PhysicalMemory, chain: inout FrameChain
+    ) -> (pages: Int, swapEntries: Int) {
+        let counts = memory.counts
+        let links = memory.links
+        var head = chain.first
+        var tail = chain.last
+        var gathered = chain.count
+        var pages = 0
+        var swapEntries = 0
+        var index = first
+        while index < last {
+            let raw = table[index].pointee.load(ordering: .relaxed)
+            if raw != 0 {
+                // Relaxed: the split lock orders this against other writers; lockless readers load
+                // atomically and revalidate.
+                table[index].pointee.store(0, ordering: .relaxed)
+                let frame = (raw & PageTableEntry.numberMask) &>> 12
+                if raw & (PageTableEntry.present | PageTableEntry.swap) == PageTableEntry.swap {
+                    memory.swap.release(UInt32(truncatingIfNeeded: frame))
+                    swapEntries &+= 1
+                } else {
+                    pages &+= 1
+                    if frame != PhysicalMemory.zeroFrame {
+                        let word = counts + Int(truncatingIfNeeded: frame)
+                        // Exclusive fast path (see PhysicalMemory): the split lock we hold is the
+                        // only way to reach a frame mapped once, so load+store suffices.
+                        var last = word.pointee.load(ordering: .relaxed) == PhysicalMemory.exclusivelyMapped
+                        if last {
+                            word.pointee.store(0, ordering: .relaxed)
+                        } else {
+                            last = word.pointee.wrappingSubtract(
+                                PhysicalMemory.refOne | PhysicalMemory.mapOne, ordering: .acquiringAndReleasing
+                            ).newValue == 0
+                        }
+                        if last {
+                            links[Int(truncatingIfNeeded: frame)].store(UInt32(truncatingIfNeeded: head), ordering: .relaxed)
+                            if gathered == 0 { tail = frame }
+                            head = frame
+                            gathered &+= 1
+                        }
+                    }
+                }
+            }
+            index &+= 1
+        }
+        chain.first = head
+        chain.last = tail
+        chain.count = gathered
+        return (pages, swapEntries)
     }
 }

@@ -48,7 +48,51 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
     // Grace periods this space waited for (notifier domain).
     case notifierGracePeriods
 
-    public var description: String { String(describing: self) }
+    /// The case name. (Spelled out: `String(describing: self)` would call this property again and
+    /// recurse until the stack overflows.)
+    public var description: String {
+        switch self {
+        case .speculativeFaults: "speculativeFaults"
+        case .classicFaults: "classicFaults"
+        case .hugeFaults: "hugeFaults"
+        case .copyOnWriteFaults: "copyOnWriteFaults"
+        case .zeroPageFaults: "zeroPageFaults"
+        case .swapInFaults: "swapInFaults"
+        case .spuriousFaults: "spuriousFaults"
+        case .segmentationFaults: "segmentationFaults"
+        case .outOfMemoryFaults: "outOfMemoryFaults"
+        case .speculativeAbortNoVMA: "speculativeAbortNoVMA"
+        case .speculativeAbortSequenceOdd: "speculativeAbortSequenceOdd"
+        case .speculativeAbortVMAChanged: "speculativeAbortVMAChanged"
+        case .speculativeAbortEntryChanged: "speculativeAbortEntryChanged"
+        case .speculativeAbortLockContention: "speculativeAbortLockContention"
+        case .speculativeAbortNotSupported: "speculativeAbortNotSupported"
+        case .speculativeAbortNoMemory: "speculativeAbortNoMemory"
+        case .invalidationsUnmap: "invalidationsUnmap"
+        case .invalidationsClear: "invalidationsClear"
+        case .invalidationsProtectionVMA: "invalidationsProtectionVMA"
+        case .invalidationsProtectionPage: "invalidationsProtectionPage"
+        case .invalidationsSoftDirty: "invalidationsSoftDirty"
+        case .invalidationsRelease: "invalidationsRelease"
+        case .invalidationsMigrate: "invalidationsMigrate"
+        case .invalidationsExclusive: "invalidationsExclusive"
+        case .invalidationsRefused: "invalidationsRefused"
+        case .notifierContractViolations: "notifierContractViolations"
+        case .pagesZapped: "pagesZapped"
+        case .hugePagesZapped: "hugePagesZapped"
+        case .swapEntriesZapped: "swapEntriesZapped"
+        case .tablesFreed: "tablesFreed"
+        case .hugePagesSplit: "hugePagesSplit"
+        case .hugePagesCollapsed: "hugePagesCollapsed"
+        case .pagesSwappedOut: "pagesSwappedOut"
+        case .pagesMigrated: "pagesMigrated"
+        case .pagesWriteProtected: "pagesWriteProtected"
+        case .intervalInvalidations: "intervalInvalidations"
+        case .intervalCollisions: "intervalCollisions"
+        case .intervalReadWaits: "intervalReadWaits"
+        case .notifierGracePeriods: "notifierGracePeriods"
+        }
+    }
 
     /// Counter for the invalidation event `event`.
     @inlinable

@@ -349,15 +349,18 @@ struct IndexNode {
         raw.load(fromByteOffset: Self.slotsOffset &+ 8 &* index, as: UnsafeMutableRawPointer?.self)
     }
 
-    /// Index of the last key ≤ `key`, or -1. Branchless over all 16 keys.
+    /// Index of the last key ≤ `key`, or -1: a branchless binary search over all 16 slots (four
+    /// dependent loads and conditional moves, instead of a scan whose branch mispredicts). Unused
+    /// slots hold `UInt64.max`, so the result is clamped to the used keys for `key == UInt64.max`.
     @inlinable @inline(__always)
     func rank(of key: UInt64) -> Int {
         let keys = raw.advanced(by: Self.keysOffset).assumingMemoryBound(to: UInt64.self)
-        var below = 0
-        for index in 0..<Self.fanout {
-            below &+= keys[index] <= key ? 1 : 0
-        }
-        return below &- 1
+        var index = 0
+        index &+= keys[index &+ 8] <= key ? 8 : 0
+        index &+= keys[index &+ 4] <= key ? 4 : 0
+        index &+= keys[index &+ 2] <= key ? 2 : 0
+        index &+= keys[index &+ 1] <= key ? 1 : 0
+        return keys[index] <= key ? min(index, count &- 1) : -1
     }
 
     private func setCount(_ value: Int) { raw.storeBytes(of: Int32(value), as: Int32.self) }

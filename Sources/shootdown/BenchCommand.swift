@@ -1,0 +1,244 @@
+import ArgumentParser
+import Foundation
+import Shootdown
+
+enum Workload: String, CaseIterable, ExpressibleByArgument {
+    case fault, zap, notifier, isolation, contention
+    case vmaLookup = "vma-lookup"
+    case fork, softdirty
+
+    /// Default page count of the workload.
+    var defaultPages: Int {
+        switch self {
+        case .contention: 524_288
+        default: 262_144
+        }
+    }
+
+    /// Whether a larger key metric is better (throughput) or a smaller one (latency).
+    var keyMetric: (name: String, higherIsBetter: Bool) {
+        self == .contention ? ("fault_ops_per_sec", true) : (self == .isolation ? ("grace_period_us", false) : ("ns_per_op", false))
+    }
+
+    func run(_ settings: BenchSettings) throws -> RunResult {
+        switch self {
+        case .fault: try runFault(settings)
+        case .zap: try runZap(settings)
+        case .notifier: try runNotifier(settings)
+        case .isolation: try runIsolation(settings)
+        case .contention: try runContention(settings)
+        case .vmaLookup: try runLookup(settings)
+        case .fork: try runFork(settings)
+        case .softdirty: try runSoftDirty(settings)
+        }
+    }
+}
+
+enum Knob: String, CaseIterable, ExpressibleByArgument {
+    case faultPath = "fault-path"
+    case notifierList = "notifier-list"
+    case pageTableLocking = "page-table-locking"
+
+    var values: [String] {
+        switch self {
+        case .faultPath: AddressSpace.FaultPath.allCases.map(\.rawValue)
+        case .notifierList: NotifierListProtection.allCases.map(\.rawValue)
+        case .pageTableLocking: PageTableLocking.allCases.map(\.rawValue)
+        }
+    }
+
+    func apply(_ value: String, to settings: inout BenchSettings) {
+        switch self {
+        case .faultPath: settings.faultPath = AddressSpace.FaultPath(rawValue: value)!
+        case .notifierList: settings.notifierList = NotifierListProtection(rawValue: value)!
+        case .pageTableLocking: settings.locking = PageTableLocking(rawValue: value)!
+        }
+    }
+}
+
+extension AddressSpace.FaultPath: ExpressibleByArgument {}
+extension NotifierListProtection: ExpressibleByArgument {}
+extension PageTableLocking: ExpressibleByArgument {}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run one workload.",
+        discussion: """
+            Workloads: fault, zap, notifier, isolation, contention, vma-lookup, fork, softdirty.
+            Examples:
+              shootdown bench fault --fault-path mmap-lock --pages 262144 --json
+              shootdown bench zap --pages 262144 --subscribers 16
+              shootdown bench notifier --intervals 100000
+              shootdown bench contention --compare fault-path
+              shootdown bench notifier --sweep subscribers=0,1,16,256 --plot notifier.svg
+            """)
+
+    @Argument(help: "The workload.") var workload: Workload
+    @Option(help: "Pages (4 KiB) per run (default depends on the workload).") var pages: Int?
+    @Option(help: "Faulting threads (fault workload).") var threads = 1
+    @Option(help: "No-op classic subscribers attached.") var subscribers = 0
+    @Option(help: "Interval notifiers inserted (notifier workload).") var intervals = 0
+    @Option(help: "VMAs (vma-lookup workload).") var vmas = 10_000
+    @Flag(help: "Use 2 MiB mappings (zap workload).") var huge = false
+    @Option(name: .customLong("fault-path"), help: "speculative | mmap-lock") var faultPath: AddressSpace.FaultPath = .speculative
+    @Option(name: .customLong("notifier-list"), help: "rcu | rwlock") var notifierList: NotifierListProtection = .rcu
+    @Option(name: .customLong("page-table-locking"), help: "split | single") var locking: PageTableLocking = .split
+    @Option(help: "Operations per timed loop (notifier, vma-lookup).") var iterations = 1_000_000
+    @Option(name: .customLong("repeat"), help: "Repetitions; reports the median and the spread.") var repeats = 5
+    @Option(help: "Run every value of a knob interleaved in this process and report ratios: fault-path | notifier-list | page-table-locking.")
+    var compare: Knob?
+    @Option(help: "Sweep a parameter, e.g. threads=1,2 or subscribers=0,1,16,256.") var sweep: String?
+    @Option(help: "Draw the sweep (or comparison) as an SVG chart into this file.") var plot: String?
+    @Flag(help: "One JSON object per result.") var json = false
+    @Flag(help: "CSV rows.") var csv = false
+    @Flag(help: "No progress on stderr.") var quiet = false
+
+    func validate() throws {
+        if json && csv { throw ValidationError("--json and --csv are exclusive") }
+        if let pages, pages <= 0 { throw ValidationError("--pages must be positive") }
+        if threads < 1 || subscribers < 0 || intervals < 0 || vmas < 1 || iterations < 1 || repeats < 1 {
+            throw ValidationError("counts must be positive")
+        }
+        if plot != nil && sweep == nil && compare == nil { throw ValidationError("--plot needs --sweep or --compare") }
+        if let sweep { _ = try parseSweep(sweep) }
+    }
+
+    func run() throws {
+        installInterruptHandler()
+        progressEnabled = !quiet
+        var settings = BenchSettings()
+        settings.pages = pages ?? workload.defaultPages
+        settings.threads = threads
+        settings.subscribers = subscribers
+        settings.intervals = intervals
+        settings.vmas = vmas
+        settings.huge = huge
+        settings.faultPath = faultPath
+        settings.notifierList = notifierList
+        settings.locking = locking
+        settings.iterations = iterations
+        settings.repeats = repeats
+        let format: OutputFormat = json ? .json : (csv ? .csv : .table)
+
+        let points: [(label: String?, settings: BenchSettings)]
+        var sweepName: String? = nil
+        if let sweep {
+            let (name, values) = try parseSweep(sweep)
+            sweepName = name
+            points = values.map { value in
+                var copy = settings
+                applySweep(name, value, to: &copy)
+                return ("\(name)=\(value)", copy)
+            }
+        } else {
+            points = [(nil, settings)]
+        }
+
+        var results: [RunResult] = []
+        var printedHeader = false
+        for point in points where !interrupted {
+            if let label = point.label { progress("sweep: \(label)") }
+            let result = try compare.map { try runComparison(workload, point.settings, knob: $0) }
+                ?? workload.run(point.settings)
+            results.append(result)
+            switch format {
+            case .json: print(Render.json(result))
+            case .csv:
+                if !printedHeader { print(Render.csvHeader(result)) }
+                printedHeader = true
+                print(Render.csvRow(result))
+            case .table:
+                print(Render.table(result))
+                print("")
+            }
+        }
+        if interrupted { progress("interrupted: reported what was measured so far") }
+        if let plot, !results.isEmpty {
+            try drawPlot(results, sweepName: sweepName, file: plot)
+            progress("wrote \(plot)")
+        }
+    }
+
+    private func parseSweep(_ text: String) throws -> (String, [Int]) {
+        let parts = text.split(separator: "=", maxSplits: 1)
+        let names = ["threads", "subscribers", "intervals", "vmas", "pages"]
+        guard parts.count == 2, names.contains(String(parts[0])) else {
+            throw ValidationError("--sweep takes NAME=v1,v2,... with NAME one of \(names.joined(separator: ", "))")
+        }
+        let values = parts[1].split(separator: ",").compactMap { Int($0) }
+        guard !values.isEmpty, values.allSatisfy({ $0 >= 0 }) else { throw ValidationError("--sweep values must be integers") }
+        return (String(parts[0]), values)
+    }
+
+    private func applySweep(_ name: String, _ value: Int, to settings: inout BenchSettings) {
+        switch name {
+        case "threads": settings.threads = max(value, 1)
+        case "subscribers": settings.subscribers = value
+        case "intervals": settings.intervals = value
+        case "vmas": settings.vmas = max(value, 1)
+        default: settings.pages = max(value, 1)
+        }
+    }
+
+    private func drawPlot(_ results: [RunResult], sweepName: String?, file: String) throws {
+        let key = workload.keyMetric
+        let x = sweepName ?? "run"
+        func xValue(_ result: RunResult, _ index: Int) -> Double {
+            Double(result.config.first { $0.0 == sweepName }?.1 ?? "") ?? Double(index)
+        }
+        var series: [SVGPlot.Series] = []
+        if let compare {
+            for value in compare.values {
+                series.append(SVGPlot.Series(
+                    name: value,
+                    points: results.enumerated().map { (xValue($1, $0), $1.metric("\(value).\(key.name)") ?? 0) }))
+            }
+        } else {
+            series.append(SVGPlot.Series(
+                name: workload.rawValue, points: results.enumerated().map { (xValue($1, $0), $1.metric(key.name) ?? 0) }))
+        }
+        let logarithmic = ["subscribers", "intervals", "vmas", "pages"].contains(x)
+        let plot = SVGPlot(
+            title: "shootdown bench \(workload.rawValue)", xLabel: x, yLabel: key.name, series: series,
+            logarithmicX: logarithmic)
+        try plot.render().write(toFile: file, atomically: true, encoding: .utf8)
+    }
+}
+
+/// Runs every value of `knob` interleaved (value A, value B, A, B, ...) with one repetition each,
+/// and combines them: per value the median of the key metric, and the ratio of the first value
+/// over the second (`speedup`, > 1 when the first is better).
+func runComparison(_ workload: Workload, _ settings: BenchSettings, knob: Knob) throws -> RunResult {
+    let values = knob.values
+    var runs: [String: [RunResult]] = [:]
+    for round in 0..<settings.repeats where !interrupted {
+        for value in values where !interrupted {
+            var single = settings
+            knob.apply(value, to: &single)
+            single.repeats = 1
+            progress("compare \(knob.rawValue): round \(round + 1)/\(settings.repeats), \(value)")
+            runs[value, default: []].append(try workload.run(single))
+        }
+    }
+    var result = RunResult(workload: workload.rawValue)
+    result.config = (runs[values[0]]?.first?.config ?? []).filter { !$0.0.hasPrefix(knob.rawValue.replacingOccurrences(of: "-", with: "_")) }
+        + [("compare", knob.rawValue)]
+    let key = workload.keyMetric
+    var medians: [Double] = []
+    for value in values {
+        let collected = runs[value] ?? []
+        guard let first = collected.first else { continue }
+        for (name, _) in first.metrics where name != "repeats" {
+            let median = Summary(collected.compactMap { $0.metric(name) }).median
+            result.metrics.append(("\(value).\(name)", median))
+        }
+        medians.append(Summary(collected.compactMap { $0.metric(key.name) }).median)
+        if value == values[0] { result.counters = first.counters }
+    }
+    if medians.count == 2, medians[0] > 0, medians[1] > 0 {
+        result.metrics.insert(("speedup", key.higherIsBetter ? medians[0] / medians[1] : medians[1] / medians[0]), at: 0)
+    }
+    result.metrics.append(("repeats", Double(runs[values[0]]?.count ?? 0)))
+    result.notes.append("speedup = \(values[0]) over \(values.count > 1 ? values[1] : "-") on \(key.name), runs interleaved")
+    return result
+}

@@ -1,0 +1,136 @@
+import ArgumentParser
+import Shootdown
+
+/// Deterministic, single-threaded workloads for the instruction-count gate (`perf/check`). Each
+/// does its setup, then runs the operations under test inside ``perfMeasuredRegion(_:)``, the only
+/// function callgrind collects (`--toggle-collect=*perfMeasuredRegion*`), and prints the number of
+/// operations so the gate can divide. Never timed; same inputs, same instructions.
+struct PerfProbe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "perf-probe", abstract: "Deterministic workloads for perf/check (run under callgrind).",
+        shouldDisplay: false)
+
+    enum Probe: String, CaseIterable, ExpressibleByArgument {
+        case faultSpeculative = "fault-speculative"
+        case faultClassic = "fault-classic"
+        case zap16 = "zap-16-subscribers"
+        case zapHuge = "zap-huge"
+        case notifier0 = "notifier-0-subscribers"
+        case notifier16 = "notifier-16-subscribers"
+        case notifierIntervals = "notifier-10000-intervals"
+        case vmaLookup = "vma-lookup-10000"
+        case forkCopyOnWrite = "fork-cow"
+        case softDirty = "softdirty-cycle"
+        case mirrorFault = "mirror-populate"
+    }
+
+    @Argument(help: "The probe.") var probe: Probe
+    @Flag(help: "List the probes.") var list = false
+
+    func run() throws {
+        // Warm-up: the first run of an operation pays one-time costs (Swift metadata and protocol
+        // conformance caches, first arena mappings) that are not what the gate is about.
+        _ = try Self.run(probe, measured: false)
+        let operations = try Self.run(probe, measured: true)
+        print("operations \(operations)")
+    }
+
+    static func run(_ probe: Probe, measured: Bool) throws -> Int {
+        let memory = PhysicalMemory(capacity: 1 << 16, swapSlots: 256)
+        // Only the measured run enters the collected function (callgrind toggles collection on
+        // every entry of a matching symbol, so this helper must not match the pattern itself).
+        func region(_ body: () throws -> Void) rethrows {
+            if measured { try perfMeasuredRegion(body) } else { try body() }
+        }
+        switch probe {
+        case .faultSpeculative, .faultClassic:
+            let configuration = AddressSpace.Configuration(faultPath: probe == .faultSpeculative ? .speculative : .mmapLock)
+            let space = try AddressSpace(configuration: configuration, memory: memory)
+            let pages = 16_384
+            let base = try space.map(length: UInt64(pages) * 4096)
+            try region { try faultPages(space, base, pages) }
+            return pages
+        case .zap16:
+            let space = try AddressSpace(memory: memory)
+            let subscribers = (0..<16).map { _ in NoOpNotifier() }
+            for subscriber in subscribers { try space.registerNotifier(subscriber) }
+            let pages = 16_384
+            let base = try space.map(length: UInt64(pages) * 4096)
+            try faultPages(space, base, pages)
+            try region { try space.unmap(address: base, length: UInt64(pages) * 4096) }
+            return pages
+        case .zapHuge:
+            let space = try AddressSpace(memory: memory)
+            let pages = 32 * 512
+            let base = try alignedRegion(space, pages: pages)
+            try space.advise(address: base, length: UInt64(pages) * 4096, advice: .hugePage)
+            for huge in 0..<32 { try space.fault(at: base + UInt64(huge) << 21, access: .write) }
+            try region { try space.unmap(address: base, length: UInt64(pages) * 4096) }
+            return pages
+        case .notifier0, .notifier16:
+            let space = try AddressSpace(memory: memory)
+            let subscribers = (0..<(probe == .notifier16 ? 16 : 0)).map { _ in NoOpNotifier() }
+            for subscriber in subscribers { try space.registerNotifier(subscriber) }
+            let pairs = 20_000
+            region { invalidatePairs(space, pairs, base: 0x1000_0000, stride: 8192, slots: 1024) }
+            return pairs
+        case .notifierIntervals:
+            let space = try AddressSpace(memory: memory)
+            let handler = MinimalIntervalHandler()
+            var notifiers: [IntervalNotifier] = []
+            for index in 0..<10_000 {
+                notifiers.append(try space.insertIntervalNotifier(
+                    start: 0x1000_0000 + UInt64(index) * 8192, length: 4096, handler: handler))
+            }
+            let pairs = 20_000
+            region { invalidatePairs(space, pairs, base: 0x1000_0000, stride: 8192, slots: 10_000) }
+            for notifier in notifiers { notifier.remove() }
+            return pairs
+        case .vmaLookup:
+            let space = try AddressSpace(memory: memory)
+            for index in 0..<10_000 {
+                try space.map(length: 4096, placement: .fixed(0x1000_0000 + UInt64(index) * 8192))
+            }
+            let lookups = 100_000
+            var found = 0
+            region { found = lookupMappings(space, lookups, base: 0x1000_0000, stride: 8192, slots: 10_000) }
+            precondition(found == lookups)
+            return lookups
+        case .forkCopyOnWrite:
+            let parent = try AddressSpace(memory: memory)
+            let pages = 4096
+            let base = try parent.map(length: UInt64(pages) * 4096)
+            try writePages(parent, base, pages, token: 1)
+            try region {
+                let child = try parent.fork()
+                try writePages(child, base, pages, token: 7)
+            }
+            return pages
+        case .softDirty:
+            let space = try AddressSpace(memory: memory)
+            let pages = 4096
+            let base = try space.map(length: UInt64(pages) * 4096)
+            try writePages(space, base, pages, token: 1)
+            try region {
+                try space.clearSoftDirty(address: base, length: UInt64(pages) * 4096)
+                try writePages(space, base, pages, token: 2)
+            }
+            return pages
+        case .mirrorFault:
+            let space = try AddressSpace(memory: memory)
+            let pages = 4096
+            let base = try space.map(length: UInt64(pages) * 4096)
+            let mirror = try SoftwareMirror(space: space, start: base, length: UInt64(pages) * 4096)
+            try region { try mirror.populate(base, base + UInt64(pages) * 4096, write: true) }
+            mirror.detach()
+            return pages
+        }
+    }
+}
+
+/// The region the instruction-count gate measures: callgrind collects events only while this
+/// function (and what it calls) runs.
+@inline(never)
+func perfMeasuredRegion(_ body: () throws -> Void) rethrows {
+    try body()
+}

@@ -1,0 +1,102 @@
+import Synchronization
+import Shootdown
+
+/// `fault`: write-fault every 4 KiB page of a fresh anonymous region once (one thread), or, with
+/// `--threads T`, T threads faulting disjoint 2 MiB-aligned parts of one region, compared with one
+/// thread faulting the same total in the same process (`metrics.scaling`).
+func runFault(_ settings: BenchSettings) throws -> RunResult {
+    if settings.threads > 1 { return try runFaultThreads(settings) }
+    var result = RunResult(workload: "fault")
+    result.config = [("pages", String(settings.pages)), ("threads", "1")] + settings.knobs
+    var perOp: [Double] = []
+    var statistics: SpaceStatistics?
+    for round in 0..<settings.repeats where !interrupted {
+        let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory())
+        let base = try space.map(length: UInt64(settings.pages) * 4096)
+        let start = nowNanoseconds()
+        try faultPages(space, base, settings.pages)
+        let elapsed = nowNanoseconds() - start
+        perOp.append(Double(elapsed) / Double(settings.pages))
+        statistics = space.statistics
+        progress("fault: round \(round + 1)/\(settings.repeats): \(String(format: "%.1f", perOp.last!)) ns/fault")
+    }
+    // Latency distribution from a separate run that times every 8th fault individually.
+    var latency = LatencyRecorder()
+    if !interrupted {
+        let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory())
+        let base = try space.map(length: UInt64(settings.pages) * 4096)
+        try faultPagesSampled(space, base, settings.pages, sampleEvery: 8, into: &latency)
+    }
+    let summary = Summary(perOp)
+    result.metrics = [
+        ("ns_per_op", summary.median), ("ops_per_sec", summary.median > 0 ? 1e9 / summary.median : 0),
+        ("p50_ns", latency.percentile(50)), ("p99_ns", latency.percentile(99)),
+        ("min_ns_per_op", summary.minimum), ("max_ns_per_op", summary.maximum), ("repeats", Double(perOp.count)),
+    ]
+    result.counters = statistics.map(counterPairs) ?? []
+    result.notes.append("p50/p99 from \(latency.count) individually timed faults, timer cost (\(latency.timerOverhead) ns) subtracted")
+    return result
+}
+
+private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
+    let threads = settings.threads
+    let chunk = 512  // pages per 2 MiB
+    let perThread = max(1, settings.pages / threads / chunk) * chunk
+    let total = perThread * threads
+    var result = RunResult(workload: "fault")
+    result.config = [("pages", String(total)), ("threads", String(threads))] + settings.knobs
+    var single: [Double] = []
+    var multi: [Double] = []
+    var statistics: SpaceStatistics?
+    for round in 0..<settings.repeats where !interrupted {
+        // One thread, same total, same process.
+        do {
+            let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory(pages: total))
+            let base = try alignedRegion(space, pages: total)
+            let start = nowNanoseconds()
+            try faultPages(space, base, total)
+            single.append(Double(total) * 1e9 / Double(nowNanoseconds() - start))
+        }
+        // T threads, disjoint 2 MiB-aligned parts.
+        let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory(pages: total))
+        let base = try alignedRegion(space, pages: total)
+        let line = StartLine(parties: threads)
+        let finish = Atomic<UInt64>(0)
+        let startTime = Atomic<UInt64>(0)
+        runOnThreads(threads) { index in
+            line.arriveAndWait()
+            _ = startTime.compareExchange(expected: 0, desired: nowNanoseconds(), ordering: .relaxed)
+            try? faultPages(space, base + UInt64(index * perThread) * 4096, perThread)
+            let end = nowNanoseconds()
+            var seen = finish.load(ordering: .relaxed)
+            while end > seen {
+                let exchange = finish.compareExchange(expected: seen, desired: end, ordering: .relaxed)
+                if exchange.exchanged { break }
+                seen = exchange.original
+            }
+        }
+        let elapsed = finish.load(ordering: .relaxed) - startTime.load(ordering: .relaxed)
+        multi.append(Double(total) * 1e9 / Double(elapsed))
+        statistics = space.statistics
+        progress("fault: round \(round + 1)/\(settings.repeats): 1 thread \(Int(single.last!)) /s, \(threads) threads \(Int(multi.last!)) /s")
+    }
+    let aggregate = Summary(multi)
+    let one = Summary(single)
+    result.metrics = [
+        ("ns_per_op", aggregate.median > 0 ? 1e9 / aggregate.median : 0), ("ops_per_sec", aggregate.median),
+        ("single_thread_ops_per_sec", one.median), ("scaling", one.median > 0 ? aggregate.median / one.median : 0),
+        ("repeats", Double(multi.count)),
+    ]
+    result.counters = statistics.map(counterPairs) ?? []
+    result.notes.append("ns_per_op is wall time per fault across all threads (aggregate)")
+    return result
+}
+
+/// Maps `pages` pages at a 2 MiB-aligned address.
+func alignedRegion(_ space: AddressSpace, pages: Int) throws -> UInt64 {
+    let length = UInt64(pages) * 4096
+    let slack = try space.map(length: length + (2 << 20))
+    try space.unmap(address: slack, length: length + (2 << 20))
+    let aligned = (slack + (2 << 20) - 1) & ~UInt64((2 << 20) - 1)
+    return try space.map(length: length, placement: .fixed(aligned))
+}

@@ -1,0 +1,83 @@
+import Foundation
+import Synchronization
+import Shootdown
+
+/// `isolation`: while a notifier callback sleeps 100 ms inside an munmap (holding the mmap write
+/// lock and a read section of the notifier domain), measure grace periods of the VMA/page-table
+/// domain (`RCU.synchronize`) and count speculative faults on another range. Shows the two
+/// domains are independent: a sleeping callback delays only the notifier domain.
+func runIsolation(_ settings: BenchSettings) throws -> RunResult {
+    var result = RunResult(workload: "isolation")
+    result.config = [("sleep_ms", "100")] + settings.knobs
+    let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory(pages: 65_536))
+    let faultRegion = try space.map(length: 65_536 * 4096)
+    let victim = try space.map(length: 16 * 4096)
+    try faultPages(space, victim, 16)
+    let sleeper = SleepingNotifier(victim: victim)
+    try space.registerNotifier(sleeper)
+
+    let unmapDone = Atomic<Bool>(false)
+    let worker = Thread {
+        try? space.unmap(address: victim, length: 16 * 4096)
+        unmapDone.store(true, ordering: .releasing)
+    }
+    worker.start()
+    sleeper.entered.wait()
+
+    var gracePeriods: [Double] = []
+    var faults = 0
+    var faultsBlocked = 0
+    var notifierGrace: Double = 0
+    let sleepStart = nowNanoseconds()
+    // Grace periods of the VMA/page-table domain while the callback sleeps.
+    for _ in 0..<50 where !unmapDone.load(ordering: .acquiring) {
+        let start = nowNanoseconds()
+        RCU.synchronize()
+        gracePeriods.append(Double(nowNanoseconds() - start) / 1000)
+    }
+    // Faults on another range while it still sleeps (the speculative path takes no mmap lock).
+    while !unmapDone.load(ordering: .acquiring) && faults < 65_536 && nowNanoseconds() - sleepStart < 60_000_000 {
+        if space.configuration.faultPath == .mmapLock { faultsBlocked = 1; break }
+        try space.fault(at: faultRegion + UInt64(faults) * 4096, access: .write)
+        faults += 1
+    }
+    let stillSleeping = !unmapDone.load(ordering: .acquiring)
+    // A grace period of the notifier domain must wait for the sleeper.
+    let notifierStart = nowNanoseconds()
+    SleepableRCU.notifiers.synchronize()
+    notifierGrace = Double(nowNanoseconds() - notifierStart) / 1e6
+    while !unmapDone.load(ordering: .acquiring) { Thread.sleep(forTimeInterval: 0.001) }
+    space.unregisterNotifier(sleeper)
+    let summary = Summary(gracePeriods)
+    result.metrics = [
+        ("grace_period_us", summary.median), ("grace_period_max_us", summary.maximum),
+        ("grace_periods", Double(gracePeriods.count)), ("faults_during_sleep", Double(faults)),
+        ("notifier_grace_period_ms", notifierGrace),
+    ]
+    result.counters = counterPairs(space.statistics)
+    result.notes.append("grace periods measured while the callback slept: \(stillSleeping ? "yes" : "NO")")
+    if faultsBlocked != 0 { result.notes.append("mmap-lock fault path: faults wait for the sleeping munmap") }
+    space.teardown()
+    return result
+}
+
+/// A subscriber whose start sleeps 100 ms the first time it sees `victim` invalidated.
+final class SleepingNotifier: MMUNotifier, @unchecked Sendable {
+    let victim: UInt64
+    let entered = DispatchSemaphore(value: 0)
+    private let slept = Atomic<Bool>(false)
+
+    init(victim: UInt64) { self.victim = victim }
+
+    var callbacks: NotifierCallbacks { .invalidateRange }
+
+    func invalidateRangeStart(_ range: InvalidationRange) -> Bool {
+        if range.start == victim && range.isBlockable && !slept.exchange(true, ordering: .relaxed) {
+            entered.signal()
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        return true
+    }
+
+    func invalidateRangeEnd(_ range: InvalidationRange) {}
+}

@@ -1,0 +1,51 @@
+import Shootdown
+
+/// Everything a workload can be told, with the defaults of `shootdown bench`.
+struct BenchSettings: Sendable {
+    var pages = 262_144
+    var threads = 1
+    var subscribers = 0
+    var intervals = 0
+    var vmas = 10_000
+    var huge = false
+    var faultPath: AddressSpace.FaultPath = .speculative
+    var notifierList: NotifierListProtection = .rcu
+    var locking: PageTableLocking = .split
+    var iterations = 1_000_000
+    var repeats = 5
+
+    var configuration: AddressSpace.Configuration {
+        AddressSpace.Configuration(faultPath: faultPath, notifierList: notifierList, pageTableLocking: locking)
+    }
+
+    /// The design knobs, for the `config` object of a result.
+    var knobs: [(String, String)] {
+        [("fault_path", faultPath.rawValue), ("notifier_list", notifierList.rawValue),
+         ("page_table_locking", locking.rawValue)]
+    }
+
+    /// A physical memory large enough for `pages` pages plus slack.
+    func makeMemory(pages: Int? = nil) -> PhysicalMemory {
+        PhysicalMemory(capacity: (pages ?? self.pages) + 16_384, swapSlots: 1024)
+    }
+}
+
+/// The counters of `space` that are not zero, for a result's `counters` object.
+func counterPairs(_ statistics: SpaceStatistics) -> [(String, Int64)] {
+    statistics.nonZero.map { ($0.name, $0.value) }
+}
+
+/// A notifier that implements start and end and does nothing: the cost of dispatch alone.
+final class NoOpNotifier: MMUNotifier, @unchecked Sendable {
+    var callbacks: NotifierCallbacks { .invalidateRange }
+    func invalidateRangeStart(_ range: InvalidationRange) -> Bool { true }
+    func invalidateRangeEnd(_ range: InvalidationRange) {}
+}
+
+/// An interval handler doing the minimum the protocol requires.
+final class MinimalIntervalHandler: IntervalNotifierHandler, @unchecked Sendable {
+    func invalidate(_ notifier: IntervalNotifier, range: InvalidationRange, currentSequence: UInt64) -> Bool {
+        notifier.setSequence(currentSequence)
+        return true
+    }
+}
