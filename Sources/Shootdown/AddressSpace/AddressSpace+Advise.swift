@@ -91,40 +91,25 @@ extension AddressSpace {
     }
 
     /// Writes the exclusive private pages of `[start, end)` to swap under one `clear`
-    /// invalidation. Shared, zero-page and huge entries stay. Returns pages swapped out.
+    /// invalidation (at most `limit` of them). Shared, zero-page and huge entries stay. Returns
+    /// pages swapped out.
     ///
     /// - Precondition: mmap lock held; the VMA in an edit's write section.
     @discardableResult
-    func pageOut(_ start: UInt64, _ end: UInt64, vma: VMA, limit: Int = .max, onlyOld: Bool = false) -> Int {
+    func pageOut(_ start: UInt64, _ end: UInt64, vma: VMA, limit: Int = .max) -> Int {
         let scope = beginInvalidation(start, end, .clear, vma: snapshot(vma))
         var chain = FrameChain()
         var swapped = 0
         var swapFull = false
-        // Reclaim's second chance also covers pages a subscriber saw accessed
-        // (`ptep_clear_flush_young_notify`), as ``reclaim(pages:)`` promises.
-        let youngSubscriptions = onlyOld ? subscriptionsPointer?.takeUnretainedValue() : nil
-        let askSubscribers = youngSubscriptions?.wantsYoung ?? false
         withSecondaryTLBHook { hook in
             pageTable.forEachLockedLeafRun(
                 from: start, to: end, huge: { _, _, _, _, _ in },
-                pte: { table, first, last, chunkStart in
+                pte: { table, first, last, _ in
                     for index in first..<last where swapped < limit && !swapFull {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
                         guard entry.isPresent, entry.number != PhysicalMemory.zeroFrame,
                             memory.isExclusive(entry.number)
                         else { continue }
-                        if onlyOld {
-                            var young = entry.isAccessed
-                            if young {
-                                table[index].pointee.store(entry.without(PageTableEntry.accessed).rawValue, ordering: .relaxed)
-                            }
-                            if askSubscribers {
-                                let page = chunkStart + UInt64(index - first) * Self.pageSize
-                                young = youngSubscriptions!.clearYoung(start: page, end: page + Self.pageSize, flush: true)
-                                    || young
-                            }
-                            if young { continue }
-                        }
                         guard let slot = memory.swap.store(memory.token(of: entry.number)) else {
                             swapFull = true
                             continue

@@ -2,11 +2,13 @@ import Synchronization
 
 extension AddressSpace {
     /// A reclaim pass (`shrink_page_list` over this space, second-chance order): evicts up to
-    /// `pages` exclusive private pages to swap under `clear` invalidations. A page that is young,
-    /// by its accessed bit or through any subscriber's `clearYoung`, gets a second chance: its bit
-    /// is cleared and it is skipped; a second pass evicts what stayed old. Locked VMAs, shared
-    /// memory, the zero page and huge mappings are left alone. A later fault reads an evicted page
-    /// back from swap.
+    /// `pages` exclusive private pages to swap. A page that is young, by its accessed bit or through
+    /// any subscriber's `clearFlushYoung`, gets a second chance: its bit is cleared and it stays
+    /// (aging removes no translation, so it needs no invalidation, like the kernel's
+    /// `page_referenced`); a second pass evicts what stayed old. Only the runs of pages actually
+    /// evicted are invalidated (event `clear`), so mirrors keep their translations of the pages that
+    /// stay. Locked VMAs, shared memory, the zero page and huge mappings are left alone. A later
+    /// fault reads an evicted page back from swap.
     ///
     /// - Returns: pages evicted (fewer when nothing more is reclaimable or swap is full).
     /// - Throws: ``MemoryError/addressSpaceDead``.
@@ -20,12 +22,52 @@ extension AddressSpace {
                 for vma in vmas where evicted < pages {
                     let edit = VMAEdit(self, writerLocks: true)
                     edit.touch(vma)
-                    evicted += pageOut(vma.start, vma.end, vma: vma, limit: pages - evicted, onlyOld: true)
+                    for run in oldPageRuns(vma.start, vma.end, limit: pages - evicted) where evicted < pages {
+                        evicted += pageOut(run.lowerBound, run.upperBound, vma: vma, limit: pages - evicted)
+                    }
                     edit.finish()
                 }
             }
             return evicted
         }
+    }
+
+    /// Ages `[start, end)` and returns the runs of evictable pages that were old (neither the
+    /// accessed bit nor any subscriber reported them young), at most `limit` pages. Young pages
+    /// have their accessed state cleared (second chance).
+    ///
+    /// - Precondition: mmap lock held.
+    private func oldPageRuns(_ start: UInt64, _ end: UInt64, limit: Int) -> [Range<UInt64>] {
+        let subscriptions = subscriptionsPointer?.takeUnretainedValue()
+        let askSubscribers = subscriptions?.wantsYoung ?? false
+        var runs: [Range<UInt64>] = []
+        var found = 0
+        pageTable.forEachLockedLeafRun(
+            from: start, to: end, huge: { _, _, _, _, _ in },
+            pte: { table, first, last, chunkStart in
+                for index in first..<last where found < limit {
+                    let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
+                    guard entry.isPresent, entry.number != PhysicalMemory.zeroFrame, memory.isExclusive(entry.number)
+                    else { continue }
+                    let page = chunkStart + UInt64(index - first) * Self.pageSize
+                    var young = entry.isAccessed
+                    if young {
+                        table[index].pointee.store(entry.without(PageTableEntry.accessed).rawValue, ordering: .relaxed)
+                    }
+                    if askSubscribers {
+                        young = subscriptions!.clearYoung(start: page, end: page + Self.pageSize, flush: true) || young
+                    }
+                    if young { continue }
+                    found += 1
+                    if let previous = runs.last, previous.upperBound == page {
+                        runs[runs.count - 1] = previous.lowerBound..<(page + Self.pageSize)
+                    } else {
+                        runs.append(page..<(page + Self.pageSize))
+                    }
+                }
+            },
+            flush: { _, _ in })
+        return runs
     }
 
     /// Migrates the exclusive private pages of `[address, address + length)` to new frames

@@ -54,10 +54,11 @@ extension AddressSpace {
 
     /// Splits the huge mapping containing `address`, if any.
     func splitHugeMapping(containing address: UInt64) {
-        guard let (pmd, index) = pageTable.hugeSlot(containing: address) else { return }
+        guard let (pmd, slot) = pageTable.hugeSlot(containing: address) else { return }
         let start = address & ~(Self.hugePageSize - 1)
-        let scope = beginInvalidation(start, start + Self.hugePageSize, .clear)
-        if pageTable.splitHuge(pmd: pmd, index: index, memory: memory) { count(.hugePagesSplit) }
+        let scope = beginInvalidation(
+            start, start + Self.hugePageSize, .clear, vma: index.find(containing: address).map(snapshot))
+        if pageTable.splitHuge(pmd: pmd, index: slot, memory: memory) { count(.hugePagesSplit) }
         scope.end()
     }
 
