@@ -56,7 +56,7 @@ let benchmarks: @Sendable () -> Void = {
 
     for subscribers in [0, 16] {
         // One iteration: 10 000 invalidation start/end pairs over a 4 KiB range.
-        Benchmark("Notifier.\(subscribers)subscribers.10000pairs") { benchmark, space in
+        Benchmark("Notifier.\(subscribers)subscribers.10000pairs") { (benchmark: Benchmark, space: AddressSpace) in
             for _ in 0..<10_000 {
                 space._invalidateWithoutChange(start: 0x1000_0000, end: 0x1000_1000, event: .clear)
             }
@@ -68,7 +68,7 @@ let benchmarks: @Sendable () -> Void = {
     }
 
     // One iteration: 10 000 start/end pairs, each hitting one of 100 000 interval notifiers.
-    Benchmark("Interval.100000intervals.10000pairs") { benchmark, space in
+    Benchmark("Interval.100000intervals.10000pairs") { (benchmark: Benchmark, space: AddressSpace) in
         var state: UInt64 = 0x9E37_79B9_7F4A_7C15
         for _ in 0..<10_000 {
             state ^= state << 13
@@ -88,7 +88,7 @@ let benchmarks: @Sendable () -> Void = {
 
     for count in [1000, 100_000] {
         // One iteration: 10 000 lock-free lookups of random addresses among `count` VMAs.
-        Benchmark("VMALookup.\(count)vmas.10000lookups") { benchmark, space in
+        Benchmark("VMALookup.\(count)vmas.10000lookups") { (benchmark: Benchmark, space: AddressSpace) in
             var state: UInt64 = 0x2545_F491_4F6C_DD1D
             var found = 0
             for _ in 0..<10_000 {

@@ -133,7 +133,7 @@ public final class AddressSpace: @unchecked Sendable {
         _ start: UInt64, _ end: UInt64, _ event: InvalidationEvent, vma: VMASnapshot? = nil,
         owner: InvalidationOwner = .none
     ) -> InvalidationScope {
-        counters.increment(SpaceCounter.invalidations(event).rawValue)
+        counters.increment(SpaceCounter.invalidationsIndex(event))
         let range = InvalidationRange(
             space: id, start: start, end: end, event: event, flags: .blockable, vma: vma, owner: owner)
         let subscriptions = subscriptionsPointer
@@ -157,7 +157,7 @@ public final class AddressSpace: @unchecked Sendable {
                 return nil
             }
         }
-        counters.increment(SpaceCounter.invalidations(event).rawValue)
+        counters.increment(SpaceCounter.invalidationsIndex(event))
         return InvalidationScope(range: range, subscriptions: subscriptions)
     }
 

@@ -32,10 +32,12 @@ public final class IntervalNotifier: @unchecked Sendable {
     /// End of the interval (exclusive).
     public let end: UInt64
 
-    @usableFromInline unowned(unsafe) let handler: any IntervalNotifierHandler
-    /// Keeps the handler alive while it may be called; dropped once ``remove()`` has made sure it
-    /// never will be again (a handler usually holds its notifier: keeping it would be a cycle).
-    fileprivate var handlerOwner: (any IntervalNotifierHandler)?
+    /// The handler, in a box that the dispatch path reaches with `_withUnsafeGuaranteedRef` (no
+    /// retain or release per invalidation). The box, and so the handler, is released once
+    /// ``remove()`` has made sure no callback will run again (a handler usually holds its
+    /// notifier: keeping it longer would be a cycle).
+    private let handlerBox: Unmanaged<IntervalHandlerBox>
+    fileprivate var holdsHandler = true
     /// `invalidate_seq`: always odd.
     @usableFromInline let sequence = Atomic<UInt64>(1)
     let state: IntervalNotifierState
@@ -49,9 +51,24 @@ public final class IntervalNotifier: @unchecked Sendable {
     init(start: UInt64, end: UInt64, handler: any IntervalNotifierHandler, state: IntervalNotifierState) {
         self.start = start
         self.end = end
-        self.handler = handler
-        handlerOwner = handler
+        handlerBox = Unmanaged.passRetained(IntervalHandlerBox(handler))
         self.state = state
+    }
+
+    deinit { releaseHandler() }
+
+    /// Calls the handler (the notifier's lock-free dispatch path).
+    @inline(__always)
+    func invalidate(_ range: InvalidationRange, currentSequence: UInt64) -> Bool {
+        handlerBox._withUnsafeGuaranteedRef { $0.handler.invalidate(self, range: range, currentSequence: currentSequence) }
+    }
+
+    /// Drops the handler once no callback can run any more.
+    fileprivate func releaseHandler() {
+        if holdsHandler {
+            holdsHandler = false
+            handlerBox.release()
+        }
     }
 
     /// Begins a read: returns the sequence to validate against, after waiting for an open
@@ -119,34 +136,51 @@ final class IntervalNotifierState: @unchecked Sendable {
     /// ``invalidateEnd()``.
     func invalidateStart(_ range: InvalidationRange) -> Bool {
         let last = range.end &- 1
-        let current: UInt64? = lock.withLock {
-            active &+= 1
-            guard tree.intersects(range.start, last) else { return nil }
-            let odd = sequence.load(ordering: .relaxed) | 1
-            sequence.store(odd, ordering: .relaxed)
-            return odd
-        }
-        guard let current else { return true }  // hit nothing: partially excluded
-        var refused = false
-        tree.forEachIntersecting(range.start, last) { _, value in
-            let notifier = Unmanaged<IntervalNotifier>.fromOpaque(value)
-            let accepted = notifier._withUnsafeGuaranteedRef {
-                $0.handler.invalidate($0, range: range, currentSequence: current)
+        // One descent under the lock decides whether the epoch turns odd and collects up to
+        // `inline` hits; the handlers run after the lock is dropped (they may sleep). The tree is
+        // frozen while the epoch is odd, so the collected notifiers stay valid; with more hits than
+        // fit, the frozen tree is walked again without the lock.
+        let inline = 8
+        return withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer.self, capacity: inline) { hits in
+            var found = 0
+            let current: UInt64? = lock.withLock {
+                active &+= 1
+                tree.forEachIntersecting(range.start, last) { _, value in
+                    if found < inline { hits[found] = value }
+                    found &+= 1
+                    return found <= inline
+                }
+                guard found > 0 else { return nil }
+                let odd = sequence.load(ordering: .relaxed) | 1
+                sequence.store(odd, ordering: .relaxed)
+                return odd
             }
-            counters?.increment(SpaceCounter.intervalInvalidations.rawValue)
-            if accepted { return true }
-            if range.isBlockable {
-                counters?.increment(SpaceCounter.notifierContractViolations.rawValue)
-                return true
+            guard let current else { return true }  // hit nothing: partially excluded
+            var refused = false
+            func call(_ value: UnsafeMutableRawPointer) -> Bool {
+                let accepted = Unmanaged<IntervalNotifier>.fromOpaque(value)._withUnsafeGuaranteedRef {
+                    $0.invalidate(range, currentSequence: current)
+                }
+                counters?.increment(SpaceCounter.intervalInvalidations.rawValue)
+                if accepted { return true }
+                if range.isBlockable {
+                    counters?.increment(SpaceCounter.notifierContractViolations.rawValue)
+                    return true
+                }
+                refused = true
+                return false
             }
-            refused = true
-            return false
+            if found <= inline {
+                for index in 0..<found where !refused { _ = call(hits[index]) }
+            } else {
+                tree.forEachIntersecting(range.start, last) { _, value in call(value) }
+            }
+            if refused {
+                invalidateEnd()
+                return false
+            }
+            return true
         }
-        if refused {
-            invalidateEnd()
-            return false
-        }
-        return true
     }
 
     /// W2: ends an invalidation. The last one to end closes the epoch, applies deferred inserts
@@ -244,7 +278,7 @@ final class IntervalNotifierState: @unchecked Sendable {
             waitQueue.wait { sequence.load(ordering: .acquiring) != waitFor }
         }
         // No callback runs or will run: let the handler go (only the remover that unlinked it).
-        if removing { notifier.handlerOwner = nil }
+        if removing { notifier.releaseHandler() }
         if drop { Unmanaged.passUnretained(notifier).release() }
     }
 
@@ -259,4 +293,10 @@ final class IntervalNotifierState: @unchecked Sendable {
             return result + deferred.filter { $0.node < 0 }
         }
     }
+}
+
+/// Holds an interval notifier's handler (see `IntervalNotifier.handlerBox`).
+final class IntervalHandlerBox: @unchecked Sendable {
+    let handler: any IntervalNotifierHandler
+    init(_ handler: any IntervalNotifierHandler) { self.handler = handler }
 }

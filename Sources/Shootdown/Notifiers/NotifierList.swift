@@ -66,6 +66,11 @@ final class NotifierList: @unchecked Sendable {
     @usableFromInline let domain: SleepableRCU
     /// `Unmanaged<NotifierSnapshot>` bits; always a valid snapshot (possibly empty).
     @usableFromInline let current: Atomic<UInt>
+    /// Whether the published snapshot has any subscriber: dispatchers skip the read section
+    /// entirely when it does not (a space with interval notifiers only). A dispatcher that sees a
+    /// stale value either walks an empty snapshot or, like the kernel's list walk after
+    /// `hlist_del_rcu`, misses the end of a subscriber being unregistered.
+    @usableFromInline let populated = Atomic<Bool>(false)
     /// Readers' lock in ``NotifierListProtection/rwlock`` mode.
     @usableFromInline let lock = MmapLock()
     /// Serialises registration changes.
@@ -147,6 +152,10 @@ final class NotifierList: @unchecked Sendable {
     /// Publishes `replacement`, waits for the readers of the old snapshot, and releases it.
     private func publish(_ replacement: NotifierSnapshot) {
         let bits = UInt(bitPattern: Unmanaged.passRetained(replacement).toOpaque())
+        // Relaxed: registration runs under the mmap write lock, so no invalidation is in flight;
+        // for unregistration see `populated`.
+        if replacement.count > 0 { populated.store(true, ordering: .relaxed) }
+        defer { if replacement.count == 0 { populated.store(false, ordering: .relaxed) } }
         let oldBits: UInt
         if protection == .rcu {
             // Sequentially consistent: the publication store of SleepableRCU's argument.

@@ -31,6 +31,7 @@ final class NotifierSubscriptions: @unchecked Sendable {
     func invalidateRangeStart(_ range: InvalidationRange) -> Bool {
         let itree = hasIntervals.load(ordering: .acquiring)
         if itree && !intervals.invalidateStart(range) { return false }
+        if !list.populated.load(ordering: .relaxed) { return true }
         let accepted = list.withSnapshot { snapshot -> Bool in
             guard snapshot.union.contains(.invalidateRangeStart) else { return true }
             var refused = false
@@ -61,6 +62,7 @@ final class NotifierSubscriptions: @unchecked Sendable {
     /// Ends an invalidation (`__mmu_notifier_invalidate_range_end`).
     func invalidateRangeEnd(_ range: InvalidationRange) {
         if hasIntervals.load(ordering: .acquiring) { intervals.invalidateEnd() }
+        if !list.populated.load(ordering: .relaxed) { return }
         list.withSnapshot { snapshot in
             guard snapshot.union.contains(.invalidateRangeEnd) else { return }
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.invalidateRangeEnd) {

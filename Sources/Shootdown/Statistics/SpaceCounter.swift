@@ -97,7 +97,13 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// Counter for the invalidation event `event`.
     @inlinable
     static func invalidations(_ event: InvalidationEvent) -> SpaceCounter {
-        SpaceCounter(rawValue: SpaceCounter.invalidationsUnmap.rawValue + Int(event.rawValue))!
+        SpaceCounter(rawValue: invalidationsIndex(event))!
+    }
+
+    /// Index of the counter for `event` (no enum construction on the dispatch path).
+    @inlinable
+    static func invalidationsIndex(_ event: InvalidationEvent) -> Int {
+        SpaceCounter.invalidationsUnmap.rawValue &+ Int(event.rawValue)
     }
 }
 

@@ -31,10 +31,12 @@ func faultPagesSampled(
     }
 }
 
-/// `count` invalidation start/end pairs over 4 KiB ranges chosen by `address(i)`.
+/// `count` invalidation start/end pairs over 4 KiB ranges at pseudo-random slots (xorshift from
+/// `state`, which carries over between calls).
 @inline(never)
-func invalidatePairs(_ space: AddressSpace, _ count: Int, base: UInt64, stride: UInt64, slots: Int) {
-    var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+func invalidatePairs(
+    _ space: AddressSpace, _ count: Int, base: UInt64, stride: UInt64, slots: Int, state: inout UInt64
+) {
     for _ in 0..<count {
         state ^= state << 13
         state ^= state >> 7
@@ -42,6 +44,12 @@ func invalidatePairs(_ space: AddressSpace, _ count: Int, base: UInt64, stride: 
         let address = base &+ (state % UInt64(slots)) &* stride
         space._invalidateWithoutChange(start: address, end: address &+ 4096, event: .clear)
     }
+}
+
+/// ``invalidatePairs(_:_:base:stride:slots:state:)`` from a fixed seed.
+func invalidatePairs(_ space: AddressSpace, _ count: Int, base: UInt64, stride: UInt64, slots: Int) {
+    var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+    invalidatePairs(space, count, base: base, stride: stride, slots: slots, state: &state)
 }
 
 /// The same loop without the notifier call: what "no notifier code at all" costs.

@@ -32,9 +32,10 @@ func runNotifier(_ settings: BenchSettings) throws -> RunResult {
         if sink == 42 { progress("") }
     }
     var latency = LatencyRecorder()
+    var state: UInt64 = 0x2545_F491_4F6C_DD1D
     for _ in 0..<20_000 where !interrupted {
         let timer = nowNanoseconds()
-        invalidatePairs(space, 1, base: base, stride: stride, slots: slots)
+        invalidatePairs(space, 1, base: base, stride: stride, slots: slots, state: &state)
         latency.record(nowNanoseconds() - timer)
     }
     let summary = Summary(pairs)

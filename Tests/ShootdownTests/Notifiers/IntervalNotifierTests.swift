@@ -335,11 +335,12 @@ private extension AddressSpace {
         }
         #expect(space.intervalNotifierCount == count)
         let tree = space.intervalState!.tree
-        // AVL bound: height < 1.4405 log2(n + 2) - 0.3277.
-        let bound = Int((1.4405 * log2(Double(count) + 2) - 0.3277).rounded(.down))
-        #expect(bound == 23)
+        // B+tree of fanout 16, nodes at least half full after splits: height ≤ 1 + ⌈log₈ n⌉, and at
+        // least ⌈log₁₆ n⌉.
+        let bound = 1 + Int((log(Double(count)) / log(8)).rounded(.up))
+        #expect(bound == 7)
         #expect(tree.height <= bound)
-        #expect(tree.height >= 17)  // at least log2(n)
+        #expect(tree.height >= Int((log(Double(count)) / log(16)).rounded(.up)))
 
         // A 4 KiB invalidation reaches exactly the interval on that page.
         for probe in [0, 1, 4_242, count - 1] {
@@ -401,7 +402,7 @@ private extension AddressSpace {
             live[tree.insert(start: start, last: start, value: dummy)] = (start, start)
         }
         check()
-        #expect(tree.height <= 17)  // 1.44 log2(1502) ≈ 15.2
+        #expect(tree.height <= 1 + Int((log(1502.0) / log(8)).rounded(.up)))  // fanout-16 B+tree
     }
 
     @Test func sortedInsertionStaysBalanced() {
@@ -411,7 +412,7 @@ private extension AddressSpace {
         for index in 0..<(1 << 16) {
             nodes.append(tree.insert(start: UInt64(index), last: UInt64(index), value: dummy))
         }
-        #expect(tree.height <= 23)  // 1.44 · 16 ≈ 23
+        #expect(tree.height <= 1 + 16 / 3)  // 1 + ⌈log₈ 2¹⁶⌉: sorted inserts still split in half
         for node in nodes { tree.remove(node) }
         #expect(tree.count == 0 && tree.height == 0)
     }
