@@ -214,6 +214,14 @@ bool cinterop_asan_is_poisoned(void *address) {
 #endif
 }
 
+bool cinterop_asan_enabled(void) {
+#ifdef CINTEROP_ASAN
+    return true;
+#else
+    return false;
+#endif
+}
+
 // MARK: - Signals
 
 static volatile sig_atomic_t cinterop_interrupt_flag;

@@ -152,6 +152,8 @@ void cinterop_unmap(void *_Nonnull base, size_t length);
 void cinterop_asan_poison(void *_Nonnull base, size_t length);
 void cinterop_asan_unpoison(void *_Nonnull base, size_t length);
 bool cinterop_asan_is_poisoned(void *_Nonnull address);
+/// Whether this build runs under AddressSanitizer.
+bool cinterop_asan_enabled(void);
 
 // MARK: - Signals (CLI)
 

@@ -201,7 +201,6 @@ extension AddressSpace {
     ) throws(MemoryError) -> Bool {
         let old = entry.number
         guard let copy = memory.allocate() else { throw .outOfMemory }
-        memory.setToken(memory.token(of: old), of: copy)
         let page = address & ~(Self.pageSize - 1)
         let scope = beginInvalidation(page, page + Self.pageSize, .clear, vma: snapshot(vma))
         var chain = FrameChain()
@@ -209,6 +208,9 @@ extension AddressSpace {
         lock.lock()
         let replaced = pte.load(slot) == entry
         if replaced {
+            // Copy under the lock, once the entry is known unchanged: nothing can write the old
+            // frame now (every mapping of it is read-only), so the copy is its final content.
+            memory.setToken(memory.token(of: old), of: copy)
             pte[slot].pointee.store(0, ordering: .relaxed)
             withSecondaryTLBHook { hook in hook(page, page + Self.pageSize) }
             let installed = PageTableEntry.leaf(frame: copy, writable: true, dirty: true, softDirty: true)

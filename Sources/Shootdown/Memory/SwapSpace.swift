@@ -9,13 +9,13 @@ public final class SwapSpace: @unchecked Sendable {
 
     private let tokens: UnsafeMutablePointer<Atomic<UInt64>>
     private let references: UnsafeMutablePointer<Atomic<UInt32>>
-    private let freeSlots: Mutex<[UInt32]>
+    private let freeSlots: FutexLock<[UInt32]>
 
     init(capacity: Int) {
         self.capacity = max(capacity, 1)
         tokens = RawMemory.allocateAtomics(UInt64.self, count: self.capacity + 1, initial: 0)
         references = RawMemory.allocateAtomics(UInt32.self, count: self.capacity + 1, initial: 0)
-        freeSlots = Mutex(Array((1...UInt32(self.capacity)).reversed()))
+        freeSlots = FutexLock(Array((1...UInt32(self.capacity)).reversed()))
     }
 
     deinit {

@@ -74,7 +74,7 @@ final class NotifierList: @unchecked Sendable {
     /// Readers' lock in ``NotifierListProtection/rwlock`` mode.
     @usableFromInline let lock = MmapLock()
     /// Serialises registration changes.
-    private let writers = Mutex<Void>(())
+    private let writers = FutexMutex()
 
     init(protection: NotifierListProtection, domain: SleepableRCU) {
         self.protection = protection
@@ -115,7 +115,7 @@ final class NotifierList: @unchecked Sendable {
         if callbacks.contains(.invalidateSecondaryTLBs) && !callbacks.isDisjoint(with: .invalidateRange) {
             throw .invalidArgument
         }
-        try writers.withLock { _ throws(MemoryError) in
+        try writers.withLock { () throws(MemoryError) in
             let old = snapshot
             if old.owners.contains(where: { $0 === notifier }) { throw .invalidArgument }
             publish(NotifierSnapshot(old.owners + [notifier], callbacks: old.callbacksList + [callbacks]))
@@ -126,7 +126,7 @@ final class NotifierList: @unchecked Sendable {
     /// Returns whether it was registered.
     @discardableResult
     func remove(_ notifier: any MMUNotifier) -> Bool {
-        writers.withLock { _ in
+        writers.withLock {
             let old = snapshot
             guard let position = old.owners.firstIndex(where: { $0 === notifier }) else { return false }
             var owners = old.owners
@@ -140,7 +140,7 @@ final class NotifierList: @unchecked Sendable {
 
     /// Removes every subscriber (teardown), waiting for readers.
     func removeAll() {
-        writers.withLock { _ in publish(NotifierSnapshot([], callbacks: [])) }
+        writers.withLock { publish(NotifierSnapshot([], callbacks: [])) }
     }
 
     /// The current snapshot (writers only).

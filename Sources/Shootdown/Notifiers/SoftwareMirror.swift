@@ -29,7 +29,7 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
         var released = false
     }
 
-    private let state = Mutex(State())
+    private let state = FutexLock(State())
     private var notifier: IntervalNotifier!
     private static let nextOwner = Atomic<UInt64>(1 << 63)
 

@@ -27,7 +27,7 @@ public final class SleepableRCU: @unchecked Sendable {
     /// The phase counter; `ctr & 1` is the index new readers use. Alone on its line.
     @usableFromInline let phase: UnsafeMutablePointer<Atomic<UInt64>>
     /// Serialises grace periods of this domain.
-    private let updaters = Mutex<Void>(())
+    private let updaters = FutexMutex()
     /// Grace periods completed (statistics).
     private let completed = Atomic<UInt64>(0)
 
@@ -84,7 +84,7 @@ public final class SleepableRCU: @unchecked Sendable {
     ///
     /// - Precondition: not inside a read section of this domain (it would wait for itself).
     public func synchronize() {
-        updaters.withLock { _ in
+        updaters.withLock {
             let active = Int(phase.pointee.load(ordering: .sequentiallyConsistent) & 1)
             // Stragglers that loaded the phase before the previous flip.
             waitForReaders(index: active ^ 1)

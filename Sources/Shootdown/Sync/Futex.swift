@@ -10,6 +10,12 @@ enum Futex {
         cinterop_futex_wait(UnsafeMutableRawPointer(word).assumingMemoryBound(to: UInt32.self), expected)
     }
 
+    /// Wakes up to `count` waiters on `word`.
+    @usableFromInline
+    static func wake(_ word: UnsafeMutablePointer<Atomic<UInt32>>, count: Int32) {
+        cinterop_futex_wake(UnsafeMutableRawPointer(word).assumingMemoryBound(to: UInt32.self), count)
+    }
+
     /// Wakes every waiter on `word`.
     @usableFromInline
     static func wakeAll(_ word: UnsafeMutablePointer<Atomic<UInt32>>) {

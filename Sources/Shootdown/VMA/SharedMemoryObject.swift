@@ -9,7 +9,7 @@ import Synchronization
 /// grace period) the object drops its frame references.
 final class SharedMemoryObject: @unchecked Sendable {
     let memory: PhysicalMemory
-    private let pages = Mutex<[UInt64: UInt64]>([:])
+    private let pages = FutexLock<[UInt64: UInt64]>([:])
 
     init(memory: PhysicalMemory) { self.memory = memory }
 

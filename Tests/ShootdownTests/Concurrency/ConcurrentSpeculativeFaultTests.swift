@@ -1,0 +1,188 @@
+import Foundation
+import Synchronization
+import Testing
+
+@testable import Shootdown
+
+/// Speculative faults (seed 003) against structural churn: threads fault without the mmap lock
+/// while churners unmap, remap (move and resize), protect and re-map the same ranges as fast as
+/// they can.
+///
+/// Each churner owns one region (its own top-level page-table entry, so emptying it frees PTE, PMD
+/// and PUD tables that faulters race to re-create) and is the only thread that changes it, so it
+/// can check exact postconditions right after each call returns, with faulters still running:
+/// - no entry in a range it just unmapped (or moved away, or shrank away);
+/// - no writable entry in a range it just made read-only, no present entry in one it made
+///   `PROT_NONE`.
+/// Both must hold immediately because a speculative fault validates its VMA's sequence count under
+/// the split lock, and every zap and protection change runs inside the VMA's write section.
+@Suite("ConcurrentSpeculativeFaults")
+struct ConcurrentSpeculativeFaultTests {
+    static let page = AddressSpace.pageSize
+    /// Pages per slot; mappings never leave their slot.
+    static let slotPages: UInt64 = 64
+    static let churners = 2
+    static let faulters = 3
+
+    /// Region of churner `index`: one PGD entry (512 GiB) of its own.
+    static func region(_ index: Int) -> (start: UInt64, end: UInt64) {
+        let start = UInt64(index + 1) << 39
+        return (start, start + (1 << 39))
+    }
+
+    /// The two slots of a region: one straddling a 2 MiB boundary (two PTE tables), one alone.
+    static func slots(_ index: Int) -> [UInt64] {
+        let start = region(index).start
+        return [start + AddressSpace.hugePageSize - 32 * page, start + 4 * AddressSpace.hugePageSize]
+    }
+
+    @Test func speculativeFaultsAgainstStructuralChurn() throws {
+        let memory = PhysicalMemory(capacity: 1 << 15)
+        let space = try AddressSpace(memory: memory)  // default: faultPath .speculative
+        #expect(space.configuration.faultPath == .speculative)
+        let page = Self.page
+        for churner in 0..<Self.churners {
+            for slot in Self.slots(churner) { try space.map(length: Self.slotPages * page, placement: .fixed(slot)) }
+        }
+
+        let violations = ConcurrentViolations()
+        let faultIterations = ConcurrentHarness.iterations(60_000)
+        let churnIterations = ConcurrentHarness.iterations(3_000)
+        let faultersLeft = ConcurrentCountdown(Self.faulters)
+        let churnOperations = Atomic<Int>(0)
+
+        let faulter: @Sendable (Int) -> Void = { index in
+            var random = ConcurrentRandom(seed: 0x5EED_0000 &+ UInt64(index))
+            defer { faultersLeft.arrive() }
+            for iteration in 0..<faultIterations {
+                let churner = random.below(Self.churners)
+                let slot = Self.slots(churner)[random.below(2)]
+                let address = slot + UInt64(random.below(Int(Self.slotPages))) * page + UInt64(random.below(Int(page)))
+                let write = random.chance(70)
+                do {
+                    if random.chance(15) {
+                        // Through the access model (faults as needed, loops until the access is done).
+                        if write {
+                            try space.write(UInt64(index + 1) << 48 | UInt64(iteration), at: address)
+                        } else {
+                            _ = try space.read(at: address)
+                        }
+                    } else {
+                        try space.fault(at: address, access: write ? .write : .read)
+                    }
+                } catch MemoryError.segmentationFault {
+                    // Unmapped, or not allowed by the protection of the moment.
+                } catch {
+                    violations.record("fault at \(address.hex) (write: \(write)) threw \(error)")
+                }
+            }
+        }
+
+        let churner: @Sendable (Int) -> Void = { index in
+            var random = ConcurrentRandom(seed: 0xC4_0000 &+ UInt64(index))
+            let (regionStart, regionEnd) = Self.region(index)
+            let slots = Self.slots(index)
+            let protections: [Protection] = [.read, .none, .readWrite]
+            // At least `churnIterations` operations, and on until the faulters are done, so the
+            // faulters never run alone.
+            var operations = 0
+            while operations < churnIterations || !faultersLeft.isDone {
+                operations += 1
+                if operations > 1_000_000 { break }
+                let vmas = space.mappings().filter { $0.start >= regionStart && $0.end <= regionEnd }
+                let slotIndex = random.below(2)
+                let slot = slots[slotIndex]
+                let first = UInt64(random.below(Int(Self.slotPages)))
+                let count = UInt64(random.within(1...Int(Self.slotPages - first)))
+                let low = slot + first * page
+                let high = low + count * page
+                do {
+                    switch random.below(8) {
+                    case 0:
+                        try space.map(
+                            length: high - low, protection: protections[random.below(3)], placement: .fixed(low))
+                    case 1:
+                        try space.map(length: high - low, placement: .fixed(low))
+                    case 2:
+                        try space.unmap(address: low, length: high - low)
+                        ConcurrentPages.expectNoEntries(space, low, high, after: "unmap", violations)
+                    case 3, 4:
+                        guard let vma = vmas.randomElement(using: &random) else { continue }
+                        let (start, end) = Self.subrange(of: vma, &random)
+                        let protection = protections[random.below(3)]
+                        try space.protect(address: start, length: end - start, protection: protection)
+                        ConcurrentPages.expectProtected(
+                            space, start, end, protection, after: "protect(\(protection))", violations)
+                    case 5:
+                        // Move (and resize) part of a VMA into the other slot.
+                        guard let vma = vmas.randomElement(using: &random) else { continue }
+                        let (start, end) = Self.subrange(of: vma, &random)
+                        let target = slots[1 - (vma.start >= slots[1] ? 1 : 0)]
+                        let offset = UInt64(random.below(Int(Self.slotPages)))
+                        let newPages = UInt64(random.within(1...Int(Self.slotPages - offset)))
+                        let moved = try space.remap(
+                            address: start, oldLength: end - start, newLength: newPages * page,
+                            move: .fixed(target + offset * page))
+                        if moved != target + offset * page {
+                            violations.record("remap moved to \(moved.hex), asked \((target + offset * page).hex)")
+                        }
+                        ConcurrentPages.expectNoEntries(space, start, end, after: "remap move away", violations)
+                    case 6:
+                        // Shrink a VMA in place.
+                        guard let vma = vmas.randomElement(using: &random), vma.end - vma.start > page else {
+                            continue
+                        }
+                        let keep = UInt64(random.within(1...Int((vma.end - vma.start) / page - 1))) * page
+                        try space.remap(address: vma.start, oldLength: vma.end - vma.start, newLength: keep)
+                        ConcurrentPages.expectNoEntries(
+                            space, vma.start + keep, vma.end, after: "remap shrink", violations)
+                    default:
+                        // Grow a VMA in place up to the end of its slot (fails if the next page is taken).
+                        guard let vma = vmas.randomElement(using: &random) else { continue }
+                        let slotEnd = (vma.start >= slots[1] ? slots[1] : slots[0]) + Self.slotPages * page
+                        guard vma.end < slotEnd else { continue }
+                        let grow = UInt64(random.within(1...Int((slotEnd - vma.end) / page))) * page
+                        do {
+                            try space.remap(
+                                address: vma.start, oldLength: vma.end - vma.start, newLength: vma.end - vma.start + grow)
+                        } catch MemoryError.noMemory {}  // the next page is mapped: cannot grow in place
+                    }
+                } catch {
+                    violations.record("churner \(index) op on [\(low.hex), \(high.hex)): \(error)")
+                }
+            }
+            churnOperations.add(operations, ordering: .relaxed)
+        }
+
+        var bodies: [@Sendable () -> Void] = []
+        for index in 0..<Self.faulters { bodies.append { faulter(index) } }
+        for index in 0..<Self.churners { bodies.append { churner(index) } }
+        guard ConcurrentHarness.run("spf-churn", bodies) else { return }
+
+        violations.expectNone("speculative faults against churn")
+        let statistics = space.statistics
+        ConcurrentHarness.report("spf: ops=\(churnOperations.load(ordering: .relaxed)) \(statistics.nonZero)")
+        // The speculative path ran, and aborted at least sometimes.
+        #expect(statistics[.speculativeFaults] > 0)
+        #expect(statistics.speculativeAborts > 0, "\(statistics.nonZero)")
+        let audit = space.audit()
+        #expect(audit.entriesOutsideVMAs == 0)
+        #expect(audit.entriesExceedingProtection == 0)
+        #expect(audit.deadTablesReached == 0)
+        #expect(audit.unmergedNeighbours == 0)
+
+        space.teardown()
+        RCU.barrier()
+        #expect(memory.framesInUse == 0)
+        #expect(memory.swap.slotsInUse == 0)
+    }
+
+    /// A random non-empty page range inside `vma`.
+    static func subrange(of vma: Mapping, _ random: inout ConcurrentRandom) -> (UInt64, UInt64) {
+        let pages = Int((vma.end - vma.start) / page)
+        let first = random.below(pages)
+        let count = random.within(1...(pages - first))
+        let start = vma.start + UInt64(first) * page
+        return (start, start + UInt64(count) * page)
+    }
+}
