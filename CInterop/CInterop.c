@@ -30,6 +30,13 @@
 char cinterop_rcu_tsan_grace_period;
 #endif
 
+#if defined(__has_include)
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#define CINTEROP_CALLGRIND 1
+#endif
+#endif
+
 __thread uint32_t cinterop_thread_state;
 
 // MARK: - Thread slots and automatic liburcu registration
@@ -216,6 +223,28 @@ bool cinterop_asan_is_poisoned(void *address) {
 
 bool cinterop_asan_enabled(void) {
 #ifdef CINTEROP_ASAN
+    return true;
+#else
+    return false;
+#endif
+}
+
+// MARK: - Profiling
+
+void cinterop_profile_region_begin(void) {
+#ifdef CINTEROP_CALLGRIND
+    CALLGRIND_ZERO_STATS;
+#endif
+}
+
+void cinterop_profile_region_end(void) {
+#ifdef CINTEROP_CALLGRIND
+    CALLGRIND_DUMP_STATS_AT("measured region");
+#endif
+}
+
+bool cinterop_profile_hooks_available(void) {
+#ifdef CINTEROP_CALLGRIND
     return true;
 #else
     return false;

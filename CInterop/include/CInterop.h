@@ -155,6 +155,16 @@ bool cinterop_asan_is_poisoned(void *_Nonnull address);
 /// Whether this build runs under AddressSanitizer.
 bool cinterop_asan_enabled(void);
 
+// MARK: - Profiling (perf/)
+
+/// Resets callgrind's counters (`CALLGRIND_ZERO_STATS`) when running under valgrind's callgrind;
+/// a no-op otherwise, or when valgrind's headers were absent at build time.
+void cinterop_profile_region_begin(void);
+/// Dumps callgrind's counters since the last reset (`CALLGRIND_DUMP_STATS_AT`).
+void cinterop_profile_region_end(void);
+/// Whether the profile hooks were compiled in (valgrind's headers were present at build time).
+bool cinterop_profile_hooks_available(void);
+
 // MARK: - Signals (CLI)
 
 /// Installs a SIGINT handler that sets a flag readable with `cinterop_interrupted`.

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CInterop
 import Shootdown
 
 /// Deterministic, single-threaded workloads for the instruction-count gate (`perf/check`). Each
@@ -31,6 +32,9 @@ struct PerfProbe: ParsableCommand {
         // Warm-up: the first run of an operation pays one-time costs (Swift metadata and protocol
         // conformance caches, first arena mappings) that are not what the gate is about.
         _ = try Self.run(probe, measured: false)
+        guard cinterop_profile_hooks_available() else {
+            throw ValidationError("built without valgrind's headers: install valgrind and rebuild (scripts/ensure-dependencies --perf)")
+        }
         let operations = try Self.run(probe, measured: true)
         print("operations \(operations)")
     }
@@ -128,9 +132,12 @@ struct PerfProbe: ParsableCommand {
     }
 }
 
-/// The region the instruction-count gate measures: callgrind collects events only while this
-/// function (and what it calls) runs.
+/// The region the instruction-count gate measures: callgrind's counters are reset on entry and
+/// dumped on exit (client requests through CInterop), so the dump holds exactly this region's
+/// instructions and calls.
 @inline(never)
 func perfMeasuredRegion(_ body: () throws -> Void) rethrows {
+    cinterop_profile_region_begin()
+    defer { cinterop_profile_region_end() }
     try body()
 }

@@ -36,18 +36,33 @@ extension AddressSpace {
             var pages: [MirrorPage] = []
             pages.reserveCapacity(Int((end - start) / Self.pageSize))
             var page = start
-            var vma: VMA? = nil
             while page < end {
-                if notifier.checkRetry(sequence) { return nil }
-                if vma == nil || page >= vma!.end { vma = index.find(containing: page) }
-                guard let current = vma, Self.accessAllowed(current.protection, access) else { throw .badAddress }
-                if let entry = translate(page), entry.isPresent, !write || entry.isWritable {
-                    pages.append(MirrorPage(address: page, frame: entry.number, writable: entry.isWritable))
-                    page += Self.pageSize
-                    continue
+                // Unretained: VMAs cannot be freed while the mmap read lock is held.
+                guard let found = index.lookup(page) else { throw .badAddress }
+                let outcome = found._withUnsafeGuaranteedRef { vma -> MemoryError?? in
+                    guard Self.accessAllowed(vma.protection, access) else { return .some(.badAddress) }
+                    let stop = min(vma.end, end)
+                    while page < stop {
+                        if notifier.checkRetry(sequence) { return .none }
+                        if let entry = translate(page), entry.isPresent, !write || entry.isWritable {
+                            pages.append(MirrorPage(address: page, frame: entry.number, writable: entry.isWritable))
+                            page += Self.pageSize
+                            continue
+                        }
+                        // Fault it in, then read the entry again (without advancing).
+                        do throws(MemoryError) {
+                            try handleFault(vma, page, access)
+                        } catch {
+                            return .some(error)
+                        }
+                    }
+                    return .some(nil)
                 }
-                try handleFault(current, page, access)
-                // Re-read after the fault (loop without advancing).
+                switch outcome {
+                case .none: return nil  // collision: the caller retries
+                case .some(.some(let error)): throw error
+                case .some(.none): continue
+                }
             }
             return pages
         }

@@ -2,7 +2,7 @@ import Synchronization
 
 /// Frames gathered by a zap for freeing after the invalidation ends (the kernel's `mmu_gather`
 /// page batch), threaded through the allocator's free-list links so that gathering any number of
-/// frames needs no memory: appending is one store.
+/// frames needs no memory: appending is one store. A trivial value: no reference counting.
 ///
 /// A chain belongs to one operation on one thread; it is consumed by ``PhysicalMemory/release(_:)``.
 @frozen @usableFromInline
@@ -13,8 +13,9 @@ struct FrameChain: ~Copyable {
     @usableFromInline var last: UInt64 = 0
     /// Number of small frames.
     @usableFromInline var count: Int = 0
-    /// Compound (huge) frames, at most a few per operation.
-    @usableFromInline var huge: [UInt64] = []
+    /// Compound (huge) frames, threaded through the head frames' links the same way.
+    @usableFromInline var hugeFirst: UInt64 = 0
+    @usableFromInline var hugeCount: Int = 0
 
     @inlinable init() {}
 
@@ -30,14 +31,16 @@ struct FrameChain: ~Copyable {
         count &+= 1
     }
 
-    /// Appends a compound frame whose last reference is gone.
-    mutating func appendHuge(_ head: UInt64) { huge.append(head) }
+    /// Appends a compound frame (by its head, which is never frame 0) whose last reference is gone.
+    mutating func appendHuge(_ head: UInt64, links: UnsafeMutablePointer<Atomic<UInt32>>) {
+        links[Int(head)].store(UInt32(truncatingIfNeeded: hugeFirst), ordering: .relaxed)
+        hugeFirst = head
+        hugeCount &+= 1
+    }
 
     /// Whether nothing was gathered.
-    @inlinable var isEmpty: Bool { count == 0 && huge.isEmpty }
+    @inlinable var isEmpty: Bool { count == 0 && hugeCount == 0 }
 
     /// Number of 4 KiB frames gathered, counting a compound frame as 512.
-    @inlinable var frameCount: Int { count + huge.count * PhysicalMemory.framesPerHugePage }
-
-    func hugeHeads() -> [UInt64] { huge }
+    @inlinable var frameCount: Int { count + hugeCount * PhysicalMemory.framesPerHugePage }
 }

@@ -214,7 +214,12 @@ public final class PhysicalMemory: @unchecked Sendable {
             push(first: chain.first, last: chain.last, shard: ThreadSlot.current & (Self.shardCount - 1))
             inUse.add(0, -Int64(chain.count))
         }
-        for huge in chain.hugeHeads() { freeHuge(huge) }
+        var huge = chain.hugeFirst
+        for _ in 0..<chain.hugeCount {
+            let next = UInt64(links[Int(huge)].load(ordering: .relaxed))
+            freeHuge(huge)
+            huge = next
+        }
     }
 
     /// Frees a frame that was allocated but never mapped (a fault that lost a race).
@@ -268,7 +273,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         let remaining = counts[Int(head)].wrappingSubtract(Self.refOne | Self.mapOne, ordering: .acquiringAndReleasing)
             .newValue
         checkInvariant(remaining & 0xFFFF_FFFF != 0xFFFF_FFFF, "huge frame \(head) refcount underflow")
-        if remaining == 0 { chain.appendHuge(head) }
+        if remaining == 0 { chain.appendHuge(head, links: links) }
     }
 
     /// Adds one mapping (and reference) to `frame`, e.g. when fork shares it.

@@ -186,23 +186,25 @@ final class IntervalNotifierState: @unchecked Sendable {
     /// W2: ends an invalidation. The last one to end closes the epoch, applies deferred inserts
     /// and removals, and wakes readers.
     func invalidateEnd() {
-        var released: [IntervalNotifier] = []
+        var released: [IntervalNotifier]? = nil
         let closed: Bool = lock.withLock {
             active &-= 1
             let seq = sequence.load(ordering: .relaxed)
             if active != 0 || seq & 1 == 0 { return false }
             // Releasing: pairs with readers' acquiring load in readBegin's wait.
             sequence.store(seq &+ 1, ordering: .releasing)
-            applyDeferred(&released)
+            if !deferred.isEmpty { released = applyDeferred() }
             return true
         }
         if closed { waitQueue.wakeAll() }
-        for notifier in released { Unmanaged.passUnretained(notifier).release() }
+        if let released {
+            for notifier in released { Unmanaged.passUnretained(notifier).release() }
+        }
     }
 
     /// Applies deferred inserts and removals. Under `lock`, epoch closed.
-    private func applyDeferred(_ released: inout [IntervalNotifier]) {
-        if deferred.isEmpty { return }
+    private func applyDeferred() -> [IntervalNotifier] {
+        var released: [IntervalNotifier] = []
         for notifier in deferred {
             notifier.isDeferred = false
             if notifier.node < 0 {
@@ -216,6 +218,7 @@ final class IntervalNotifierState: @unchecked Sendable {
             }
         }
         deferred.removeAll()
+        return released
     }
 
     // MARK: Insert and remove
