@@ -11,7 +11,7 @@ struct ShootdownCommand: ParsableCommand {
             Without a subcommand, runs the headline suite (about 20 seconds) and prints each key \
             figure beside its target. `shootdown bench WORKLOAD` runs one workload with every knob.
             """,
-        subcommands: [Headline.self, Bench.self, Torture.self, PerfProbe.self],
+        subcommands: [Headline.self, Bench.self, Replay.self, Torture.self, PerfProbe.self],
         defaultSubcommand: Headline.self)
 }
 
