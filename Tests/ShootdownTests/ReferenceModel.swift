@@ -119,10 +119,15 @@ final class ReferenceModel {
     }
 
     /// Splits needed so that `[start, end)` is made of whole areas.
-    private func isolateSplits(_ start: UInt64, _ end: UInt64) -> Int {
+    /// Whether `splits` more areas would pass the map-count limit (checked only when splitting).
+    private func exceeds(_ splits: Int) -> Bool {
+        splits > 0 && areas.count + splits > configuration.maxMapCount
+    }
+
+    private func isolateSplits(_ start: UInt64, _ end: UInt64, where changes: (Area) -> Bool = { _ in true }) -> Int {
         let inside = overlapping(start, end)
         guard let first = inside.first, let last = inside.last else { return 0 }
-        return (first.start < start ? 1 : 0) + (last.end > end ? 1 : 0)
+        return (first.start < start && changes(first) ? 1 : 0) + (last.end > end && changes(last) ? 1 : 0)
     }
 
     /// Splits the area strictly containing `address`, if any.
@@ -268,7 +273,7 @@ final class ReferenceModel {
             address = try freeArea(length: length)
         }
         if replaces {
-            if areas.count + unmapSplits(address, address + length) > configuration.maxMapCount {
+            if exceeds(unmapSplits(address, address + length)) {
                 throw .noMemory
             }
             removeRange(address, address + length)
@@ -285,7 +290,7 @@ final class ReferenceModel {
         insert(Area(start: address, end: address + length, protection: protection, flags: flags,
                     object: object, objectPage: 0))
         mergeAll()
-        if options.contains(.populate) && !protection.isEmpty {
+        if (options.contains(.populate) || options.contains(.locked)) && !protection.isEmpty {
             // Best effort, like Linux's mm_populate: the mapping stands whatever happens.
             for address in pagesIn(address, address + length) {
                 try? fault(at: address, access: protection.contains(.write) ? .write : .read)
@@ -300,7 +305,7 @@ final class ReferenceModel {
         else { throw .invalidArgument }
         guard !dead else { throw .addressSpaceDead }
         let end = address + length
-        if areas.count + unmapSplits(address, end) > configuration.maxMapCount { throw .noMemory }
+        if exceeds(unmapSplits(address, end)) { throw .noMemory }
         removeRange(address, end)
     }
 
@@ -311,7 +316,8 @@ final class ReferenceModel {
         guard !dead else { throw .addressSpaceDead }
         let end = address + length
         guard isCovered(address, end) else { throw .noMemory }
-        if areas.count + isolateSplits(address, end) > configuration.maxMapCount { throw .noMemory }
+        // Areas that already have the protection are not split (Linux's mprotect_fixup).
+        if exceeds(isolateSplits(address, end, where: { $0.protection != protection })) { throw .noMemory }
         for i in isolate(address, end) { areas[i].protection = protection }
         for page in pages.keys where page >= address && page < end {
             var entry = pages[page]!
@@ -352,7 +358,7 @@ final class ReferenceModel {
         else { throw .badAddress }
         switch move {
         case .fixed(let target):
-            if areas.count + 3 > configuration.maxMapCount { throw .noMemory }
+            if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
             if target < configuration.mmapMinAddress { throw .invalidArgument }
             removeRange(target, target + newLength)
             var length = oldLength
@@ -366,7 +372,7 @@ final class ReferenceModel {
             if newLength <= oldLength {
                 if newLength < oldLength {
                     let tail = (address + newLength, address + oldLength)
-                    if areas.count + unmapSplits(tail.0, tail.1) > configuration.maxMapCount { throw .noMemory }
+                    if exceeds(unmapSplits(tail.0, tail.1)) { throw .noMemory }
                     removeRange(tail.0, tail.1)
                 }
                 return address
@@ -380,7 +386,7 @@ final class ReferenceModel {
                 return address
             }
             guard move == .mayMove else { throw .noMemory }
-            if areas.count + 3 > configuration.maxMapCount { throw .noMemory }
+            if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
             let target = try freeArea(length: newLength)
             moveArea(address, oldLength, to: target, newLength: newLength)
             return target
@@ -397,7 +403,7 @@ final class ReferenceModel {
         var carried: [UInt64: Page] = [:]
         for offset in stride(from: 0, to: length, by: Int(Self.pageSize)) {
             guard var entry = pages[source + offset] else { continue }
-            if entry.residence == .mapped { entry.softDirty = true }
+            entry.softDirty = true  // every moved entry, present, PROT_NONE or swapped
             carried[target + offset] = entry
         }
         removeRange(source, source + length)
@@ -407,7 +413,8 @@ final class ReferenceModel {
     }
 
     func advise(address: UInt64, length: UInt64, advice: AddressSpace.Advice) throws(MemoryError) {
-        guard isAligned(address), let length = roundUp(length) else { throw .invalidArgument }
+        guard isAligned(address), let length = roundUp(length), !address.addingReportingOverflow(length).overflow
+        else { throw .invalidArgument }
         if length == 0 { return }
         guard address <= limit, length <= limit - address else { throw .noMemory }
         guard !dead else { throw .addressSpaceDead }
@@ -428,7 +435,10 @@ final class ReferenceModel {
                 pages[page] = entry
             }
         case .hugePage, .noHugePage:
-            if areas.count + isolateSplits(address, end) > configuration.maxMapCount { throw .noMemory }
+            let wanted: (Area) -> Bool = advice == .hugePage
+                ? { !$0.flags.contains(.hugePage) || $0.flags.contains(.noHugePage) }
+                : { !$0.flags.contains(.noHugePage) || $0.flags.contains(.hugePage) }
+            if exceeds(isolateSplits(address, end, where: wanted)) { throw .noMemory }
             for i in isolate(address, end) {
                 if advice == .hugePage {
                     areas[i].flags.insert(.hugePage)

@@ -20,12 +20,15 @@ extension AddressSpace {
 
     /// Applies `advice` to `[address, address + length)` (`madvise`).
     ///
-    /// Linux rules: unaligned address or an overflowing length is `EINVAL`; zero length succeeds;
-    /// a hole is `ENOMEM`; `dontNeed`/`pageOut` on a locked VMA is `EINVAL`; `populateWrite` on a
+    /// Linux rules: unaligned address or a length that overflows (rounded up, or added to the
+    /// address) is `EINVAL`; zero length succeeds; a range past the address space or with a hole is
+    /// `ENOMEM`; `dontNeed`/`pageOut` on a locked VMA is `EINVAL`; `populateWrite` on a
     /// mapping without write access (or `populateRead` on `PROT_NONE`) is `EFAULT`. Unlike Linux,
     /// a range with a hole fails before anything changes.
     public func advise(address: UInt64, length: UInt64, advice: Advice) throws(MemoryError) {
-        guard Self.isPageAligned(address), let length = Self.pageAlign(length) else { throw .invalidArgument }
+        guard Self.isPageAligned(address), let length = Self.pageAlign(length),
+            !address.addingReportingOverflow(length).overflow
+        else { throw .invalidArgument }
         if length == 0 { return }
         guard address <= Self.userLimit, length <= Self.userLimit - address else { throw .noMemory }
         let end = address + length
@@ -59,7 +62,13 @@ extension AddressSpace {
         case .hugePage, .noHugePage:
             try mmapLock.withWriteLock { () throws(MemoryError) in
                 try checkAlive()
-                let vmas = try coveringVMAs(address, end)
+                // VMAs that already carry the advice are left alone (no split).
+                let vmas = try coveringVMAs(address, end).filter {
+                    advice == .hugePage
+                        ? !$0.flags.contains(.hugePage) || $0.flags.contains(.noHugePage)
+                        : !$0.flags.contains(.noHugePage) || $0.flags.contains(.hugePage)
+                }
+                if vmas.isEmpty { return }
                 try checkSplitBudget(vmas, address, end)
                 let edit = VMAEdit(self)
                 let inside = isolate(vmas, address, end, edit: edit)

@@ -22,7 +22,7 @@ extension AddressSpace {
         public static let shared = MapOptions(rawValue: 1 << 0)
         /// Allow 2 MiB mappings (as if `madvise(MADV_HUGEPAGE)` followed).
         public static let hugePage = MapOptions(rawValue: 1 << 1)
-        /// `MAP_LOCKED`: never paged out or reaped.
+        /// `MAP_LOCKED`: populated like ``populate`` (mlock), never paged out or reaped.
         public static let locked = MapOptions(rawValue: 1 << 2)
         /// `MAP_POPULATE`: fault every page in before returning. Best effort, as in Linux
         /// (`mm_populate` ignores errors): nothing is populated under `PROT_NONE`, and running out
@@ -55,7 +55,7 @@ extension AddressSpace {
             if case .fixed = placement {
                 // Unmapping the target may split at most two VMAs (one if both ends hit one VMA).
                 let splits = splitsNeeded(address, end)
-                if index.count + splits > configuration.maxMapCount { throw .noMemory }
+                if exceedsMapCount(splitting: splits) { throw .noMemory }
             }
             let edit = VMAEdit(self)
             if case .fixed = placement { unmapLocked(address, end, edit: edit) }
@@ -71,7 +71,7 @@ extension AddressSpace {
             edit.finish()
             return address
         }
-        if options.contains(.populate), !protection.isEmpty {
+        if options.contains(.populate) || options.contains(.locked), !protection.isEmpty {
             // The mapping exists now: a populate failure must not turn it into a failed call.
             try? populate(address, length: length, write: protection.contains(.write))
         }
@@ -165,6 +165,12 @@ extension AddressSpace {
         }
     }
 
+    /// Whether `splits` more VMAs would exceed `maxMapCount`. Linux checks only inside
+    /// `__split_vma`, so an operation that splits nothing never fails this way.
+    func exceedsMapCount(splitting splits: Int) -> Bool {
+        splits > 0 && index.count + splits > configuration.maxMapCount
+    }
+
     /// How many VMA splits unmapping `[start, end)` needs.
     func splitsNeeded(_ start: UInt64, _ end: UInt64) -> Int {
         if let vma = index.find(containing: start), vma.start < start, vma.end > end { return 1 }
@@ -185,7 +191,7 @@ extension AddressSpace {
         else { throw .invalidArgument }
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
-            if index.count + splitsNeeded(address, address + length) > configuration.maxMapCount {
+            if exceedsMapCount(splitting: splitsNeeded(address, address + length)) {
                 throw .noMemory
             }
             let edit = VMAEdit(self)

@@ -19,7 +19,10 @@ extension AddressSpace {
         let end = address + length
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
-            let vmas = try coveringVMAs(address, end)
+            // VMAs that already have the protection are left alone: no split, no invalidation
+            // (`mprotect_fixup` returns early), so mirrors keep their translations there.
+            let vmas = try coveringVMAs(address, end).filter { $0.protection != protection }
+            if vmas.isEmpty { return }
             try checkSplitBudget(vmas, address, end)
             let edit = VMAEdit(self)
             let inside = isolate(vmas, address, end, edit: edit)
@@ -57,11 +60,12 @@ extension AddressSpace {
     func checkSplitBudget(_ vmas: [VMA], _ start: UInt64, _ end: UInt64) throws(MemoryError) {
         guard let first = vmas.first, let last = vmas.last else { return }
         let splits = (first.start < start ? 1 : 0) + (last.end > end ? 1 : 0)
-        if index.count + splits > configuration.maxMapCount { throw .noMemory }
+        if exceedsMapCount(splitting: splits) { throw .noMemory }
     }
 
     /// Splits the VMAs at `start` and `end` (and any huge mapping across them) and returns the VMAs
-    /// now lying exactly inside `[start, end)`, all touched by `edit`.
+    /// now lying exactly inside `[start, end)`, all touched by `edit`. `vmas` is the ascending list
+    /// of VMAs to change within the range (not necessarily contiguous).
     func isolate(_ vmas: [VMA], _ start: UInt64, _ end: UInt64, edit: VMAEdit) -> [VMA] {
         var inside = vmas
         if inside[0].start < start {

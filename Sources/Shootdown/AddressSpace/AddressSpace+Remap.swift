@@ -18,7 +18,7 @@ extension AddressSpace {
     /// Linux rules: unaligned address, zero new length, zero old length (private memory), an
     /// unaligned fixed target or a target overlapping the source is `EINVAL`; a source not inside
     /// one VMA is `EFAULT`; growth without room and without permission to move is `ENOMEM`; a
-    /// move with fewer than 3 VMAs of headroom under `maxMapCount` is `ENOMEM`. Unlike Linux,
+    /// move when the VMA count is within 3 of `maxMapCount` is `ENOMEM`. Unlike Linux,
     /// every check runs before anything changes (Linux unmaps a fixed target before checking the
     /// source).
     ///
@@ -45,7 +45,8 @@ extension AddressSpace {
             defer { edit.finish() }
             switch move {
             case .fixed(let target):
-                if index.count + 3 > configuration.maxMapCount { throw .noMemory }
+                // Linux: `map_count >= sysctl_max_map_count - 3` fails before moving.
+                if index.count + 3 >= configuration.maxMapCount { throw .noMemory }
                 if target < configuration.mmapMinAddress { throw .invalidArgument }
                 unmapLocked(target, target + newLength, edit: edit)
                 var length = oldLength
@@ -58,9 +59,7 @@ extension AddressSpace {
             case .inPlace, .mayMove:
                 if newLength <= oldLength {
                     if newLength < oldLength {
-                        if index.count + splitsNeeded(address + newLength, address + oldLength)
-                            > configuration.maxMapCount
-                        {
+                        if exceedsMapCount(splitting: splitsNeeded(address + newLength, address + oldLength)) {
                             throw .noMemory
                         }
                         unmapLocked(address + newLength, address + oldLength, edit: edit)
@@ -77,7 +76,7 @@ extension AddressSpace {
                     return address
                 }
                 guard move == .mayMove else { throw .noMemory }
-                if index.count + 3 > configuration.maxMapCount { throw .noMemory }
+                if index.count + 3 >= configuration.maxMapCount { throw .noMemory }
                 let target = try findFreeArea(length: newLength)
                 moveMapping(address, oldLength, to: target, newLength: newLength, edit: edit)
                 return target

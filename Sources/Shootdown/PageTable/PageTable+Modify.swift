@@ -53,8 +53,9 @@ extension PageTable {
     }
 
     /// Moves every leaf entry of `[from, from + length)` to `[to, to + length)`
-    /// (`move_page_tables`), allocating destination tables. Present entries become soft-dirty
-    /// (`move_soft_dirty_pte`). Aligned whole huge mappings move as one entry.
+    /// (`move_page_tables`), allocating destination tables. Every moved entry (present, PROT_NONE
+    /// or swap) becomes soft-dirty (`move_soft_dirty_pte`). Aligned whole huge mappings move as one
+    /// entry.
     ///
     /// - Precondition: invalidation of the source started; mmap write lock; partial huge mappings
     ///   split; the destination empty; both ranges page-aligned.
@@ -97,8 +98,7 @@ extension PageTable {
                 }
                 pteLock(destinationTable).withLock {
                     for index in 0..<count where buffer[index] != 0 {
-                        var entry = PageTableEntry(rawValue: buffer[index])
-                        if entry.isPresent { entry = entry.with(PageTableEntry.softDirty) }
+                        let entry = PageTableEntry(rawValue: buffer[index]).with(PageTableEntry.softDirty)
                         destinationTable[target + index].pointee.store(entry.rawValue, ordering: .releasing)
                         moved += 1
                     }
