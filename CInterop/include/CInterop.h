@@ -130,6 +130,12 @@ void cinterop_futex_wake(uint32_t *_Nonnull word, int32_t count);
 
 static inline __attribute__((always_inline)) void cinterop_cpu_relax(void) { caa_cpu_relax(); }
 
+/// Prefetches the cache line at `address` for reading (`__builtin_prefetch`): lets several misses
+/// of a tree descent overlap instead of queueing one behind another.
+static inline __attribute__((always_inline)) void cinterop_prefetch(const void *_Nonnull address) {
+    __builtin_prefetch(address, 0, 3);
+}
+
 /// Yields the processor (sched_yield).
 void cinterop_yield(void);
 

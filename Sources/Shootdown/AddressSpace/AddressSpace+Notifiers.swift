@@ -53,7 +53,7 @@ extension AddressSpace {
                 return created
             }
         }
-        let notifier = IntervalNotifier(
+        let notifier = IntervalNotifier.make(
             start: start, end: start + length, handler: handler, state: subscriptions!.intervals)
         subscriptions!.intervals.insert(notifier)
         return notifier

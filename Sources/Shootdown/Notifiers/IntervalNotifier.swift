@@ -1,3 +1,4 @@
+import CInterop
 import Synchronization
 
 /// What a mirror implements to follow an interval (the kernel's `mmu_interval_notifier_ops`).
@@ -26,18 +27,12 @@ public protocol IntervalNotifierHandler: AnyObject, Sendable {
 ///
 /// Created by ``AddressSpace/insertIntervalNotifier(start:length:handler:)``; removed by
 /// ``remove()``, which returns only when no callback of this notifier runs or will run.
-public final class IntervalNotifier: @unchecked Sendable {
+public class IntervalNotifier: @unchecked Sendable {
     /// First address of the interval.
     public let start: UInt64
     /// End of the interval (exclusive).
     public let end: UInt64
 
-    /// The handler, in a box that the dispatch path reaches with `_withUnsafeGuaranteedRef` (no
-    /// retain or release per invalidation). The box, and so the handler, is released once
-    /// ``remove()`` has made sure no callback will run again (a handler usually holds its
-    /// notifier: keeping it longer would be a cycle).
-    private let handlerBox: Unmanaged<IntervalHandlerBox>
-    fileprivate var holdsHandler = true
     /// `invalidate_seq`: always odd.
     @usableFromInline let sequence = Atomic<UInt64>(1)
     let state: IntervalNotifierState
@@ -48,28 +43,26 @@ public final class IntervalNotifier: @unchecked Sendable {
     /// Inserted and not yet removed (guarded by the state's lock).
     var isLive = false
 
-    init(start: UInt64, end: UInt64, handler: any IntervalNotifierHandler, state: IntervalNotifierState) {
+    /// Creates the notifier for `handler` (an instance of the subclass specialised for its type).
+    static func make(
+        start: UInt64, end: UInt64, handler: some IntervalNotifierHandler, state: IntervalNotifierState
+    ) -> IntervalNotifier {
+        TypedIntervalNotifier(start: start, end: end, handler: handler, state: state)
+    }
+
+    init(start: UInt64, end: UInt64, state: IntervalNotifierState) {
         self.start = start
         self.end = end
-        handlerBox = Unmanaged.passRetained(IntervalHandlerBox(handler))
         self.state = state
     }
 
-    deinit { releaseHandler() }
-
-    /// Calls the handler (the notifier's lock-free dispatch path).
-    @inline(__always)
+    /// Calls the handler (the dispatch path). Overridden by ``TypedIntervalNotifier``.
     func invalidate(_ range: InvalidationRange, currentSequence: UInt64) -> Bool {
-        handlerBox._withUnsafeGuaranteedRef { $0.handler.invalidate(self, range: range, currentSequence: currentSequence) }
+        preconditionFailure("IntervalNotifier is created through IntervalNotifier.make")
     }
 
-    /// Drops the handler once no callback can run any more.
-    fileprivate func releaseHandler() {
-        if holdsHandler {
-            holdsHandler = false
-            handlerBox.release()
-        }
-    }
+    /// Drops the handler once no callback can run any more. Overridden.
+    fileprivate func releaseHandler() {}
 
     /// Begins a read: returns the sequence to validate against, after waiting for an open
     /// invalidation epoch that already invalidated this interval to close. May sleep; never loops.
@@ -146,6 +139,8 @@ final class IntervalNotifierState: @unchecked Sendable {
             let current: UInt64? = lock.withLock {
                 active &+= 1
                 tree.forEachIntersecting(range.start, last) { _, value in
+                    // The handler call after the lock is dropped reads the notifier: start now.
+                    cinterop_prefetch(value)
                     if found < inline { hits[found] = value }
                     found &+= 1
                     return found <= inline
@@ -298,8 +293,30 @@ final class IntervalNotifierState: @unchecked Sendable {
     }
 }
 
-/// Holds an interval notifier's handler (see `IntervalNotifier.handlerBox`).
-final class IntervalHandlerBox: @unchecked Sendable {
-    let handler: any IntervalNotifierHandler
-    init(_ handler: any IntervalNotifierHandler) { self.handler = handler }
+/// An interval notifier specialised for its handler's type: the handler is held as a plain
+/// `Unmanaged` reference inside the notifier object itself, so an invalidation that hits the
+/// interval touches one object (no separate box, no existential, no retain or release). The
+/// reference is released once ``IntervalNotifier/remove()`` has made sure no callback will run
+/// again (a handler usually holds its notifier: keeping it longer would be a cycle).
+final class TypedIntervalNotifier<Handler: IntervalNotifierHandler>: IntervalNotifier, @unchecked Sendable {
+    private let handler: Unmanaged<Handler>
+    private var holdsHandler = true
+
+    init(start: UInt64, end: UInt64, handler: Handler, state: IntervalNotifierState) {
+        self.handler = Unmanaged.passRetained(handler)
+        super.init(start: start, end: end, state: state)
+    }
+
+    deinit { releaseHandler() }
+
+    override func invalidate(_ range: InvalidationRange, currentSequence: UInt64) -> Bool {
+        handler._withUnsafeGuaranteedRef { $0.invalidate(self, range: range, currentSequence: currentSequence) }
+    }
+
+    override fileprivate func releaseHandler() {
+        if holdsHandler {
+            holdsHandler = false
+            handler.release()
+        }
+    }
 }

@@ -94,9 +94,12 @@ extension PageTable {
     }
 
     /// The per-page loop of a zap over entries `first..<last` of one PTE table (split lock held).
-    /// Everything it touches per page (entry, frame counts word, free-list link) is a local or a
-    /// base pointer in a register; the chain is read once and written back once.
-    @inline(__always)
+    ///
+    /// The first pass clears entries that map frames and contains no call, so the chain, the base
+    /// pointers and the counters stay in registers (a call on a rare path would spill them for
+    /// every page); swap entries, rare, are left for a second pass that releases their slots. Out
+    /// of line so it gets its own register allocation.
+    @inline(never)
     static func zapEntries(
         _ table: TableBlock, _ first: Int, _ last: Int, memory: PhysicalMemory, chain: inout FrameChain
     ) -> (pages: Int, swapEntries: Int) {
@@ -106,33 +109,36 @@ extension PageTable {
         var tail = chain.last
         var gathered = chain.count
         var pages = 0
-        var swapEntries = 0
+        var sawSwap = false
         var index = first
         while index < last {
             let raw = table[index].pointee.load(ordering: .relaxed)
             if raw != 0 {
-                // Relaxed: the split lock orders this against other writers; lockless readers load
-                // atomically and revalidate.
-                table[index].pointee.store(0, ordering: .relaxed)
-                let frame = (raw & PageTableEntry.numberMask) &>> 12
                 if raw & (PageTableEntry.present | PageTableEntry.swap) == PageTableEntry.swap {
-                    memory.swap.release(UInt32(truncatingIfNeeded: frame))
-                    swapEntries &+= 1
+                    sawSwap = true
                 } else {
+                    // Relaxed: the split lock orders this against other writers; lockless readers
+                    // load atomically and revalidate.
+                    table[index].pointee.store(0, ordering: .relaxed)
                     pages &+= 1
+                    let frame = (raw & PageTableEntry.numberMask) &>> 12
                     if frame != PhysicalMemory.zeroFrame {
                         let word = counts + Int(truncatingIfNeeded: frame)
                         // Exclusive fast path (see PhysicalMemory): the split lock we hold is the
-                        // only way to reach a frame mapped once, so load+store suffices.
-                        var last = word.pointee.load(ordering: .relaxed) == PhysicalMemory.exclusivelyMapped
-                        if last {
+                        // only way to reach a frame mapped once, so no atomic RMW is needed, and a
+                        // free frame's counts are dead state (allocation sets them), so release
+                        // builds do not even clear them; checked builds do.
+                        var freed = word.pointee.load(ordering: .relaxed) == PhysicalMemory.exclusivelyMapped
+                        if freed {
+                            #if SHOOTDOWN_INTERNAL_CHECKS
                             word.pointee.store(0, ordering: .relaxed)
+                            #endif
                         } else {
-                            last = word.pointee.wrappingSubtract(
+                            freed = word.pointee.wrappingSubtract(
                                 PhysicalMemory.refOne | PhysicalMemory.mapOne, ordering: .acquiringAndReleasing
                             ).newValue == 0
                         }
-                        if last {
+                        if freed {
                             links[Int(truncatingIfNeeded: frame)].store(UInt32(truncatingIfNeeded: head), ordering: .relaxed)
                             if gathered == 0 { tail = frame }
                             head = frame
@@ -146,6 +152,16 @@ extension PageTable {
         chain.first = head
         chain.last = tail
         chain.count = gathered
+        var swapEntries = 0
+        if sawSwap {
+            for index in first..<last {
+                let raw = table[index].pointee.load(ordering: .relaxed)
+                guard raw & (PageTableEntry.present | PageTableEntry.swap) == PageTableEntry.swap else { continue }
+                table[index].pointee.store(0, ordering: .relaxed)
+                memory.swap.release(UInt32(truncatingIfNeeded: (raw & PageTableEntry.numberMask) &>> 12))
+                swapEntries &+= 1
+            }
+        }
         return (pages, swapEntries)
     }
 }
