@@ -194,6 +194,10 @@ void *cinterop_map_aligned(size_t length, size_t alignment) {
 
 void cinterop_unmap(void *base, size_t length) { munmap(base, length); }
 
+bool cinterop_advise_huge_pages(void *base, size_t length) {
+    return madvise(base, length, MADV_HUGEPAGE) == 0;
+}
+
 void cinterop_asan_poison(void *base, size_t length) {
 #ifdef CINTEROP_ASAN
     __asan_poison_memory_region(base, length);

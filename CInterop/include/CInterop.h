@@ -151,6 +151,9 @@ uint64_t cinterop_monotonic_ns(void);
 /// Maps `length` bytes of zeroed anonymous memory aligned to `alignment` (a power of two that is a
 /// multiple of the page size). Returns NULL on failure.
 void *_Nullable cinterop_map_aligned(size_t length, size_t alignment);
+/// Asks for transparent huge pages over `[base, base + length)` (`madvise(MADV_HUGEPAGE)`): fewer
+/// TLB misses when hot metadata is swept or walked. Best effort; returns whether the kernel took it.
+bool cinterop_advise_huge_pages(void *_Nonnull base, size_t length);
 /// Unmaps memory returned by `cinterop_map_aligned`.
 void cinterop_unmap(void *_Nonnull base, size_t length);
 

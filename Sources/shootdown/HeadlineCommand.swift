@@ -31,7 +31,7 @@ struct Headline: ParsableCommand {
             if interrupted { return nil }
             var settings = BenchSettings()
             settings.pages = workload.defaultPages
-            settings.repeats = 3
+            settings.repeats = 5
             configure(&settings)
             let result = try workload.run(settings)
             runs.append(result)
@@ -48,12 +48,12 @@ struct Headline: ParsableCommand {
             figures.append(Figure(name: "classic (mmap-lock) fault, 1 thread", value: value, unit: "ns", target: "< 100 ns",
                                   pass: value < 100, command: "shootdown bench fault --fault-path mmap-lock"))
         }
-        if let run = try bench(.fault, { $0.threads = 2; $0.pages = 131_072 }) {
+        if let run = try bench(.fault, { $0.threads = 2; $0.pages = 1 << 20; $0.repeats = 9 }) {
             let value = run.metric("scaling")!
             figures.append(Figure(name: "2 threads faulting, scaling over 1", value: value, unit: "x", target: "≥ 1.8x",
                                   pass: value >= 1.8, command: "shootdown bench fault --threads 2"))
         }
-        if let run = try bench(.zap, { $0.subscribers = 16; $0.repeats = 5 }) {
+        if let run = try bench(.zap, { $0.subscribers = 16; $0.repeats = 11 }) {
             let value = run.metric("ns_per_op")!
             figures.append(Figure(name: "zap, 16 subscribers, per 4 KiB page", value: value, unit: "ns", target: "< 2 ns",
                                   pass: value < 2, command: "shootdown bench zap --pages 262144 --subscribers 16"))
@@ -85,8 +85,8 @@ struct Headline: ParsableCommand {
         }
         if !interrupted {
             var settings = BenchSettings()
-            settings.pages = 262_144
-            settings.repeats = 3
+            settings.pages = 524_288
+            settings.repeats = 9
             let run = try runComparison(.contention, settings, knob: .faultPath)
             runs.append(run)
             let retained = run.metric("speculative.retained") ?? 0

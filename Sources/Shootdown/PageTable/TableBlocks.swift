@@ -110,6 +110,9 @@ final class TableAllocator: @unchecked Sendable {
             if let block = freeBlocks.popLast() { return block }
             if bump == nil || bump == bumpEnd {
                 guard let arena = cinterop_map_aligned(TableBlock.arenaSize, TableBlock.arenaSize) else { return nil }
+                // One arena is exactly one 2 MiB page: a lockless walk of any table in it, and its
+                // descriptors, share one TLB entry.
+                _ = cinterop_advise_huge_pages(arena, TableBlock.arenaSize)
                 arenas.wrappingAdd(1, ordering: .relaxed)
                 bump = arena + TableBlock.descriptorBlocks * 4096
                 bumpEnd = arena + TableBlock.arenaSize

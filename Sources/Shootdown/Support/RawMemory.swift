@@ -1,3 +1,4 @@
+import CInterop
 import Synchronization
 
 /// Cache-line size used to pad per-thread and per-lock data so two writers never share a line.
@@ -15,8 +16,7 @@ enum RawMemory {
         _: T.Type, count: Int, initial: T
     ) -> UnsafeMutablePointer<Atomic<T>> {
         let capacity = max(count, 1)
-        let raw = UnsafeMutableRawPointer.allocate(
-            byteCount: capacity * MemoryLayout<Atomic<T>>.stride, alignment: cacheLineSize)
+        let raw = allocate(byteCount: capacity * MemoryLayout<Atomic<T>>.stride)
         let typed = raw.bindMemory(to: Atomic<T>.self, capacity: capacity)
         for index in 0..<capacity {
             (typed + index).initialize(to: Atomic(initial))
@@ -28,6 +28,31 @@ enum RawMemory {
     @usableFromInline
     static func deallocateAtomics<T: AtomicRepresentable>(_ pointer: UnsafeMutablePointer<Atomic<T>>, count: Int) {
         pointer.deinitialize(count: max(count, 1))
-        UnsafeMutableRawPointer(pointer).deallocate()
+        deallocate(UnsafeMutableRawPointer(pointer), byteCount: max(count, 1) * MemoryLayout<Atomic<T>>.stride)
+    }
+
+    /// Allocations at least this large (the per-frame arrays of a ``PhysicalMemory``) are mapped
+    /// 2 MiB-aligned with transparent huge pages requested, so sweeping them (zap, fault, audit)
+    /// costs one TLB entry per 2 MiB instead of per 4 KiB.
+    static let hugeThreshold = 2 << 20
+
+    private static func allocate(byteCount: Int) -> UnsafeMutableRawPointer {
+        if byteCount >= hugeThreshold {
+            let length = (byteCount + hugeThreshold - 1) / hugeThreshold * hugeThreshold
+            guard let mapped = cinterop_map_aligned(length, hugeThreshold) else {
+                preconditionFailure("out of host memory for \(byteCount) bytes of metadata")
+            }
+            _ = cinterop_advise_huge_pages(mapped, length)
+            return mapped
+        }
+        return UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: cacheLineSize)
+    }
+
+    private static func deallocate(_ pointer: UnsafeMutableRawPointer, byteCount: Int) {
+        if byteCount >= hugeThreshold {
+            cinterop_unmap(pointer, (byteCount + hugeThreshold - 1) / hugeThreshold * hugeThreshold)
+        } else {
+            pointer.deallocate()
+        }
     }
 }

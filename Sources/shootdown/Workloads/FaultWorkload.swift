@@ -56,7 +56,11 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
             let start = nowNanoseconds()
             try faultPages(space, base, total)
             single.append(Double(total) * 1e9 / Double(nowNanoseconds() - start))
+            space.teardown()
         }
+        // Let liburcu's worker finish reclaiming the torn-down space now, not during the
+        // measurement (it would be a third busy thread on the machine).
+        RCU.barrier()
         // T threads, disjoint 2 MiB-aligned parts.
         let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory(pages: total))
         let base = try alignedRegion(space, pages: total)
