@@ -1,0 +1,154 @@
+// Measures the Linux kernel itself on the workloads `shootdown bench` models, on this machine, so
+// the README can put Shootdown's figures beside the kernel's where the comparison is fair.
+// Build and run with perf/linux-baseline. Each figure is the median of several runs, in ns per
+// 4 KiB page.
+//
+//   fault      first write to each page of a fresh anonymous mapping
+//   munmap     unmapping a populated anonymous mapping
+//   fork       fork() plus the child's first write to every page (copy-on-write)
+//   softdirty  echo 4 > /proc/self/clear_refs, then write every page again
+//   dontneed   madvise(MADV_DONTNEED) of a populated mapping
+//   mprotect   mprotect(PROT_READ) of a populated mapping
+//   thp-munmap unmapping a mapping populated with 2 MiB pages (MADV_HUGEPAGE)
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAGE 4096UL
+
+static double now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e9 + (double)t.tv_nsec;
+}
+
+static char *map_region(size_t pages) {
+    char *region = mmap(NULL, pages * PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (region == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    return region;
+}
+
+static void touch(char *region, size_t pages, char value) {
+    for (size_t i = 0; i < pages; i++) region[i * PAGE] = value;
+}
+
+static int compare(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *values, int count) {
+    qsort(values, (size_t)count, sizeof *values, compare);
+    return values[count / 2];
+}
+
+static double fault(size_t pages) {
+    char *region = map_region(pages);
+    double start = now_ns();
+    touch(region, pages, 1);
+    double elapsed = now_ns() - start;
+    munmap(region, pages * PAGE);
+    return elapsed / (double)pages;
+}
+
+static double unmap(size_t pages) {
+    char *region = map_region(pages);
+    touch(region, pages, 1);
+    double start = now_ns();
+    munmap(region, pages * PAGE);
+    return (now_ns() - start) / (double)pages;
+}
+
+static double fork_cow(size_t pages) {
+    char *region = map_region(pages);
+    touch(region, pages, 1);
+    int pipefd[2];
+    if (pipe(pipefd) != 0) exit(1);
+    double start = now_ns();
+    pid_t child = fork();
+    if (child == 0) {
+        touch(region, pages, 2);
+        double end = now_ns();
+        if (write(pipefd[1], &end, sizeof end) != sizeof end) _exit(1);
+        _exit(0);
+    }
+    double end = 0;
+    if (read(pipefd[0], &end, sizeof end) != sizeof end) exit(1);
+    waitpid(child, NULL, 0);
+    close(pipefd[0]);
+    close(pipefd[1]);
+    munmap(region, pages * PAGE);
+    return (end - start) / (double)pages;
+}
+
+static double softdirty(size_t pages) {
+    char *region = map_region(pages);
+    touch(region, pages, 1);
+    int fd = open("/proc/self/clear_refs", O_WRONLY);
+    if (fd < 0) return -1;
+    double start = now_ns();
+    if (write(fd, "4", 1) != 1) return -1;
+    touch(region, pages, 2);
+    double elapsed = now_ns() - start;
+    close(fd);
+    munmap(region, pages * PAGE);
+    return elapsed / (double)pages;
+}
+
+static double dontneed(size_t pages) {
+    char *region = map_region(pages);
+    touch(region, pages, 1);
+    double start = now_ns();
+    madvise(region, pages * PAGE, MADV_DONTNEED);
+    double elapsed = now_ns() - start;
+    munmap(region, pages * PAGE);
+    return elapsed / (double)pages;
+}
+
+static double protect(size_t pages) {
+    char *region = map_region(pages);
+    touch(region, pages, 1);
+    double start = now_ns();
+    mprotect(region, pages * PAGE, PROT_READ);
+    double elapsed = now_ns() - start;
+    munmap(region, pages * PAGE);
+    return elapsed / (double)pages;
+}
+
+static double thp_unmap(size_t pages) {
+    size_t huge = 2UL << 20;
+    char *raw = map_region(pages + huge / PAGE);
+    char *region = (char *)(((unsigned long)raw + huge - 1) & ~(huge - 1));
+    madvise(region, pages * PAGE, MADV_HUGEPAGE);
+    touch(region, pages, 1);
+    double start = now_ns();
+    munmap(region, pages * PAGE);
+    double elapsed = now_ns() - start;
+    munmap(raw, pages * PAGE + huge);
+    return elapsed / (double)pages;
+}
+
+int main(int argc, char **argv) {
+    size_t pages = argc > 1 ? strtoul(argv[1], NULL, 10) : 262144;
+    int runs = argc > 2 ? atoi(argv[2]) : 5;
+    struct { const char *name; double (*measure)(size_t); } workloads[] = {
+        {"fault", fault}, {"munmap", unmap}, {"fork", fork_cow}, {"softdirty", softdirty},
+        {"dontneed", dontneed}, {"mprotect", protect}, {"thp-munmap", thp_unmap},
+    };
+    printf("Linux on this machine, %zu pages, median of %d runs (ns per 4 KiB page)\n", pages, runs);
+    for (size_t w = 0; w < sizeof workloads / sizeof *workloads; w++) {
+        double values[64];
+        for (int r = 0; r < runs && r < 64; r++) values[r] = workloads[w].measure(pages);
+        printf("  %-11s %8.1f\n", workloads[w].name, median(values, runs < 64 ? runs : 64));
+    }
+    return 0;
+}
