@@ -1,3 +1,4 @@
+import CInterop
 import Synchronization
 
 /// The RCU-safe ordered map from address to VMA (the kernel's maple tree in RCU mode).
@@ -60,6 +61,9 @@ final class VMAIndex: @unchecked Sendable {
                 return address < end ? vma : nil
             }
             node = IndexNode(raw: slot)
+            // The search below reads keys and a slot on up to five lines of the child, each
+            // depending on the last: start loading all of them now.
+            node.prefetch()
         }
     }
 
@@ -335,6 +339,16 @@ struct IndexNode {
         raw.copyMemory(from: self.raw, byteCount: Self.byteCount)
         raw.storeBytes(of: edit, toByteOffset: 8, as: UInt64.self)
         return IndexNode(raw: raw)
+    }
+
+    /// Starts loading every line of the node.
+    @inlinable @inline(__always)
+    func prefetch() {
+        var offset = 0
+        while offset < Self.byteCount {
+            cinterop_prefetch(raw + offset)
+            offset &+= 64
+        }
     }
 
     @inlinable var count: Int { Int(raw.load(as: Int32.self)) }
