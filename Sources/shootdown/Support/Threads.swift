@@ -1,4 +1,6 @@
+import CInterop
 import Foundation
+import Synchronization
 
 /// Runs `body(index)` on `count` new threads and waits for all of them. Thread bodies are plain
 /// functions in this file's module, never top-level code in main.swift (pitfall P1).
@@ -15,19 +17,18 @@ func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     for _ in 0..<count { done.wait() }
 }
 
-/// A reusable start line: `count` parties wait until all arrived.
-final class StartLine: @unchecked Sendable {
-    private let lock = NSCondition()
-    private var waiting = 0
+/// A start line whose parties spin instead of sleeping, so they are all running when the last one
+/// arrives: waking a sleeping thread can take milliseconds on a virtual machine, which would
+/// measure the hypervisor instead of the workload. Single use.
+final class SpinningStartLine: @unchecked Sendable {
+    private let arrived = Atomic<Int>(0)
     private let parties: Int
 
     init(parties: Int) { self.parties = parties }
 
     func arriveAndWait() {
-        lock.lock()
-        waiting += 1
-        if waiting == parties { lock.broadcast() }
-        while waiting < parties { lock.wait() }
-        lock.unlock()
+        // Acquiring and releasing: everything before the line happens before everything after it.
+        arrived.wrappingAdd(1, ordering: .acquiringAndReleasing)
+        while arrived.load(ordering: .acquiring) < parties { cinterop_cpu_relax() }
     }
 }

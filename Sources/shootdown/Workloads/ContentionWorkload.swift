@@ -48,7 +48,7 @@ func measureFaultRate(_ settings: BenchSettings, churn: Bool) throws -> FaultRat
     let churnAddress = (region - (1 << 30)) & ~UInt64(4095)
     let stop = Atomic<Bool>(false)
     let churnOps = Atomic<Int>(0)
-    let running = StartLine(parties: 2)
+    let running = SpinningStartLine(parties: 2)
     let measured = Atomic<UInt64>(0)
     if churn {
         runOnThreads(2) { index in

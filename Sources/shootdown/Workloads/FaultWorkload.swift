@@ -64,7 +64,7 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
         // T threads, disjoint 2 MiB-aligned parts.
         let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory(pages: total))
         let base = try alignedRegion(space, pages: total)
-        let line = StartLine(parties: threads)
+        let line = SpinningStartLine(parties: threads)
         let finish = Atomic<UInt64>(0)
         let startTime = Atomic<UInt64>(0)
         runOnThreads(threads) { index in
