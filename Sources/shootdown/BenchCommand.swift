@@ -10,7 +10,7 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
     /// Default page count of the workload.
     var defaultPages: Int {
         switch self {
-        case .contention: 524_288
+        case .contention: 2_097_152  // ~50 ms per measurement: spans thousands of churn ops
         default: 262_144
         }
     }

@@ -85,8 +85,8 @@ struct Headline: ParsableCommand {
         }
         if !interrupted {
             var settings = BenchSettings()
-            settings.pages = 524_288
-            settings.repeats = 9
+            settings.pages = Workload.contention.defaultPages
+            settings.repeats = 7
             let run = try runComparison(.contention, settings, knob: .faultPath)
             runs.append(run)
             let retained = run.metric("speculative.retained") ?? 0

@@ -66,6 +66,8 @@ public final class AddressSpace: @unchecked Sendable {
 
     private static let nextID = Atomic<UInt64>(1)
 
+    /// Keeps the fields below off the line holding the object header (writers retain the space).
+    private let headerPadding = CacheLinePadding()
     /// A process-unique identifier, carried by every ``InvalidationRange``.
     public let id: UInt64
     public let configuration: Configuration
@@ -81,6 +83,8 @@ public final class AddressSpace: @unchecked Sendable {
     @usableFromInline let speculativeEnabled: Bool
     /// Set by teardown (read without the lock by accessors; written under the mmap write lock).
     @usableFromInline let dead = Atomic<Bool>(false)
+    /// Keeps the writer-owned fields below off the lines the fault path reads.
+    private let writerPadding = CacheLinePadding()
     /// Where the last top-down search ended (`free_area_cache`; mmap write lock).
     var freeAreaCache: UInt64
 

@@ -31,6 +31,9 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// Counts word of a frame mapped by exactly one entry and referenced by nothing else.
     @usableFromInline static let exclusivelyMapped: UInt64 = refOne | mapOne
 
+    /// Keeps the fields every allocation reads off the line of the object header (every space
+    /// sharing this memory retains it).
+    private let headerPadding = CacheLinePadding()
     /// Number of usable frames (a multiple of 512).
     public let capacity: Int
     /// Total frames including reserved block 0.

@@ -176,6 +176,13 @@ struct InvalidationScope: ~Copyable {
     }
 
     deinit {
+        // Reached only by a scope dropped without `end()`: a missing end would leave interval
+        // notifiers' readers waiting for good.
+        Self.leaked(range)
+    }
+
+    @inline(never)
+    private static func leaked(_ range: InvalidationRange) {
         preconditionFailure("invalidation \(range) was begun and never ended")
     }
 }

@@ -29,6 +29,8 @@ final class PageTable: @unchecked Sendable {
     /// End of the 48-bit user address space.
     @usableFromInline static let userLimit: UInt64 = 1 << 47
 
+    /// Keeps the fields every walk reads off the line of the object header (writers retain it).
+    private let headerPadding = CacheLinePadding()
     @usableFromInline let root: TableBlock
     @usableFromInline let locking: PageTableLocking
     /// The per-space `page_table_lock`: serialises detaching tables, and is the only PTE/PMD lock

@@ -6,6 +6,8 @@ import Synchronization
 /// Reading sums every slot, which is exact once the counting threads are quiescent.
 @usableFromInline
 final class SlotCounters: @unchecked Sendable {
+    /// Keeps the fields every count reads off the line of the object header.
+    private let headerPadding = CacheLinePadding()
     @usableFromInline let width: Int
     @usableFromInline let stride: Int
     @usableFromInline let words: UnsafeMutablePointer<Atomic<UInt64>>

@@ -4,6 +4,19 @@ import Synchronization
 /// Cache-line size used to pad per-thread and per-lock data so two writers never share a line.
 @usableFromInline let cacheLineSize = 64
 
+/// One cache line of padding, stored between an object's fields that lockless readers load on every
+/// operation and the fields writers change, so a writer never invalidates the readers' line (the
+/// kernel's `____cacheline_aligned_in_smp` on `mm_struct` members). Swift lays out a class's
+/// stored properties in declaration order and objects are 16-byte aligned, so 64 bytes of padding
+/// guarantee the two groups never share a line. The header's reference count (offset 8) counts as
+/// a writer field: retains by writers must not touch the readers' line either.
+@usableFromInline
+struct CacheLinePadding {
+    @usableFromInline let words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) =
+        (0, 0, 0, 0, 0, 0, 0, 0)
+    @usableFromInline init() {}
+}
+
 /// Raw, aligned allocations that hold atomics.
 ///
 /// Everything allocated here is owned by exactly one object, which frees it in `deinit`; the

@@ -46,11 +46,17 @@ public struct MappingFlags: OptionSet, Hashable, Sendable {
 /// grace period, so a reader in a memb read section may hold it unretained.
 @usableFromInline
 final class VMA: @unchecked Sendable {
+    // Layout: the fields a speculative fault reads sit alone on one cache line, between two
+    // paddings: writers retaining the VMA (header), linking neighbours (`previous`/`next`) or
+    // changing an adjacent allocation never invalidate the line a faulting CPU keeps.
+    private let headerPadding = CacheLinePadding()
     @usableFromInline let sequence = SeqCount()
     @usableFromInline let startWord: Atomic<UInt64>
     @usableFromInline let endWord: Atomic<UInt64>
     /// Protection (bits 0–7) and flags (bits 8–23).
     @usableFromInline let attributeWord: Atomic<UInt64>
+
+    private let writerPadding = CacheLinePadding()
 
     /// Backing of a shared mapping; `nil` for private anonymous memory. Writer-owned.
     var sharedObject: SharedMemoryObject?

@@ -18,8 +18,12 @@ import Synchronization
 /// to the retire list so the VMA outlives any reader that found it.
 @usableFromInline
 final class VMAIndex: @unchecked Sendable {
-    /// The published root (readers).
+    /// Keeps `publishedRoot` off the line holding the object header.
+    private let headerPadding = CacheLinePadding()
+    /// The published root (readers). Alone on its line: stored only when an edit changed the tree.
     @usableFromInline let publishedRoot = Atomic<UInt>(0)
+    /// Keeps the writer-owned fields below off `publishedRoot`'s line.
+    private let writerPadding = CacheLinePadding()
     /// The writer's working root (equal to `publishedRoot` outside an edit).
     private var root: IndexNode?
     /// Number of VMAs.
@@ -156,7 +160,11 @@ final class VMAIndex: @unchecked Sendable {
 
     /// Publishes the edit's root and retires the nodes it replaced.
     func commit(retire: RetireList) {
-        publishedRoot.store(UInt(bitPattern: root?.raw), ordering: .releasing)
+        let bits = UInt(bitPattern: root?.raw)
+        // Skipping an unchanged root keeps the readers' line clean (mprotect in place, zaps).
+        if publishedRoot.load(ordering: .relaxed) != bits {
+            publishedRoot.store(bits, ordering: .releasing)
+        }
         for node in replaced { retire.retire(node: node.raw) }
         replaced.removeAll(keepingCapacity: true)
         edit &+= 1

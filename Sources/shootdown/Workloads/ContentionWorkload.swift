@@ -2,21 +2,23 @@ import Synchronization
 import Shootdown
 
 /// `contention`: one thread faults pages of one VMA while another thread runs an
-/// mmap/write/mprotect/munmap loop on another VMA of the same space. Reports the fault rate under
-/// churn, the same thread's solo rate in the same process, `retained` (their ratio) and the churn
-/// rate. `--compare fault-path` runs both fault paths interleaved and reports `speedup`.
+/// mmap/write/mprotect/munmap loop on another VMA of the same space. Each round measures the thread
+/// alone, then under churn; reports both rates, `retained` (the median over rounds of the round's
+/// ratio, which cancels the machine's drift between rounds) and the churn rate. `--compare fault-path` runs both fault paths interleaved and reports `speedup`.
 func runContention(_ settings: BenchSettings) throws -> RunResult {
     var result = RunResult(workload: "contention")
     result.config = [("pages", String(settings.pages))] + settings.knobs
     var solo: [Double] = []
     var contended: [Double] = []
     var churn: [Double] = []
+    var ratios: [Double] = []
     var statistics: SpaceStatistics?
     for round in 0..<settings.repeats where !interrupted {
         solo.append(try measureFaultRate(settings, churn: false).faults)
         let measured = try measureFaultRate(settings, churn: true)
         contended.append(measured.faults)
         churn.append(measured.churn)
+        ratios.append(solo.last! > 0 ? measured.faults / solo.last! : 0)
         statistics = measured.statistics
         progress("contention(\(settings.faultPath.rawValue)): round \(round + 1)/\(settings.repeats): solo \(Int(solo.last!)) /s, under churn \(Int(contended.last!)) /s, churn \(Int(churn.last!)) ops/s")
     }
@@ -24,7 +26,7 @@ func runContention(_ settings: BenchSettings) throws -> RunResult {
     let alone = Summary(solo)
     result.metrics = [
         ("fault_ops_per_sec", faults.median), ("solo_fault_ops_per_sec", alone.median),
-        ("retained", alone.median > 0 ? faults.median / alone.median : 0),
+        ("retained", Summary(ratios).median),
         ("churn_ops_per_sec", Summary(churn).median),
         ("ns_per_op", faults.median > 0 ? 1e9 / faults.median : 0), ("ops_per_sec", faults.median),
         ("repeats", Double(contended.count)),
