@@ -13,7 +13,10 @@ import Synchronization
 ///
 /// Free frames live on per-thread-slot shards (lock-free Treiber stacks with ABA tags), refilled a
 /// block at a time, so concurrent faults on different cores do not share a cache line. Whole free
-/// blocks for huge pages live on a separate stack.
+/// blocks for huge pages live on a separate stack. Frames freed on one thread and needed on
+/// another (an munmap on one core, faults on others) move in batches of ``stealBatch``: a shard
+/// that runs dry takes that many frames from another shard in one detach, like the kernel's
+/// per-CPU page lists refilling in bulk from the buddy allocator.
 ///
 /// A frame's counts word packs `refcount` (bits 0–31) and `mapcount` (bits 32–63). While a frame
 /// is mapped by exactly one entry, every change of its counts happens under that entry's split
@@ -26,6 +29,8 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     @usableFromInline static let shardCount = 16
     @usableFromInline static let shardStride = cacheLineSize / MemoryLayout<UInt64>.stride
+    /// Frames moved from one shard to another at once.
+    static let stealBatch = 1024
     @usableFromInline static let refOne: UInt64 = 1
     @usableFromInline static let mapOne: UInt64 = 1 << 32
     /// Counts word of a frame mapped by exactly one entry and referenced by nothing else.
@@ -46,7 +51,8 @@ public final class PhysicalMemory: @unchecked Sendable {
     @usableFromInline let flags: UnsafeMutablePointer<Atomic<UInt8>>
     /// Shard stacks, one per cache line: `tag << 32 | top frame` (0 = empty).
     @usableFromInline let shards: UnsafeMutablePointer<Atomic<UInt64>>
-    /// [0]: next never-used block; [8]: huge free stack (`tag << 32 | head frame`).
+    /// [0]: next never-used block; [8]: huge free stack (`tag << 32 | head frame`); [16]: steals in
+    /// progress (bits 0–31) and steals completed (bits 32–63). Each on its own line.
     @usableFromInline let global: UnsafeMutablePointer<Atomic<UInt64>>
     /// Frames in use, sharded per thread slot (see ``ThreadSlot``).
     @usableFromInline let inUse: SlotCounters
@@ -65,7 +71,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         tokens = RawMemory.allocateAtomics(UInt64.self, count: totalFrames, initial: 0)
         flags = RawMemory.allocateAtomics(UInt8.self, count: totalFrames, initial: 0)
         shards = RawMemory.allocateAtomics(UInt64.self, count: Self.shardCount * Self.shardStride, initial: 0)
-        global = RawMemory.allocateAtomics(UInt64.self, count: 16, initial: 0)
+        global = RawMemory.allocateAtomics(UInt64.self, count: 24, initial: 0)
         global[0].store(1, ordering: .relaxed)
         inUse = SlotCounters(width: 1)
         swap = SwapSpace(capacity: swapSlots)
@@ -77,7 +83,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         RawMemory.deallocateAtomics(tokens, count: totalFrames)
         RawMemory.deallocateAtomics(flags, count: totalFrames)
         RawMemory.deallocateAtomics(shards, count: Self.shardCount * Self.shardStride)
-        RawMemory.deallocateAtomics(global, count: 16)
+        RawMemory.deallocateAtomics(global, count: 24)
     }
 
     // MARK: - Allocation
@@ -113,30 +119,101 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     @usableFromInline
     func allocateSlow(shard: Int) -> UInt64? {
-        // Refill this shard with a never-used block, keeping one frame for the caller.
-        if let block = takeFreshBlock() {
-            let first = block &* UInt64(Self.framesPerHugePage)
-            let last = first &+ UInt64(Self.framesPerHugePage - 1)
-            for frame in (first &+ 1)..<last {
-                links[Int(frame)].store(UInt32(frame &+ 1), ordering: .relaxed)
+        var backoff = Backoff()
+        while true {
+            // Acquiring: pairs with the releasing update that ends a steal (see below).
+            let before = global[16].load(ordering: .acquiring)
+            // Refill this shard with a never-used block, keeping one frame for the caller.
+            if let block = takeFreshBlock() {
+                let first = block &* UInt64(Self.framesPerHugePage)
+                let last = first &+ UInt64(Self.framesPerHugePage - 1)
+                for frame in (first &+ 1)..<last {
+                    links[Int(frame)].store(UInt32(frame &+ 1), ordering: .relaxed)
+                }
+                push(first: first &+ 1, last: last, shard: shard)
+                return first
             }
-            push(first: first &+ 1, last: last, shard: shard)
-            return first
-        }
-        // Break a free huge block into small frames.
-        if let head = popHuge() {
-            let last = head &+ UInt64(Self.framesPerHugePage - 1)
-            for frame in (head &+ 1)..<last {
-                links[Int(frame)].store(UInt32(frame &+ 1), ordering: .relaxed)
+            // Break a free huge block into small frames.
+            if let head = popHuge() {
+                let last = head &+ UInt64(Self.framesPerHugePage - 1)
+                for frame in (head &+ 1)..<last {
+                    links[Int(frame)].store(UInt32(frame &+ 1), ordering: .relaxed)
+                }
+                push(first: head &+ 1, last: last, shard: shard)
+                return head
             }
-            push(first: head &+ 1, last: last, shard: shard)
-            return head
+            // Take a batch from another shard.
+            for offset in 1..<Self.shardCount {
+                if let frame = steal(from: (shard + offset) & (Self.shardCount - 1), into: shard) { return frame }
+            }
+            if let frame = pop(shard: shard) { return frame }  // a free onto this shard meanwhile
+            // Every list looked empty. A steal holds its victim's list detached for a moment; only
+            // if none was in progress and none ended since `before` is memory really exhausted.
+            // A steal in progress was counted before its detach (which our acquiring load of the
+            // empty list synchronised with); a finished one bumped the completed count before
+            // leaving.
+            let after = global[16].load(ordering: .acquiring)
+            if after & 0xFFFF_FFFF == 0 && after >> 32 == before >> 32 { return nil }
+            backoff.wait()
         }
-        // Steal from another shard.
-        for offset in 1..<Self.shardCount {
-            if let frame = pop(shard: (shard + offset) & (Self.shardCount - 1)) { return frame }
+    }
+
+    /// Detaches `victim`'s list, keeps up to ``stealBatch`` frames (one returned, the rest pushed on
+    /// `shard`) and gives the remainder back. `nil` if `victim` is empty.
+    private func steal(from victim: Int, into shard: Int) -> UInt64? {
+        let top = shards + victim * Self.shardStride
+        if UInt32(truncatingIfNeeded: top.pointee.load(ordering: .relaxed)) == 0 { return nil }
+        // Relaxed: the detach below is a releasing RMW, which orders this count before it.
+        global[16].wrappingAdd(1, ordering: .relaxed)
+        defer {
+            // Releasing: the frames given back are visible to whoever sees the steal completed.
+            global[16].wrappingAdd((1 << 32) &- 1, ordering: .releasing)
         }
-        return nil
+        var head = top.pointee.load(ordering: .acquiring)
+        var first: UInt64
+        while true {
+            first = UInt64(UInt32(truncatingIfNeeded: head))
+            if first == 0 { return nil }
+            // Acquiring: the freers' link writes; releasing: the steal count above comes first.
+            let result = top.pointee.compareExchange(
+                expected: head, desired: ((head >> 32) &+ 1) << 32, ordering: .acquiringAndReleasing)
+            if result.exchanged { break }
+            head = result.original
+        }
+        var last = first
+        var taken = 1
+        while taken < Self.stealBatch {
+            let next = links[Int(last)].load(ordering: .relaxed)
+            if next == 0 { break }
+            last = UInt64(next)
+            taken += 1
+        }
+        let rest = UInt64(links[Int(last)].load(ordering: .relaxed))
+        if rest != 0 { giveBack(rest, to: victim) }
+        if taken > 1 {
+            push(first: UInt64(links[Int(first)].load(ordering: .relaxed)), last: last, shard: shard)
+        }
+        return first
+    }
+
+    /// Re-attaches a detached list starting at `first` to `shard`: in one step if the shard is still
+    /// empty, otherwise (frames were freed onto it meanwhile) by finding the list's end.
+    private func giveBack(_ first: UInt64, to shard: Int) {
+        let top = shards + shard * Self.shardStride
+        let head = top.pointee.load(ordering: .relaxed)
+        if UInt32(truncatingIfNeeded: head) == 0 {
+            // Releasing: the list's links are visible to the next popper.
+            let result = top.pointee.compareExchange(
+                expected: head, desired: ((head >> 32) &+ 1) << 32 | first, ordering: .releasing)
+            if result.exchanged { return }
+        }
+        var last = first
+        while true {
+            let next = links[Int(last)].load(ordering: .relaxed)
+            if next == 0 { break }
+            last = UInt64(next)
+        }
+        push(first: first, last: last, shard: shard)
     }
 
     @usableFromInline

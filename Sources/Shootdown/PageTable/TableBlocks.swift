@@ -15,7 +15,7 @@ struct TableBlock: Equatable {
     @usableFromInline static let entries = 512
     @usableFromInline static let size: UInt64 = 4096
     @usableFromInline static let arenaSize = 2 << 20
-    @usableFromInline static let descriptorSize = 64
+    @usableFromInline static let descriptorSize = 128
     /// Blocks at the start of an arena that hold descriptors.
     @usableFromInline static let descriptorBlocks = arenaSize / 4096 * descriptorSize / 4096
 

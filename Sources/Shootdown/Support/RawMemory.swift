@@ -2,7 +2,7 @@ import CInterop
 import Synchronization
 
 /// Cache-line size used to pad per-thread and per-lock data so two writers never share a line.
-@usableFromInline let cacheLineSize = 64
+@usableFromInline let cacheLineSize = 128
 
 /// One cache line of padding, stored between an object's fields that lockless readers load on every
 /// operation and the fields writers change, so a writer never invalidates the readers' line (the
@@ -12,8 +12,10 @@ import Synchronization
 /// a writer field: retains by writers must not touch the readers' line either.
 @usableFromInline
 struct CacheLinePadding {
-    @usableFromInline let words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) =
-        (0, 0, 0, 0, 0, 0, 0, 0)
+    @usableFromInline let words: (
+        UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+        UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64
+    ) = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
     @usableFromInline init() {}
 }
 

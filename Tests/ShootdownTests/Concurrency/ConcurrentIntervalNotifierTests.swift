@@ -123,7 +123,7 @@ struct ConcurrentIntervalNotifierTests {
         let inserter: @Sendable (Int) -> Void = { index in
             var random = ConcurrentRandom(seed: 0x1E_0000 &+ UInt64(index))
             defer { insertersLeft.arrive() }
-            let (privateStart, privateEnd) = Self.privatePart(index)
+            let privateStart = Self.privatePart(index).0
             var live: [(IntervalNotifier, ConcurrentIntervalProbe)] = []
             for round in 0..<rounds {
                 // An interval from inside this inserter's private part into the shared part.
