@@ -164,6 +164,23 @@ void cinterop_futex_wake(uint32_t *word, int32_t count) {
 
 void cinterop_yield(void) { sched_yield(); }
 
+bool cinterop_pin_thread(uint32_t index) {
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return false;
+    int count = CPU_COUNT(&allowed);
+    if (count <= 1) return false;
+    uint32_t wanted = index % (uint32_t)count;
+    for (int cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+        if (!CPU_ISSET(cpu, &allowed)) continue;
+        if (wanted-- != 0) continue;
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(cpu, &one);
+        return pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0;
+    }
+    return false;
+}
+
 void cinterop_sleep_ns(uint64_t nanoseconds) {
     struct timespec ts = {.tv_sec = (time_t)(nanoseconds / 1000000000ull),
                           .tv_nsec = (long)(nanoseconds % 1000000000ull)};

@@ -139,6 +139,11 @@ static inline __attribute__((always_inline)) void cinterop_prefetch(const void *
 /// Yields the processor (sched_yield).
 void cinterop_yield(void);
 
+/// Pins the calling thread to the `index`-th CPU (modulo their number) of the process's allowed
+/// set. Benchmarks only: threads that start on one CPU can run there for milliseconds before the
+/// scheduler spreads them. Returns false (and pins nothing) with one allowed CPU or on error.
+bool cinterop_pin_thread(uint32_t index);
+
 /// Sleeps for `nanoseconds` (nanosleep). Library code uses it only for bounded back-off and for
 /// the CLI's deliberately slow notifier; tests never synchronise with sleeps.
 void cinterop_sleep_ns(uint64_t nanoseconds);

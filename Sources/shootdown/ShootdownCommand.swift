@@ -8,7 +8,7 @@ struct ShootdownCommand: ParsableCommand {
         commandName: "shootdown",
         abstract: "Benchmarks of the Shootdown invalidation engine.",
         discussion: """
-            Without a subcommand, runs the headline suite (about 20 seconds) and prints each key \
+            Without a subcommand, runs the headline suite (about 10 seconds) and prints each key \
             figure beside its target. `shootdown bench WORKLOAD` runs one workload with every knob.
             """,
         subcommands: [Headline.self, Bench.self, Replay.self, Torture.self, PerfProbe.self],

@@ -4,10 +4,15 @@ import Synchronization
 
 /// Runs `body(index)` on `count` new threads and waits for all of them. Thread bodies are plain
 /// functions in this file's module, never top-level code in main.swift (pitfall P1).
-func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+///
+/// `pinned`: thread `index` runs only on the `index`-th allowed CPU. Measurements pin: new threads
+/// often start on their creator's CPU and share it for milliseconds before the scheduler moves
+/// one, which on a 12 ms run reads as poor scaling (seen as 1.3-1.5x rounds among 1.95x ones).
+func runOnThreads(_ count: Int, pinned: Bool = false, _ body: @escaping @Sendable (Int) -> Void) {
     let done = DispatchSemaphore(value: 0)
     for index in 0..<count {
         let thread = Thread {
+            if pinned { _ = cinterop_pin_thread(UInt32(index)) }
             body(index)
             done.signal()
         }

@@ -53,7 +53,7 @@ func measureFaultRate(_ settings: BenchSettings, churn: Bool) throws -> FaultRat
     let running = SpinningStartLine(parties: 2)
     let measured = Atomic<UInt64>(0)
     if churn {
-        runOnThreads(2) { index in
+        runOnThreads(2, pinned: true) { index in
             if index == 0 {
                 running.arriveAndWait()
                 var operations = 0

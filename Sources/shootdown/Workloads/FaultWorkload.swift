@@ -67,7 +67,7 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
         let line = SpinningStartLine(parties: threads)
         let finish = Atomic<UInt64>(0)
         let startTime = Atomic<UInt64>(0)
-        runOnThreads(threads) { index in
+        runOnThreads(threads, pinned: true) { index in
             line.arriveAndWait()
             _ = startTime.compareExchange(expected: 0, desired: nowNanoseconds(), ordering: .relaxed)
             try? faultPages(space, base + UInt64(index * perThread) * 4096, perThread)
