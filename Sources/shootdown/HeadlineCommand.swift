@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 import Shootdown
 
-/// The README's main job: a ~20 second suite printing each key figure beside its target and the
+/// The README's main job: a ~10 second suite printing each key figure beside its target and the
 /// command that reproduces it.
 struct Headline: ParsableCommand {
     static let configuration = CommandConfiguration(
