@@ -45,14 +45,7 @@ extension AddressSpace {
                     let start = max(address, vma.start)
                     let stop = min(end, vma.end)
                     if advice == .dontNeed {
-                        let scope = beginInvalidation(start, stop, .clear, vma: snapshot(vma))
-                        var chain = FrameChain()
-                        let result = withSecondaryTLBHook { hook in
-                            pageTable.zap(from: start, to: stop, memory: memory, chain: &chain, flush: hook)
-                        }
-                        scope.end()
-                        memory.release(chain)
-                        recordZap(result)
+                        zapAndEnd(beginInvalidation(start, stop, .clear, vma: snapshot(vma)), start, stop)
                     } else if vma.isAnonymousPrivate {
                         pageOut(start, stop, vma: vma)
                     }

@@ -227,14 +227,7 @@ extension AddressSpace {
     func zapAndFreeTables(
         _ start: UInt64, _ end: UInt64, event: InvalidationEvent, vma: VMASnapshot?, edit: VMAEdit
     ) {
-        let scope = beginInvalidation(start, end, event, vma: vma)
-        var chain = FrameChain()
-        let result = withSecondaryTLBHook { hook in
-            pageTable.zap(from: start, to: end, memory: memory, chain: &chain, flush: hook)
-        }
-        scope.end()
-        memory.release(chain)
-        recordZap(result)
+        zapAndEnd(beginInvalidation(start, end, event, vma: vma), start, end)
         let floor = index.floor(start &- 1).map { $0.end } ?? 0
         let ceiling = index.findFirst(endingAfter: end &- 1).map { $0.start } ?? Self.userLimit
         let freed = pageTable.freeTables(

@@ -33,14 +33,7 @@ extension AddressSpace {
                 }
                 vma.beginWrite()
                 if let scope = tryBeginInvalidation(vma.start, vma.end, .unmap, vma: snapshot(vma)) {
-                    var chain = FrameChain()
-                    let zapped = withSecondaryTLBHook { hook in
-                        pageTable.zap(from: vma.start, to: vma.end, memory: memory, chain: &chain, flush: hook)
-                    }
-                    scope.end()
-                    result.pagesReaped += chain.frameCount
-                    memory.release(chain)
-                    recordZap(zapped)
+                    result.pagesReaped += zapAndEnd(scope, vma.start, vma.end)
                 } else {
                     refused.append(vma)
                 }

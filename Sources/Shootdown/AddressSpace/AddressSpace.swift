@@ -167,6 +167,23 @@ public final class AddressSpace: @unchecked Sendable {
 
     /// Calls `body` with the secondary-TLB hook to use under split locks while the mmap lock is
     /// held (a no-op when no subscriber implements it).
+    /// Zaps `[start, end)` inside `scope` (secondary-TLB subscribers are called per flushed
+    /// batch), ends the scope, and only then frees the unmapped frames: a mirror never sees a
+    /// frame recycled while it may still translate to it. Returns the number of frames freed.
+    /// Caller: the mmap lock plus whatever excludes other writers of the range.
+    @discardableResult
+    func zapAndEnd(_ scope: consuming InvalidationScope, _ start: UInt64, _ end: UInt64) -> Int {
+        var chain = FrameChain()
+        let result = withSecondaryTLBHook { hook in
+            pageTable.zap(from: start, to: end, memory: memory, chain: &chain, flush: hook)
+        }
+        scope.end()
+        let frames = chain.frameCount
+        memory.release(chain)
+        recordZap(result)
+        return frames
+    }
+
     func withSecondaryTLBHook<R>(_ body: ((UInt64, UInt64) -> Void) -> R) -> R {
         if let subscriptions = subscriptionsPointer?.takeUnretainedValue(), subscriptions.wantsSecondaryTLBs {
             return body { start, end in subscriptions.invalidateSecondaryTLBs(start: start, end: end) }

@@ -283,13 +283,7 @@ final class IntervalTree: @unchecked Sendable {
         /// Starts loading every line of the node at once: a descent then waits for one miss per
         /// level instead of one per line it reads.
         @inlinable @inline(__always)
-        func prefetch() {
-            var offset = 0
-            while offset < Self.byteCount {
-                cinterop_prefetch(raw + offset)
-                offset &+= 64
-            }
-        }
+        func prefetch() { RawMemory.prefetchLines(raw, byteCount: Self.byteCount) }
 
         @inlinable var count: Int { Int(raw.load(as: Int32.self)) }
         @inlinable var level: Int { Int(raw.load(fromByteOffset: 4, as: Int32.self)) }

@@ -351,13 +351,7 @@ struct IndexNode {
 
     /// Starts loading every line of the node.
     @inlinable @inline(__always)
-    func prefetch() {
-        var offset = 0
-        while offset < Self.byteCount {
-            cinterop_prefetch(raw + offset)
-            offset &+= 64
-        }
-    }
+    func prefetch() { RawMemory.prefetchLines(raw, byteCount: Self.byteCount) }
 
     @inlinable var count: Int { Int(raw.load(as: Int32.self)) }
     @inlinable var level: Int { Int(raw.load(fromByteOffset: 4, as: Int32.self)) }

@@ -97,19 +97,14 @@ enum ConcurrentHarness {
     }
 }
 
-/// SplitMix64: a tiny deterministic generator, one per thread.
+/// A deterministic generator per thread (``SplitMix64`` with the seed spread out, so threads
+/// seeded 0, 1, 2 … draw unrelated streams), with `Int` helpers.
 struct ConcurrentRandom: RandomNumberGenerator {
-    private var state: UInt64
+    private var base: SplitMix64
 
-    init(seed: UInt64) { state = seed &* 0x9E37_79B9_7F4A_7C15 &+ 0xD1B5_4A32_D192_ED03 }
+    init(seed: UInt64) { base = SplitMix64(seed: seed &* 0x9E37_79B9_7F4A_7C15 &+ 0xD1B5_4A32_D192_ED03) }
 
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    mutating func next() -> UInt64 { base.next() }
 
     /// Uniform in `0 ..< bound`.
     mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
