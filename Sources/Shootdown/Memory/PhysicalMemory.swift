@@ -162,7 +162,9 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// `shard`) and gives the remainder back. `nil` if `victim` is empty.
     private func steal(from victim: Int, into shard: Int) -> UInt64? {
         let top = shards + victim * Self.shardStride
-        if UInt32(truncatingIfNeeded: top.pointee.load(ordering: .relaxed)) == 0 { return nil }
+        // Acquiring: if this sees a list another steal just detached, that steal's count is
+        // visible to the exhaustion check in `allocateSlow`.
+        if UInt32(truncatingIfNeeded: top.pointee.load(ordering: .acquiring)) == 0 { return nil }
         // Relaxed: the detach below is a releasing RMW, which orders this count before it.
         global[16].wrappingAdd(1, ordering: .relaxed)
         defer {
