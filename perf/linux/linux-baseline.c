@@ -104,25 +104,22 @@ static double softdirty(size_t pages) {
     return elapsed / (double)pages;
 }
 
-static double dontneed(size_t pages) {
+// Time of `call` on a populated mapping of `pages` pages, per page.
+static double on_populated(size_t pages, int (*call)(char *, size_t)) {
     char *region = map_region(pages);
     touch(region, pages, 1);
     double start = now_ns();
-    madvise(region, pages * PAGE, MADV_DONTNEED);
+    call(region, pages * PAGE);
     double elapsed = now_ns() - start;
     munmap(region, pages * PAGE);
     return elapsed / (double)pages;
 }
 
-static double protect(size_t pages) {
-    char *region = map_region(pages);
-    touch(region, pages, 1);
-    double start = now_ns();
-    mprotect(region, pages * PAGE, PROT_READ);
-    double elapsed = now_ns() - start;
-    munmap(region, pages * PAGE);
-    return elapsed / (double)pages;
-}
+static int call_dontneed(char *region, size_t length) { return madvise(region, length, MADV_DONTNEED); }
+static int call_protect(char *region, size_t length) { return mprotect(region, length, PROT_READ); }
+
+static double dontneed(size_t pages) { return on_populated(pages, call_dontneed); }
+static double protect(size_t pages) { return on_populated(pages, call_protect); }
 
 static double thp_unmap(size_t pages) {
     size_t huge = 2UL << 20;
