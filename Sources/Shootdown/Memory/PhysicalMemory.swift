@@ -378,11 +378,6 @@ public final class PhysicalMemory: @unchecked Sendable {
         if remaining == 0 { chain.append(frame, links: links) }
     }
 
-    /// Sets the counts of `frame` (a frame this caller owns exclusively).
-    func setCounts(_ frame: UInt64, refcount: UInt32, mapcount: UInt32) {
-        counts[Int(frame)].store(UInt64(refcount) | UInt64(mapcount) << 32, ordering: .relaxed)
-    }
-
     /// The reference count of `frame`.
     public func refcount(_ frame: UInt64) -> Int {
         Int(counts[Int(frame)].load(ordering: .relaxed) & 0xFFFF_FFFF)
@@ -397,11 +392,6 @@ public final class PhysicalMemory: @unchecked Sendable {
     @inlinable
     func isExclusive(_ frame: UInt64) -> Bool {
         frame != Self.zeroFrame && counts[Int(frame)].load(ordering: .acquiring) == Self.exclusivelyMapped
-    }
-
-    /// Whether `frame` heads a compound (huge) frame.
-    func isCompoundHead(_ frame: UInt64) -> Bool {
-        flags[Int(frame)].load(ordering: .relaxed) & FrameFlags.compoundHead != 0
     }
 
     /// Turns the compound frame headed by `head` into 512 independent frames, each with the

@@ -100,8 +100,6 @@ final class TableAllocator: @unchecked Sendable {
     /// Next never-used block of the newest arena and its end (protected by `lock`).
     private var bump: UnsafeMutableRawPointer?
     private var bumpEnd: UnsafeMutableRawPointer?
-    private let liveBlocks = Atomic<Int>(0)
-    private let arenas = Atomic<Int>(0)
 
     /// Allocates a zeroed block. Returns `nil` only if the system refuses to map another arena.
     @usableFromInline
@@ -113,7 +111,6 @@ final class TableAllocator: @unchecked Sendable {
                 // One arena is exactly one 2 MiB page: a lockless walk of any table in it, and its
                 // descriptors, share one TLB entry.
                 _ = cinterop_advise_huge_pages(arena, TableBlock.arenaSize)
-                arenas.wrappingAdd(1, ordering: .relaxed)
                 bump = arena + TableBlock.descriptorBlocks * 4096
                 bumpEnd = arena + TableBlock.arenaSize
             }
@@ -129,7 +126,6 @@ final class TableAllocator: @unchecked Sendable {
         checkInvariant(block.state.pointee.load(ordering: .relaxed) == TableState.free, "allocating a live table")
         checkInvariant(!block.splitLock.isLocked, "allocating a table whose lock is held")
         block.state.pointee.store(TableState.live, ordering: .relaxed)
-        liveBlocks.wrappingAdd(1, ordering: .relaxed)
         return block
     }
 
@@ -140,13 +136,7 @@ final class TableAllocator: @unchecked Sendable {
         checkInvariant(!block.splitLock.isLocked, "freeing a table whose split lock is held")
         checkInvariant(block.state.pointee.load(ordering: .relaxed) != TableState.free, "double free of a table")
         block.state.pointee.store(TableState.free, ordering: .relaxed)
-        liveBlocks.wrappingSubtract(1, ordering: .relaxed)
         cinterop_asan_poison(block.base, 4096)
         lock.withLock { freeBlocks.append(block.base) }
     }
-
-    /// Blocks allocated and not yet freed (includes blocks waiting for a grace period).
-    var blocksInUse: Int { liveBlocks.load(ordering: .relaxed) }
-    /// Arenas mapped so far.
-    var arenasMapped: Int { arenas.load(ordering: .relaxed) }
 }

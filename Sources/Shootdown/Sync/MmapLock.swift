@@ -130,11 +130,6 @@ final class MmapLock: @unchecked Sendable {
         }
     }
 
-    /// Whether someone holds the lock for writing (invariant checks).
-    var isWriteLocked: Bool { state.pointee.load(ordering: .relaxed) & Self.writerHeld != 0 }
-    /// Whether someone holds the lock at all (invariant checks).
-    var isLocked: Bool { state.pointee.load(ordering: .relaxed) & (Self.writerHeld | Self.readerMask) != 0 }
-
     // MARK: Sleeping
 
     private func sleep(expecting value: UInt32) {

@@ -62,12 +62,6 @@ struct SeqCount: ~Copyable, @unchecked Sendable {
         _ = value.wrappingAdd(1, ordering: .sequentiallyConsistent)
     }
 
-    /// ``writeEnd()`` without the parity check.
-    @inlinable
-    func rawWriteEnd() {
-        _ = value.wrappingAdd(1, ordering: .releasing)
-    }
-
     /// The current value, for invariant checks and tests.
     @inlinable
     var current: UInt32 { value.load(ordering: .relaxed) }

@@ -37,10 +37,4 @@ final class SharedMemoryObject: @unchecked Sendable {
             return frame
         }
     }
-
-    /// The frame caching page `offset`, if any (no reference taken).
-    func cachedFrame(at offset: UInt64) -> UInt64? { pages.withLock { $0[offset] } }
-
-    /// Number of cached pages.
-    var cachedPages: Int { pages.withLock { $0.count } }
 }

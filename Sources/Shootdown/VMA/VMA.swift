@@ -124,13 +124,6 @@ final class VMA: @unchecked Sendable {
         if writeDepth == 0 && !removed { sequence.writeEnd() }
     }
 
-    /// Runs `body` inside the write section.
-    func withWrite<R>(_ body: () throws(MemoryError) -> R) throws(MemoryError) -> R {
-        beginWrite()
-        defer { endWrite() }
-        return try body()
-    }
-
     /// Marks the VMA removed: its sequence count becomes (and stays) odd, so speculative readers
     /// that still find it abort.
     func markRemoved() {
