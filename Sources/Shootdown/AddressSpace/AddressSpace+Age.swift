@@ -8,10 +8,7 @@ extension AddressSpace {
     /// - Returns: the number of 4 KiB pages that were young (a young huge mapping counts 512).
     /// - Throws: `EINVAL` for an unaligned or overflowing range; ``MemoryError/addressSpaceDead``.
     public func age(address: UInt64, length: UInt64, flush: Bool = true) throws(MemoryError) -> Int {
-        guard Self.isPageAligned(address), let length = Self.pageAlign(length), address <= Self.userLimit,
-            length <= Self.userLimit - address
-        else { throw .invalidArgument }
-        let end = address + length
+        let end = try Self.userRangeEnd(address, length)
         return try mmapLock.withReadLock { () throws(MemoryError) -> Int in
             try checkAlive()
             let subscriptions = subscriptionsPointer?.takeUnretainedValue()

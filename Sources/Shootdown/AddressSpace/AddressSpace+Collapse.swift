@@ -11,10 +11,7 @@ extension AddressSpace {
     /// - Returns: blocks collapsed.
     /// - Throws: `EINVAL` for an unaligned or overflowing range; ``MemoryError/addressSpaceDead``.
     public func collapse(address: UInt64, length: UInt64) throws(MemoryError) -> Int {
-        guard Self.isPageAligned(address), let length = Self.pageAlign(length), address <= Self.userLimit,
-            length <= Self.userLimit - address
-        else { throw .invalidArgument }
-        let end = address + length
+        let end = try Self.userRangeEnd(address, length)
         return try mmapLock.withWriteLock { () throws(MemoryError) -> Int in
             try checkAlive()
             let edit = VMAEdit(self)

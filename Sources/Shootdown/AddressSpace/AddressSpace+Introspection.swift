@@ -21,11 +21,18 @@ public struct Mapping: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
+extension VMA {
+    /// The VMA's public description. Fields are read relaxed: hold the mmap lock, or validate
+    /// with `sequence` (as ``AddressSpace/mapping(containing:)`` does).
+    @inlinable
+    var mapping: Mapping { Mapping(start: start, end: end, protection: protection, flags: flags) }
+}
+
 extension AddressSpace {
     /// The VMAs in address order.
     public func mappings() -> [Mapping] {
         mmapLock.withReadLock {
-            index.all.map { Mapping(start: $0.start, end: $0.end, protection: $0.protection, flags: $0.flags) }
+            index.all.map(\.mapping)
         }
     }
 

@@ -13,7 +13,7 @@ extension AddressSpace {
                 return found._withUnsafeGuaranteedRef { vma -> Mapping?? in
                     let sequence = vma.sequence.readBegin()
                     if sequence & 1 != 0 { return nil }
-                    let mapping = Mapping(start: vma.start, end: vma.end, protection: vma.protection, flags: vma.flags)
+                    let mapping = vma.mapping
                     if vma.sequence.hasChanged(since: sequence) { return nil }
                     return .some(address >= mapping.start && address < mapping.end ? mapping : nil)
                 }
@@ -26,9 +26,7 @@ extension AddressSpace {
     @usableFromInline
     func lockedMapping(containing address: UInt64) -> Mapping? {
         mmapLock.withReadLock {
-            index.find(containing: address).map {
-                Mapping(start: $0.start, end: $0.end, protection: $0.protection, flags: $0.flags)
-            }
+            index.find(containing: address)?.mapping
         }
     }
 }

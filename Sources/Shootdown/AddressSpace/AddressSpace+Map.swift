@@ -171,7 +171,8 @@ extension AddressSpace {
         splits > 0 && index.count + splits > configuration.maxMapCount
     }
 
-    /// How many VMA splits unmapping `[start, end)` needs.
+    /// How many VMAs unmapping `[start, end)` adds: 1 when it punches a hole strictly inside one
+    /// VMA (two splits, one VMA removed), else 0 (Linux's `end < vma->vm_end` pre-check).
     func splitsNeeded(_ start: UInt64, _ end: UInt64) -> Int {
         if let vma = index.find(containing: start), vma.start < start, vma.end > end { return 1 }
         return 0
@@ -186,16 +187,12 @@ extension AddressSpace {
     /// and the range must lie below `userLimit` (`EINVAL`); splitting a VMA beyond `maxMapCount`
     /// VMAs is `ENOMEM`.
     public func unmap(address: UInt64, length: UInt64) throws(MemoryError) {
-        guard Self.isPageAligned(address), length != 0, let length = Self.pageAlign(length),
-            address <= Self.userLimit, length <= Self.userLimit - address
-        else { throw .invalidArgument }
+        let end = try Self.userRangeEnd(address, length, nonEmpty: true)
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
-            if exceedsMapCount(splitting: splitsNeeded(address, address + length)) {
-                throw .noMemory
-            }
+            if exceedsMapCount(splitting: splitsNeeded(address, end)) { throw .noMemory }
             let edit = VMAEdit(self)
-            unmapLocked(address, address + length, edit: edit)
+            unmapLocked(address, end, edit: edit)
             edit.finish()
         }
     }
@@ -204,30 +201,14 @@ extension AddressSpace {
     /// invalidation, free frames after its end, then free page tables in the hole.
     ///
     /// - Precondition: mmap write lock; `[start, end)` page-aligned and valid; map count checked.
-    func unmapLocked(_ start: UInt64, _ end: UInt64, edit: VMAEdit, event: InvalidationEvent = .unmap) {
-        var affected = index.intersecting(start, end)
+    func unmapLocked(_ start: UInt64, _ end: UInt64, edit: VMAEdit) {
+        let affected = index.intersecting(start, end)
         guard !affected.isEmpty else { return }
-        if affected[0].start < start {
-            splitHugeMapping(across: start)
-            let upper = edit.split(affected[0], at: start)
-            affected[0] = upper
-        }
-        if let last = affected.last, last.end > end {
-            splitHugeMapping(across: end)
-            edit.split(last, at: end)
-        }
-        for vma in affected { edit.remove(vma) }
+        for vma in isolate(affected, start, end, edit: edit) { edit.remove(vma) }
         noteFreed(start, end)
         edit.publish()
-        zapAndFreeTables(start, end, event: event, vma: nil, edit: edit)
-    }
-
-    /// Zaps `[start, end)` under one invalidation, releases the frames after its end, and frees
-    /// page tables that only covered the hole around it.
-    func zapAndFreeTables(
-        _ start: UInt64, _ end: UInt64, event: InvalidationEvent, vma: VMASnapshot?, edit: VMAEdit
-    ) {
-        zapAndEnd(beginInvalidation(start, end, event, vma: vma), start, end)
+        zapAndEnd(beginInvalidation(start, end, .unmap), start, end)
+        // Free the page tables that only covered the hole.
         let floor = index.floor(start &- 1).map { $0.end } ?? 0
         let ceiling = index.findFirst(endingAfter: end &- 1).map { $0.start } ?? Self.userLimit
         let freed = pageTable.freeTables(

@@ -82,11 +82,7 @@ extension AddressSpace {
 
     /// Merges every VMA in `vmas` (in order) with compatible neighbours.
     func mergeAll(_ vmas: [VMA], edit: VMAEdit) {
-        var pending = vmas
-        while !pending.isEmpty {
-            let vma = pending.removeFirst()
-            if vma.isRemoved { continue }
-            edit.mergeNeighbours(vma)
-        }
+        // `isRemoved` is read as each step comes: an earlier merge may have absorbed a later VMA.
+        for vma in vmas where !vma.isRemoved { edit.mergeNeighbours(vma) }
     }
 }

@@ -79,10 +79,7 @@ extension AddressSpace {
     ///
     /// - Returns: 4 KiB pages migrated (a huge mapping counts 512); fewer if frames run out.
     public func migrate(address: UInt64, length: UInt64, owner: InvalidationOwner = .none) throws(MemoryError) -> Int {
-        guard Self.isPageAligned(address), let length = Self.pageAlign(length), length != 0,
-            address <= Self.userLimit, length <= Self.userLimit - address
-        else { throw .invalidArgument }
-        let end = address + length
+        let end = try Self.userRangeEnd(address, length, nonEmpty: true)
         return try mmapLock.withReadLock { () throws(MemoryError) -> Int in
             try checkAlive()
             let vmas = try coveringVMAs(address, end)

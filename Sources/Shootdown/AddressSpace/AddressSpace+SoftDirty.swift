@@ -8,11 +8,8 @@ extension AddressSpace {
     ///
     /// - Throws: `EINVAL` for an unaligned or overflowing range; ``MemoryError/addressSpaceDead``.
     public func clearSoftDirty(address: UInt64 = 0, length: UInt64 = AddressSpace.userLimit) throws(MemoryError) {
-        guard Self.isPageAligned(address), let length = Self.pageAlign(length), address <= Self.userLimit,
-            length <= Self.userLimit - address
-        else { throw .invalidArgument }
-        if length == 0 { return }
-        let end = address + length
+        let end = try Self.userRangeEnd(address, length)
+        if end == address { return }
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
             let edit = VMAEdit(self)
@@ -58,10 +55,7 @@ extension AddressSpace {
     /// (pagemap's `PM_SOFT_DIRTY`): every page of a VMA still marked `VM_SOFTDIRTY`, mapped or not,
     /// and every page whose entry carries the soft-dirty bit.
     public func softDirtyPages(address: UInt64, length: UInt64) throws(MemoryError) -> [UInt64] {
-        guard Self.isPageAligned(address), let length = Self.pageAlign(length), address <= Self.userLimit,
-            length <= Self.userLimit - address
-        else { throw .invalidArgument }
-        let end = address + length
+        let end = try Self.userRangeEnd(address, length)
         return try mmapLock.withReadLock { () throws(MemoryError) -> [UInt64] in
             try checkAlive()
             var pages: [UInt64] = []

@@ -23,12 +23,8 @@ extension AddressSpace {
             if let first = vmas.first, let last = vmas.last {
                 // `unmap`, as `exit_mmap` → `unmap_vmas` sends: interval notifiers (still in the
                 // tree) already had their one `release` above and must not see a second one.
-                let scope = beginInvalidation(first.start, last.end, .unmap)
-                var chain = FrameChain()
-                let result = pageTable.zap(from: first.start, to: last.end, memory: memory, chain: &chain) { _, _ in }
-                scope.end()
-                memory.release(chain)
-                recordZap(result)
+                // Subscribers were unlinked by `releaseAll`: no secondary-TLB calls either.
+                zapAndEnd(beginInvalidation(first.start, last.end, .unmap), first.start, last.end)
             }
             pageTable.retireAll(into: edit.retire)
             edit.finish()

@@ -209,6 +209,17 @@ public final class AddressSpace: @unchecked Sendable {
     @inlinable
     static func isPageAligned(_ value: UInt64) -> Bool { value & (pageSize - 1) == 0 }
 
+    /// The end of the user range starting at `address` with `length` rounded up to pages.
+    ///
+    /// - Throws: ``MemoryError/invalidArgument`` if `address` is unaligned, the rounding
+    ///   overflows, or the range leaves the user address space (or is empty and `nonEmpty`).
+    static func userRangeEnd(_ address: UInt64, _ length: UInt64, nonEmpty: Bool = false) throws(MemoryError) -> UInt64 {
+        guard isPageAligned(address), let length = pageAlign(length), !(nonEmpty && length == 0),
+            address <= userLimit, length <= userLimit - address
+        else { throw .invalidArgument }
+        return address + length
+    }
+
     /// A snapshot of `vma` for an invalidation range.
     func snapshot(_ vma: VMA) -> VMASnapshot {
         VMASnapshot(start: vma.start, end: vma.end, protection: vma.protection, flags: vma.flags)
