@@ -32,9 +32,13 @@ struct SeqCount: ~Copyable, @unchecked Sendable {
     /// Whether a writer ran (or is running) since `snapshot` was taken.
     @inlinable @inline(__always)
     func hasChanged(since snapshot: UInt32) -> Bool {
+        // The acquiring fence keeps the protected (relaxed) reads before the re-read of the count
+        // (the kernel's `smp_rmb` in `read_seqcount_retry`); a load alone, even sequentially
+        // consistent, would not order earlier loads. No instruction on x86.
+        atomicMemoryFence(ordering: .acquiring)
         // Sequentially consistent: pairs with writeBegin's RMW in the speculative-fault argument
-        // above; on x86 this is a plain load, and it also orders the protected reads before it.
-        value.load(ordering: .sequentiallyConsistent) != snapshot
+        // above (a plain load on x86).
+        return value.load(ordering: .sequentiallyConsistent) != snapshot
     }
 
     // MARK: Writers (externally serialised)
