@@ -37,15 +37,17 @@ extension AddressSpace {
         let pmdIndex = PageTable.index(address, level: 1)
         let hugeStart = address & ~(Self.hugePageSize - 1)
         while true {
-            let pmdEntry = pmd.load(pmdIndex)
+            var pmdEntry = pmd.load(pmdIndex)
             if pmdEntry.isNone && vma.allowsHuge(at: hugeStart) {
                 if try installHuge(vma, pmd: pmd, index: pmdIndex, write: write) { return }
+                pmdEntry = pmd.load(pmdIndex)  // no whole block free, or the slot was filled meanwhile
             }
-            if pmd.load(pmdIndex).isHuge {
+            if pmdEntry.isHuge {
                 if try handleHugeFault(vma, pmd: pmd, index: pmdIndex, address: address, write: write) { return }
                 continue
             }
-            guard let pte = pageTable.pteTable(in: pmd, at: pmdIndex) else { continue }  // a huge one raced in
+            // nil: a huge mapping raced in.
+            guard let pte = pageTable.pteTable(in: pmd, at: pmdIndex, entry: pmdEntry) else { continue }
             if try handlePTEFault(vma, pte: pte, address: address, write: write) { return }
         }
     }

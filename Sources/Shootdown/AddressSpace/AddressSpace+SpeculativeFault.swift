@@ -81,16 +81,16 @@ extension AddressSpace {
             if pmdEntry.isNone && vma.allowsHuge(at: address & ~(PageTable.hugePageSize &- 1)) {
                 return .abortNotSupported  // the classic path may install a huge mapping
             }
-            guard let pte = pageTable.pteTable(in: pmd, at: pmdIndex) else { return .abortNotSupported }
+            guard let pte = pageTable.pteTable(in: pmd, at: pmdIndex, entry: pmdEntry) else { return .abortNotSupported }
             let slot = PageTable.index(address, level: 0)
             let entry = pte.load(slot)
 
             let lock = pageTable.pteLock(pte)
             var frame = PhysicalMemory.zeroFrame
+            let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
             if entry.isPresent {
                 // Spurious unless it needs write access it lacks (copy-on-write, soft-dirty).
                 if write && !entry.isWritable { return .abortNotSupported }
-                let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
                 if entry.rawValue & wanted == wanted {
                     counters.increment(SpaceCounter.spuriousFaults.rawValue)
                     counters.increment(SpaceCounter.speculativeFaults.rawValue)
@@ -118,9 +118,8 @@ extension AddressSpace {
                 outcome = .abortEntryChanged
             } else {
                 if entry.isPresent {
-                    let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
+                    // Setting accessed/dirty is not a spurious fault (as on the classic path).
                     pte[slot].pointee.store(entry.rawValue | wanted, ordering: .relaxed)
-                    counters.increment(SpaceCounter.spuriousFaults.rawValue)
                 } else {
                     let installed = PageTableEntry.leaf(frame: frame, writable: write, dirty: write, softDirty: write)
                     // Releasing: the frame's counts and zeroed token are visible to lockless readers

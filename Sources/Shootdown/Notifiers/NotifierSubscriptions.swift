@@ -73,7 +73,11 @@ final class NotifierSubscriptions: @unchecked Sendable {
 
     /// Whether any subscriber wants the secondary-TLB hook (stable while the mmap lock is held:
     /// registration takes it for writing).
-    var wantsSecondaryTLBs: Bool { list.withSnapshot { $0.union.contains(.invalidateSecondaryTLBs) } }
+    var wantsSecondaryTLBs: Bool {
+        // Like dispatch: no read section at all while the list is empty (see `populated`).
+        guard list.populated.load(ordering: .relaxed) else { return false }
+        return list.withSnapshot { $0.union.contains(.invalidateSecondaryTLBs) }
+    }
 
     /// Calls every secondary-TLB hook for `[start, end)`. Runs under a split lock; hooks must not
     /// sleep.
@@ -116,7 +120,10 @@ final class NotifierSubscriptions: @unchecked Sendable {
     }
 
     /// Whether any subscriber implements an aging callback.
-    var wantsYoung: Bool { list.withSnapshot { !$0.union.isDisjoint(with: .young) } }
+    var wantsYoung: Bool {
+        guard list.populated.load(ordering: .relaxed) else { return false }
+        return list.withSnapshot { !$0.union.isDisjoint(with: .young) }
+    }
 
     // MARK: Registration
 

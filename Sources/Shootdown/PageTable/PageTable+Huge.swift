@@ -31,14 +31,8 @@ extension PageTable {
 
     /// The PMD slot mapping `address` with a huge entry, if any.
     func hugeSlot(containing address: UInt64) -> (pmd: TableBlock, index: Int)? {
-        var table = root
-        for level in stride(from: 3, to: 1, by: -1) {
-            let entry = table.loadOrdered(Self.index(address, level: level))
-            if entry.isNone { return nil }
-            table = TableBlock(entry: entry)
-        }
-        let index = Self.index(address, level: 1)
-        return table.load(index).isHuge ? (table, index) : nil
+        guard let (pmd, index) = existingPMDSlot(address), pmd.load(index).isHuge else { return nil }
+        return (pmd, index)
     }
 }
 

@@ -22,8 +22,6 @@ public enum PageTableLocking: String, Sendable, CaseIterable {
 /// - Tables are detached only under the mmap write lock and the space lock (`page_table_lock`).
 @usableFromInline
 final class PageTable: @unchecked Sendable {
-    /// Level numbers: 3 = PGD, 2 = PUD, 1 = PMD, 0 = PTE.
-    @usableFromInline static let levels = 4
     @usableFromInline static let pageSize: UInt64 = 4096
     @usableFromInline static let hugePageSize: UInt64 = 2 << 20
     /// End of the 48-bit user address space.
@@ -46,6 +44,7 @@ final class PageTable: @unchecked Sendable {
 
     // MARK: - Addressing
 
+    /// The slot of `address` in a table of `level` (3 = PGD, 2 = PUD, 1 = PMD, 0 = PTE).
     @inlinable @inline(__always)
     static func index(_ address: UInt64, level: Int) -> Int {
         Int(truncatingIfNeeded: (address &>> UInt64(12 &+ 9 &* level)) & 511)
@@ -142,7 +141,12 @@ final class PageTable: @unchecked Sendable {
     /// the slot holds a huge mapping or no block can be allocated.
     @inlinable
     func pteTable(in pmd: TableBlock, at index: Int) -> TableBlock? {
-        let entry = pmd.load(index)
+        pteTable(in: pmd, at: index, entry: pmd.load(index))
+    }
+
+    /// ``pteTable(in:at:)`` for a caller that has just loaded the slot's `entry`.
+    @inlinable @inline(__always)
+    func pteTable(in pmd: TableBlock, at index: Int, entry: PageTableEntry) -> TableBlock? {
         if entry.isNone { return installTable(in: pmd, at: index) }
         if entry.isHuge { return nil }
         return TableBlock(entry: entry)
