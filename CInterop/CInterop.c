@@ -100,10 +100,6 @@ void cinterop_thread_attach_slow(void) {
     pthread_setspecific(cinterop_thread_key, (void *)(what | 4u));
 }
 
-uint32_t cinterop_thread_slots_in_use(void) {
-    return (uint32_t)__builtin_popcountll(__atomic_load_n(&cinterop_slot_bitmap, __ATOMIC_RELAXED));
-}
-
 // MARK: - Grace periods
 
 void cinterop_rcu_synchronize(void) {

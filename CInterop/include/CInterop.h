@@ -64,9 +64,6 @@ static inline __attribute__((always_inline)) uint32_t cinterop_thread_slot(void)
     return (state >> 8) - 1u;
 }
 
-/// Number of slots currently owned by live threads (diagnostics).
-uint32_t cinterop_thread_slots_in_use(void);
-
 // MARK: - liburcu memb read side (inlined)
 
 static inline __attribute__((always_inline)) void cinterop_rcu_read_lock(void) {

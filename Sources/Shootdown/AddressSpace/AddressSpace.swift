@@ -165,8 +165,6 @@ public final class AddressSpace: @unchecked Sendable {
         return InvalidationScope(range: range, subscriptions: subscriptions)
     }
 
-    /// Calls `body` with the secondary-TLB hook to use under split locks while the mmap lock is
-    /// held (a no-op when no subscriber implements it).
     /// Zaps `[start, end)` inside `scope` (secondary-TLB subscribers are called per flushed
     /// batch), ends the scope, and only then frees the unmapped frames: a mirror never sees a
     /// frame recycled while it may still translate to it. Returns the number of frames freed.
@@ -184,6 +182,8 @@ public final class AddressSpace: @unchecked Sendable {
         return frames
     }
 
+    /// Calls `body` with the secondary-TLB hook to use under split locks while the mmap lock is
+    /// held (a no-op when no subscriber implements it).
     func withSecondaryTLBHook<R>(_ body: ((UInt64, UInt64) -> Void) -> R) -> R {
         if let subscriptions = subscriptionsPointer?.takeUnretainedValue(), subscriptions.wantsSecondaryTLBs {
             return body { start, end in subscriptions.invalidateSecondaryTLBs(start: start, end: end) }

@@ -11,8 +11,8 @@ import Synchronization
 /// never counted or freed. Usable frames come in 512-frame blocks (one 2 MiB huge page each);
 /// block 0 is reserved for the zero page, so frame numbers of huge pages are 512-aligned.
 ///
-/// Free frames live on per-thread-slot shards (lock-free Treiber stacks with ABA tags), refilled a
-/// block at a time, so concurrent faults on different cores do not share a cache line. Whole free
+/// Free frames live on 16 shards picked by thread slot (lock-free Treiber stacks with ABA tags;
+/// slots 16 apart share one), refilled a block at a time, so concurrent faults on different cores do not share a cache line. Whole free
 /// blocks for huge pages live on a separate stack. Frames freed on one thread and needed on
 /// another (an munmap on one core, faults on others) move in batches of ``stealBatch``: a shard
 /// that runs dry takes that many frames from another shard in one detach, like the kernel's
@@ -31,6 +31,8 @@ public final class PhysicalMemory: @unchecked Sendable {
     @usableFromInline static let shardStride = cacheLineSize / MemoryLayout<UInt64>.stride
     /// Frames moved from one shard to another at once.
     static let stealBatch = 1024
+    /// Distance between the words of `global`.
+    static let globalStride = cacheLineSize / MemoryLayout<UInt64>.stride
     @usableFromInline static let refOne: UInt64 = 1
     @usableFromInline static let mapOne: UInt64 = 1 << 32
     /// Counts word of a frame mapped by exactly one entry and referenced by nothing else.
@@ -47,12 +49,11 @@ public final class PhysicalMemory: @unchecked Sendable {
     @usableFromInline let counts: UnsafeMutablePointer<Atomic<UInt64>>
     @usableFromInline let links: UnsafeMutablePointer<Atomic<UInt32>>
     @usableFromInline let tokens: UnsafeMutablePointer<Atomic<UInt64>>
-    /// Per-frame flags (``FrameFlags``).
-    @usableFromInline let flags: UnsafeMutablePointer<Atomic<UInt8>>
     /// Shard stacks, one per cache line: `tag << 32 | top frame` (0 = empty).
     @usableFromInline let shards: UnsafeMutablePointer<Atomic<UInt64>>
-    /// [0]: next never-used block; [8]: huge free stack (`tag << 32 | head frame`); [16]: steals in
-    /// progress (bits 0–31) and steals completed (bits 32–63). Each on its own line.
+    /// Three words, ``cacheLineSize`` apart: the next never-used block (``freshBlockWord``), the
+    /// stack of free huge blocks (`tag << 32 | head frame`, ``hugeTop``), and the steals in progress
+    /// (bits 0–31) and completed (bits 32–63) (``stealWord``).
     @usableFromInline let global: UnsafeMutablePointer<Atomic<UInt64>>
     /// Frames in use, sharded per thread slot (see ``ThreadSlot``).
     @usableFromInline let inUse: SlotCounters
@@ -69,10 +70,9 @@ public final class PhysicalMemory: @unchecked Sendable {
         counts = RawMemory.allocateAtomics(UInt64.self, count: totalFrames, initial: 0)
         links = RawMemory.allocateAtomics(UInt32.self, count: totalFrames, initial: 0)
         tokens = RawMemory.allocateAtomics(UInt64.self, count: totalFrames, initial: 0)
-        flags = RawMemory.allocateAtomics(UInt8.self, count: totalFrames, initial: 0)
         shards = RawMemory.allocateAtomics(UInt64.self, count: Self.shardCount * Self.shardStride, initial: 0)
-        global = RawMemory.allocateAtomics(UInt64.self, count: 24, initial: 0)
-        global[0].store(1, ordering: .relaxed)
+        global = RawMemory.allocateAtomics(UInt64.self, count: 3 * Self.globalStride, initial: 0)
+        global[0].store(1, ordering: .relaxed)  // block 0 holds the zero page
         inUse = SlotCounters(width: 1)
         swap = SwapSpace(capacity: swapSlots)
     }
@@ -81,9 +81,8 @@ public final class PhysicalMemory: @unchecked Sendable {
         RawMemory.deallocateAtomics(counts, count: totalFrames)
         RawMemory.deallocateAtomics(links, count: totalFrames)
         RawMemory.deallocateAtomics(tokens, count: totalFrames)
-        RawMemory.deallocateAtomics(flags, count: totalFrames)
         RawMemory.deallocateAtomics(shards, count: Self.shardCount * Self.shardStride)
-        RawMemory.deallocateAtomics(global, count: 24)
+        RawMemory.deallocateAtomics(global, count: 3 * Self.globalStride)
     }
 
     // MARK: - Allocation
@@ -101,9 +100,25 @@ public final class PhysicalMemory: @unchecked Sendable {
         return frame
     }
 
+    /// The head word of shard `shard`'s free stack.
     @inlinable @inline(__always)
-    func pop(shard: Int) -> UInt64? {
-        let top = shards + shard * Self.shardStride
+    func shardTop(_ shard: Int) -> UnsafeMutablePointer<Atomic<UInt64>> { shards + shard &* Self.shardStride }
+
+    /// The head word of the stack of free huge blocks (linked through their head frames).
+    var hugeTop: UnsafeMutablePointer<Atomic<UInt64>> { global + Self.globalStride }
+
+    /// The word counting steals in progress and completed (see ``allocateSlow(shard:)``).
+    var stealWord: UnsafeMutablePointer<Atomic<UInt64>> { global + 2 * Self.globalStride }
+
+    /// The word holding the next never-used block.
+    var freshBlockWord: UnsafeMutablePointer<Atomic<UInt64>> { global }
+
+    @inlinable @inline(__always)
+    func pop(shard: Int) -> UInt64? { pop(from: shardTop(shard)) }
+
+    /// Pops one frame from the tagged stack headed by `top`.
+    @inlinable @inline(__always)
+    func pop(from top: UnsafeMutablePointer<Atomic<UInt64>>) -> UInt64? {
         var head = top.pointee.load(ordering: .acquiring)
         while true {
             let frame = UInt32(truncatingIfNeeded: head)
@@ -122,25 +137,10 @@ public final class PhysicalMemory: @unchecked Sendable {
         var backoff = Backoff()
         while true {
             // Acquiring: pairs with the releasing update that ends a steal (see below).
-            let before = global[16].load(ordering: .acquiring)
-            // Refill this shard with a never-used block, keeping one frame for the caller.
-            if let block = takeFreshBlock() {
-                let first = block &* UInt64(Self.framesPerHugePage)
-                let last = first &+ UInt64(Self.framesPerHugePage - 1)
-                for frame in (first &+ 1)..<last {
-                    links[Int(frame)].store(UInt32(frame &+ 1), ordering: .relaxed)
-                }
-                push(first: first &+ 1, last: last, shard: shard)
-                return first
-            }
-            // Break a free huge block into small frames.
-            if let head = popHuge() {
-                let last = head &+ UInt64(Self.framesPerHugePage - 1)
-                for frame in (head &+ 1)..<last {
-                    links[Int(frame)].store(UInt32(frame &+ 1), ordering: .relaxed)
-                }
-                push(first: head &+ 1, last: last, shard: shard)
-                return head
+            let before = stealWord.pointee.load(ordering: .acquiring)
+            // Refill this shard with a never-used block, or break a free huge block into frames.
+            if let first = takeFreshBlock().map({ $0 &* UInt64(Self.framesPerHugePage) }) ?? pop(from: hugeTop) {
+                return refill(shard, withBlockAt: first)
             }
             // Take a batch from another shard.
             for offset in 1..<Self.shardCount {
@@ -152,24 +152,35 @@ public final class PhysicalMemory: @unchecked Sendable {
             // A steal in progress was counted before its detach (which our acquiring load of the
             // empty list synchronised with); a finished one bumped the completed count before
             // leaving.
-            let after = global[16].load(ordering: .acquiring)
+            let after = stealWord.pointee.load(ordering: .acquiring)
             if after & 0xFFFF_FFFF == 0 && after >> 32 == before >> 32 { return nil }
             backoff.wait()
         }
     }
 
+    /// Pushes the frames of the 512-frame block at `first` except `first` itself onto `shard`, and
+    /// returns `first` for the caller.
+    private func refill(_ shard: Int, withBlockAt first: UInt64) -> UInt64 {
+        let last = first &+ UInt64(Self.framesPerHugePage - 1)
+        for frame in (first &+ 1)..<last {
+            links[Int(frame)].store(UInt32(frame &+ 1), ordering: .relaxed)
+        }
+        push(first: first &+ 1, last: last, onto: shardTop(shard))
+        return first
+    }
+
     /// Detaches `victim`'s list, keeps up to ``stealBatch`` frames (one returned, the rest pushed on
     /// `shard`) and gives the remainder back. `nil` if `victim` is empty.
     private func steal(from victim: Int, into shard: Int) -> UInt64? {
-        let top = shards + victim * Self.shardStride
+        let top = shardTop(victim)
         // Acquiring: if this sees a list another steal just detached, that steal's count is
         // visible to the exhaustion check in `allocateSlow`.
         if UInt32(truncatingIfNeeded: top.pointee.load(ordering: .acquiring)) == 0 { return nil }
         // Relaxed: the detach below is a releasing RMW, which orders this count before it.
-        global[16].wrappingAdd(1, ordering: .relaxed)
+        stealWord.pointee.wrappingAdd(1, ordering: .relaxed)
         defer {
             // Releasing: the frames given back are visible to whoever sees the steal completed.
-            global[16].wrappingAdd((1 << 32) &- 1, ordering: .releasing)
+            stealWord.pointee.wrappingAdd((1 << 32) &- 1, ordering: .releasing)
         }
         var head = top.pointee.load(ordering: .acquiring)
         var first: UInt64
@@ -193,7 +204,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         let rest = UInt64(links[Int(last)].load(ordering: .relaxed))
         if rest != 0 { giveBack(rest, to: victim) }
         if taken > 1 {
-            push(first: UInt64(links[Int(first)].load(ordering: .relaxed)), last: last, shard: shard)
+            push(first: UInt64(links[Int(first)].load(ordering: .relaxed)), last: last, onto: shardTop(shard))
         }
         return first
     }
@@ -201,7 +212,7 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// Re-attaches a detached list starting at `first` to `shard`: in one step if the shard is still
     /// empty, otherwise (frames were freed onto it meanwhile) by finding the list's end.
     private func giveBack(_ first: UInt64, to shard: Int) {
-        let top = shards + shard * Self.shardStride
+        let top = shardTop(shard)
         let head = top.pointee.load(ordering: .relaxed)
         if UInt32(truncatingIfNeeded: head) == 0 {
             // Releasing: the list's links are visible to the next popper.
@@ -215,15 +226,15 @@ public final class PhysicalMemory: @unchecked Sendable {
             if next == 0 { break }
             last = UInt64(next)
         }
-        push(first: first, last: last, shard: shard)
+        push(first: first, last: last, onto: top)
     }
 
     @usableFromInline
     func takeFreshBlock() -> UInt64? {
         let blocks = UInt64(totalFrames / Self.framesPerHugePage)
-        var next = global[0].load(ordering: .relaxed)
+        var next = freshBlockWord.pointee.load(ordering: .relaxed)
         while next < blocks {
-            let result = global[0].compareExchange(expected: next, desired: next &+ 1, ordering: .relaxed)
+            let result = freshBlockWord.pointee.compareExchange(expected: next, desired: next &+ 1, ordering: .relaxed)
             if result.exchanged { return next }
             next = result.original
         }
@@ -234,47 +245,21 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// live in the head frame. Returns `nil` when no whole block is free (the caller falls back to
     /// 4 KiB pages).
     func allocateHuge(initialCounts: UInt64 = exclusivelyMapped) -> UInt64? {
-        guard let head = popHuge() ?? takeFreshBlock().map({ $0 &* UInt64(Self.framesPerHugePage) }) else {
+        guard let head = pop(from: hugeTop) ?? takeFreshBlock().map({ $0 &* UInt64(Self.framesPerHugePage) }) else {
             return nil
         }
         for index in 0..<Self.framesPerHugePage {
             tokens[Int(head) + index].store(0, ordering: .relaxed)
             counts[Int(head) + index].store(0, ordering: .relaxed)
         }
-        flags[Int(head)].store(FrameFlags.compoundHead, ordering: .relaxed)
         counts[Int(head)].store(initialCounts, ordering: .relaxed)
         inUse.add(0, Int64(Self.framesPerHugePage))
         return head
     }
 
-    private func popHuge() -> UInt64? {
-        var head = global[8].load(ordering: .acquiring)
-        while true {
-            let frame = UInt32(truncatingIfNeeded: head)
-            if frame == 0 { return nil }
-            let next = links[Int(frame)].load(ordering: .relaxed)
-            let replacement = ((head >> 32) &+ 1) << 32 | UInt64(next)
-            let result = global[8].compareExchange(expected: head, desired: replacement, ordering: .acquiring)
-            if result.exchanged { return UInt64(frame) }
-            head = result.original
-        }
-    }
-
-    private func pushHuge(_ frame: UInt64) {
-        var head = global[8].load(ordering: .relaxed)
-        while true {
-            links[Int(frame)].store(UInt32(truncatingIfNeeded: head), ordering: .relaxed)
-            let replacement = ((head >> 32) &+ 1) << 32 | frame
-            // Releasing: the frame's last writes happen before a popper reuses it.
-            let result = global[8].compareExchange(expected: head, desired: replacement, ordering: .releasing)
-            if result.exchanged { return }
-            head = result.original
-        }
-    }
-
+    /// Pushes the chain `first ... last` (linked through `links`) onto the tagged stack `top`.
     @usableFromInline
-    func push(first: UInt64, last: UInt64, shard: Int) {
-        let top = shards + shard * Self.shardStride
+    func push(first: UInt64, last: UInt64, onto top: UnsafeMutablePointer<Atomic<UInt64>>) {
         var head = top.pointee.load(ordering: .relaxed)
         while true {
             links[Int(last)].store(UInt32(truncatingIfNeeded: head), ordering: .relaxed)
@@ -293,7 +278,7 @@ public final class PhysicalMemory: @unchecked Sendable {
     @usableFromInline
     func release(_ chain: consuming FrameChain) {
         if chain.count > 0 {
-            push(first: chain.first, last: chain.last, shard: ThreadSlot.current & (Self.shardCount - 1))
+            push(first: chain.first, last: chain.last, onto: shardTop(ThreadSlot.current & (Self.shardCount - 1)))
             inUse.add(0, -Int64(chain.count))
         }
         var huge = chain.hugeFirst
@@ -320,9 +305,8 @@ public final class PhysicalMemory: @unchecked Sendable {
     }
 
     private func freeHuge(_ head: UInt64) {
-        flags[Int(head)].store(0, ordering: .relaxed)
         inUse.add(0, -Int64(Self.framesPerHugePage))
-        pushHuge(head)
+        push(first: head, last: head, onto: hugeTop)
     }
 
     // MARK: - Counts
@@ -365,13 +349,8 @@ public final class PhysicalMemory: @unchecked Sendable {
         counts[Int(frame)].wrappingAdd(Self.refOne | Self.mapOne, ordering: .relaxed)
     }
 
-    /// Takes an extra reference (a pin) on `frame`.
-    func pin(_ frame: UInt64) {
-        if frame == Self.zeroFrame { return }
-        counts[Int(frame)].wrappingAdd(Self.refOne, ordering: .relaxed)
-    }
-
-    /// Drops a pin taken with ``pin(_:)``; appends the frame to `chain` if it was the last reference.
+    /// Drops a reference that is not a mapping (a shared-memory object's page cache); appends the
+    /// frame to `chain` if it was the last reference.
     func unpin(_ frame: UInt64, into chain: inout FrameChain) {
         if frame == Self.zeroFrame { return }
         let remaining = counts[Int(frame)].wrappingSubtract(Self.refOne, ordering: .acquiringAndReleasing).newValue
@@ -401,7 +380,6 @@ public final class PhysicalMemory: @unchecked Sendable {
         for index in 0..<Self.framesPerHugePage {
             counts[Int(head) + index].store(word, ordering: .relaxed)
         }
-        flags[Int(head)].store(0, ordering: .relaxed)
     }
 
     // MARK: - Content tokens
@@ -426,10 +404,4 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// Frames that can still be allocated.
     public var framesFree: Int { capacity - framesInUse }
-}
-
-/// Per-frame flag bits.
-@usableFromInline
-enum FrameFlags {
-    @usableFromInline static let compoundHead: UInt8 = 1
 }

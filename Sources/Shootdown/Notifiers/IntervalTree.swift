@@ -24,7 +24,6 @@ final class IntervalTree: @unchecked Sendable {
     struct Entry {
         @usableFromInline var start: UInt64
         @usableFromInline var last: UInt64
-        @usableFromInline var value: UnsafeMutableRawPointer?
         @usableFromInline var nextFree: Int32
     }
 
@@ -114,10 +113,10 @@ final class IntervalTree: @unchecked Sendable {
 
     /// Inserts `[start, last]` carrying `value`; returns its handle.
     func insert(start: UInt64, last: UInt64, value: UnsafeMutableRawPointer) -> Int32 {
-        let handle = allocateEntry(start: start, last: last, value: value)
+        let handle = allocateEntry(start: start, last: last)
         if root == nil { root = Node.allocate(level: 0).raw }
         let current = Node(root!)
-        if let split = insert(into: current, start: start, handle: handle, last: last) {
+        if let split = insert(into: current, start: start, handle: handle, last: last, value: value) {
             let top = Node.allocate(level: current.level + 1)
             top.insertChild(current, at: 0)
             top.insertChild(split, at: 1)
@@ -139,7 +138,6 @@ final class IntervalTree: @unchecked Sendable {
             root = current.child(0).raw
             current.raw.deallocate()
         }
-        entries[Int(handle)].value = nil
         entries[Int(handle)].nextFree = freeHead
         freeHead = handle
         count -= 1
@@ -147,7 +145,7 @@ final class IntervalTree: @unchecked Sendable {
 
     // MARK: - B+tree internals
 
-    private func allocateEntry(start: UInt64, last: UInt64, value: UnsafeMutableRawPointer) -> Int32 {
+    private func allocateEntry(start: UInt64, last: UInt64) -> Int32 {
         let handle: Int32
         if freeHead >= 0 {
             handle = freeHead
@@ -163,7 +161,7 @@ final class IntervalTree: @unchecked Sendable {
             handle = Int32(used)
             used += 1
         }
-        (entries + Int(handle)).initialize(to: Entry(start: start, last: last, value: value, nextFree: -1))
+        (entries + Int(handle)).initialize(to: Entry(start: start, last: last, nextFree: -1))
         return handle
     }
 
@@ -183,13 +181,14 @@ final class IntervalTree: @unchecked Sendable {
     }
 
     /// Inserts into the subtree of `node`; returns a new right sibling if `node` split.
-    private func insert(into node: Node, start: UInt64, handle: Int32, last: UInt64) -> Node? {
+    private func insert(
+        into node: Node, start: UInt64, handle: Int32, last: UInt64, value: UnsafeMutableRawPointer
+    ) -> Node? {
         if node.level == 0 {
             var position = 0
             while position < node.count && Self.precedes(node.start(position), node.handle(position), start, handle) {
                 position += 1
             }
-            let value = entries[Int(handle)].value.unsafelyUnwrapped
             if node.count < Self.fanout {
                 node.insertEntry(start: start, handle: handle, last: last, value: value, at: position)
                 return nil
@@ -204,7 +203,7 @@ final class IntervalTree: @unchecked Sendable {
         }
         let index = slot(in: node, start: start, handle: handle)
         let child = node.child(index)
-        let split = insert(into: child, start: start, handle: handle, last: last)
+        let split = insert(into: child, start: start, handle: handle, last: last, value: value)
         node.refresh(index)
         guard let split else { return nil }
         if node.count < Self.fanout {

@@ -54,9 +54,6 @@ struct ZapResult {
     @usableFromInline var hugePages = 0
     /// Swap entries cleared.
     @usableFromInline var swapEntries = 0
-    /// Huge entries left alone because the range covered them only partly (they must be split by
-    /// the caller first; under the mmap read lock a concurrent fault may have created one).
-    @usableFromInline var partialHugeSkipped = 0
 
     @inlinable init() {}
 }
@@ -76,10 +73,9 @@ extension PageTable {
         forEachLockedLeafRun(
             from: start, to: end,
             huge: { pmd, index, entry, chunkStart, chunkEnd in
-                guard chunkEnd &- chunkStart == Self.hugePageSize else {
-                    result.partialHugeSkipped &+= 1
-                    return
-                }
+                // A huge entry the range covers only partly is left alone: callers split those
+                // first, and under the mmap read lock a concurrent fault may have created one.
+                guard chunkEnd &- chunkStart == Self.hugePageSize else { return }
                 pmd[index].pointee.store(0, ordering: .relaxed)
                 memory.unmapHugeFrame(entry.number, into: &chain)
                 result.hugePages &+= 1
@@ -134,9 +130,13 @@ extension PageTable {
                             word.pointee.store(0, ordering: .relaxed)
                             #endif
                         } else {
-                            freed = word.pointee.wrappingSubtract(
+                            let remaining = word.pointee.wrappingSubtract(
                                 PhysicalMemory.refOne | PhysicalMemory.mapOne, ordering: .acquiringAndReleasing
-                            ).newValue == 0
+                            ).newValue
+                            #if SHOOTDOWN_INTERNAL_CHECKS
+                            checkInvariant(remaining & 0xFFFF_FFFF != 0xFFFF_FFFF, "frame \(frame) refcount underflow")
+                            #endif
+                            freed = remaining == 0
                         }
                         if freed {
                             links[Int(truncatingIfNeeded: frame)].store(UInt32(truncatingIfNeeded: head), ordering: .relaxed)

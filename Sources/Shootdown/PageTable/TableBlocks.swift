@@ -3,19 +3,18 @@ import Synchronization
 
 /// A non-owning handle to one 4 KiB page-table block: 512 atomic 8-byte entries.
 ///
-/// Blocks are carved from 2 MiB-aligned arenas whose first 32 KiB hold one 64-byte descriptor per
-/// block, so the descriptor (and the split lock in it) is found from the block address by
-/// arithmetic, like the kernel's `struct ptdesc`, with no extra load. Descriptors are padded to a
-/// cache line: two split locks never share a line.
+/// Blocks are carved from 2 MiB-aligned arenas whose first 64 KiB hold one 128-byte descriptor
+/// per block, so the descriptor (and the split lock in it) is found from the block address by
+/// arithmetic, like the kernel's `struct ptdesc`, with no extra load. Descriptors are padded to
+/// ``cacheLineSize``: two split locks never share a line (or an adjacent-line prefetch pair).
 ///
 /// Lifetime: a block reachable from a live page table stays valid for any walker inside an RCU
 /// (memb) read section, because blocks are returned to the arena only after a grace period.
 @frozen @usableFromInline
 struct TableBlock: Equatable {
     @usableFromInline static let entries = 512
-    @usableFromInline static let size: UInt64 = 4096
     @usableFromInline static let arenaSize = 2 << 20
-    @usableFromInline static let descriptorSize = 128
+    @usableFromInline static let descriptorSize = cacheLineSize
     /// Blocks at the start of an arena that hold descriptors.
     @usableFromInline static let descriptorBlocks = arenaSize / 4096 * descriptorSize / 4096
 
@@ -88,7 +87,7 @@ enum TableState {
 ///
 /// Arenas of 2 MiB are mapped on demand and never returned; blocks come from a free list or from
 /// the newest arena. A free list entry is reused only after the grace period that follows its
-/// detachment (see ``PageTable/retire(_:into:)``). Allocation takes one short spin lock; it happens
+/// detachment (see ``RetireList``). Allocation takes one short spin lock; it happens
 /// once per 512 faults at most.
 @usableFromInline
 final class TableAllocator: @unchecked Sendable {

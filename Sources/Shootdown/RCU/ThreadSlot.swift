@@ -19,7 +19,4 @@ enum ThreadSlot {
     /// The calling thread's slot.
     @inlinable @inline(__always)
     static var current: Int { Int(cinterop_thread_slot()) }
-
-    /// Number of slots owned by live threads.
-    static var inUse: Int { Int(cinterop_thread_slots_in_use()) }
 }

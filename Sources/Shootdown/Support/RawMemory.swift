@@ -1,14 +1,16 @@
 import CInterop
 import Synchronization
 
-/// Cache-line size used to pad per-thread and per-lock data so two writers never share a line.
+/// The distance that keeps two writers' data from interfering: two 64-byte lines, because this
+/// class of x86 CPU prefetches lines in adjacent pairs (measured: 2-thread fault scaling 1.49x
+/// with 64-byte separation, 1.95x with 128).
 @usableFromInline let cacheLineSize = 128
 
 /// One cache line of padding, stored between an object's fields that lockless readers load on every
 /// operation and the fields writers change, so a writer never invalidates the readers' line (the
 /// kernel's `____cacheline_aligned_in_smp` on `mm_struct` members). Swift lays out a class's
-/// stored properties in declaration order and objects are 16-byte aligned, so 64 bytes of padding
-/// guarantee the two groups never share a line. The header's reference count (offset 8) counts as
+/// stored properties in declaration order and objects are 16-byte aligned, so ``cacheLineSize``
+/// (128) bytes of padding guarantee the two groups never share a line or a prefetch pair. The header's reference count (offset 8) counts as
 /// a writer field: retains by writers must not touch the readers' line either.
 @usableFromInline
 struct CacheLinePadding {

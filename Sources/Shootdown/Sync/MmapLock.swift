@@ -13,16 +13,17 @@ final class MmapLock: @unchecked Sendable {
     @usableFromInline static let writerWaiting: UInt32 = 1 << 30
     @usableFromInline static let readerMask: UInt32 = (1 << 30) - 1
 
-    /// [0]: state; [16]: sleepers (next cache line).
+    /// The state word, then, one ``cacheLineSize`` further, the sleepers word.
     @usableFromInline let words: UnsafeMutablePointer<Atomic<UInt32>>
+    @usableFromInline static let sleepersOffset = cacheLineSize / MemoryLayout<UInt32>.stride
     @usableFromInline var state: UnsafeMutablePointer<Atomic<UInt32>> { words }
-    @usableFromInline var sleepers: UnsafeMutablePointer<Atomic<UInt32>> { words + 16 }
+    @usableFromInline var sleepers: UnsafeMutablePointer<Atomic<UInt32>> { words + Self.sleepersOffset }
 
     /// Times a reader or writer had to wait (statistics).
     let contended = Atomic<UInt64>(0)
 
-    init() { words = RawMemory.allocateAtomics(UInt32.self, count: 32, initial: 0) }
-    deinit { RawMemory.deallocateAtomics(words, count: 32) }
+    init() { words = RawMemory.allocateAtomics(UInt32.self, count: 2 * Self.sleepersOffset, initial: 0) }
+    deinit { RawMemory.deallocateAtomics(words, count: 2 * Self.sleepersOffset) }
 
     // MARK: Readers
 

@@ -98,7 +98,6 @@ final class VMA: @unchecked Sendable {
     }
     @inlinable var isShared: Bool { flags.contains(.shared) }
     @inlinable var isAnonymousPrivate: Bool { !flags.contains(.shared) }
-    var length: UInt64 { end - start }
 
     /// Whether a huge mapping may cover `[hugeStart, hugeStart + 2 MiB)`.
     @inlinable

@@ -316,7 +316,7 @@ final class VMAIndex: @unchecked Sendable {
 
 /// One B+tree node in raw memory: `count`, `level` (0 = leaf), the edit that created it, 16 keys
 /// (unused keys are `UInt64.max`, so a branchless rank over all 16 works) and 16 slots (VMAs in
-/// leaves, child nodes above). 280 bytes.
+/// leaves, child nodes above). 272 bytes.
 @frozen @usableFromInline
 struct IndexNode {
     @usableFromInline static let fanout = 16
