@@ -56,28 +56,11 @@ extension AddressSpace {
             try mmapLock.withWriteLock { () throws(MemoryError) in
                 try checkAlive()
                 // VMAs that already carry the advice are left alone (no split).
-                let vmas = try coveringVMAs(address, end).filter {
-                    advice == .hugePage
-                        ? !$0.flags.contains(.hugePage) || $0.flags.contains(.noHugePage)
-                        : !$0.flags.contains(.noHugePage) || $0.flags.contains(.hugePage)
-                }
-                if vmas.isEmpty { return }
-                try checkSplitBudget(vmas, address, end)
-                let edit = VMAEdit(self)
-                let inside = isolate(vmas, address, end, edit: edit)
-                for vma in inside {
-                    var flags = vma.flags
-                    if advice == .hugePage {
-                        flags.insert(.hugePage)
-                        flags.remove(.noHugePage)
-                    } else {
-                        flags.insert(.noHugePage)
-                        flags.remove(.hugePage)
-                    }
-                    vma.setAttributes(protection: vma.protection, flags: flags)
-                }
-                mergeAll(inside, edit: edit)
-                edit.finish()
+                let (set, cleared): (MappingFlags, MappingFlags) =
+                    advice == .hugePage ? (.hugePage, .noHugePage) : (.noHugePage, .hugePage)
+                try changeVMAs(
+                    address, end, where: { !$0.flags.contains(set) || $0.flags.contains(cleared) },
+                    change: { $0.setAttributes(protection: $0.protection, flags: $0.flags.union(set).subtracting(cleared)) })
             }
         case .populateRead, .populateWrite:
             let write = advice == .populateWrite
@@ -109,9 +92,8 @@ extension AddressSpace {
                 pte: { table, first, last, _ in
                     for index in first..<last where swapped < limit && !swapFull {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
-                        guard entry.isPresent, entry.number != PhysicalMemory.zeroFrame,
-                            memory.isExclusive(entry.number)
-                        else { continue }
+                        // isExclusive is false for the zero page.
+                        guard entry.isPresent, memory.isExclusive(entry.number) else { continue }
                         guard let slot = memory.swap.store(memory.token(of: entry.number)) else {
                             swapFull = true
                             continue

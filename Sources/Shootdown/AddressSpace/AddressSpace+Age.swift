@@ -11,41 +11,52 @@ extension AddressSpace {
         let end = try Self.userRangeEnd(address, length)
         return try mmapLock.withReadLock { () throws(MemoryError) -> Int in
             try checkAlive()
-            let subscriptions = subscriptionsPointer?.takeUnretainedValue()
-            let askSubscribers = subscriptions?.wantsYoung ?? false
+            let subscriptions = youngSubscriptions
             var young = 0
             pageTable.forEachLockedLeafRun(
                 from: address, to: end,
                 huge: { pmd, index, entry, chunkStart, _ in
                     guard entry.isPresent else { return }
-                    var wasYoung = entry.isAccessed
-                    if wasYoung { pmd[index].pointee.store(entry.without(PageTableEntry.accessed).rawValue, ordering: .relaxed) }
-                    if askSubscribers {
-                        let hugeStart = chunkStart & ~(Self.hugePageSize - 1)
-                        wasYoung = subscriptions!.clearYoung(start: hugeStart, end: hugeStart + Self.hugePageSize, flush: flush)
-                            || wasYoung
+                    let hugeStart = chunkStart & ~(Self.hugePageSize - 1)
+                    if clearYoung(pmd[index], entry, hugeStart, hugeStart + Self.hugePageSize, subscriptions, flush: flush) {
+                        young += 512
                     }
-                    if wasYoung { young += 512 }
                 },
                 pte: { table, first, last, chunkStart in
                     for index in first..<last {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
                         guard entry.isPresent else { continue }
-                        var wasYoung = entry.isAccessed
-                        if wasYoung {
-                            table[index].pointee.store(entry.without(PageTableEntry.accessed).rawValue, ordering: .relaxed)
+                        let page = chunkStart + UInt64(index - first) * Self.pageSize
+                        if clearYoung(table[index], entry, page, page + Self.pageSize, subscriptions, flush: flush) {
+                            young += 1
                         }
-                        if askSubscribers {
-                            let page = chunkStart + UInt64(index - first) * Self.pageSize
-                            wasYoung = subscriptions!.clearYoung(start: page, end: page + Self.pageSize, flush: flush)
-                                || wasYoung
-                        }
-                        if wasYoung { young += 1 }
                     }
                 },
                 flush: { _, _ in })
             return young
         }
+    }
+
+    /// The subscriptions to ask about young pages, or `nil` when no subscriber implements a young
+    /// callback.
+    var youngSubscriptions: NotifierSubscriptions? {
+        guard let subscriptions = subscriptionsPointer?.takeUnretainedValue(), subscriptions.wantsYoung else {
+            return nil
+        }
+        return subscriptions
+    }
+
+    /// Test-and-clears the accessed bit of the present leaf `entry` in `slot`, then asks
+    /// `subscriptions` (if any) about `[start, end)`; young if either says so. Caller: the lock of
+    /// the table holding `slot`.
+    func clearYoung(
+        _ slot: UnsafeMutablePointer<Atomic<UInt64>>, _ entry: PageTableEntry, _ start: UInt64, _ end: UInt64,
+        _ subscriptions: NotifierSubscriptions?, flush: Bool
+    ) -> Bool {
+        var young = entry.isAccessed
+        if young { slot.pointee.store(entry.without(PageTableEntry.accessed).rawValue, ordering: .relaxed) }
+        if let subscriptions { young = subscriptions.clearYoung(start: start, end: end, flush: flush) || young }
+        return young
     }
 
     /// Whether the page at `address` was accessed, by the CPU (accessed bit) or through any

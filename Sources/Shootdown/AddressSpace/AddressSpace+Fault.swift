@@ -159,7 +159,7 @@ extension AddressSpace {
 
         // Write to a read-only entry of a writable VMA (`do_wp_page`).
         let frame = entry.number
-        if vma.isShared || (frame != PhysicalMemory.zeroFrame && memory.isExclusive(frame)) {
+        if vma.isShared || memory.isExclusive(frame) {  // isExclusive is false for the zero page
             // Reuse: shared memory, or a private frame nobody else maps (soft-dirty re-arm, or the
             // other side of a fork already copied or exited).
             lock.lock()

@@ -20,7 +20,7 @@ extension AddressSpace {
             let childEdit = VMAEdit(child)
             for vma in index.all {
                 let cow = vma.isAnonymousPrivate
-                if cow { splitHugeMappings(in: vma) }
+                if cow { splitHugeMappings(vma.start, vma.end) }
                 childEdit.insert(
                     VMA(start: vma.start, end: vma.end, protection: vma.protection, flags: vma.flags,
                         sharedObject: vma.sharedObject, pageOffset: vma.pageOffset))
@@ -37,14 +37,6 @@ extension AddressSpace {
         }
     }
 
-    /// Splits every huge mapping inside `vma`.
-    func splitHugeMappings(in vma: VMA) {
-        var address = (vma.start + Self.hugePageSize - 1) & ~(Self.hugePageSize - 1)
-        while address + Self.hugePageSize <= vma.end {
-            splitHugeMapping(containing: address)
-            address += Self.hugePageSize
-        }
-    }
 
     /// `copy_page_range`: copies the entries of `[start, end)` into `child` (not yet visible to any
     /// other thread), taking a reference for each, and write-protects both sides when
@@ -80,7 +72,8 @@ extension AddressSpace {
                         childTable[index].pointee.store(entry.rawValue, ordering: .releasing)
                     }
                 },
-                flush: hook)
+                // Without copy-on-write the parent's entries do not change: nothing to flush.
+                flush: copyOnWrite ? hook : { _, _ in })
         }
         count(.pagesWriteProtected, protected)
     }

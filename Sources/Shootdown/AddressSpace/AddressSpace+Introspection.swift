@@ -56,8 +56,7 @@ extension AddressSpace {
             }
             if leaf.isHuge {
                 let offset = (address & (PageTable.hugePageSize &- 1)) >> 12
-                return PageTableEntry(rawValue: (leaf.entry.number &+ offset) << 12
-                    | (leaf.entry.rawValue & ~PageTableEntry.numberMask))
+                return leaf.entry.with(number: leaf.entry.number &+ offset)
             }
             return leaf.entry
         }

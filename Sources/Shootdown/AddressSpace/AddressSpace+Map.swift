@@ -52,11 +52,7 @@ extension AddressSpace {
             if index.count > configuration.maxMapCount { throw .noMemory }
             let address = try placementAddress(length: length, placement: placement)
             let end = address + length
-            if case .fixed = placement {
-                // Unmapping the target may split at most two VMAs (one if both ends hit one VMA).
-                let splits = splitsNeeded(address, end)
-                if exceedsMapCount(splitting: splits) { throw .noMemory }
-            }
+            if case .fixed = placement { try checkUnmapBudget(address, end) }
             let edit = VMAEdit(self)
             if case .fixed = placement { unmapLocked(address, end, edit: edit) }
             var flags: MappingFlags = [.softDirty]
@@ -171,6 +167,11 @@ extension AddressSpace {
         splits > 0 && index.count + splits > configuration.maxMapCount
     }
 
+    /// Throws `ENOMEM` if unmapping `[start, end)` would take the space past `maxMapCount`.
+    func checkUnmapBudget(_ start: UInt64, _ end: UInt64) throws(MemoryError) {
+        if exceedsMapCount(splitting: splitsNeeded(start, end)) { throw .noMemory }
+    }
+
     /// How many VMAs unmapping `[start, end)` adds: 1 when it punches a hole strictly inside one
     /// VMA (two splits, one VMA removed), else 0 (Linux's `end < vma->vm_end` pre-check).
     func splitsNeeded(_ start: UInt64, _ end: UInt64) -> Int {
@@ -190,7 +191,7 @@ extension AddressSpace {
         let end = try Self.userRangeEnd(address, length, nonEmpty: true)
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
-            if exceedsMapCount(splitting: splitsNeeded(address, end)) { throw .noMemory }
+            try checkUnmapBudget(address, end)
             let edit = VMAEdit(self)
             unmapLocked(address, end, edit: edit)
             edit.finish()

@@ -21,27 +21,46 @@ extension AddressSpace {
             try checkAlive()
             // VMAs that already have the protection are left alone: no split, no invalidation
             // (`mprotect_fixup` returns early), so mirrors keep their translations there.
-            let vmas = try coveringVMAs(address, end).filter { $0.protection != protection }
-            if vmas.isEmpty { return }
-            try checkSplitBudget(vmas, address, end)
-            let edit = VMAEdit(self)
-            let inside = isolate(vmas, address, end, edit: edit)
-            for vma in inside {
-                vma.setAttributes(protection: protection, flags: vma.flags)
-            }
-            edit.publish()
-            withSecondaryTLBHook { hook in
-                for vma in inside {
-                    let scope = beginInvalidation(vma.start, vma.end, .protectionVMA, vma: snapshot(vma))
-                    let changed = pageTable.changeProtection(
-                        from: vma.start, to: vma.end, protection: protection, flush: hook)
-                    scope.end()
-                    count(.pagesWriteProtected, changed)
-                }
-            }
-            mergeAll(inside, edit: edit)
-            edit.finish()
+            try changeVMAs(
+                address, end, where: { $0.protection != protection },
+                change: { $0.setAttributes(protection: protection, flags: $0.flags) },
+                afterPublish: { [self] inside in
+                    withSecondaryTLBHook { hook in
+                        for vma in inside {
+                            let scope = beginInvalidation(vma.start, vma.end, .protectionVMA, vma: snapshot(vma))
+                            let changed = pageTable.changeProtection(
+                                from: vma.start, to: vma.end, protection: protection, flush: hook)
+                            scope.end()
+                            count(.pagesWriteProtected, changed)
+                        }
+                    }
+                })
         }
+    }
+
+    /// The skeleton of `mprotect_fixup` and `madvise_update_vma`: of the VMAs covering
+    /// `[start, end)` (`ENOMEM` on a hole), those `needsChange` selects are split at the bounds,
+    /// `change`d, and merged with compatible neighbours; with `afterPublish`, the changed VMAs are
+    /// published first and handed to it (mprotect changes the entries then). Nothing happens when
+    /// no VMA needs the change, and nothing changes when it throws.
+    ///
+    /// - Precondition: mmap write lock.
+    func changeVMAs(
+        _ start: UInt64, _ end: UInt64, where needsChange: (VMA) -> Bool, change: (VMA) -> Void,
+        afterPublish: (([VMA]) -> Void)? = nil
+    ) throws(MemoryError) {
+        let vmas = try coveringVMAs(start, end).filter(needsChange)
+        if vmas.isEmpty { return }
+        try checkSplitBudget(vmas, start, end)
+        let edit = VMAEdit(self)
+        let inside = isolate(vmas, start, end, edit: edit)
+        for vma in inside { change(vma) }
+        if let afterPublish {
+            edit.publish()
+            afterPublish(inside)
+        }
+        mergeAll(inside, edit: edit)
+        edit.finish()
     }
 
     /// The VMAs covering `[start, end)` without a hole, or `ENOMEM`.

@@ -38,8 +38,7 @@ extension AddressSpace {
     ///
     /// - Precondition: mmap lock held.
     private func oldPageRuns(_ start: UInt64, _ end: UInt64, limit: Int) -> [Range<UInt64>] {
-        let subscriptions = subscriptionsPointer?.takeUnretainedValue()
-        let askSubscribers = subscriptions?.wantsYoung ?? false
+        let subscriptions = youngSubscriptions
         var runs: [Range<UInt64>] = []
         var found = 0
         pageTable.forEachLockedLeafRun(
@@ -47,17 +46,9 @@ extension AddressSpace {
             pte: { table, first, last, chunkStart in
                 for index in first..<last where found < limit {
                     let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
-                    guard entry.isPresent, entry.number != PhysicalMemory.zeroFrame, memory.isExclusive(entry.number)
-                    else { continue }
+                    guard entry.isPresent, memory.isExclusive(entry.number) else { continue }  // not the zero page
                     let page = chunkStart + UInt64(index - first) * Self.pageSize
-                    var young = entry.isAccessed
-                    if young {
-                        table[index].pointee.store(entry.without(PageTableEntry.accessed).rawValue, ordering: .relaxed)
-                    }
-                    if askSubscribers {
-                        young = subscriptions!.clearYoung(start: page, end: page + Self.pageSize, flush: true) || young
-                    }
-                    if young { continue }
+                    if clearYoung(table[index], entry, page, page + Self.pageSize, subscriptions, flush: true) { continue }
                     found += 1
                     if let previous = runs.last, previous.upperBound == page {
                         runs[runs.count - 1] = previous.lowerBound..<(page + Self.pageSize)
@@ -101,22 +92,18 @@ extension AddressSpace {
                             for offset in 0..<UInt64(PhysicalMemory.framesPerHugePage) {
                                 memory.setToken(memory.token(of: entry.number + offset), of: head + offset)
                             }
-                            let replacement = PageTableEntry(
-                                rawValue: head << 12 | (entry.rawValue & ~PageTableEntry.numberMask))
-                            pmd[index].pointee.store(replacement.rawValue, ordering: .releasing)
+                            pmd[index].pointee.store(entry.with(number: head).rawValue, ordering: .releasing)
                             memory.unmapHugeFrame(entry.number, into: &chain)
                             migrated += PhysicalMemory.framesPerHugePage
                         },
                         pte: { table, first, last, _ in
                             for index in first..<last {
                                 let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
-                                guard entry.isPresent, entry.number != PhysicalMemory.zeroFrame,
-                                    memory.isExclusive(entry.number), let fresh = memory.allocate()
+                                // isExclusive is false for the zero page.
+                                guard entry.isPresent, memory.isExclusive(entry.number), let fresh = memory.allocate()
                                 else { continue }
                                 memory.setToken(memory.token(of: entry.number), of: fresh)
-                                let replacement = PageTableEntry(
-                                    rawValue: fresh << 12 | (entry.rawValue & ~PageTableEntry.numberMask))
-                                table[index].pointee.store(replacement.rawValue, ordering: .releasing)
+                                table[index].pointee.store(entry.with(number: fresh).rawValue, ordering: .releasing)
                                 memory.unmapFrame(entry.number, into: &chain)
                                 migrated += 1
                             }

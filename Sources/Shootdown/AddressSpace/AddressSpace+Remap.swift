@@ -45,8 +45,7 @@ extension AddressSpace {
             defer { edit.finish() }
             switch move {
             case .fixed(let target):
-                // Linux: `map_count >= sysctl_max_map_count - 3` fails before moving.
-                if index.count + 3 >= configuration.maxMapCount { throw .noMemory }
+                try checkMoveBudget()
                 if target < configuration.mmapMinAddress { throw .invalidArgument }
                 unmapLocked(target, target + newLength, edit: edit)
                 var length = oldLength
@@ -59,9 +58,7 @@ extension AddressSpace {
             case .inPlace, .mayMove:
                 if newLength <= oldLength {
                     if newLength < oldLength {
-                        if exceedsMapCount(splitting: splitsNeeded(address + newLength, address + oldLength)) {
-                            throw .noMemory
-                        }
+                        try checkUnmapBudget(address + newLength, address + oldLength)
                         unmapLocked(address + newLength, address + oldLength, edit: edit)
                     }
                     return address
@@ -76,12 +73,17 @@ extension AddressSpace {
                     return address
                 }
                 guard move == .mayMove else { throw .noMemory }
-                if index.count + 3 >= configuration.maxMapCount { throw .noMemory }
+                try checkMoveBudget()
                 let target = try findFreeArea(length: newLength)
                 moveMapping(address, oldLength, to: target, newLength: newLength, edit: edit)
                 return target
             }
         }
+    }
+
+    /// Linux's `map_count >= sysctl_max_map_count - 3` check before moving a mapping: `ENOMEM`.
+    private func checkMoveBudget() throws(MemoryError) {
+        if index.count + 3 >= configuration.maxMapCount { throw .noMemory }
     }
 
     /// `move_vma`: a new VMA at `target`, the entries moved under an `unmap` invalidation of the
@@ -98,11 +100,7 @@ extension AddressSpace {
         splitPartialHugeMappings(source, source + length)
         if (target &- source) % Self.hugePageSize != 0 {
             // Huge mappings move as one entry only between congruent addresses (`move_huge_pmd`).
-            var address = source & ~(Self.hugePageSize - 1)
-            while address < source + length {
-                splitHugeMapping(containing: max(address, source))
-                address += Self.hugePageSize
-            }
+            splitHugeMappings(source, source + length)
         }
         let scope = beginInvalidation(source, source + length, .unmap, vma: snapshot(vma))
         _ = pageTable.moveEntries(from: source, to: target, length: length)

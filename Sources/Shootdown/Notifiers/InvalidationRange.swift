@@ -1,10 +1,11 @@
 import Synchronization
 /// Why translations in a range are being removed or weakened (the kernel's
-/// `enum mmu_notifier_event`, seeds 000 and 004). Every operation passes the event that fits it.
+/// `enum mmu_notifier_event`, seeds 000 and 004). Every operation passes the event that fits it
+/// (never a default).
 public enum InvalidationEvent: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     /// munmap, or mremap moving the range away: the addresses are going away.
     case unmap
-    /// Entries cleared for another reason: madvise, reclaim, pageout, compaction, collapse,
+    /// Entries cleared for another reason: madvise, reclaim, pageout, huge-page split and collapse,
     /// copy-on-write replacement.
     case clear
     /// mprotect: the VMA's new protection (in ``InvalidationRange/vma``) describes the whole range.
@@ -17,7 +18,9 @@ public enum InvalidationEvent: UInt8, Sendable, CaseIterable, CustomStringConver
     case release
     /// Pages move to new frames; ``InvalidationRange/owner`` names who asked.
     case migrate
-    /// Pages become exclusive to a device; ``InvalidationRange/owner`` names the device.
+    /// Pages become exclusive to a device; ``InvalidationRange/owner`` names the device. Part of
+    /// the kernel's set; no operation of this model raises it (device-exclusive access is not
+    /// modelled), but subscribers must treat it like `clear`.
     case exclusive
 
     public var description: String {

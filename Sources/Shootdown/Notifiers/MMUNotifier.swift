@@ -34,8 +34,9 @@ public struct NotifierCallbacks: OptionSet, Hashable, Sendable {
 ///   subscriber's start anyway, calls end on each subscriber that has one, and the caller leaves
 ///   the range untouched (kernel-mm.md §1.5).
 /// - ``invalidateSecondaryTLBs(space:start:end:)`` runs under the split lock: it must not sleep.
-/// - The aging callbacks run under the split lock too; ``release(space:)`` runs at teardown or
-///   unregistration, before the pages are freed.
+/// - ``clearFlushYoung(space:start:end:)`` and ``clearYoung(space:start:end:)`` run under the split
+///   lock too; ``testYoung(space:address:)`` runs under no lock. None of them may sleep.
+/// - ``release(space:)`` runs at teardown or unregistration, before the pages are freed.
 ///
 /// Once ``AddressSpace/unregisterNotifier(_:)`` returns, no callback of the subscriber runs or
 /// will run.

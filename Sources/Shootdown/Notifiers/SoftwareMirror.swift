@@ -64,13 +64,14 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
     // MARK: - Device side
 
     /// Makes `address` accessible through the mirror (a device page fault), faulting the CPU side
-    /// in as needed, with the collision-retry loop. Returns the translation committed.
+    /// in as needed, with the collision-retry loop. Returns the mirror's translation right after
+    /// the commit, or `nil` if an invalidation already took it away again.
     @discardableResult
-    public func fault(at address: UInt64, write: Bool) throws(MemoryError) -> Translation {
+    public func fault(at address: UInt64, write: Bool) throws(MemoryError) -> Translation? {
         let page = address & ~(AddressSpace.pageSize - 1)
         guard page >= start && page < end else { throw .invalidArgument }
         try populate(page, page + AddressSpace.pageSize, write: write)
-        return state.withLock { $0.table[page] } ?? Translation(frame: 0, writable: false)
+        return state.withLock { $0.table[page] }
     }
 
     /// Mirrors every page of `[from, to)` (within the interval).

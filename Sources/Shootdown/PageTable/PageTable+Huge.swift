@@ -61,4 +61,13 @@ extension AddressSpace {
         splitHugeMapping(across: start)
         splitHugeMapping(across: end)
     }
+
+    /// Splits every huge mapping lying wholly inside `[start, end)`.
+    func splitHugeMappings(_ start: UInt64, _ end: UInt64) {
+        var address = (start + Self.hugePageSize - 1) & ~(Self.hugePageSize - 1)
+        while address + Self.hugePageSize <= end {
+            splitHugeMapping(containing: address)
+            address += Self.hugePageSize
+        }
+    }
 }

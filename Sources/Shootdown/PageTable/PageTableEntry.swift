@@ -88,6 +88,12 @@ public struct PageTableEntry: Hashable, Sendable, CustomStringConvertible {
     @inlinable
     func without(_ bits: UInt64) -> PageTableEntry { PageTableEntry(rawValue: rawValue & ~bits) }
 
+    /// The same entry (bits, protection) pointing at frame `number` instead.
+    @inlinable
+    func with(number: UInt64) -> PageTableEntry {
+        PageTableEntry(rawValue: number << 12 | (rawValue & ~Self.numberMask))
+    }
+
     public var description: String {
         if isNone { return "none" }
         if isSwap { return "swap(slot: \(number)\(isSoftDirty ? ", soft-dirty" : ""))" }
