@@ -15,6 +15,19 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
         }
     }
 
+    /// The workload-specific options (and `--sweep` names) the workload reads; the design knobs
+    /// and `--repeat` apply to every workload.
+    var parameters: Set<Parameter> {
+        switch self {
+        case .fault: [.pages, .threads]
+        case .zap: [.pages, .subscribers, .huge]
+        case .notifier: [.subscribers, .intervals, .iterations]
+        case .isolation: []
+        case .contention, .fork, .softdirty: [.pages]
+        case .vmaLookup: [.vmas, .iterations]
+        }
+    }
+
     /// Whether a larger key metric is better (throughput) or a smaller one (latency).
     var keyMetric: (name: String, higherIsBetter: Bool) {
         self == .contention ? ("fault_ops_per_sec", true) : (self == .isolation ? ("grace_period_us", false) : ("ns_per_op", false))
@@ -31,6 +44,17 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
         case .fork: try runFork(settings)
         case .softdirty: try runSoftDirty(settings)
         }
+    }
+}
+
+/// A workload-specific option of `shootdown bench`.
+enum Parameter: String, CaseIterable {
+    case pages, threads, subscribers, intervals, vmas, huge, iterations
+
+    /// "zap and notifier": the workloads that read it.
+    var workloads: String {
+        let names = Workload.allCases.filter { $0.parameters.contains(self) }.map(\.rawValue)
+        return names.count > 1 ? names.dropLast().joined(separator: ", ") + " and " + names.last! : names.joined()
     }
 }
 
@@ -74,20 +98,23 @@ struct Bench: ParsableCommand {
             """)
 
     @Argument(help: "The workload.") var workload: Workload
-    @Option(help: "Pages (4 KiB) per run (default depends on the workload).") var pages: Int?
-    @Option(help: "Faulting threads (fault workload).") var threads = 1
-    @Option(help: "No-op classic subscribers attached.") var subscribers = 0
-    @Option(help: "Interval notifiers inserted (notifier workload).") var intervals = 0
-    @Option(help: "VMAs (vma-lookup workload).") var vmas = 10_000
-    @Flag(help: "Use 2 MiB mappings (zap workload).") var huge = false
+    @Option(help: "Pages (4 KiB) per run (fault, zap, contention, fork, softdirty; default 262144, or 1048576 for fault with --threads above 1, 2097152 for contention).")
+    var pages: Int?
+    @Option(help: "Faulting threads (fault; default 1).") var threads: Int?
+    @Option(help: "No-op classic subscribers attached (zap, notifier; default 0).") var subscribers: Int?
+    @Option(help: "Interval notifiers inserted (notifier; default 0).") var intervals: Int?
+    @Option(help: "VMAs (vma-lookup; default 10000).") var vmas: Int?
+    @Flag(help: "Use 2 MiB mappings (zap).") var huge = false
     @Option(name: .customLong("fault-path"), help: "speculative | mmap-lock") var faultPath: AddressSpace.FaultPath = .speculative
     @Option(name: .customLong("notifier-list"), help: "rcu | rwlock") var notifierList: NotifierListProtection = .rcu
     @Option(name: .customLong("page-table-locking"), help: "split | single") var locking: PageTableLocking = .split
-    @Option(help: "Operations per timed loop (notifier, vma-lookup).") var iterations = 1_000_000
-    @Option(name: .customLong("repeat"), help: "Repetitions; reports the median and the spread.") var repeats = 5
+    @Option(help: "Operations per timed loop (notifier, vma-lookup; default 1000000).") var iterations: Int?
+    @Option(name: .customLong("repeat"), help: "Repetitions; reports the median of each figure, and the best and worst repetition of the key metric (min_/max_ metrics).")
+    var repeats = 5
     @Option(help: "Run every value of a knob interleaved in this process and report ratios: fault-path | notifier-list | page-table-locking.")
     var compare: Knob?
-    @Option(help: "Sweep a parameter, e.g. threads=1,2 or subscribers=0,1,16,256.") var sweep: String?
+    @Option(help: "Sweep a parameter the workload reads, e.g. threads=1,2 or subscribers=0,1,16,256 (threads, subscribers, intervals, vmas, pages).")
+    var sweep: String?
     @Option(help: "Draw the sweep (or comparison) as an SVG chart into this file.") var plot: String?
     @Flag(help: "One JSON object per result.") var json = false
     @Flag(help: "CSV rows.") var csv = false
@@ -96,41 +123,66 @@ struct Bench: ParsableCommand {
     func validate() throws {
         if json && csv { throw ValidationError("--json and --csv are exclusive") }
         if let pages, pages <= 0 { throw ValidationError("--pages must be positive") }
-        if threads < 1 || subscribers < 0 || intervals < 0 || vmas < 1 || iterations < 1 || repeats < 1 {
+        if (threads ?? 1) < 1 || (subscribers ?? 0) < 0 || (intervals ?? 0) < 0 || (vmas ?? 1) < 1
+            || (iterations ?? 1) < 1 || repeats < 1
+        {
             throw ValidationError("counts must be positive")
         }
+        let given: [(Parameter, Bool)] = [
+            (.pages, pages != nil), (.threads, threads != nil), (.subscribers, subscribers != nil),
+            (.intervals, intervals != nil), (.vmas, vmas != nil), (.huge, huge), (.iterations, iterations != nil),
+        ]
+        for (parameter, isGiven) in given where isGiven && !workload.parameters.contains(parameter) {
+            throw ValidationError("--\(parameter.rawValue) applies to \(parameter.workloads)")
+        }
         if plot != nil && sweep == nil && compare == nil { throw ValidationError("--plot needs --sweep or --compare") }
-        if let sweep { _ = try parseSweep(sweep) }
+        if let sweep {
+            let (name, _) = try parseSweep(sweep)
+            if !workload.parameters.contains(name) {
+                throw ValidationError("--sweep \(name.rawValue) applies to \(name.workloads)")
+            }
+        }
+    }
+
+    /// The settings the options select (what `run` measures, and what the headline runs).
+    var settings: BenchSettings {
+        var settings = BenchSettings()
+        // Multi-threaded fault runs default to 1 Mi pages: long enough (~10 ms) that a scheduling
+        // hiccup on a shared machine does not decide the result.
+        settings.pages = pages ?? (workload == .fault && (threads ?? 1) > 1 ? 1 << 20 : workload.defaultPages)
+        if let threads { settings.threads = threads }
+        if let subscribers { settings.subscribers = subscribers }
+        if let intervals { settings.intervals = intervals }
+        if let vmas { settings.vmas = vmas }
+        settings.huge = huge
+        settings.faultPath = faultPath
+        settings.notifierList = notifierList
+        settings.locking = locking
+        if let iterations { settings.iterations = iterations }
+        settings.repeats = repeats
+        return settings
+    }
+
+    /// One result for `settings`: the workload's, or with `--compare` the comparison's.
+    func measure(_ settings: BenchSettings) throws -> RunResult {
+        try compare.map { try runComparison(workload, settings, knob: $0) } ?? workload.run(settings)
     }
 
     func run() throws {
         installInterruptHandler()
         progressEnabled = !quiet
-        var settings = BenchSettings()
-        // Multi-threaded fault runs default to 1 Mi pages: long enough (~10 ms) that a scheduling
-        // hiccup on a shared machine does not decide the result.
-        settings.pages = pages ?? (workload == .fault && threads > 1 ? 1 << 20 : workload.defaultPages)
-        settings.threads = threads
-        settings.subscribers = subscribers
-        settings.intervals = intervals
-        settings.vmas = vmas
-        settings.huge = huge
-        settings.faultPath = faultPath
-        settings.notifierList = notifierList
-        settings.locking = locking
-        settings.iterations = iterations
-        settings.repeats = repeats
+        let settings = self.settings
         let format: OutputFormat = json ? .json : (csv ? .csv : .table)
 
         let points: [(label: String?, settings: BenchSettings)]
         var sweepName: String? = nil
         if let sweep {
             let (name, values) = try parseSweep(sweep)
-            sweepName = name
+            sweepName = name.rawValue
             points = values.map { value in
                 var copy = settings
                 applySweep(name, value, to: &copy)
-                return ("\(name)=\(value)", copy)
+                return ("\(name.rawValue)=\(value)", copy)
             }
         } else {
             points = [(nil, settings)]
@@ -140,8 +192,7 @@ struct Bench: ParsableCommand {
         var printedHeader = false
         for point in points where !interrupted {
             if let label = point.label { progress("sweep: \(label)") }
-            let result = try compare.map { try runComparison(workload, point.settings, knob: $0) }
-                ?? workload.run(point.settings)
+            let result = try measure(point.settings)
             results.append(result)
             switch format {
             case .json: print(Render.json(result))
@@ -161,24 +212,26 @@ struct Bench: ParsableCommand {
         }
     }
 
-    private func parseSweep(_ text: String) throws -> (String, [Int]) {
+    private static let sweepable: [Parameter] = [.threads, .subscribers, .intervals, .vmas, .pages]
+
+    private func parseSweep(_ text: String) throws -> (Parameter, [Int]) {
         let parts = text.split(separator: "=", maxSplits: 1)
-        let names = ["threads", "subscribers", "intervals", "vmas", "pages"]
-        guard parts.count == 2, names.contains(String(parts[0])) else {
-            throw ValidationError("--sweep takes NAME=v1,v2,... with NAME one of \(names.joined(separator: ", "))")
+        guard parts.count == 2, let name = Parameter(rawValue: String(parts[0])), Self.sweepable.contains(name) else {
+            throw ValidationError("--sweep takes NAME=v1,v2,... with NAME one of \(Self.sweepable.map(\.rawValue).joined(separator: ", "))")
         }
         let values = parts[1].split(separator: ",").compactMap { Int($0) }
         guard !values.isEmpty, values.allSatisfy({ $0 >= 0 }) else { throw ValidationError("--sweep values must be integers") }
-        return (String(parts[0]), values)
+        return (name, values)
     }
 
-    private func applySweep(_ name: String, _ value: Int, to settings: inout BenchSettings) {
+    private func applySweep(_ name: Parameter, _ value: Int, to settings: inout BenchSettings) {
         switch name {
-        case "threads": settings.threads = max(value, 1)
-        case "subscribers": settings.subscribers = value
-        case "intervals": settings.intervals = value
-        case "vmas": settings.vmas = max(value, 1)
-        default: settings.pages = max(value, 1)
+        case .threads: settings.threads = max(value, 1)
+        case .subscribers: settings.subscribers = value
+        case .intervals: settings.intervals = value
+        case .vmas: settings.vmas = max(value, 1)
+        case .pages: settings.pages = max(value, 1)
+        case .huge, .iterations: break  // not sweepable (parseSweep)
         }
     }
 
@@ -231,8 +284,10 @@ func runComparison(_ workload: Workload, _ settings: BenchSettings, knob: Knob) 
         let collected = runs[value] ?? []
         guard let first = collected.first else { continue }
         for (name, _) in first.metrics where name != "repeats" {
-            let median = Summary(collected.compactMap { $0.metric(name) }).median
-            result.metrics.append(("\(value).\(name)", median))
+            // min_/max_ metrics: the best and worst run; any other: the median over runs.
+            let summary = Summary(collected.compactMap { $0.metric(name) })
+            let combined = name.hasPrefix("min_") ? summary.minimum : (name.hasPrefix("max_") ? summary.maximum : summary.median)
+            result.metrics.append(("\(value).\(name)", combined))
         }
         medians.append(Summary(collected.compactMap { $0.metric(key.name) }).median)
         if value == values[0] { result.counters = first.counters }

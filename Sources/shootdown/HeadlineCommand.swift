@@ -27,90 +27,83 @@ struct Headline: ParsableCommand {
         var runs: [RunResult] = []
         let started = nowNanoseconds()
 
-        func bench(_ workload: Workload, _ configure: (inout BenchSettings) -> Void) throws -> RunResult? {
+        /// Runs `shootdown bench ARGUMENTS`, parsed by `Bench` itself: the command printed beside
+        /// a figure is exactly what measured it.
+        func bench(_ arguments: String) throws -> (run: RunResult, command: String)? {
             if interrupted { return nil }
-            var settings = BenchSettings()
-            settings.pages = workload.defaultPages
-            settings.repeats = 5
-            configure(&settings)
-            let result = try workload.run(settings)
+            let command = try Bench.parse(arguments.split(separator: " ").map(String.init))
+            let result = try command.measure(command.settings)
             runs.append(result)
-            return result
+            return (result, "shootdown bench " + arguments)
         }
 
-        if let run = try bench(.fault, { $0.faultPath = .speculative }) {
-            let value = run.metric("ns_per_op")!
+        if let (run, command) = try bench("fault --fault-path speculative") {
+            let value = run.metric("ns_per_op") ?? .nan
             figures.append(Figure(name: "speculative fault, 1 thread", value: value, unit: "ns", target: "< 50 ns",
-                                  pass: value < 50, command: "shootdown bench fault --fault-path speculative"))
+                                  pass: value < 50, command: command))
         }
-        if let run = try bench(.fault, { $0.faultPath = .mmapLock }) {
-            let value = run.metric("ns_per_op")!
+        if let (run, command) = try bench("fault --fault-path mmap-lock") {
+            let value = run.metric("ns_per_op") ?? .nan
             figures.append(Figure(name: "classic (mmap-lock) fault, 1 thread", value: value, unit: "ns", target: "< 100 ns",
-                                  pass: value < 100, command: "shootdown bench fault --fault-path mmap-lock"))
+                                  pass: value < 100, command: command))
         }
-        if let run = try bench(.fault, { $0.threads = 2; $0.pages = 1 << 20; $0.repeats = 9 }) {
-            let value = run.metric("scaling")!
+        if let (run, command) = try bench("fault --threads 2 --pages 1048576 --repeat 9") {
+            let value = run.metric("scaling") ?? .nan
             figures.append(Figure(name: "2 threads faulting, scaling over 1", value: value, unit: "x", target: "≥ 1.8x",
-                                  pass: value >= 1.8, command: "shootdown bench fault --threads 2"))
+                                  pass: value >= 1.8, command: command))
         }
-        if let run = try bench(.zap, { $0.subscribers = 16; $0.repeats = 11 }) {
-            let value = run.metric("ns_per_op")!
+        if let (run, command) = try bench("zap --pages 262144 --subscribers 16 --repeat 11") {
+            let value = run.metric("ns_per_op") ?? .nan
             figures.append(Figure(name: "zap, 16 subscribers, per 4 KiB page", value: value, unit: "ns", target: "< 2 ns",
-                                  pass: value < 2, command: "shootdown bench zap --pages 262144 --subscribers 16"))
+                                  pass: value < 2, command: command))
         }
-        if let run = try bench(.zap, { $0.huge = true; $0.repeats = 5 }) {
-            let value = run.metric("ns_per_op")!
+        if let (run, command) = try bench("zap --huge") {
+            let value = run.metric("ns_per_op") ?? .nan
             figures.append(Figure(name: "zap of 2 MiB mappings, per 4 KiB page", value: value, unit: "ns", target: "—",
-                                  pass: nil, command: "shootdown bench zap --huge"))
+                                  pass: nil, command: command))
         }
-        if let run = try bench(.notifier, { $0.subscribers = 0 }) {
-            let value = run.metric("overhead_ns")!
+        if let (run, command) = try bench("notifier --subscribers 0") {
+            let value = run.metric("overhead_ns") ?? .nan
             figures.append(Figure(name: "notifier pair, 0 subscribers, over no code", value: value, unit: "ns",
-                                  target: "a few ns", pass: value < 5, command: "shootdown bench notifier --subscribers 0"))
+                                  target: "a few ns", pass: value < 5, command: command))
         }
-        if let run = try bench(.notifier, { $0.subscribers = 16 }) {
-            let value = run.metric("ns_per_op")!
+        if let (run, command) = try bench("notifier --subscribers 16") {
+            let value = run.metric("ns_per_op") ?? .nan
             figures.append(Figure(name: "notifier pair, 16 subscribers", value: value, unit: "ns", target: "—",
-                                  pass: nil, command: "shootdown bench notifier --subscribers 16"))
+                                  pass: nil, command: command))
         }
-        if let run = try bench(.notifier, { $0.intervals = 100_000 }) {
-            let value = run.metric("ns_per_op")!
+        if let (run, command) = try bench("notifier --intervals 100000") {
+            let value = run.metric("ns_per_op") ?? .nan
             figures.append(Figure(name: "notifier pair, 100 000 intervals", value: value, unit: "ns", target: "< 300 ns",
-                                  pass: value < 300, command: "shootdown bench notifier --intervals 100000"))
+                                  pass: value < 300, command: command))
         }
-        if let run = try bench(.vmaLookup, { $0.vmas = 100_000 }) {
-            let value = run.metric("ns_per_op")!
+        if let (run, command) = try bench("vma-lookup --vmas 100000") {
+            let value = run.metric("ns_per_op") ?? .nan
             figures.append(Figure(name: "VMA lookup among 100 000 VMAs", value: value, unit: "ns", target: "≤ 300 ns",
-                                  pass: value <= 300, command: "shootdown bench vma-lookup --vmas 100000"))
+                                  pass: value <= 300, command: command))
         }
-        if !interrupted {
-            var settings = BenchSettings()
-            settings.pages = Workload.contention.defaultPages
-            settings.repeats = 7
-            let run = try runComparison(.contention, settings, knob: .faultPath)
-            runs.append(run)
-            let retained = run.metric("speculative.retained") ?? 0
-            let speedup = run.metric("speedup") ?? 0
+        if let (run, command) = try bench("contention --compare fault-path --repeat 7") {
+            let retained = run.metric("speculative.retained") ?? .nan
+            let speedup = run.metric("speedup") ?? .nan
             figures.append(Figure(name: "faults kept under mmap churn (speculative)", value: retained, unit: "x",
-                                  target: "≥ 0.85", pass: retained >= 0.85,
-                                  command: "shootdown bench contention --fault-path speculative"))
+                                  target: "≥ 0.85", pass: retained >= 0.85, command: command))
             figures.append(Figure(name: "speculative over mmap-lock under churn", value: speedup, unit: "x",
-                                  target: "≥ 3x", pass: speedup >= 3, command: "shootdown bench contention --compare fault-path"))
+                                  target: "≥ 3x", pass: speedup >= 3, command: command))
         }
-        if let run = try bench(.isolation, { _ in }) {
-            let value = run.metric("grace_period_us")!
+        if let (run, command) = try bench("isolation") {
+            let value = run.metric("grace_period_us") ?? .nan
             figures.append(Figure(name: "VMA/table grace period while a callback sleeps", value: value, unit: "µs",
-                                  target: "< 1000 µs", pass: value < 1000, command: "shootdown bench isolation"))
+                                  target: "< 1000 µs", pass: value < 1000, command: command))
         }
-        if let run = try bench(.fork, { _ in }) {
-            let value = run.metric("ns_per_op")!
+        if let (run, command) = try bench("fork --pages 262144") {
+            let value = run.metric("ns_per_op") ?? .nan
             figures.append(Figure(name: "fork + first write, per page", value: value, unit: "ns", target: "—",
-                                  pass: nil, command: "shootdown bench fork --pages 262144"))
+                                  pass: nil, command: command))
         }
-        if let run = try bench(.softdirty, { _ in }) {
-            let value = run.metric("ns_per_op")!
+        if let (run, command) = try bench("softdirty") {
+            let value = run.metric("ns_per_op") ?? .nan
             figures.append(Figure(name: "soft-dirty clear + re-dirty, per page", value: value, unit: "ns", target: "—",
-                                  pass: nil, command: "shootdown bench softdirty"))
+                                  pass: nil, command: command))
         }
 
         if json {
@@ -133,6 +126,6 @@ struct Headline: ParsableCommand {
                   + "  " + figure.command)
         }
         print("")
-        print("Numbers from one run on a shared machine; `shootdown bench ... --repeat 10` gives medians and spread.")
+        print("Numbers from one run on a shared machine; `shootdown bench ... --repeat 10` gives medians, minimum and maximum.")
     }
 }

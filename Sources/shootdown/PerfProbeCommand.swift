@@ -25,10 +25,19 @@ struct PerfProbe: ParsableCommand {
         case mirrorFault = "mirror-populate"
     }
 
-    @Argument(help: "The probe.") var probe: Probe
-    @Flag(help: "List the probes.") var list = false
+    @Argument(help: "The probe.") var probe: Probe?
+    @Flag(help: "List the probes, one a line (what perf/measure measures).") var list = false
+
+    func validate() throws {
+        if list && probe != nil { throw ValidationError("--list takes no probe") }
+        if !list && probe == nil { throw ValidationError("give a probe, or --list") }
+    }
 
     func run() throws {
+        guard let probe else {
+            for probe in Probe.allCases { print(probe.rawValue) }
+            return
+        }
         // Warm-up: the first run of an operation pays one-time costs (Swift metadata and protocol
         // conformance caches, first arena mappings) that are not what the gate is about.
         _ = try Self.run(probe, measured: false)
@@ -56,12 +65,12 @@ struct PerfProbe: ParsableCommand {
             return pages
         case .zap16:
             let space = try AddressSpace(memory: memory)
-            let subscribers = (0..<16).map { _ in NoOpNotifier() }
-            for subscriber in subscribers { try space.registerNotifier(subscriber) }
+            let subscribers = try NoOpSubscribers(16, on: space)
             let pages = 16_384
             let base = try space.map(length: UInt64(pages) * 4096)
             try faultPages(space, base, pages)
             try region { try space.unmap(address: base, length: UInt64(pages) * 4096) }
+            subscribers.detach()
             return pages
         case .zapHuge:
             let space = try AddressSpace(memory: memory)
@@ -73,10 +82,10 @@ struct PerfProbe: ParsableCommand {
             return pages
         case .notifier0, .notifier16:
             let space = try AddressSpace(memory: memory)
-            let subscribers = (0..<(probe == .notifier16 ? 16 : 0)).map { _ in NoOpNotifier() }
-            for subscriber in subscribers { try space.registerNotifier(subscriber) }
+            let subscribers = try NoOpSubscribers(probe == .notifier16 ? 16 : 0, on: space)
             let pairs = 20_000
             region { invalidatePairs(space, pairs, base: 0x1000_0000, stride: 8192, slots: 1024) }
+            subscribers.detach()
             return pairs
         case .notifierIntervals:
             let space = try AddressSpace(memory: memory)

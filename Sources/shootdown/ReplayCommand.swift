@@ -131,7 +131,7 @@ struct Replayer {
     var mismatches: [String] = []
     var perCall: [String: Int] = [:]
     var elapsed: UInt64 = 0
-    private var keepAlive: [NoOpNotifier] = []
+    private var keepAlive: [NoOpSubscribers] = []
 
     init(touch: Bool, subscribers: Int) {
         self.touch = touch
@@ -141,11 +141,7 @@ struct Replayer {
     mutating func space(for pid: String) throws -> AddressSpace {
         if let space = spaces[pid] { return space }
         let space = try AddressSpace(memory: memory)
-        for _ in 0..<subscribers {
-            let subscriber = NoOpNotifier()
-            keepAlive.append(subscriber)
-            try space.registerNotifier(subscriber)
-        }
+        keepAlive.append(try NoOpSubscribers(subscribers, on: space))
         spaces[pid] = space
         return space
     }

@@ -27,18 +27,12 @@ struct Torture: ParsableCommand {
         let seed = self.seed
         runOnThreads(threads + 2) { index in
             var state = seed &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15
-            func next() -> UInt64 {
-                state ^= state << 13
-                state ^= state >> 7
-                state ^= state << 17
-                return state
-            }
             if index == 0 {
                 for _ in 0..<operations where !interrupted {
-                    let first = Int(next() % UInt64(pages - 8))
-                    let count = UInt64(1 + next() % 8)
+                    let first = Int(xorshift(&state) % UInt64(pages - 8))
+                    let count = UInt64(1 + xorshift(&state) % 8)
                     let address = base + UInt64(first) * 4096
-                    switch next() % 4 {
+                    switch xorshift(&state) % 4 {
                     case 0:
                         try? space.unmap(address: address, length: count * 4096)
                         for page in 0..<count where space.translate(address + page * 4096) != nil {
@@ -61,13 +55,13 @@ struct Torture: ParsableCommand {
                 stop.store(true, ordering: .releasing)
             } else if index == 1 {
                 while !stop.load(ordering: .acquiring) {
-                    let page = base + (next() % UInt64(pages)) * 4096
+                    let page = base + (xorshift(&state) % UInt64(pages)) * 4096
                     _ = try? mirror.read(at: page)
                 }
             } else {
                 while !stop.load(ordering: .acquiring) {
-                    let page = base + (next() % UInt64(pages)) * 4096
-                    try? space.fault(at: page, access: next() % 2 == 0 ? .write : .read)
+                    let page = base + (xorshift(&state) % UInt64(pages)) * 4096
+                    try? space.fault(at: page, access: xorshift(&state) % 2 == 0 ? .write : .read)
                 }
             }
         }

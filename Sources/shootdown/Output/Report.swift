@@ -11,14 +11,32 @@ struct RunResult: Sendable {
     var notes: [String] = []
 
     func metric(_ name: String) -> Double? { metrics.first { $0.0 == name }?.1 }
+}
 
-    mutating func set(_ name: String, _ value: Double) {
-        if let index = metrics.firstIndex(where: { $0.0 == name }) {
-            metrics[index].1 = value
-        } else {
-            metrics.append((name, value))
-        }
-    }
+/// The metrics of a workload timed per operation, from one ns-per-op figure per repetition:
+/// `ns_per_op` (their median) and `ops_per_sec`; `p50_ns` and `p99_ns` of `latency` (operations
+/// timed individually) or, without it, over the repetitions; `min_ns_per_op` and `max_ns_per_op`;
+/// then `extra`; then `repeats`.
+func timedMetrics(
+    nsPerOp samples: [Double], latency: LatencyRecorder? = nil, extra: [(String, Double)] = []
+) -> [(String, Double)] {
+    let median = Summary(samples).median
+    var metrics: [(String, Double)] = [
+        ("ns_per_op", median), ("ops_per_sec", median > 0 ? 1e9 / median : 0),
+        ("p50_ns", latency?.percentile(50) ?? Summary.percentile(samples, 50)),
+        ("p99_ns", latency?.percentile(99) ?? Summary.percentile(samples, 99)),
+    ]
+    metrics += rangeMetrics("ns_per_op", samples)
+    metrics += extra
+    metrics.append(("repeats", Double(samples.count)))
+    return metrics
+}
+
+/// `min_NAME` and `max_NAME`: the best and the worst repetition of a workload's key metric (what
+/// `--repeat` reports beside the median).
+func rangeMetrics(_ name: String, _ samples: [Double]) -> [(String, Double)] {
+    let summary = Summary(samples)
+    return [("min_\(name)", summary.minimum), ("max_\(name)", summary.maximum)]
 }
 
 enum OutputFormat: String, CaseIterable {

@@ -12,11 +12,6 @@ struct LatencyRecorder {
         _ = histogram.record(nanoseconds > timerOverhead ? nanoseconds - timerOverhead : 0)
     }
 
-    /// Records `total` spread over `operations` operations (one sample of their average).
-    mutating func recordAverage(total: UInt64, operations: Int) {
-        _ = histogram.record(total / UInt64(max(operations, 1)))
-    }
-
     var count: UInt64 { histogram.totalCount }
     func percentile(_ value: Double) -> Double { Double(histogram.valueAtPercentile(value)) }
 
@@ -33,7 +28,7 @@ struct LatencyRecorder {
     }
 }
 
-/// Median and spread of repeated measurements.
+/// Median, minimum and maximum of repeated measurements.
 struct Summary {
     var median: Double
     var minimum: Double
@@ -54,7 +49,4 @@ struct Summary {
         let rank = Int((percent / 100 * Double(sorted.count)).rounded(.up)) - 1
         return sorted[min(max(rank, 0), sorted.count - 1)]
     }
-
-    /// Relative spread (max - min) / median.
-    var spread: Double { median == 0 ? 0 : (maximum - minimum) / median }
 }

@@ -27,12 +27,7 @@ func runFault(_ settings: BenchSettings) throws -> RunResult {
         let base = try space.map(length: UInt64(settings.pages) * 4096)
         try faultPagesSampled(space, base, settings.pages, sampleEvery: 8, into: &latency)
     }
-    let summary = Summary(perOp)
-    result.metrics = [
-        ("ns_per_op", summary.median), ("ops_per_sec", summary.median > 0 ? 1e9 / summary.median : 0),
-        ("p50_ns", latency.percentile(50)), ("p99_ns", latency.percentile(99)),
-        ("min_ns_per_op", summary.minimum), ("max_ns_per_op", summary.maximum), ("repeats", Double(perOp.count)),
-    ]
+    result.metrics = timedMetrics(nsPerOp: perOp, latency: latency)
     result.counters = statistics.map(counterPairs) ?? []
     result.notes.append("p50/p99 from \(latency.count) individually timed faults, timer cost (\(latency.timerOverhead) ns) subtracted")
     return result
@@ -84,15 +79,13 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
         statistics = space.statistics
         progress("fault: round \(round + 1)/\(settings.repeats): 1 thread \(Int(single.last!)) /s, \(threads) threads \(Int(multi.last!)) /s")
     }
-    let aggregate = Summary(multi)
-    let one = Summary(single)
-    result.metrics = [
-        ("ns_per_op", aggregate.median > 0 ? 1e9 / aggregate.median : 0), ("ops_per_sec", aggregate.median),
-        ("single_thread_ops_per_sec", one.median), ("scaling", one.median > 0 ? aggregate.median / one.median : 0),
-        ("repeats", Double(multi.count)),
-    ]
+    let aggregate = Summary(multi).median
+    let one = Summary(single).median
+    result.metrics = timedMetrics(
+        nsPerOp: multi.map { $0 > 0 ? 1e9 / $0 : 0 },
+        extra: [("single_thread_ops_per_sec", one), ("scaling", one > 0 ? aggregate / one : 0)])
     result.counters = statistics.map(counterPairs) ?? []
-    result.notes.append("ns_per_op is wall time per fault across all threads (aggregate)")
+    result.notes.append("ns_per_op is wall time per fault across all threads (aggregate); p50/p99 over \(multi.count) runs")
     return result
 }
 

@@ -27,13 +27,9 @@ func runFork(_ settings: BenchSettings) throws -> RunResult {
         parent.teardown()
         progress("fork: round \(round + 1)/\(settings.repeats): \(String(format: "%.1f", total.last!)) ns/page")
     }
-    let summary = Summary(total)
-    result.metrics = [
-        ("ns_per_op", summary.median), ("ops_per_sec", summary.median > 0 ? 1e9 / summary.median : 0),
-        ("fork_ns_per_page", Summary(forkPart).median), ("cow_write_ns_per_page", Summary(copyPart).median),
-        ("p50_ns", Summary.percentile(total, 50)), ("p99_ns", Summary.percentile(total, 99)),
-        ("repeats", Double(total.count)),
-    ]
+    result.metrics = timedMetrics(
+        nsPerOp: total,
+        extra: [("fork_ns_per_page", Summary(forkPart).median), ("cow_write_ns_per_page", Summary(copyPart).median)])
     result.counters = statistics.map(counterPairs) ?? []
     result.notes.append("an op is one page: its share of fork() plus its first write in the child")
     return result
@@ -61,14 +57,11 @@ func runSoftDirty(_ settings: BenchSettings) throws -> RunResult {
         clearPart.append(Double(cleared - start) / Double(settings.pages))
     }
     let dirty = try space.softDirtyPages(address: base, length: length).count
-    let summary = Summary(total)
-    result.metrics = [
-        ("ns_per_op", summary.median), ("ops_per_sec", summary.median > 0 ? 1e9 / summary.median : 0),
-        ("clear_ns_per_page", Summary(clearPart).median),
-        ("redirty_ns_per_page", summary.median - Summary(clearPart).median),
-        ("p50_ns", Summary.percentile(total, 50)), ("p99_ns", Summary.percentile(total, 99)),
-        ("dirty_pages_after", Double(dirty)), ("repeats", Double(total.count)),
-    ]
+    let clear = Summary(clearPart).median
+    result.metrics = timedMetrics(
+        nsPerOp: total,
+        extra: [("clear_ns_per_page", clear), ("redirty_ns_per_page", Summary(total).median - clear),
+                ("dirty_pages_after", Double(dirty))])
     result.counters = counterPairs(space.statistics.since(before))
     result.notes.append("an op is one page of one clear + re-dirty cycle")
     space.teardown()

@@ -3,12 +3,22 @@ import Shootdown
 // Hot loops of the benchmarks: free functions, never in main.swift, taking their state as
 // parameters (swift-on-linux.md pitfall P1), so what is timed is the engine, not the harness.
 
+/// One xorshift64 step (13, 7, 17): advances `state` and returns it. The pseudo-random stream of
+/// every benchmark loop and of the torture run.
+@inline(__always)
+func xorshift(_ state: inout UInt64) -> UInt64 {
+    state ^= state << 13
+    state ^= state >> 7
+    state ^= state << 17
+    return state
+}
+
 /// Write-faults `count` pages starting at `base`.
 @inline(never)
-func faultPages(_ space: AddressSpace, _ base: UInt64, _ count: Int, access: AddressSpace.Access = .write) throws {
+func faultPages(_ space: AddressSpace, _ base: UInt64, _ count: Int) throws {
     var address = base
     for _ in 0..<count {
-        try space.fault(at: address, access: access)
+        try space.fault(at: address, access: .write)
         address &+= 4096
     }
 }
@@ -38,30 +48,27 @@ func invalidatePairs(
     _ space: AddressSpace, _ count: Int, base: UInt64, stride: UInt64, slots: Int, state: inout UInt64
 ) {
     for _ in 0..<count {
-        state ^= state << 13
-        state ^= state >> 7
-        state ^= state << 17
-        let address = base &+ (state % UInt64(slots)) &* stride
+        let address = base &+ (xorshift(&state) % UInt64(slots)) &* stride
         space._invalidateWithoutChange(start: address, end: address &+ 4096, event: .clear)
     }
 }
 
-/// ``invalidatePairs(_:_:base:stride:slots:state:)`` from a fixed seed.
+/// The seed of the invalidation address stream.
+let invalidationSeed: UInt64 = 0x9E37_79B9_7F4A_7C15
+
+/// ``invalidatePairs(_:_:base:stride:slots:state:)`` from ``invalidationSeed``.
 func invalidatePairs(_ space: AddressSpace, _ count: Int, base: UInt64, stride: UInt64, slots: Int) {
-    var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+    var state = invalidationSeed
     invalidatePairs(space, count, base: base, stride: stride, slots: slots, state: &state)
 }
 
 /// The same loop without the notifier call: what "no notifier code at all" costs.
 @inline(never)
 func emptyPairs(_ count: Int, base: UInt64, stride: UInt64, slots: Int) -> UInt64 {
-    var state: UInt64 = 0x9E37_79B9_7F4A_7C15
+    var state = invalidationSeed
     var sink: UInt64 = 0
     for _ in 0..<count {
-        state ^= state << 13
-        state ^= state >> 7
-        state ^= state << 17
-        sink &+= opaqueIdentity(base &+ (state % UInt64(slots)) &* stride)
+        sink &+= opaqueIdentity(base &+ (xorshift(&state) % UInt64(slots)) &* stride)
     }
     return sink
 }
@@ -69,16 +76,24 @@ func emptyPairs(_ count: Int, base: UInt64, stride: UInt64, slots: Int) -> UInt6
 @inline(never)
 func opaqueIdentity(_ value: UInt64) -> UInt64 { value }
 
-/// `count` lock-free VMA lookups of pseudo-random addresses among `slots` mappings.
+/// The seed of the VMA lookup address stream.
+let lookupSeed: UInt64 = 0x2545_F491_4F6C_DD1D
+
+/// The next address of the VMA lookup stream: inside one of `slots` mappings `stride` apart from
+/// `base` (100 bytes into its first page).
+@inline(__always)
+func nextLookupAddress(_ state: inout UInt64, base: UInt64, stride: UInt64, slots: Int) -> UInt64 {
+    base &+ (xorshift(&state) % UInt64(slots)) &* stride &+ 100
+}
+
+/// `count` lock-free VMA lookups of pseudo-random addresses among `slots` mappings (the stream of
+/// ``nextLookupAddress(_:base:stride:slots:)`` from ``lookupSeed``); returns how many were found.
 @inline(never)
 func lookupMappings(_ space: AddressSpace, _ count: Int, base: UInt64, stride: UInt64, slots: Int) -> Int {
-    var state: UInt64 = 0x2545_F491_4F6C_DD1D
+    var state = lookupSeed
     var found = 0
     for _ in 0..<count {
-        state ^= state << 13
-        state ^= state >> 7
-        state ^= state << 17
-        let address = base &+ (state % UInt64(slots)) &* stride &+ 100
+        let address = nextLookupAddress(&state, base: base, stride: stride, slots: slots)
         if space.mapping(containing: address) != nil { found &+= 1 }
     }
     return found

@@ -5,10 +5,47 @@ import Shootdown
 /// `isolation`: while a notifier callback sleeps 100 ms inside an munmap (holding the mmap write
 /// lock and a read section of the notifier domain), measure grace periods of the VMA/page-table
 /// domain (`RCU.synchronize`) and count speculative faults on another range. Shows the two
-/// domains are independent: a sleeping callback delays only the notifier domain.
+/// domains are independent: a sleeping callback delays only the notifier domain. Each repetition
+/// is one sleep in a fresh space; `grace_period_us` is the median over repetitions of each sleep's
+/// median, `grace_period_max_us` the longest grace period of all.
 func runIsolation(_ settings: BenchSettings) throws -> RunResult {
     var result = RunResult(workload: "isolation")
     result.config = [("sleep_ms", "100")] + settings.knobs
+    var rounds: [IsolationRound] = []
+    for round in 0..<settings.repeats where !interrupted {
+        rounds.append(try measureIsolation(settings))
+        let median = Summary(rounds.last!.gracePeriods).median
+        progress("isolation: round \(round + 1)/\(settings.repeats): grace period \(String(format: "%.1f", median)) µs")
+    }
+    let medians = rounds.map { Summary($0.gracePeriods).median }
+    let all = rounds.flatMap(\.gracePeriods)
+    result.metrics = [
+        ("grace_period_us", Summary(medians).median), ("grace_period_max_us", Summary(all).maximum),
+        ("grace_periods", Double(all.count)),
+        ("faults_during_sleep", Summary(rounds.map { Double($0.faults) }).median),
+        ("notifier_grace_period_ms", Summary(rounds.map(\.notifierGrace)).median),
+    ]
+    result.metrics += rangeMetrics("grace_period_us", medians)
+    result.metrics.append(("repeats", Double(rounds.count)))
+    result.counters = rounds.last.map { counterPairs($0.statistics) } ?? []
+    let slept = rounds.filter(\.stillSleeping).count
+    result.notes.append("grace periods measured while the callback slept: \(slept == rounds.count ? "yes" : "NO (\(slept) of \(rounds.count) sleeps)")")
+    if rounds.contains(where: \.faultsBlocked) { result.notes.append("mmap-lock fault path: faults wait for the sleeping munmap") }
+    return result
+}
+
+/// What one sleep measured.
+struct IsolationRound {
+    var gracePeriods: [Double]  // µs
+    var faults: Int
+    var faultsBlocked: Bool
+    var notifierGrace: Double  // ms
+    var stillSleeping: Bool
+    var statistics: SpaceStatistics
+}
+
+/// One sleeping munmap in a fresh space, and what the other domain and the fault path do meanwhile.
+func measureIsolation(_ settings: BenchSettings) throws -> IsolationRound {
     let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory(pages: 65_536))
     let faultRegion = try space.map(length: 65_536 * 4096)
     let victim = try space.map(length: 16 * 4096)
@@ -26,8 +63,7 @@ func runIsolation(_ settings: BenchSettings) throws -> RunResult {
 
     var gracePeriods: [Double] = []
     var faults = 0
-    var faultsBlocked = 0
-    var notifierGrace: Double = 0
+    var faultsBlocked = false
     let sleepStart = nowNanoseconds()
     // Grace periods of the VMA/page-table domain while the callback sleeps.
     for _ in 0..<50 where !unmapDone.load(ordering: .acquiring) {
@@ -37,7 +73,7 @@ func runIsolation(_ settings: BenchSettings) throws -> RunResult {
     }
     // Faults on another range while it still sleeps (the speculative path takes no mmap lock).
     while !unmapDone.load(ordering: .acquiring) && faults < 65_536 && nowNanoseconds() - sleepStart < 60_000_000 {
-        if space.configuration.faultPath == .mmapLock { faultsBlocked = 1; break }
+        if space.configuration.faultPath == .mmapLock { faultsBlocked = true; break }
         try space.fault(at: faultRegion + UInt64(faults) * 4096, access: .write)
         faults += 1
     }
@@ -45,20 +81,14 @@ func runIsolation(_ settings: BenchSettings) throws -> RunResult {
     // A grace period of the notifier domain must wait for the sleeper.
     let notifierStart = nowNanoseconds()
     SleepableRCU.notifiers.synchronize()
-    notifierGrace = Double(nowNanoseconds() - notifierStart) / 1e6
+    let notifierGrace = Double(nowNanoseconds() - notifierStart) / 1e6
     while !unmapDone.load(ordering: .acquiring) { Thread.sleep(forTimeInterval: 0.001) }
     space.unregisterNotifier(sleeper)
-    let summary = Summary(gracePeriods)
-    result.metrics = [
-        ("grace_period_us", summary.median), ("grace_period_max_us", summary.maximum),
-        ("grace_periods", Double(gracePeriods.count)), ("faults_during_sleep", Double(faults)),
-        ("notifier_grace_period_ms", notifierGrace),
-    ]
-    result.counters = counterPairs(space.statistics)
-    result.notes.append("grace periods measured while the callback slept: \(stillSleeping ? "yes" : "NO")")
-    if faultsBlocked != 0 { result.notes.append("mmap-lock fault path: faults wait for the sleeping munmap") }
+    let statistics = space.statistics
     space.teardown()
-    return result
+    return IsolationRound(
+        gracePeriods: gracePeriods, faults: faults, faultsBlocked: faultsBlocked, notifierGrace: notifierGrace,
+        stillSleeping: stillSleeping, statistics: statistics)
 }
 
 /// A subscriber whose start sleeps 100 ms the first time it sees `victim` invalidated.

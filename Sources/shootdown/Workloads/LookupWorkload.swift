@@ -5,10 +5,7 @@ import Shootdown
 func runLookup(_ settings: BenchSettings) throws -> RunResult {
     var result = RunResult(workload: "vma-lookup")
     result.config = [("vmas", String(settings.vmas)), ("iterations", String(settings.iterations))] + settings.knobs
-    let space = try AddressSpace(
-        configuration: AddressSpace.Configuration(
-            faultPath: settings.faultPath, notifierList: settings.notifierList, pageTableLocking: settings.locking),
-        memory: PhysicalMemory(capacity: 4096))
+    let space = try AddressSpace(configuration: settings.configuration, memory: PhysicalMemory(capacity: 4096))
     let base: UInt64 = 0x1000_0000
     let stride: UInt64 = 8192  // one page mapped, one page hole: VMAs never merge
     progress("vma-lookup: creating \(settings.vmas) VMAs")
@@ -22,21 +19,17 @@ func runLookup(_ settings: BenchSettings) throws -> RunResult {
         perLookup.append(Double(nowNanoseconds() - start) / Double(settings.iterations))
         if found != settings.iterations { result.notes.append("lookups that missed: \(settings.iterations - found)") }
     }
+    // Latency distribution: the first 20 000 lookups of the timed loop's address stream, each
+    // timed individually.
     var latency = LatencyRecorder()
-    var state: UInt64 = 1
+    var state = lookupSeed
     for _ in 0..<20_000 where !interrupted {
-        state = state &* 6_364_136_223_846_793_005 &+ 1
-        let address = base + (state >> 33) % UInt64(settings.vmas) * stride
+        let address = nextLookupAddress(&state, base: base, stride: stride, slots: settings.vmas)
         let timer = nowNanoseconds()
         _ = space.mapping(containing: address)
         latency.record(nowNanoseconds() - timer)
     }
-    let summary = Summary(perLookup)
-    result.metrics = [
-        ("ns_per_op", summary.median), ("ops_per_sec", summary.median > 0 ? 1e9 / summary.median : 0),
-        ("p50_ns", latency.percentile(50)), ("p99_ns", latency.percentile(99)),
-        ("min_ns_per_op", summary.minimum), ("max_ns_per_op", summary.maximum), ("repeats", Double(perLookup.count)),
-    ]
+    result.metrics = timedMetrics(nsPerOp: perLookup, latency: latency)
     result.counters = []
     space.teardown()
     return result

@@ -8,8 +8,7 @@ func runNotifier(_ settings: BenchSettings) throws -> RunResult {
     result.config = [("subscribers", String(settings.subscribers)), ("intervals", String(settings.intervals)),
                      ("iterations", String(settings.iterations))] + settings.knobs
     let space = try AddressSpace(configuration: settings.configuration, memory: PhysicalMemory(capacity: 4096))
-    let subscribers = (0..<settings.subscribers).map { _ in NoOpNotifier() }
-    for subscriber in subscribers { try space.registerNotifier(subscriber) }
+    let subscribers = try NoOpSubscribers(settings.subscribers, on: space)
     let handler = MinimalIntervalHandler()
     let base: UInt64 = 0x1000_0000
     let stride: UInt64 = 8192
@@ -32,24 +31,20 @@ func runNotifier(_ settings: BenchSettings) throws -> RunResult {
         if sink == 42 { progress("") }
     }
     var latency = LatencyRecorder()
-    var state: UInt64 = 0x2545_F491_4F6C_DD1D
+    var state = invalidationSeed  // the timed loop's address stream
     for _ in 0..<20_000 where !interrupted {
         let timer = nowNanoseconds()
         invalidatePairs(space, 1, base: base, stride: stride, slots: slots, state: &state)
         latency.record(nowNanoseconds() - timer)
     }
-    let summary = Summary(pairs)
-    let baseline = Summary(baselines)
-    result.metrics = [
-        ("ns_per_op", summary.median), ("ops_per_sec", summary.median > 0 ? 1e9 / summary.median : 0),
-        ("p50_ns", latency.percentile(50)), ("p99_ns", latency.percentile(99)),
-        ("baseline_ns", baseline.median), ("overhead_ns", summary.median - baseline.median),
-        ("repeats", Double(pairs.count)),
-    ]
+    let median = Summary(pairs).median
+    let baseline = Summary(baselines).median
+    result.metrics = timedMetrics(
+        nsPerOp: pairs, latency: latency, extra: [("baseline_ns", baseline), ("overhead_ns", median - baseline)])
     result.counters = counterPairs(space.statistics.since(before))
     result.notes.append("an op is one start/end pair for a 4 KiB range; baseline_ns is the same loop without it")
     for notifier in intervals { notifier.remove() }
-    for subscriber in subscribers { space.unregisterNotifier(subscriber) }
+    subscribers.detach()
     space.teardown()
     return result
 }

@@ -35,6 +35,23 @@ func counterPairs(_ statistics: SpaceStatistics) -> [(String, Int64)] {
     statistics.nonZero.map { ($0.name, $0.value) }
 }
 
+/// `count` no-op classic subscribers registered on one space (`--subscribers K`).
+struct NoOpSubscribers {
+    let space: AddressSpace
+    let notifiers: [NoOpNotifier]
+
+    init(_ count: Int, on space: AddressSpace) throws {
+        self.space = space
+        notifiers = (0..<count).map { _ in NoOpNotifier() }
+        for notifier in notifiers { try space.registerNotifier(notifier) }
+    }
+
+    /// Unregisters them.
+    func detach() {
+        for notifier in notifiers { space.unregisterNotifier(notifier) }
+    }
+}
+
 /// A notifier that implements start and end and does nothing: the cost of dispatch alone.
 final class NoOpNotifier: MMUNotifier, @unchecked Sendable {
     var callbacks: NotifierCallbacks { .invalidateRange }

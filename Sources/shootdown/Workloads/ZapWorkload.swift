@@ -9,12 +9,9 @@ func runZap(_ settings: BenchSettings) throws -> RunResult {
                      ("huge", String(settings.huge))] + settings.knobs
     let memory = settings.makeMemory()
     let space = try AddressSpace(configuration: settings.configuration, memory: memory)
-    let subscribers = (0..<settings.subscribers).map { _ in NoOpNotifier() }
-    for subscriber in subscribers { try space.registerNotifier(subscriber) }
-    var perPage: [Double] = []
-    let before = space.statistics
-    let repeats = max(settings.repeats, 5)
-    for round in 0..<repeats where !interrupted {
+    let subscribers = try NoOpSubscribers(settings.subscribers, on: space)
+    /// Populates a fresh region and unmaps it; returns the nanoseconds of the unmap.
+    func populateAndUnmap() throws -> UInt64 {
         let base = settings.huge
             ? try alignedRegion(space, pages: settings.pages)
             : try space.map(length: UInt64(settings.pages) * 4096)
@@ -27,19 +24,21 @@ func runZap(_ settings: BenchSettings) throws -> RunResult {
         }
         let start = nowNanoseconds()
         try space.unmap(address: base, length: UInt64(settings.pages) * 4096)
-        let elapsed = nowNanoseconds() - start
-        perPage.append(Double(elapsed) / Double(settings.pages))
+        return nowNanoseconds() - start
+    }
+    // Warm-up, not measured: the first munmap of a fresh space and memory is several times slower
+    // (cold frame and table state), which would decide the median of a few repetitions.
+    _ = try populateAndUnmap()
+    var perPage: [Double] = []
+    let before = space.statistics
+    for round in 0..<settings.repeats where !interrupted {
+        perPage.append(Double(try populateAndUnmap()) / Double(settings.pages))
         if round == 0 { progress("zap: \(String(format: "%.2f", perPage[0])) ns/page") }
     }
-    let summary = Summary(perPage)
-    result.metrics = [
-        ("ns_per_op", summary.median), ("ops_per_sec", summary.median > 0 ? 1e9 / summary.median : 0),
-        ("p50_ns", Summary.percentile(perPage, 50)), ("p99_ns", Summary.percentile(perPage, 99)),
-        ("min_ns_per_op", summary.minimum), ("max_ns_per_op", summary.maximum), ("repeats", Double(perPage.count)),
-    ]
+    result.metrics = timedMetrics(nsPerOp: perPage)
     result.counters = counterPairs(space.statistics.since(before))
     result.notes.append("an op is one 4 KiB page of a \(settings.pages)-page munmap; p50/p99 over \(perPage.count) munmaps")
-    for subscriber in subscribers { space.unregisterNotifier(subscriber) }
+    subscribers.detach()
     space.teardown()
     return result
 }
