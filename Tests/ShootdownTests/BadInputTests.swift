@@ -370,10 +370,10 @@ import Testing
     @Test func readWriteRejectBadAddresses() throws {
         let f = try Fixture()
         for address in [f.at(16), f.at(44), f.at(46) + 5, 0, limit, UInt64.max] {
-            f.rejects(.segmentationFault, "read \(hex(address))") { try f.space.read(at: address) }
+            f.rejects(.segmentationFault, "read \(address.hex)") { try f.space.read(at: address) }
         }
         for address in [f.at(16), f.at(40), f.at(44), f.at(41) + 3, limit, UInt64.max] {
-            f.rejects(.segmentationFault, "write \(hex(address))") { try f.space.write(7, at: address) }
+            f.rejects(.segmentationFault, "write \(address.hex)") { try f.space.write(7, at: address) }
         }
         #expect(try f.space.read(at: f.at(40)) == 0)
     }
@@ -527,8 +527,14 @@ import Testing
         f.rejects(.invalidArgument, "secondary-TLB hook with end") {
             try f.space.registerNotifier(NullNotifier(callbacks: [.invalidateSecondaryTLBs, .invalidateRangeEnd]))
         }
+        f.rejects(.invalidArgument, "secondary-TLB hook with start, end and release") {
+            try f.space.registerNotifier(NullNotifier(callbacks: [.invalidateSecondaryTLBs, .invalidateRange, .release]))
+        }
+        // Each on its own is fine.
+        try f.space.registerNotifier(NullNotifier(callbacks: [.invalidateSecondaryTLBs, .release]))
         let notifier = NullNotifier()
         try f.space.registerNotifier(notifier)
+        #expect(f.space.notifiers.count == 2)
         f.rejects(.invalidArgument, "registered twice") { try f.space.registerNotifier(notifier) }
         #expect(f.space.unregisterNotifier(notifier))
         #expect(!f.space.unregisterNotifier(notifier))

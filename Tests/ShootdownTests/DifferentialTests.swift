@@ -213,44 +213,44 @@ enum DifferentialOp: CustomStringConvertible {
             let placed: String
             switch placement {
             case .anywhere: placed = "anywhere"
-            case .hint(let address): placed = "hint(\(hex(address)))"
-            case .fixed(let address): placed = "fixed(\(hex(address)))"
-            case .fixedNoReplace(let address): placed = "fixedNoReplace(\(hex(address)))"
+            case .hint(let address): placed = "hint(\(address.hex))"
+            case .fixed(let address): placed = "fixed(\(address.hex))"
+            case .fixedNoReplace(let address): placed = "fixedNoReplace(\(address.hex))"
             }
             var names: [String] = []
             if options.contains(.shared) { names.append("shared") }
             if options.contains(.locked) { names.append("locked") }
             if options.contains(.populate) { names.append("populate") }
             if options.contains(.hugePage) { names.append("hugePage") }
-            return "map(length: \(hex(length)), \(protection), \(placed), [\(names.joined(separator: ","))])"
+            return "map(length: \(length.hex), \(protection), \(placed), [\(names.joined(separator: ","))])"
         case .unmap(let address, let length):
-            return "unmap(\(hex(address)), \(hex(length)))"
+            return "unmap(\(address.hex), \(length.hex))"
         case .protect(let address, let length, let protection):
-            return "protect(\(hex(address)), \(hex(length)), \(protection))"
+            return "protect(\(address.hex), \(length.hex), \(protection))"
         case .remap(let address, let oldLength, let newLength, let move):
             let how: String
             switch move {
             case .inPlace: how = "inPlace"
             case .mayMove: how = "mayMove"
-            case .fixed(let target): how = "fixed(\(hex(target)))"
+            case .fixed(let target): how = "fixed(\(target.hex))"
             }
-            return "remap(\(hex(address)), old: \(hex(oldLength)), new: \(hex(newLength)), \(how))"
+            return "remap(\(address.hex), old: \(oldLength.hex), new: \(newLength.hex), \(how))"
         case .advise(let address, let length, let advice):
-            return "advise(\(hex(address)), \(hex(length)), \(advice))"
+            return "advise(\(address.hex), \(length.hex), \(advice))"
         case .fault(let address, let access):
-            return "fault(\(hex(address)), \(access))"
+            return "fault(\(address.hex), \(access))"
         case .read(let address):
-            return "read(\(hex(address)))"
+            return "read(\(address.hex))"
         case .write(let token, let address):
-            return "write(\(hex(token)), \(hex(address)))"
+            return "write(\(token.hex), \(address.hex))"
         case .migrate(let address, let length):
-            return "migrate(\(hex(address)), \(hex(length)))"
+            return "migrate(\(address.hex), \(length.hex))"
         case .clearSoftDirty(let address, let length):
-            return "clearSoftDirty(\(hex(address)), \(hex(length)))"
+            return "clearSoftDirty(\(address.hex), \(length.hex))"
         case .softDirtyPages(let address, let length):
-            return "softDirtyPages(\(hex(address)), \(hex(length)))"
+            return "softDirtyPages(\(address.hex), \(length.hex))"
         case .mirrorPopulate(let from, let to, let write):
-            return "mirrorPopulate(\(hex(from)), \(hex(to)), write: \(write))"
+            return "mirrorPopulate(\(from.hex), \(to.hex), write: \(write))"
         case .teardown:
             return "teardown()"
         }
@@ -270,10 +270,10 @@ enum DifferentialOutcome: Equatable, CustomStringConvertible {
         switch self {
         case .failed(let error): "failed(\(error))"
         case .done: "done"
-        case .address(let address): "address(\(hex(address)))"
+        case .address(let address): "address(\(address.hex))"
         case .count(let count): "count(\(count))"
-        case .token(let token): "token(\(hex(token)))"
-        case .pages(let pages): "pages(\(pages.map(hex)))"
+        case .token(let token): "token(\(token.hex))"
+        case .pages(let pages): "pages(\(pages.map(\.hex)))"
         }
     }
 }
@@ -293,7 +293,7 @@ struct PageView: Equatable, CustomStringConvertible {
     var description: String {
         kind == .none
             ? "none"
-            : "\(kind.rawValue)(token: \(hex(token))\(writable ? ", writable" : "")\(softDirty ? ", soft-dirty" : "")"
+            : "\(kind.rawValue)(token: \(token.hex)\(writable ? ", writable" : "")\(softDirty ? ", soft-dirty" : "")"
                 + "\(zeroPage ? ", zero page" : ""))"
     }
 
@@ -501,7 +501,7 @@ struct DifferentialRun {
             for page in stride(from: area.start, to: area.end, by: Int(Self.page)) {
                 let actual = PageView(space: space, page: page)
                 let expected = PageView(model: model, page: page)
-                if actual != expected { problems.append("page \(hex(page)): library \(actual), model \(expected)") }
+                if actual != expected { problems.append("page \(page.hex): library \(actual), model \(expected)") }
             }
         }
         return problems + checkFrames(space, model)
@@ -514,7 +514,7 @@ struct DifferentialRun {
 
         var description: String {
             switch self {
-            case .privatePage(let address): "private page \(hex(address))"
+            case .privatePage(let address): "private page \(address.hex)"
             case .sharedPage(let object, let page): "page \(page) of shared object \(object)"
             }
         }
@@ -534,7 +534,7 @@ struct DifferentialRun {
         for (page, modelPage) in model.pages.sorted(by: { $0.key < $1.key }) {
             guard let entry = space.translate(page) else { continue }  // reported by the page comparison
             if let slot = entry.swapSlot {
-                if !slots.insert(slot).inserted { problems.append("swap slot \(slot) used twice (\(hex(page)))") }
+                if !slots.insert(slot).inserted { problems.append("swap slot \(slot) used twice (\(page.hex))") }
                 continue
             }
             guard let frame = entry.frame, frame != PhysicalMemory.zeroFrame else { continue }
@@ -574,7 +574,7 @@ struct DifferentialRun {
                 || (translation.writable && entry?.isWritable != true)
             {
                 problems.append(
-                    "mirror holds \(hex(page)) -> frame \(translation.frame)\(translation.writable ? " writable" : ""), "
+                    "mirror holds \(page.hex) -> frame \(translation.frame)\(translation.writable ? " writable" : ""), "
                         + "CPU has \(entry.map(\.description) ?? "none")")
             }
         }
@@ -703,7 +703,7 @@ struct DifferentialRun {
     /// random page boundary up to the end of the run), else any ``address(_:)`` and ``length()``.
     mutating func range(_ model: ReferenceModel) -> (address: UInt64, length: UInt64) {
         guard rng.chance(70), !model.areas.isEmpty else { return (address(model), length()) }
-        let first = Int(rng.below(UInt64(model.areas.count)))
+        let first = rng.index(below: model.areas.count)
         var last = first
         while last + 1 < model.areas.count, model.areas[last + 1].start == model.areas[last].end, rng.chance(60) {
             last += 1

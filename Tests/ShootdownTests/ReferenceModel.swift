@@ -25,7 +25,7 @@ final class ReferenceModel {
         var isShared: Bool { object != nil }
 
         var description: String {
-            "[\(hex(start))-\(hex(end)) \(protection)\(isShared ? "s" : "p") flags:\(flags.rawValue)"
+            "[\(start.hex)-\(end.hex) \(protection)\(isShared ? "s" : "p") flags:\(flags.rawValue)"
                 + (object.map { " obj\($0)@\(objectPage)" } ?? "") + "]"
         }
     }
@@ -86,10 +86,6 @@ final class ReferenceModel {
     }
 
     private func pageOf(_ address: UInt64) -> UInt64 { address / Self.pageSize * Self.pageSize }
-
-    private func pagesIn(_ start: UInt64, _ end: UInt64) -> StrideTo<UInt64> {
-        stride(from: start, to: end, by: Int(Self.pageSize))
-    }
 
     private func index(containing address: UInt64) -> Int? {
         areas.firstIndex { $0.start <= address && address < $0.end }
@@ -292,7 +288,7 @@ final class ReferenceModel {
         mergeAll()
         if (options.contains(.populate) || options.contains(.locked)) && !protection.isEmpty {
             // Best effort, like Linux's mm_populate: the mapping stands whatever happens.
-            for address in pagesIn(address, address + length) {
+            for address in eachPage(address, address + length) {
                 try? fault(at: address, access: protection.contains(.write) ? .write : .read)
             }
         }
@@ -454,7 +450,7 @@ final class ReferenceModel {
             if overlapping(address, end).contains(where: { !Self.allows($0.protection, access) }) {
                 throw .badAddress
             }
-            for address in pagesIn(address, end) { try fault(at: address, access: access) }
+            for address in eachPage(address, end) { try fault(at: address, access: access) }
         }
     }
 
@@ -556,7 +552,7 @@ final class ReferenceModel {
         let end = address + length
         var result: [UInt64] = []
         for area in overlapping(address, end) {
-            for page in pagesIn(max(address, area.start), min(end, area.end))
+            for page in eachPage(max(address, area.start), min(end, area.end))
             where area.flags.contains(.softDirty) || pages[page]?.softDirty == true {
                 result.append(page)
             }
@@ -570,7 +566,7 @@ final class ReferenceModel {
         guard isAligned(start), isAligned(end), start < end, end <= limit else { throw .invalidArgument }
         guard !dead else { throw .addressSpaceDead }
         let access: AddressSpace.Access = write ? .write : .read
-        for page in pagesIn(start, end) {
+        for page in eachPage(start, end) {
             guard let area = area(containing: page), Self.allows(area.protection, access) else { throw .badAddress }
             try fault(at: page, access: access)
         }
@@ -582,5 +578,3 @@ final class ReferenceModel {
         pages.removeAll()
     }
 }
-
-func hex(_ value: UInt64) -> String { "0x" + String(value, radix: 16) }

@@ -81,12 +81,12 @@ struct ConcurrentCopyOnWriteTests {
         let survivors = ConcurrentLocked<[(AddressSpace, [Int: UInt64])]>([])
 
         let writer: @Sendable (Int) -> Void = { index in
-            var random = ConcurrentRandom(seed: 0xC0_0000 &+ UInt64(index))
+            var random = SplitMix64(spreading: 0xC0_0000 &+ UInt64(index))
             defer { writersLeft.arrive() }
             let owned = (index * Self.pagesPerWriter)..<((index + 1) * Self.pagesPerWriter)
             var sequences = [UInt64](repeating: 1, count: Self.pagesPerWriter)
             for _ in 0..<writeIterations {
-                let page = owned.lowerBound + random.below(Self.pagesPerWriter)
+                let page = owned.lowerBound + random.index(below: Self.pagesPerWriter)
                 let slot = page - owned.lowerBound
                 let address = Self.address(page)
                 do {
@@ -117,7 +117,7 @@ struct ConcurrentCopyOnWriteTests {
         }
 
         let forker: @Sendable () -> Void = {
-            var random = ConcurrentRandom(seed: 0xF0_4C)
+            var random = SplitMix64(spreading: 0xF0_4C)
             // Live children with the tokens this thread wrote into them (unwritten pages: absent).
             var children: [(space: AddressSpace, number: Int, model: [Int: UInt64], inherited: [UInt64])] = []
             var number = 0
@@ -160,21 +160,21 @@ struct ConcurrentCopyOnWriteTests {
                         children.append((child, number, [:], inherited))
                     case 3..<6:
                         // Write into a child (copy-on-write against the parent's writers).
-                        let which = random.below(children.count)
+                        let which = random.index(below: children.count)
                         for _ in 0..<8 {
-                            let page = random.below(Self.pageCount)
+                            let page = random.index(below: Self.pageCount)
                             let token = Self.childToken(children[which].number, page, UInt64(forked))
                             try children[which].space.write(token, at: Self.address(page))
                             children[which].model[page] = token
                         }
                     case 6:
                         // Page a child out (its exclusive frames go to swap).
-                        let which = random.below(children.count)
+                        let which = random.index(below: children.count)
                         try children[which].space.advise(
                             address: Self.base, length: UInt64(Self.pageCount) * Self.page, advice: .pageOut)
                     case 7:
                         // Fork a child: the grandchild starts with exactly the child's content.
-                        let which = random.below(children.count)
+                        let which = random.index(below: children.count)
                         let grandchild = try children[which].space.fork()
                         number += 1
                         var inherited: [UInt64] = []
@@ -186,7 +186,7 @@ struct ConcurrentCopyOnWriteTests {
                         children.append(entry)
                     default:
                         // Check a child, then tear it down (the parent's frames become exclusive again).
-                        let which = random.below(children.count)
+                        let which = random.index(below: children.count)
                         check(children[which])
                         children[which].space.teardown()
                         children.remove(at: which)

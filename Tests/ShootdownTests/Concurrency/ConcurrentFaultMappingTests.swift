@@ -43,7 +43,7 @@ struct ConcurrentFaultMappingTests {
         let mapperOps = Atomic<Int>(0)
 
         let faulter: @Sendable (Int) -> Void = { index in
-            var random = ConcurrentRandom(seed: UInt64(index) &+ 1)
+            var random = SplitMix64(spreading: UInt64(index) &+ 1)
             defer { faultersLeft.arrive() }
             // Stable pages owned by this faulter: index, index + faulters, ...
             let owned = stride(from: UInt64(index), to: Self.stablePages, by: faulters).map {
@@ -54,7 +54,7 @@ struct ConcurrentFaultMappingTests {
                 let roll = random.below(100)
                 if roll < 20 {
                     // Stable region: must always succeed and read back.
-                    let address = owned[random.below(owned.count)]
+                    let address = owned[random.index(below: owned.count)]
                     let token = UInt64(index + 1) << 48 | UInt64(iteration + 1)
                     do {
                         if let expected = last[address], random.chance(50) {
@@ -74,17 +74,17 @@ struct ConcurrentFaultMappingTests {
                     }
                     continue
                 }
-                let (start, end) = Self.churn[random.below(2)]
+                let (start, end) = Self.churn[random.index(below: 2)]
                 let pages = Int((end - start) / page)
                 let slot: Int
                 if roll < 60 {
                     // This faulter's share of the region (disjoint from the others').
                     let share = pages / faulters
-                    slot = index * share + random.below(share)
+                    slot = index * share + random.index(below: share)
                 } else {
-                    slot = random.below(pages)  // anywhere (overlapping)
+                    slot = random.index(below: pages)  // anywhere (overlapping)
                 }
-                let address = start + UInt64(slot) * page + UInt64(random.below(Int(page)))
+                let address = start + UInt64(slot) * page + random.below(page)
                 do {
                     try space.fault(at: address, access: .write)
                     faultsDone.add(1, ordering: .relaxed)
@@ -97,14 +97,14 @@ struct ConcurrentFaultMappingTests {
         }
 
         let mapper: @Sendable () -> Void = {
-            var random = ConcurrentRandom(seed: 0xC0FFEE)
+            var random = SplitMix64(spreading: 0xC0FFEE)
             var operations = 0
             while !faultersLeft.isDone && operations < 1_000_000 {
                 operations += 1
-                let (start, end) = Self.churn[random.below(2)]
+                let (start, end) = Self.churn[random.index(below: 2)]
                 let pages = Int((end - start) / page)
-                let first = random.below(pages)
-                let count = random.chance(20) ? pages - first : random.within(1...(pages - first))
+                let first = random.index(below: pages)
+                let count = random.chance(20) ? pages - first : random.int(1...(pages - first))
                 let low = start + UInt64(first) * page
                 let high = low + UInt64(count) * page
                 do {

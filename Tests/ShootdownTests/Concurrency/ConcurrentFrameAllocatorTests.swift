@@ -34,13 +34,13 @@ struct ConcurrentFrameAllocatorTests {
 
         let bodies: [@Sendable () -> Void] = (0..<Self.threads).map { index in
             {
-                var random = ConcurrentRandom(seed: 0xF4A3E &+ UInt64(index))
+                var random = SplitMix64(spreading: 0xF4A3E &+ UInt64(index))
                 var held: [UInt64] = []
                 held.reserveCapacity(Self.perThread)
                 for round in 0..<rounds {
                     // Mostly the full share: then together the threads need every frame, and the last
                     // ones each needs often sit in a list another thread has detached.
-                    let wanted = random.chance(75) ? Self.perThread : random.within(1...Self.perThread)
+                    let wanted = random.chance(75) ? Self.perThread : random.int(1...Self.perThread)
                     for _ in 0..<wanted {
                         guard let frame = memory.allocate() else {
                             violations.record("thread \(index) round \(round): ENOMEM holding \(held.count) of its \(Self.perThread)")

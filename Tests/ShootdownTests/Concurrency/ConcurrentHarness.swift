@@ -5,7 +5,8 @@ import Testing
 @testable import Shootdown
 
 /// Shared machinery of the `Concurrent*` stress suites: real threads released together, a bounded
-/// scale factor, a deterministic per-thread PRNG and a lock-protected violation log.
+/// scale factor, a liveness watchdog and a lock-protected violation log. (Each thread draws from
+/// its own ``SplitMix64/init(spreading:)``; single helper threads are ``TestThread``s.)
 ///
 /// Rules the suites follow: no sleeps as synchronisation and no timing assertions; iteration counts
 /// are bounded and scaled by `SHOOTDOWN_STRESS_SCALE` (default 1.0); worker threads never call
@@ -71,49 +72,6 @@ enum ConcurrentHarness {
         return true
     }
 
-    /// Starts one thread running `body` and returns a semaphore signalled when it has finished.
-    static func spawn(_ name: String, _ body: @escaping @Sendable () -> Void) -> DispatchSemaphore {
-        let done = DispatchSemaphore(value: 0)
-        let thread = Thread {
-            body()
-            done.signal()
-        }
-        thread.name = name
-        thread.stackSize = 8 << 20
-        thread.start()
-        return done
-    }
-
-    /// Waits for a semaphore under the liveness watchdog; records an issue and returns `false` if
-    /// it fired.
-    static func join(
-        _ done: DispatchSemaphore, _ what: String, sourceLocation: SourceLocation = #_sourceLocation
-    ) -> Bool {
-        if done.wait(timeout: watchdog) == .timedOut {
-            Issue.record("\(what): did not finish (deadlock or livelock)", sourceLocation: sourceLocation)
-            return false
-        }
-        return true
-    }
-}
-
-/// A deterministic generator per thread (``SplitMix64`` with the seed spread out, so threads
-/// seeded 0, 1, 2 … draw unrelated streams), with `Int` helpers.
-struct ConcurrentRandom: RandomNumberGenerator {
-    private var base: SplitMix64
-
-    init(seed: UInt64) { base = SplitMix64(seed: seed &* 0x9E37_79B9_7F4A_7C15 &+ 0xD1B5_4A32_D192_ED03) }
-
-    mutating func next() -> UInt64 { base.next() }
-
-    /// Uniform in `0 ..< bound`.
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-
-    /// Uniform in `range`.
-    mutating func within(_ range: ClosedRange<Int>) -> Int { range.lowerBound + below(range.count) }
-
-    /// True with probability `percent` / 100.
-    mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
 }
 
 /// A value behind a lock that ThreadSanitizer understands. (`Synchronization.Mutex` on Linux hands
@@ -175,25 +133,13 @@ final class ConcurrentCountdown: Sendable {
     var isDone: Bool { remaining.load(ordering: .acquiring) <= 0 }
 }
 
-extension UInt64 {
-    /// Hexadecimal, for messages.
-    var hex: String { "0x" + String(self, radix: 16) }
-}
-
-/// Page helpers shared by the suites.
+/// Page-table checks shared by the suites.
 enum ConcurrentPages {
-    static let size = AddressSpace.pageSize
-
-    /// The page-aligned addresses of `[start, end)`.
-    static func pages(_ start: UInt64, _ end: UInt64) -> StrideTo<UInt64> {
-        stride(from: start, to: end, by: Int(size))
-    }
-
     /// Checks that no page-table entry exists in `[start, end)` (after an unmap returned).
     static func expectNoEntries(
         _ space: AddressSpace, _ start: UInt64, _ end: UInt64, after what: String, _ violations: ConcurrentViolations
     ) {
-        for page in pages(start, end) {
+        for page in eachPage(start, end) {
             if let entry = space.translate(page) {
                 violations.record("entry \(entry.rawValue.hex) at \(page.hex) right after \(what)")
                 return
@@ -207,7 +153,7 @@ enum ConcurrentPages {
         _ space: AddressSpace, _ start: UInt64, _ end: UInt64, _ protection: Protection, after what: String,
         _ violations: ConcurrentViolations
     ) {
-        for page in pages(start, end) {
+        for page in eachPage(start, end) {
             guard let entry = space.translate(page) else { continue }
             if !protection.contains(.write) && entry.isWritable {
                 violations.record("writable entry \(entry.rawValue.hex) at \(page.hex) right after \(what)")

@@ -43,12 +43,12 @@ struct ConcurrentHugePageTests {
         let collapsed = Atomic<Int>(0)
 
         let writer: @Sendable (Int) -> Void = { index in
-            var random = ConcurrentRandom(seed: 0x4A_0000 &+ UInt64(index))
+            var random = SplitMix64(spreading: 0x4A_0000 &+ UInt64(index))
             defer { writersLeft.arrive() }
             var last = [UInt64: UInt64]()
             for address in owned[index] { last[address] = 1 }
             for iteration in 0..<writeIterations {
-                let address = owned[index][random.below(owned[index].count)]
+                let address = owned[index][random.index(below: owned[index].count)]
                 let token = UInt64(index + 1) << 48 | UInt64(iteration + 2)
                 do {
                     if random.chance(30) {
@@ -75,14 +75,14 @@ struct ConcurrentHugePageTests {
         }
 
         let churner: @Sendable () -> Void = {
-            var random = ConcurrentRandom(seed: 0x4B)
+            var random = SplitMix64(spreading: 0x4B)
             var operations = 0
             while operations < churnIterations || !writersLeft.isDone {
                 operations += 1
                 if operations > 1_000_000 { break }
-                let block = Self.base + UInt64(random.below(Int(Self.blocks))) * Self.huge
-                let first = UInt64(random.below(pagesPerBlock - 1))
-                let count = UInt64(random.within(1...min(96, pagesPerBlock - Int(first))))
+                let block = Self.base + random.below(Self.blocks) * Self.huge
+                let first = UInt64(random.index(below: pagesPerBlock - 1))
+                let count = UInt64(random.int(1...min(96, pagesPerBlock - Int(first))))
                 let low = block + first * Self.page
                 let high = low + count * Self.page
                 do {

@@ -90,12 +90,12 @@ struct ConcurrentIntervalNotifierTests {
         let retries = Atomic<Int>(0)
 
         let invalidator: @Sendable (Int) -> Void = { index in
-            var random = ConcurrentRandom(seed: 0x17_0000 &+ UInt64(index))
+            var random = SplitMix64(spreading: 0x17_0000 &+ UInt64(index))
             var operations = 0
             while !insertersLeft.isDone && operations < 10_000_000 {
                 operations += 1
-                let first = UInt64(random.below(Int(Self.sharedPages)))
-                let count = UInt64(random.within(1...Int(Self.sharedPages - first)))
+                let first = random.below(Self.sharedPages)
+                let count = UInt64(random.int(1...Int(Self.sharedPages - first)))
                 let low = sharedStart + first * page
                 do {
                     switch random.below(10) {
@@ -121,14 +121,14 @@ struct ConcurrentIntervalNotifierTests {
         }
 
         let inserter: @Sendable (Int) -> Void = { index in
-            var random = ConcurrentRandom(seed: 0x1E_0000 &+ UInt64(index))
+            var random = SplitMix64(spreading: 0x1E_0000 &+ UInt64(index))
             defer { insertersLeft.arrive() }
             let privateStart = Self.privatePart(index).0
             var live: [(IntervalNotifier, ConcurrentIntervalProbe)] = []
             for round in 0..<rounds {
                 // An interval from inside this inserter's private part into the shared part.
-                let inPrivate = privateStart + UInt64(random.below(Int(Self.privatePages))) * page
-                let inShared = sharedStart + UInt64(random.below(Int(Self.sharedPages))) * page
+                let inPrivate = privateStart + random.below(Self.privatePages) * page
+                let inShared = sharedStart + random.below(Self.sharedPages) * page
                 let start = index == 0 ? inPrivate : inShared
                 let end = (index == 0 ? inShared : inPrivate) + page
                 let probe = ConcurrentIntervalProbe(
@@ -169,7 +169,7 @@ struct ConcurrentIntervalNotifierTests {
                 live.append((notifier, probe))
                 // Remove some now (often while the tree is frozen), keep up to three live.
                 while live.count > 3 || (!live.isEmpty && random.chance(50)) {
-                    let (victim, victimProbe) = live.remove(at: random.below(live.count))
+                    let (victim, victimProbe) = live.remove(at: random.index(below: live.count))
                     victim.remove()
                     victimProbe.removed.store(true, ordering: .sequentiallyConsistent)
                     let running = victimProbe.inside.load(ordering: .sequentiallyConsistent)

@@ -53,7 +53,7 @@ struct ConcurrentSleepableRCUTests {
         }
 
         let reader: @Sendable (Int) -> Void = { number in
-            var random = ConcurrentRandom(seed: 0x5C_0000 &+ UInt64(number))
+            var random = SplitMix64(spreading: 0x5C_0000 &+ UInt64(number))
             defer { readersLeft.arrive() }
             for _ in 0..<readIterations {
                 let token = domain.readLock()
@@ -150,7 +150,7 @@ struct ConcurrentSleepableRCUTests {
         let syncReturnedEarly = Atomic<Bool>(false)
         let syncReturned = Atomic<Bool>(false)
 
-        let sleeper = ConcurrentHarness.spawn("srcu-sleeper") {
+        let sleeper = TestThread("srcu-sleeper") {
             let token = blocked.readLock()
             entered.signal()
             release.wait()
@@ -159,18 +159,24 @@ struct ConcurrentSleepableRCUTests {
         }
         entered.wait()
 
-        // Progress elsewhere while the reader sleeps.
+        // Progress elsewhere while the reader sleeps (it stays blocked until `release` is signalled
+        // below). The grace periods run on a watched thread: if the sleeping reader held them up,
+        // the join fails instead of hanging the run.
         let before = other.gracePeriodsCompleted
-        other.synchronize()
-        other.synchronize()
+        let progress = TestThread("srcu-progress") {
+            other.synchronize()
+            other.synchronize()
+            RCU.synchronize()
+            RCU.barrier()
+        }
+        guard progress.join("other domains' grace periods while a reader sleeps") else {
+            release.signal()
+            return
+        }
         #expect(other.gracePeriodsCompleted == before + 2)
-        RCU.synchronize()
-        RCU.barrier()
-        let stillBlocked = !left.load(ordering: .sequentiallyConsistent)
-        #expect(stillBlocked, "the sleeper must still be blocked")
 
         // The blocked domain waits for it.
-        let waiter = ConcurrentHarness.spawn("srcu-waiter") {
+        let waiter = TestThread("srcu-waiter") {
             blocked.synchronize()
             if !left.load(ordering: .sequentiallyConsistent) { syncReturnedEarly.store(true, ordering: .relaxed) }
             syncReturned.store(true, ordering: .sequentiallyConsistent)
@@ -182,7 +188,7 @@ struct ConcurrentSleepableRCUTests {
         let returnedWhileBlocked = syncReturned.load(ordering: .sequentiallyConsistent)
         #expect(!returnedWhileBlocked)
         release.signal()
-        guard ConcurrentHarness.join(sleeper, "sleeper"), ConcurrentHarness.join(waiter, "waiter") else { return }
+        guard sleeper.join("sleeper"), waiter.join("waiter") else { return }
         let returned = syncReturned.load(ordering: .sequentiallyConsistent)
         let early = syncReturnedEarly.load(ordering: .relaxed)
         #expect(returned)
@@ -198,24 +204,24 @@ struct ConcurrentSleepableRCUTests {
         let unlocked = Atomic<Bool>(false)
         let returnedEarly = Atomic<Bool>(false)
 
-        let owner = ConcurrentHarness.spawn("srcu-owner") {
+        let owner = TestThread("srcu-owner") {
             token.withLock { $0 = domain.readLock() }
             locked.signal()
         }
-        guard ConcurrentHarness.join(owner, "owner") else { return }
+        guard owner.join("owner") else { return }
         locked.wait()
-        let waiter = ConcurrentHarness.spawn("srcu-waiter") {
+        let waiter = TestThread("srcu-waiter") {
             domain.synchronize()
             if !unlocked.load(ordering: .sequentiallyConsistent) { returnedEarly.store(true, ordering: .relaxed) }
         }
-        let finisher = ConcurrentHarness.spawn("srcu-finisher") {
+        let finisher = TestThread("srcu-finisher") {
             unlock.wait()
             unlocked.store(true, ordering: .sequentiallyConsistent)
             domain.readUnlock(token.withLock { $0! })
         }
         RCU.synchronize()  // some unrelated work before letting the section end
         unlock.signal()
-        guard ConcurrentHarness.join(finisher, "finisher"), ConcurrentHarness.join(waiter, "waiter") else { return }
+        guard finisher.join("finisher"), waiter.join("waiter") else { return }
         let early = returnedEarly.load(ordering: .relaxed)
         #expect(!early, "synchronize() returned before the section ended on the other thread")
     }
@@ -234,24 +240,36 @@ struct ConcurrentSleepableRCUTests {
         let blocker = ConcurrentBlockingNotifier(blockOn: victim)
         try space.registerNotifier(blocker)
 
-        let unmapper = ConcurrentHarness.spawn("blocked-unmap") {
+        let unmapper = TestThread("blocked-unmap") {
             try? space.unmap(address: victim, length: 16 * page)
         }
-        blocker.entered.wait()  // the unmap is now inside start, holding the mmap write lock
+        blocker.entered.wait()  // the unmap is now inside start (until `release`), holding the mmap write lock
 
-        RCU.synchronize()
-        RCU.barrier()
-        // Lockless paths work: a speculative fault on a present page and one that installs a page,
-        // an access through the page table, a translation.
-        #expect(space.speculativeFault(stable, .read) == .handled)
-        #expect(space.speculativeFault(stable + page, .write) == .handled)
-        #expect(try space.read(at: stable) == 7)
-        #expect(space.translate(stable + page)?.isWritable == true)
-        let notifierReleased = blocker.released.load(ordering: .sequentiallyConsistent)
-        #expect(!notifierReleased)
+        // Grace periods and lockless paths work: a speculative fault on a present page and one that
+        // installs a page, an access through the page table, a translation. They run on a watched
+        // thread, so one held up by the blocked callback fails the join instead of hanging the run.
+        let results = ConcurrentLocked<(Bool, Bool, UInt64?, Bool)>((false, false, nil, false))
+        let prober = TestThread("lockless-probe") {
+            RCU.synchronize()
+            RCU.barrier()
+            let readFault = space.speculativeFault(stable, .read) == .handled
+            let writeFault = space.speculativeFault(stable + page, .write) == .handled
+            let value = try? space.read(at: stable)
+            let writable = space.translate(stable + page)?.isWritable == true
+            results.withLock { $0 = (readFault, writeFault, value, writable) }
+        }
+        guard prober.join("grace periods and lockless paths while a callback blocks") else {
+            blocker.release.signal()
+            return
+        }
+        let (readFault, writeFault, value, writable) = results.withLock { $0 }
+        #expect(readFault)
+        #expect(writeFault)
+        #expect(value == 7)
+        #expect(writable)
 
         blocker.release.signal()
-        guard ConcurrentHarness.join(unmapper, "unmap") else { return }
+        guard unmapper.join("unmap") else { return }
         #expect(space.mappings().count == 1)
         space.teardown()
         #expect(memory.framesInUse == 0)
@@ -264,7 +282,6 @@ final class ConcurrentBlockingNotifier: MMUNotifier, @unchecked Sendable {
     let blockOn: UInt64
     let entered = DispatchSemaphore(value: 0)
     let release = DispatchSemaphore(value: 0)
-    let released = Atomic<Bool>(false)
     private let armed = Atomic<Bool>(true)
 
     init(blockOn: UInt64) { self.blockOn = blockOn }
@@ -277,7 +294,6 @@ final class ConcurrentBlockingNotifier: MMUNotifier, @unchecked Sendable {
         else { return true }
         entered.signal()
         release.wait()
-        released.store(true, ordering: .sequentiallyConsistent)
         return true
     }
 }

@@ -52,12 +52,12 @@ struct ConcurrentSpeculativeFaultTests {
         let churnOperations = Atomic<Int>(0)
 
         let faulter: @Sendable (Int) -> Void = { index in
-            var random = ConcurrentRandom(seed: 0x5EED_0000 &+ UInt64(index))
+            var random = SplitMix64(spreading: 0x5EED_0000 &+ UInt64(index))
             defer { faultersLeft.arrive() }
             for iteration in 0..<faultIterations {
-                let churner = random.below(Self.churners)
-                let slot = Self.slots(churner)[random.below(2)]
-                let address = slot + UInt64(random.below(Int(Self.slotPages))) * page + UInt64(random.below(Int(page)))
+                let churner = random.index(below: Self.churners)
+                let slot = Self.slots(churner)[random.index(below: 2)]
+                let address = slot + random.below(Self.slotPages) * page + random.below(page)
                 let write = random.chance(70)
                 do {
                     if random.chance(15) {
@@ -79,7 +79,7 @@ struct ConcurrentSpeculativeFaultTests {
         }
 
         let churner: @Sendable (Int) -> Void = { index in
-            var random = ConcurrentRandom(seed: 0xC4_0000 &+ UInt64(index))
+            var random = SplitMix64(spreading: 0xC4_0000 &+ UInt64(index))
             let (regionStart, regionEnd) = Self.region(index)
             let slots = Self.slots(index)
             let protections: [Protection] = [.read, .none, .readWrite]
@@ -90,17 +90,17 @@ struct ConcurrentSpeculativeFaultTests {
                 operations += 1
                 if operations > 1_000_000 { break }
                 let vmas = space.mappings().filter { $0.start >= regionStart && $0.end <= regionEnd }
-                let slotIndex = random.below(2)
+                let slotIndex = random.index(below: 2)
                 let slot = slots[slotIndex]
-                let first = UInt64(random.below(Int(Self.slotPages)))
-                let count = UInt64(random.within(1...Int(Self.slotPages - first)))
+                let first = random.below(Self.slotPages)
+                let count = UInt64(random.int(1...Int(Self.slotPages - first)))
                 let low = slot + first * page
                 let high = low + count * page
                 do {
                     switch random.below(8) {
                     case 0:
                         try space.map(
-                            length: high - low, protection: protections[random.below(3)], placement: .fixed(low))
+                            length: high - low, protection: random.pick(protections), placement: .fixed(low))
                     case 1:
                         try space.map(length: high - low, placement: .fixed(low))
                     case 2:
@@ -109,7 +109,7 @@ struct ConcurrentSpeculativeFaultTests {
                     case 3, 4:
                         guard let vma = vmas.randomElement(using: &random) else { continue }
                         let (start, end) = Self.subrange(of: vma, &random)
-                        let protection = protections[random.below(3)]
+                        let protection = random.pick(protections)
                         try space.protect(address: start, length: end - start, protection: protection)
                         ConcurrentPages.expectProtected(
                             space, start, end, protection, after: "protect(\(protection))", violations)
@@ -118,8 +118,8 @@ struct ConcurrentSpeculativeFaultTests {
                         guard let vma = vmas.randomElement(using: &random) else { continue }
                         let (start, end) = Self.subrange(of: vma, &random)
                         let target = slots[1 - (vma.start >= slots[1] ? 1 : 0)]
-                        let offset = UInt64(random.below(Int(Self.slotPages)))
-                        let newPages = UInt64(random.within(1...Int(Self.slotPages - offset)))
+                        let offset = random.below(Self.slotPages)
+                        let newPages = UInt64(random.int(1...Int(Self.slotPages - offset)))
                         let moved = try space.remap(
                             address: start, oldLength: end - start, newLength: newPages * page,
                             move: .fixed(target + offset * page))
@@ -132,7 +132,7 @@ struct ConcurrentSpeculativeFaultTests {
                         guard let vma = vmas.randomElement(using: &random), vma.end - vma.start > page else {
                             continue
                         }
-                        let keep = UInt64(random.within(1...Int((vma.end - vma.start) / page - 1))) * page
+                        let keep = UInt64(random.int(1...Int((vma.end - vma.start) / page - 1))) * page
                         try space.remap(address: vma.start, oldLength: vma.end - vma.start, newLength: keep)
                         ConcurrentPages.expectNoEntries(
                             space, vma.start + keep, vma.end, after: "remap shrink", violations)
@@ -141,7 +141,7 @@ struct ConcurrentSpeculativeFaultTests {
                         guard let vma = vmas.randomElement(using: &random) else { continue }
                         let slotEnd = (vma.start >= slots[1] ? slots[1] : slots[0]) + Self.slotPages * page
                         guard vma.end < slotEnd else { continue }
-                        let grow = UInt64(random.within(1...Int((slotEnd - vma.end) / page))) * page
+                        let grow = UInt64(random.int(1...Int((slotEnd - vma.end) / page))) * page
                         do {
                             try space.remap(
                                 address: vma.start, oldLength: vma.end - vma.start, newLength: vma.end - vma.start + grow)
@@ -178,10 +178,10 @@ struct ConcurrentSpeculativeFaultTests {
     }
 
     /// A random non-empty page range inside `vma`.
-    static func subrange(of vma: Mapping, _ random: inout ConcurrentRandom) -> (UInt64, UInt64) {
+    static func subrange(of vma: Mapping, _ random: inout SplitMix64) -> (UInt64, UInt64) {
         let pages = Int((vma.end - vma.start) / page)
-        let first = random.below(pages)
-        let count = random.within(1...(pages - first))
+        let first = random.index(below: pages)
+        let count = random.int(1...(pages - first))
         let start = vma.start + UInt64(first) * page
         return (start, start + UInt64(count) * page)
     }

@@ -87,12 +87,12 @@ struct ConcurrentUnregistrationTests {
         let probes = ConcurrentLocked<[ConcurrentProbeNotifier]>([])
 
         let invalidator: @Sendable (Int) -> Void = { index in
-            var random = ConcurrentRandom(seed: 0x1A_0000 &+ UInt64(index))
+            var random = SplitMix64(spreading: 0x1A_0000 &+ UInt64(index))
             var operations = 0
             while !controllerDone.load(ordering: .relaxed) && operations < 10_000_000 {
                 operations += 1
-                let first = UInt64(random.below(Int(pages)))
-                let count = UInt64(random.within(1...Int(pages - first)))
+                let first = random.below(pages)
+                let count = UInt64(random.int(1...Int(pages - first)))
                 let low = base + first * Self.page
                 do {
                     switch random.below(10) {
@@ -116,7 +116,7 @@ struct ConcurrentUnregistrationTests {
         }
 
         let controller: @Sendable () -> Void = {
-            var random = ConcurrentRandom(seed: 0xC7_1)
+            var random = SplitMix64(spreading: 0xC7_1)
             defer { controllerDone.store(true, ordering: .relaxed) }
             var registered: [ConcurrentProbeNotifier] = []
             for round in 0..<rounds {

@@ -8,12 +8,10 @@ private let base = NotifierTestConstants.base
 /// Aging: `age` test-and-clears accessed bits and OR-combines subscribers' answers; `testYoung`
 /// clears nothing and stops at the first subscriber that says yes.
 @Suite struct AgingTests {
-    private func address(_ index: Int) -> UInt64 { base + UInt64(index) * p }
-
     private func makeSpace() throws -> AddressSpace {
         let space = try AddressSpace(memory: PhysicalMemory(capacity: 2048, swapSlots: 64))
         try space.map(length: 16 * p, placement: .fixed(base))
-        for index in 0..<8 { try space.write(UInt64(index) + 1, at: address(index)) }
+        for index in 0..<8 { try space.write(UInt64(index) + 1, at: pageAddress(index)) }
         return space
     }
 
@@ -21,12 +19,12 @@ private let base = NotifierTestConstants.base
         let space = try makeSpace()
         #expect(try space.age(address: base, length: 16 * p) == 8)  // pages 8..<16 are not present
         #expect(try space.age(address: base, length: 16 * p) == 0)
-        for index in 0..<8 { #expect(space.translate(address(index))?.isAccessed == false) }
-        _ = try space.read(at: address(1))
-        _ = try space.read(at: address(6))
-        try space.write(9, at: address(3))
-        #expect(space.testYoung(at: address(1)))
-        #expect(!space.testYoung(at: address(2)))
+        for index in 0..<8 { #expect(space.translate(pageAddress(index))?.isAccessed == false) }
+        _ = try space.read(at: pageAddress(1))
+        _ = try space.read(at: pageAddress(6))
+        try space.write(9, at: pageAddress(3))
+        #expect(space.testYoung(at: pageAddress(1)))
+        #expect(!space.testYoung(at: pageAddress(2)))
         #expect(try space.age(address: base, length: 4 * p) == 2)  // only the range asked
         #expect(try space.age(address: base, length: 16 * p) == 1)
         #expect(throws: MemoryError.invalidArgument) { _ = try space.age(address: base + 1, length: p) }
@@ -40,17 +38,17 @@ private let base = NotifierTestConstants.base
         let second = RecordingNotifier("second", callbacks: .young, log: log)
         let notYoung = RecordingNotifier("notYoung", callbacks: [.invalidateRange], log: log)
         for notifier in [first, second, notYoung] { try space.registerNotifier(notifier) }
-        first.youngPages.withLock { $0 = [address(1), address(4)] }
-        second.youngPages.withLock { $0 = [address(4), address(5)] }
-        _ = try space.read(at: address(6))  // the CPU's own accessed bit
+        first.youngPages.withLock { $0 = [pageAddress(1), pageAddress(4)] }
+        second.youngPages.withLock { $0 = [pageAddress(4), pageAddress(5)] }
+        _ = try space.read(at: pageAddress(6))  // the CPU's own accessed bit
 
         #expect(try space.age(address: base, length: 16 * p) == 4)  // pages 1, 4, 5, 6
         // Every subscriber is asked about every present page, in registration order, even after
         // one already said yes (OR, not short-circuit), with the flushing variant.
         var expected: [NotifierCall] = []
         for index in 0..<8 {
-            expected.append(.clearFlushYoung("first", start: address(index), end: address(index) + p))
-            expected.append(.clearFlushYoung("second", start: address(index), end: address(index) + p))
+            expected.append(.clearFlushYoung("first", start: pageAddress(index), end: pageAddress(index) + p))
+            expected.append(.clearFlushYoung("second", start: pageAddress(index), end: pageAddress(index) + p))
         }
         #expect(log.all == expected)
         #expect(first.youngPages.withLock { $0.isEmpty } && second.youngPages.withLock { $0.isEmpty })
@@ -58,7 +56,7 @@ private let base = NotifierTestConstants.base
 
         // Without flush: clearYoung.
         log.drain()
-        second.youngPages.withLock { $0 = [address(2)] }
+        second.youngPages.withLock { $0 = [pageAddress(2)] }
         #expect(try space.age(address: base, length: 8 * p, flush: false) == 1)
         #expect(log.all.allSatisfy { if case .clearYoung = $0 { true } else { false } })
         #expect(log.all.count == 16)
@@ -72,20 +70,20 @@ private let base = NotifierTestConstants.base
         let second = RecordingNotifier("second", callbacks: [.testYoung], log: log)
         try space.registerNotifier(first)
         try space.registerNotifier(second)
-        first.youngPages.withLock { $0 = [address(1)] }
-        second.youngPages.withLock { $0 = [address(2)] }
+        first.youngPages.withLock { $0 = [pageAddress(1)] }
+        second.youngPages.withLock { $0 = [pageAddress(2)] }
 
-        #expect(space.testYoung(at: address(1) + 100))  // any address in the page
-        #expect(log.drain() == [.testYoung("first", address: address(1))])
-        #expect(space.testYoung(at: address(2)))
-        #expect(log.drain() == [.testYoung("first", address: address(2)), .testYoung("second", address: address(2))])
-        #expect(!space.testYoung(at: address(3)))
+        #expect(space.testYoung(at: pageAddress(1) + 100))  // any address in the page
+        #expect(log.drain() == [.testYoung("first", address: pageAddress(1))])
+        #expect(space.testYoung(at: pageAddress(2)))
+        #expect(log.drain() == [.testYoung("first", address: pageAddress(2)), .testYoung("second", address: pageAddress(2))])
+        #expect(!space.testYoung(at: pageAddress(3)))
         #expect(log.drain().count == 2)
-        #expect(space.testYoung(at: address(1)))  // nothing was cleared
+        #expect(space.testYoung(at: pageAddress(1)))  // nothing was cleared
         log.drain()
         // The CPU's accessed bit answers first: subscribers are not asked.
-        _ = try space.read(at: address(3))
-        #expect(space.testYoung(at: address(3)))
+        _ = try space.read(at: pageAddress(3))
+        #expect(space.testYoung(at: pageAddress(3)))
         #expect(log.drain() == [])
     }
 
@@ -109,11 +107,11 @@ private let base = NotifierTestConstants.base
         let mirror = try SoftwareMirror(space: space, start: base, length: 16 * p)
         try mirror.populate(base, base + 8 * p, write: false)
         _ = try space.age(address: base, length: 16 * p)
-        _ = try mirror.read(at: address(2))
-        #expect(space.translate(address(2))?.isAccessed == false)
-        #expect(space.testYoung(at: address(2)))
+        _ = try mirror.read(at: pageAddress(2))
+        #expect(space.translate(pageAddress(2))?.isAccessed == false)
+        #expect(space.testYoung(at: pageAddress(2)))
         #expect(try space.age(address: base, length: 16 * p) == 1)
-        #expect(!space.testYoung(at: address(2)))  // aging cleared the mirror's bit too
+        #expect(!space.testYoung(at: pageAddress(2)))  // aging cleared the mirror's bit too
         mirror.detach()
     }
 }

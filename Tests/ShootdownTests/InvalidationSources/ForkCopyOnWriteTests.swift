@@ -22,7 +22,6 @@ private let base = NotifierTestConstants.base
         }
     }
 
-    private static func privateAddress(_ index: Int) -> UInt64 { base + UInt64(index) * p }
     private static func sharedAddress(_ index: Int) -> UInt64 { sharedBase + UInt64(index) * p }
 
     /// Checks every frame's refcount and mapcount against the entries that map it, and the frames
@@ -35,7 +34,7 @@ private let base = NotifierTestConstants.base
         var sharedMaps: [UInt64: Int] = [:]
         for process in processes {
             for index in 0..<privatePages {
-                if let entry = process.space.translate(privateAddress(index)), entry.isPresent,
+                if let entry = process.space.translate(pageAddress(index)), entry.isPresent,
                     entry.number != PhysicalMemory.zeroFrame
                 {
                     privateMaps[entry.number, default: 0] += 1
@@ -62,7 +61,7 @@ private let base = NotifierTestConstants.base
 
     @Test(arguments: [(UInt64(1), AddressSpace.FaultPath.speculative), (7, .mmapLock), (2024, .speculative), (0xC0FFEE, .mmapLock)])
     func randomForksWritesAndExitsKeepContentAndCountsExact(seed: UInt64, faultPath: AddressSpace.FaultPath) throws {
-        var generator = SeededGenerator(seed: seed)
+        var generator = SplitMix64(seed: seed)
         let memory = PhysicalMemory(capacity: 8192, swapSlots: 64)
         let root = try AddressSpace(configuration: .init(faultPath: faultPath), memory: memory)
         try root.map(length: UInt64(Self.privatePages) * p, placement: .fixed(base))
@@ -89,7 +88,7 @@ private let base = NotifierTestConstants.base
             case 0..<65:
                 let index = Int.random(in: 0..<Self.privatePages, using: &generator)
                 nextToken += 1
-                try process.space.write(nextToken, at: Self.privateAddress(index))
+                try process.space.write(nextToken, at: pageAddress(index))
                 process.tokens[index] = nextToken
             case 65..<75:
                 let index = Int.random(in: 0..<Self.sharedPages, using: &generator)
@@ -99,13 +98,13 @@ private let base = NotifierTestConstants.base
                 sharedCached.insert(index)
             default:
                 let index = Int.random(in: 0..<Self.privatePages, using: &generator)
-                #expect(try process.space.read(at: Self.privateAddress(index)) == process.tokens[index])
+                #expect(try process.space.read(at: pageAddress(index)) == process.tokens[index])
             }
             if step % 40 == 39 {
                 Self.verifyCounts(processes, memory: memory, sharedCached: sharedCached)
                 for process in processes {
                     for index in 0..<Self.privatePages {
-                        #expect(try process.space.read(at: Self.privateAddress(index)) == process.tokens[index])
+                        #expect(try process.space.read(at: pageAddress(index)) == process.tokens[index])
                     }
                     for index in 0..<Self.sharedPages {
                         #expect(try process.space.read(at: Self.sharedAddress(index)) == shared[index])

@@ -16,22 +16,20 @@ private let base = NotifierTestConstants.base
         return (space, memory)
     }
 
-    private func address(_ index: Int) -> UInt64 { base + UInt64(index) * p }
-
     @Test func pageOutRoundTripKeepsContent() throws {
         let (space, memory) = try makeSpace(pages: 16)
         try space.advise(address: base, length: 16 * p, advice: .pageOut)
-        for index in 0..<16 { #expect(space.translate(address(index))?.isSwap == true) }
+        for index in 0..<16 { #expect(space.translate(pageAddress(index))?.isSwap == true) }
         #expect(memory.framesInUse == 0)
         #expect(space.statistics[.pagesSwappedOut] == 16)
-        for index in 0..<16 { #expect(try space.read(at: address(index)) == 0x100 + UInt64(index)) }
+        for index in 0..<16 { #expect(try space.read(at: pageAddress(index)) == 0x100 + UInt64(index)) }
         #expect(space.statistics[.swapInFaults] == 16)
         #expect(memory.framesInUse == 16)
         // Swapped in for a read: read-only until written; a write reuses the frame.
-        #expect(space.translate(address(3))?.isWritable == false)
-        let frame = space.translate(address(3))!.number
-        try space.write(7, at: address(3))
-        #expect(space.translate(address(3))?.number == frame)
+        #expect(space.translate(pageAddress(3))?.isWritable == false)
+        let frame = space.translate(pageAddress(3))!.number
+        try space.write(7, at: pageAddress(3))
+        #expect(space.translate(pageAddress(3))?.number == frame)
         // Unmapping swap entries releases their slots.
         try space.advise(address: base, length: 2 * p, advice: .pageOut)
         try space.unmap(address: base, length: 16 * p)
@@ -62,17 +60,17 @@ private let base = NotifierTestConstants.base
     @Test func reclaimGivesYoungPagesASecondChance() throws {
         let (space, memory) = try makeSpace()
         #expect(try space.age(address: base, length: 8 * p) == 8)  // all old now
-        for index in 0..<4 { _ = try space.read(at: address(index)) }  // young again
+        for index in 0..<4 { _ = try space.read(at: pageAddress(index)) }  // young again
         #expect(try space.reclaim(pages: 4) == 4)
-        for index in 0..<4 { #expect(space.translate(address(index))?.isPresent == true) }
-        for index in 4..<8 { #expect(space.translate(address(index))?.isSwap == true) }
+        for index in 0..<4 { #expect(space.translate(pageAddress(index))?.isPresent == true) }
+        for index in 4..<8 { #expect(space.translate(pageAddress(index))?.isSwap == true) }
         #expect(memory.framesInUse == 4)
         // The pass cleared their accessed bits: the next reclaim takes them on its second pass.
         #expect(try space.reclaim(pages: 4) == 4)
-        for index in 0..<4 { #expect(space.translate(address(index))?.isSwap == true) }
+        for index in 0..<4 { #expect(space.translate(pageAddress(index))?.isSwap == true) }
         #expect(memory.framesInUse == 0)
         #expect(try space.reclaim(pages: 4) == 0)  // nothing reclaimable left
-        for index in 0..<8 { #expect(try space.read(at: address(index)) == 0x100 + UInt64(index)) }
+        for index in 0..<8 { #expect(try space.read(at: pageAddress(index)) == 0x100 + UInt64(index)) }
     }
 
     @Test func pagesYoungThroughAMirrorGetASecondChance() throws {
@@ -81,18 +79,18 @@ private let base = NotifierTestConstants.base
         try mirror.populate(base, base + 8 * p, write: false)
         #expect(try space.age(address: base, length: 8 * p) == 8)  // clears the CPU bits
         // Device accesses: young in the mirror only; the CPU accessed bits stay clear.
-        for index in 0..<4 { #expect(try mirror.read(at: address(index)) == 0x100 + UInt64(index)) }
-        for index in 0..<8 { #expect(space.translate(address(index))?.isAccessed == false) }
-        #expect(space.testYoung(at: address(0)))
-        #expect(!space.testYoung(at: address(5)))
+        for index in 0..<4 { #expect(try mirror.read(at: pageAddress(index)) == 0x100 + UInt64(index)) }
+        for index in 0..<8 { #expect(space.translate(pageAddress(index))?.isAccessed == false) }
+        #expect(space.testYoung(at: pageAddress(0)))
+        #expect(!space.testYoung(at: pageAddress(5)))
 
         #expect(try space.reclaim(pages: 4) == 4)
-        for index in 0..<4 { #expect(space.translate(address(index))?.isPresent == true, "page \(index) was young") }
-        for index in 4..<8 { #expect(space.translate(address(index))?.isSwap == true) }
+        for index in 0..<4 { #expect(space.translate(pageAddress(index))?.isPresent == true, "page \(index) was young") }
+        for index in 4..<8 { #expect(space.translate(pageAddress(index))?.isSwap == true) }
         #expect(memory.framesInUse == 4)
         // The reclaim's clear dropped the mirror's translations; a device read faults back in.
-        #expect(mirror.translation(for: address(5)) == nil)
-        #expect(try mirror.read(at: address(5)) == 0x105)
+        #expect(mirror.translation(for: pageAddress(5)) == nil)
+        #expect(try mirror.read(at: pageAddress(5)) == 0x105)
         mirror.detach()
     }
 

@@ -7,26 +7,6 @@ private let p = NotifierTestConstants.page
 private let base = NotifierTestConstants.base
 
 @Suite struct NotifierRegistrationTests {
-    @Test func secondaryTLBHookTogetherWithStartOrEndIsRefused() throws {
-        let log = NotifierCallLog()
-        let space = try AddressSpace(memory: PhysicalMemory(capacity: 512, swapSlots: 8))
-        let mixes: [NotifierCallbacks] = [
-            [.invalidateSecondaryTLBs, .invalidateRangeStart],
-            [.invalidateSecondaryTLBs, .invalidateRangeEnd],
-            [.invalidateSecondaryTLBs, .invalidateRange, .release],
-        ]
-        for callbacks in mixes {
-            #expect(throws: MemoryError.invalidArgument) {
-                try space.registerNotifier(RecordingNotifier("mix", callbacks: callbacks, log: log))
-            }
-        }
-        #expect(space.notifiers.isEmpty)
-        // Each on its own is fine.
-        try space.registerNotifier(RecordingNotifier("tlb", callbacks: [.invalidateSecondaryTLBs, .release], log: log))
-        try space.registerNotifier(RecordingNotifier("range", callbacks: .invalidateRange, log: log))
-        #expect(space.notifiers.count == 2)
-    }
-
     @Test func doubleRegistrationIsRefused() throws {
         let log = NotifierCallLog()
         let space = try AddressSpace(memory: PhysicalMemory(capacity: 512, swapSlots: 8))
@@ -133,19 +113,5 @@ private let base = NotifierTestConstants.base
         child.teardown()
         space.teardown()
         #expect(memory.framesInUse == 0)
-    }
-
-    @Test func registrationOnADeadSpaceFails() throws {
-        let log = NotifierCallLog()
-        let space = try AddressSpace(memory: PhysicalMemory(capacity: 512, swapSlots: 8))
-        space.teardown()
-        #expect(throws: MemoryError.addressSpaceDead) { try space.registerNotifier(RecordingNotifier("rec", log: log)) }
-        #expect(throws: MemoryError.addressSpaceDead) {
-            _ = try space.insertIntervalNotifier(start: base, length: p, handler: RecordingIntervalHandler("itv", log: log))
-        }
-        #expect(throws: MemoryError.invalidArgument) {
-            let live = try AddressSpace(memory: PhysicalMemory(capacity: 512, swapSlots: 8))
-            _ = try live.insertIntervalNotifier(start: base, length: 0, handler: RecordingIntervalHandler("itv", log: log))
-        }
     }
 }

@@ -7,7 +7,7 @@ import Testing
 
 // Reusable pieces for the notifier and invalidation-source suites: a classic subscriber and an
 // interval handler that record every callback, a shared call log, gates to hold a callback open
-// from another thread, a seeded PRNG, and small helpers.
+// from another thread, and small helpers.
 
 /// One callback as a subscriber saw it.
 enum NotifierCall: Hashable, Sendable, CustomStringConvertible {
@@ -45,10 +45,10 @@ enum NotifierCall: Hashable, Sendable, CustomStringConvertible {
         switch self {
         case .start(let name, let range): "\(name).start(\(range))"
         case .end(let name, let range): "\(name).end(\(range))"
-        case .secondaryTLB(let name, let start, let end): "\(name).secondaryTLB(0x\(String(start, radix: 16))-0x\(String(end, radix: 16)))"
-        case .clearFlushYoung(let name, let start, _): "\(name).clearFlushYoung(0x\(String(start, radix: 16)))"
-        case .clearYoung(let name, let start, _): "\(name).clearYoung(0x\(String(start, radix: 16)))"
-        case .testYoung(let name, let address): "\(name).testYoung(0x\(String(address, radix: 16)))"
+        case .secondaryTLB(let name, let start, let end): "\(name).secondaryTLB(\(start.hex)-\(end.hex))"
+        case .clearFlushYoung(let name, let start, _): "\(name).clearFlushYoung(\(start.hex))"
+        case .clearYoung(let name, let start, _): "\(name).clearYoung(\(start.hex))"
+        case .testYoung(let name, let address): "\(name).testYoung(\(address.hex))"
         case .release(let name, _): "\(name).release"
         case .interval(let name, let range, let sequence): "\(name).interval(\(range), seq \(sequence))"
         }
@@ -294,30 +294,6 @@ final class Gate: @unchecked Sendable {
     func open() { proceedSemaphore.signal() }
 }
 
-/// A thread running `body`; ``join()`` waits for it.
-final class TestThread: @unchecked Sendable {
-    private let done = DispatchSemaphore(value: 0)
-
-    init(_ body: @escaping @Sendable () -> Void) {
-        let done = self.done
-        let thread = Thread {
-            body()
-            done.signal()
-        }
-        thread.start()
-    }
-
-    /// Waits for the thread (with a generous guard against a hang: a deadlocked engine fails the
-    /// test instead of stalling the run).
-    func join(sourceLocation: SourceLocation = #_sourceLocation) {
-        let finished = done.wait(timeout: .now() + 60) == .success
-        #expect(finished, "thread did not finish", sourceLocation: sourceLocation)
-    }
-
-    /// Waits at most `seconds` (a guard against a hang, not a timing assertion).
-    func join(within seconds: Double) -> Bool { done.wait(timeout: .now() + seconds) == .success }
-}
-
 /// Spins (yielding the processor, never sleeping for a fixed time) until `condition` holds.
 /// Returns `false` only if it still does not hold after a generous guard period (a broken engine
 /// must fail the test, not hang it; this is not a timing assertion).
@@ -331,15 +307,15 @@ func spinUntil(_ condition: () -> Bool) -> Bool {
     return true
 }
 
-/// A seeded generator, so randomised tests replay exactly.
-typealias SeededGenerator = SplitMix64
-
 enum NotifierTestConstants {
     static let page = AddressSpace.pageSize
     static let huge = AddressSpace.hugePageSize
     /// A 2 MiB-aligned address well inside the user range, for fixed mappings.
     static let base: UInt64 = 0x4000_0000
 }
+
+/// The address of page `index` counted from ``NotifierTestConstants/base``.
+func pageAddress(_ index: Int) -> UInt64 { NotifierTestConstants.base + UInt64(index) * NotifierTestConstants.page }
 
 extension AddressSpace {
     /// The VMA snapshot the engine would pass for the mapping containing `address`.

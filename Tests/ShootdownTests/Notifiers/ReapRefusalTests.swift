@@ -169,11 +169,4 @@ private let base = NotifierTestConstants.base
         #expect(memory.framesInUse == 0)
         #expect(pairingProblems(in: log.all, of: "blocker") == [])
     }
-
-    @Test func reapRejectsZeroAttemptsAndDeadSpaces() throws {
-        let space = try AddressSpace(memory: PhysicalMemory(capacity: 512, swapSlots: 8))
-        #expect(throws: MemoryError.invalidArgument) { try space.reap(attempts: 0) }
-        space.teardown()
-        #expect(throws: MemoryError.addressSpaceDead) { try space.reap() }
-    }
 }
