@@ -44,6 +44,9 @@ struct FaultRate {
 
 /// Faults `settings.pages` pages of a fresh VMA, optionally with a churning thread.
 func measureFaultRate(_ settings: BenchSettings, churn: Bool) throws -> FaultRate {
+    // Let liburcu's worker finish reclaiming the previous measurement's space first: freeing its
+    // tables and VMAs during this one would make a third busy thread on the machine.
+    RCU.barrier()
     let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory())
     let region = try space.map(length: UInt64(settings.pages) * 4096)
     // The churn VMA sits 1 GiB below, so it never merges with (and never changes) the faulted VMA.
