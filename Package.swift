@@ -2,7 +2,7 @@
 import PackageDescription
 
 // Library settings are first-class settings only (no unsafeFlags), so the library stays usable as a
-// versioned dependency (swift-on-linux.md §1.4, pitfall P4).
+// versioned dependency (SwiftPM refuses unsafe flags in dependencies).
 let engineSwiftSettings: [SwiftSetting] = [
     .enableUpcomingFeature("MemberImportVisibility"),
     .enableUpcomingFeature("ExistentialAny"),
@@ -13,13 +13,11 @@ let engineSwiftSettings: [SwiftSetting] = [
 let package = Package(
     name: "shootdown",
     products: [
-        .library(name: "Shootdown", targets: ["Shootdown"]),
-        .executable(name: "shootdown", targets: ["ShootdownCLI"]),
+        .library(name: "Shootdown", targets: ["Shootdown"])
     ],
-    dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
-        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
-    ],
+    // No dependencies: a library user builds the engine and its C interop, nothing else. The CLI is
+    // the nested package in CLI/, the benchmarks the one in Benchmarks/.
+    dependencies: [],
     targets: [
         // The only place C enters: liburcu (memb flavor), futexes, mmap, TLS thread slots.
         .target(
@@ -31,17 +29,6 @@ let package = Package(
             name: "Shootdown",
             dependencies: ["CInterop"],
             swiftSettings: engineSwiftSettings
-        ),
-        .executableTarget(
-            name: "ShootdownCLI",
-            dependencies: [
-                "Shootdown",
-                "CInterop",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Histogram", package: "hdrhistogram-swift"),
-            ],
-            path: "Sources/shootdown",
-            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
             name: "ShootdownTests",

@@ -2,7 +2,7 @@
 import PackageDescription
 
 // A nested package, so `swift build` and `swift test` at the root never compile package-benchmark
-// and its malloc interposer (swift-on-linux.md §6.2). A path dependency's identity is its
+// and its malloc interposer (docs/swift-notes.md). A path dependency's identity is its
 // directory name; derive it so the benchmarks build whatever the clone is called (pitfall P8).
 let rootIdentity = String(Context.packageDirectory.split(separator: "/").dropLast().last!)
 

@@ -3,7 +3,7 @@
 // Every symbol here carries the `cinterop_` prefix and is wrapped exactly once on the Swift side
 // (RCU, Futex, ThreadSlot, PageArena, Clock). Header `static inline` functions are imported and
 // inlined by Swift; that is how the liburcu memb read side costs about a nanosecond instead of a
-// 10 ns library call (swift-on-linux.md §2, liburcu.md §1.5 and §4.5).
+// 10 ns library call (docs/rcu.md, "The memb read side").
 //
 // Licensing: `_LGPL_SOURCE` inlines liburcu's read-side fast path, whose functions are kept under
 // the LGPL ten-line criterion by upstream; the library itself stays dynamically linked.
@@ -46,7 +46,7 @@ extern __thread uint32_t cinterop_thread_state;
 
 /// Registers the calling thread with liburcu-memb and claims a thread slot. Installs a pthread-key
 /// destructor that unregisters and releases the slot when the thread exits, so an exiting thread
-/// never leaves a grace period hanging (liburcu.md §4.6). Idempotent.
+/// never leaves a grace period hanging (docs/rcu.md, "Thread registration"). Idempotent.
 void cinterop_thread_attach_slow(void);
 
 static inline __attribute__((always_inline)) void cinterop_thread_attach(void) {

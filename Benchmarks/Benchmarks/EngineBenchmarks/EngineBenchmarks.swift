@@ -3,7 +3,7 @@ import Shootdown
 
 // Hot-path benchmarks. CI-style gating uses only `mallocCountTotal` (deterministic); wall clock
 // and throughput are reported for people, never gated (this class of machine is too noisy:
-// swift-on-linux.md §3.2). Thresholds: Benchmarks/Thresholds/6.3/.
+// docs/swift-notes.md). Thresholds: Benchmarks/Thresholds/6.3/.
 //
 //   swift package --package-path Benchmarks benchmark
 //   swift package --package-path Benchmarks benchmark thresholds check \

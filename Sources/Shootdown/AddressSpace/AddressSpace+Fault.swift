@@ -196,8 +196,8 @@ extension AddressSpace {
     }
 
     /// Copy-on-write (`wp_page_copy`): copy the frame, then replace the entry with the notify
-    /// *inside* the split lock, because the entry changes to point to a new frame (kernel-mm.md
-    /// §1.6 case B): clear, flush secondary TLBs, set.
+    /// *inside* the split lock, because the entry changes to point to a new frame (docs/protocols.md,
+    /// "When a notification must happen under the split lock"): clear, flush secondary TLBs, set.
     private func copyOnWrite(
         _ vma: VMA, pte: TableBlock, slot: Int, entry: PageTableEntry, address: UInt64
     ) throws(MemoryError) -> Bool {

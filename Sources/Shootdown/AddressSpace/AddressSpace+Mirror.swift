@@ -68,7 +68,7 @@ extension AddressSpace {
         }
     }
 
-    /// The whole mirror protocol for `[start, end)` (kernel-mm.md §2.4): `readBegin`, fault and
+    /// The whole mirror protocol for `[start, end)` (docs/protocols.md, "Mirrors"): `readBegin`, fault and
     /// snapshot the range, then `commit(pages, sequence)`, which must take the lock the notifier's
     /// handler takes, check `notifier.readRetry(sequence)` under it, program the translations only
     /// if that is `false`, and return whether it committed. Repeats until a commit succeeds.

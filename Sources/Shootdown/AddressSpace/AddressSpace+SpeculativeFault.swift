@@ -48,7 +48,7 @@ extension AddressSpace {
         access == .write ? protection.contains(.write) : !protection.isEmpty
     }
 
-    /// The speculative fault path (seed 003, kernel-mm.md §4.1): no mmap lock, an RCU read section,
+    /// The speculative fault path (docs/protocols.md, "Speculative faults"): no mmap lock, an RCU read section,
     /// the VMA validated by its sequence count under the PTE table's split lock.
     ///
     /// Handles the common cases (a missing entry of a private anonymous VMA: a fresh frame for a

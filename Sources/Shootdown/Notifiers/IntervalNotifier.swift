@@ -11,7 +11,8 @@ public protocol IntervalNotifierHandler: AnyObject, Sendable {
 }
 
 /// A subscription to invalidations of one interval `[start, end)` of an address space, with the
-/// collision-retry protocol of the kernel's `mmu_interval_notifier` (kernel-mm.md §2.3):
+/// collision-retry protocol of the kernel's `mmu_interval_notifier` (docs/protocols.md,
+/// "Interval notifiers"):
 ///
 /// ```
 /// again:

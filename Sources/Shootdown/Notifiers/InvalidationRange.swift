@@ -1,6 +1,6 @@
 import Synchronization
 /// Why translations in a range are being removed or weakened (the kernel's
-/// `enum mmu_notifier_event`, seeds 000 and 004). Every operation passes the event that fits it
+/// `enum mmu_notifier_event`). Every operation passes the event that fits it
 /// (never a default).
 public enum InvalidationEvent: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     /// munmap, or mremap moving the range away: the addresses are going away.

@@ -32,7 +32,7 @@ public struct NotifierCallbacks: OptionSet, Hashable, Sendable {
 /// - In a non-blockable range, start may refuse by returning `false` (it would have to sleep). A
 ///   subscriber that may refuse must not implement end. The engine then calls every other
 ///   subscriber's start anyway, calls end on each subscriber that has one, and the caller leaves
-///   the range untouched (kernel-mm.md §1.5).
+///   the range untouched (docs/protocols.md, "Non-blockable invalidations").
 /// - ``invalidateSecondaryTLBs(space:start:end:)`` runs under the split lock: it must not sleep.
 /// - ``clearFlushYoung(space:start:end:)`` and ``clearYoung(space:start:end:)`` run under the split
 ///   lock too; ``testYoung(space:address:)`` runs under no lock. None of them may sleep.

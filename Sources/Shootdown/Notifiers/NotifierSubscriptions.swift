@@ -160,8 +160,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
     }
 }
 
-/// A begun invalidation that must be ended exactly once, with the bounds it began with (seed 002's
-/// `mmun_start`/`mmun_end` convention, enforced by the type system): non-copyable, consumed by
+/// A begun invalidation that must be ended exactly once, with the bounds it began with (the kernel
+/// keeps start and end bounds in one range value for the same reason; here the type system enforces it): non-copyable, consumed by
 /// ``end()``, and trapping if dropped without it.
 @usableFromInline
 struct InvalidationScope: ~Copyable {

@@ -10,19 +10,20 @@ import CInterop
 /// Read sections nest, must not be held across `await` (the state is per thread), and must not
 /// call ``synchronize()`` or ``barrier()``. Notifier callbacks never run inside this domain: they
 /// run in ``SleepableRCU`` sections so that a sleeping callback cannot delay reclamation here.
-public enum RCU {
+@usableFromInline
+enum RCU {
     /// Enters a read-side section. Pair with ``readUnlock()`` on the same thread.
     @inlinable @inline(__always)
-    public static func readLock() { cinterop_rcu_read_lock() }
+    static func readLock() { cinterop_rcu_read_lock() }
 
     /// Leaves a read-side section.
     @inlinable @inline(__always)
-    public static func readUnlock() { cinterop_rcu_read_unlock() }
+    static func readUnlock() { cinterop_rcu_read_unlock() }
 
     /// Runs `body` inside a read-side section.
     @inlinable @inline(__always)
     @available(*, noasync, message: "RCU read sections are per thread and cannot span a suspension point")
-    public static func withReadSection<R: ~Copyable, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+    static func withReadSection<R: ~Copyable, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         cinterop_rcu_read_lock()
         defer { cinterop_rcu_read_unlock() }
         return try body()
@@ -30,24 +31,24 @@ public enum RCU {
 
     /// Whether the calling thread is inside a read-side section.
     @inlinable
-    public static var isReadSectionActive: Bool { cinterop_rcu_read_ongoing() }
+    static var isReadSectionActive: Bool { cinterop_rcu_read_ongoing() }
 
     /// Waits until every read-side section that began before the call has ended.
     ///
     /// - Precondition: not inside a read-side section.
-    public static func synchronize() {
+    static func synchronize() {
         checkInvariant(!isReadSectionActive, "synchronize() inside an RCU read section deadlocks")
         cinterop_rcu_synchronize()
     }
 
     /// Waits until every callback queued with ``call(afterGracePeriod:)`` has run (about 10 ms).
-    public static func barrier() {
+    static func barrier() {
         checkInvariant(!isReadSectionActive, "barrier() inside an RCU read section")
         cinterop_rcu_barrier()
     }
 
     /// Whether liburcu found `membarrier(PRIVATE_EXPEDITED)`; without it read sections cost ~70 ns.
-    public static var hasSysMembarrier: Bool { cinterop_rcu_has_sys_membarrier() }
+    static var hasSysMembarrier: Bool { cinterop_rcu_has_sys_membarrier() }
 
     /// Runs `work` on liburcu's worker thread after a grace period.
     static func call(afterGracePeriod work: @escaping @Sendable () -> Void) {

@@ -3,14 +3,14 @@ import Synchronization
 /// A sleepable RCU domain in the shape of the kernel's SRCU: read sections may block, and a grace
 /// period of this domain waits only for readers of this domain.
 ///
-/// liburcu has no per-domain API (liburcu.md §2.1), so this is built from standard atomics, with
+/// liburcu has no per-domain API (docs/rcu.md), so this is built from standard atomics, with
 /// the kernel's classic two-index scheme: each thread slot keeps `lock[2]` and `unlock[2]` counts on
 /// its own cache line; a reader increments `lock[ctr & 1]`, a grace period waits for the inactive
 /// index to drain, flips `ctr`, then waits for the previously active index to drain. Readers never
 /// write a shared line, so the read side scales with cores; unlock may run on another thread.
 ///
 /// Why not liburcu-bp as the second domain: bp polls in 10 ms steps once a reader blocks
-/// (liburcu.md §4.4), and it needs per-thread registration; this domain needs neither.
+/// (docs/rcu.md), and it needs per-thread registration; this domain needs neither.
 ///
 /// Memory ordering (proof sketch in the README's "Notifier domain" section): the reader's
 /// `lock` increment, its load of the phase counter and its loads of protected pointers are
@@ -18,7 +18,8 @@ import Synchronization
 /// increment releases. A reader that loaded a pointer before an updater published its
 /// replacement therefore precedes the publication in the single total order, so the updater's
 /// later scan sees its `lock` increment and waits for the matching `unlock`.
-public final class SleepableRCU: @unchecked Sendable {
+@usableFromInline
+final class SleepableRCU: @unchecked Sendable {
     /// Words per slot: lock[0], lock[1], unlock[0], unlock[1], padded to a cache line.
     @usableFromInline static let slotStride = cacheLineSize / MemoryLayout<UInt64>.stride
 
@@ -32,10 +33,10 @@ public final class SleepableRCU: @unchecked Sendable {
     private let completed = Atomic<UInt64>(0)
 
     /// The domain used for every address space's MMU-notifier list, like the kernel's single
-    /// global notifier SRCU (kernel-mm.md §1.4).
-    public static let notifiers = SleepableRCU()
+    /// global notifier SRCU (docs/protocols.md, "Notifier lists").
+    static let notifiers = SleepableRCU()
 
-    public init() {
+    init() {
         counts = RawMemory.allocateAtomics(UInt64.self, count: ThreadSlot.count * Self.slotStride, initial: 0)
         phase = RawMemory.allocateAtomics(UInt64.self, count: Self.slotStride, initial: 0)
     }
@@ -46,15 +47,15 @@ public final class SleepableRCU: @unchecked Sendable {
     }
 
     /// Proof that the holder is inside a read section; pass it to ``readUnlock(_:)``.
-    @frozen
-    public struct ReadToken: Sendable {
+    @frozen @usableFromInline
+    struct ReadToken: Sendable {
         @usableFromInline let index: Int
         @inlinable init(index: Int) { self.index = index }
     }
 
     /// Enters a read section. The section may sleep.
     @inlinable
-    public func readLock() -> ReadToken {
+    func readLock() -> ReadToken {
         // Sequentially consistent: see the type's ordering note. On x86 the load is a plain mov.
         let index = Int(phase.pointee.load(ordering: .sequentiallyConsistent) & 1)
         counts[ThreadSlot.current &* Self.slotStride &+ index]
@@ -64,7 +65,7 @@ public final class SleepableRCU: @unchecked Sendable {
 
     /// Leaves a read section. May run on a different thread than the matching ``readLock()``.
     @inlinable
-    public func readUnlock(_ token: ReadToken) {
+    func readUnlock(_ token: ReadToken) {
         // Releasing: the reader's loads of protected data happen before the updater's scan
         // observes this increment.
         counts[ThreadSlot.current &* Self.slotStride &+ 2 &+ token.index]
@@ -73,7 +74,7 @@ public final class SleepableRCU: @unchecked Sendable {
 
     /// Runs `body` inside a read section.
     @inlinable
-    public func withReadSection<R: ~Copyable, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
+    func withReadSection<R: ~Copyable, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         let token = readLock()
         defer { readUnlock(token) }
         return try body()
@@ -83,7 +84,8 @@ public final class SleepableRCU: @unchecked Sendable {
     /// Sleeps (with bounded back-off) while a reader is blocked.
     ///
     /// - Precondition: not inside a read section of this domain (it would wait for itself).
-    public func synchronize() {
+    @usableFromInline
+    func synchronize() {
         updaters.withLock {
             let active = Int(phase.pointee.load(ordering: .sequentiallyConsistent) & 1)
             // Stragglers that loaded the phase before the previous flip.
@@ -95,7 +97,7 @@ public final class SleepableRCU: @unchecked Sendable {
     }
 
     /// Number of grace periods this domain has completed.
-    public var gracePeriodsCompleted: UInt64 { completed.load(ordering: .relaxed) }
+    var gracePeriodsCompleted: UInt64 { completed.load(ordering: .relaxed) }
 
     /// Whether any reader of `index` is still inside its section. Unlocks are summed before locks,
     /// so a reader whose unlock was counted is counted in the lock sum too: equal sums mean every

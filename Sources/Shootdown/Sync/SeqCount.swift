@@ -1,6 +1,6 @@
 import Synchronization
 
-/// A sequence count (the kernel's `seqcount_t`, used as `vm_sequence` in seed 003).
+/// A sequence count (the kernel's `seqcount_t`, used as the VMA sequence count of speculative faults).
 ///
 /// Writers must be serialised by the caller (the mmap write lock, or a VMA's writer lock); they
 /// make the count odd for the duration of a change. Readers never block: they take a snapshot

@@ -4,7 +4,7 @@ import Testing
 
 @testable import Shootdown
 
-/// Speculative faults (seed 003) against structural churn: threads fault without the mmap lock
+/// Speculative faults  against structural churn: threads fault without the mmap lock
 /// while churners unmap, remap (move and resize), protect and re-map the same ranges as fast as
 /// they can.
 ///

@@ -24,7 +24,7 @@ private extension AddressSpace {
     var readWaits: Int64 { statistics[.intervalReadWaits] }
 }
 
-/// The collision-retry protocol of interval notifiers (kernel-mm.md §2.3).
+/// The collision-retry protocol of interval notifiers (docs/protocols.md, "Interval notifiers").
 @Suite struct IntervalNotifierTests {
     @Test func readBeginReadRetryCheckRetryAndSetSequence() throws {
         let log = NotifierCallLog()

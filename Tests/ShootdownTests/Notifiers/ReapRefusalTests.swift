@@ -6,7 +6,7 @@ import Testing
 private let p = NotifierTestConstants.page
 private let base = NotifierTestConstants.base
 
-/// The non-blockable refusal contract (kernel-mm.md §1.5), driven through the OOM reaper.
+/// The non-blockable refusal contract (docs/protocols.md, "Non-blockable invalidations"), driven through the OOM reaper.
 @Suite struct ReapRefusalTests {
     private func range(_ space: AddressSpace, _ start: UInt64, _ end: UInt64) -> InvalidationRange {
         InvalidationRange(

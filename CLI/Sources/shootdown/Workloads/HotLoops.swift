@@ -1,7 +1,7 @@
-import Shootdown
+@_spi(Benchmarking) import Shootdown
 
 // Hot loops of the benchmarks: free functions, never in main.swift, taking their state as
-// parameters (swift-on-linux.md pitfall P1), so what is timed is the engine, not the harness.
+// parameters (docs/swift-notes.md, "Hot loops"), so what is timed is the engine, not the harness.
 
 /// One xorshift64 step (13, 7, 17): advances `state` and returns it. The pseudo-random stream of
 /// every benchmark loop and of the torture run.

@@ -1,13 +1,13 @@
-import CInterop
+@_spi(Benchmarking) import Shootdown
 import Foundation
 
 /// Monotonic nanoseconds (CLOCK_MONOTONIC through the vDSO).
 @inline(__always)
-func nowNanoseconds() -> UInt64 { cinterop_monotonic_ns() }
+func nowNanoseconds() -> UInt64 { BenchmarkSupport.nanoseconds() }
 
 /// Whether the user pressed Ctrl-C: long runs stop at the next safe point and report what they
 /// measured so far (a second Ctrl-C exits at once).
-var interrupted: Bool { cinterop_interrupted() }
+var interrupted: Bool { BenchmarkSupport.interrupted }
 
 /// Whether progress lines go to stderr.
 nonisolated(unsafe) var progressEnabled = true

@@ -1,4 +1,4 @@
-import Shootdown
+@_spi(Benchmarking) import Shootdown
 
 /// `vma-lookup`: lock-free lookups (`mapping(containing:)`: RCU read section, index search, VMA
 /// sequence validation) of random addresses among N VMAs.

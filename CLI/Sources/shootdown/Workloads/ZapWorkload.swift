@@ -1,4 +1,4 @@
-import Shootdown
+@_spi(Benchmarking) import Shootdown
 
 /// `zap`: populate a region, then unmap it; ns per 4 KiB page of the unmap (zap, notifier
 /// start/end, frame freeing, table freeing). `--subscribers K` attaches K no-op subscribers;

@@ -1,6 +1,6 @@
+@_spi(Benchmarking) import Shootdown
 import Foundation
 import Synchronization
-import Shootdown
 
 /// `isolation`: while a notifier callback sleeps 100 ms inside an munmap (holding the mmap write
 /// lock and a read section of the notifier domain), measure grace periods of the VMA/page-table
@@ -68,7 +68,7 @@ func measureIsolation(_ settings: BenchSettings) throws -> IsolationRound {
     // Grace periods of the VMA/page-table domain while the callback sleeps.
     for _ in 0..<50 where !unmapDone.load(ordering: .acquiring) {
         let start = nowNanoseconds()
-        RCU.synchronize()
+        BenchmarkSupport.synchronizeRCU()
         gracePeriods.append(Double(nowNanoseconds() - start) / 1000)
     }
     // Faults on another range while it still sleeps (the speculative path takes no mmap lock).
@@ -80,7 +80,7 @@ func measureIsolation(_ settings: BenchSettings) throws -> IsolationRound {
     let stillSleeping = !unmapDone.load(ordering: .acquiring)
     // A grace period of the notifier domain must wait for the sleeper.
     let notifierStart = nowNanoseconds()
-    SleepableRCU.notifiers.synchronize()
+    BenchmarkSupport.synchronizeNotifierDomain()
     let notifierGrace = Double(nowNanoseconds() - notifierStart) / 1e6
     while !unmapDone.load(ordering: .acquiring) { Thread.sleep(forTimeInterval: 0.001) }
     space.unregisterNotifier(sleeper)

@@ -1,5 +1,5 @@
+@_spi(Benchmarking) import Shootdown
 import Synchronization
-import Shootdown
 
 /// `contention`: one thread faults pages of one VMA while another thread runs an
 /// mmap/write/mprotect/munmap loop on another VMA of the same space. Each round measures the thread
@@ -46,7 +46,7 @@ struct FaultRate {
 func measureFaultRate(_ settings: BenchSettings, churn: Bool) throws -> FaultRate {
     // Let liburcu's worker finish reclaiming the previous measurement's space first: freeing its
     // tables and VMAs during this one would make a third busy thread on the machine.
-    RCU.barrier()
+    BenchmarkSupport.drainDeferredReclamation()
     let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory())
     let region = try space.map(length: UInt64(settings.pages) * 4096)
     // The churn VMA sits 1 GiB below, so it never merges with (and never changes) the faulted VMA.

@@ -1,6 +1,6 @@
+@_spi(Benchmarking) import Shootdown
 import ArgumentParser
 import Foundation
-import Shootdown
 
 /// The README's main job: a ~10 second suite printing each key figure beside its target and the
 /// command that reproduces it.

@@ -1,7 +1,7 @@
+@_spi(Benchmarking) import Shootdown
 import ArgumentParser
 import Foundation
 import Synchronization
-import Shootdown
 
 /// A randomized concurrency torture run with audits: faulting threads, a mirror reading through
 /// an interval notifier, and a churning thread; checks the engine's invariants at the end and
@@ -69,7 +69,7 @@ struct Torture: ParsableCommand {
         let statistics = space.statistics
         space.teardown()
         mirror.detach()
-        RCU.barrier()
+        BenchmarkSupport.drainDeferredReclamation()
         print("operations: \(churned.load(ordering: .relaxed)), faults: \(statistics.faults), speculative aborts: \(statistics.speculativeAborts)")
         print("stale entries after unmap/protect: \(violations.load(ordering: .relaxed))")
         print("audit: entries outside VMAs \(audit.entriesOutsideVMAs), exceeding protection \(audit.entriesExceedingProtection), dead tables reached \(audit.deadTablesReached)")

@@ -1,4 +1,4 @@
-import Shootdown
+@_spi(Benchmarking) import Shootdown
 
 /// Everything a workload can be told, with the defaults of `shootdown bench`.
 struct BenchSettings: Sendable {

@@ -1,6 +1,6 @@
+@_spi(Benchmarking) import Shootdown
 import ArgumentParser
 import Foundation
-import Shootdown
 
 /// `shootdown replay TRACE`: replays the memory system calls of an `strace` log (`strace -f -e
 /// trace=memory -o TRACE program`) against Shootdown address spaces, one per traced process, and

@@ -1,5 +1,5 @@
+@_spi(Benchmarking) import Shootdown
 import Synchronization
-import Shootdown
 
 /// `fault`: write-fault every 4 KiB page of a fresh anonymous region once (one thread), or, with
 /// `--threads T`, T threads faulting disjoint 2 MiB-aligned parts of one region, compared with one
@@ -55,7 +55,7 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
         }
         // Let liburcu's worker finish reclaiming the torn-down space now, not during the
         // measurement (it would be a third busy thread on the machine).
-        RCU.barrier()
+        BenchmarkSupport.drainDeferredReclamation()
         // T threads, disjoint 2 MiB-aligned parts.
         let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory(pages: total))
         let base = try alignedRegion(space, pages: total)

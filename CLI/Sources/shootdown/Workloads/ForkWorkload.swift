@@ -1,4 +1,4 @@
-import Shootdown
+@_spi(Benchmarking) import Shootdown
 
 /// `fork`: fork a space with N populated private pages, then write every page in the child
 /// (one copy-on-write fault each); ns per page for the whole, and for each part.

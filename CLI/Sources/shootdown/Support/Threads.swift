@@ -1,4 +1,4 @@
-import CInterop
+@_spi(Benchmarking) import Shootdown
 import Foundation
 import Synchronization
 
@@ -12,7 +12,7 @@ func runOnThreads(_ count: Int, pinned: Bool = false, _ body: @escaping @Sendabl
     let done = DispatchSemaphore(value: 0)
     for index in 0..<count {
         let thread = Thread {
-            if pinned { _ = cinterop_pin_thread(UInt32(index)) }
+            if pinned { _ = BenchmarkSupport.pinCurrentThread(to: index) }
             body(index)
             done.signal()
         }
@@ -34,6 +34,6 @@ final class SpinningStartLine: @unchecked Sendable {
     func arriveAndWait() {
         // Acquiring and releasing: everything before the line happens before everything after it.
         arrived.wrappingAdd(1, ordering: .acquiringAndReleasing)
-        while arrived.load(ordering: .acquiring) < parties { cinterop_cpu_relax() }
+        while arrived.load(ordering: .acquiring) < parties { BenchmarkSupport.cpuRelax() }
     }
 }

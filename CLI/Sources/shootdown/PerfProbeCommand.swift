@@ -1,6 +1,5 @@
+@_spi(Benchmarking) import Shootdown
 import ArgumentParser
-import CInterop
-import Shootdown
 
 /// Deterministic, single-threaded workloads for the instruction-count gate (`perf/check`). Each
 /// does its setup, then runs the operations under test inside ``perfMeasuredRegion(_:)``, the only
@@ -41,7 +40,7 @@ struct PerfProbe: ParsableCommand {
         // Warm-up: the first run of an operation pays one-time costs (Swift metadata and protocol
         // conformance caches, first arena mappings) that are not what the gate is about.
         _ = try Self.run(probe, measured: false)
-        guard cinterop_profile_hooks_available() else {
+        guard BenchmarkSupport.profileHooksAvailable else {
             throw ValidationError("built without valgrind's headers: install valgrind and rebuild (scripts/ensure-dependencies --perf)")
         }
         let operations = try Self.run(probe, measured: true)
@@ -146,7 +145,7 @@ struct PerfProbe: ParsableCommand {
 /// instructions and calls.
 @inline(never)
 func perfMeasuredRegion(_ body: () throws -> Void) rethrows {
-    cinterop_profile_region_begin()
-    defer { cinterop_profile_region_end() }
+    BenchmarkSupport.profileRegionBegin()
+    defer { BenchmarkSupport.profileRegionEnd() }
     try body()
 }

@@ -1,4 +1,4 @@
-import Shootdown
+@_spi(Benchmarking) import Shootdown
 
 /// `notifier`: ns per invalidation start/end pair over a 4 KiB range, with `--subscribers K`
 /// no-op classic subscribers, or `--intervals M` interval notifiers of which the range hits one.

@@ -1,6 +1,6 @@
+@_spi(Benchmarking) import Shootdown
 import ArgumentParser
 import Foundation
-import Shootdown
 
 enum Workload: String, CaseIterable, ExpressibleByArgument {
     case fault, zap, notifier, isolation, contention
@@ -80,9 +80,9 @@ enum Knob: String, CaseIterable, ExpressibleByArgument {
     }
 }
 
-extension AddressSpace.FaultPath: ExpressibleByArgument {}
-extension NotifierListProtection: ExpressibleByArgument {}
-extension PageTableLocking: ExpressibleByArgument {}
+extension AddressSpace.FaultPath: @retroactive ExpressibleByArgument {}
+extension NotifierListProtection: @retroactive ExpressibleByArgument {}
+extension PageTableLocking: @retroactive ExpressibleByArgument {}
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,5 @@
+@_spi(Benchmarking) import Shootdown
 import ArgumentParser
-import CInterop
-import Shootdown
 
 @main
 struct ShootdownCommand: ParsableCommand {
@@ -16,4 +15,4 @@ struct ShootdownCommand: ParsableCommand {
 }
 
 /// Ctrl-C handling shared by every command.
-func installInterruptHandler() { cinterop_install_interrupt_handler() }
+func installInterruptHandler() { BenchmarkSupport.installInterruptHandler() }
