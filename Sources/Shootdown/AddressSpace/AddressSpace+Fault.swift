@@ -231,21 +231,28 @@ extension AddressSpace {
     }
 
     /// Swap-in (`do_swap_page`): a new frame with the slot's token.
+    ///
+    /// The token is read under the PTE lock, after the entry is known unchanged: swap slots are
+    /// reused, so a slot read before that check may hold another page-out's content by the time an
+    /// identical entry passes it (an ABA that lost writes).
     private func swapIn(
         _ vma: VMA, pte: TableBlock, slot: Int, entry: PageTableEntry, write: Bool
     ) throws(MemoryError) -> Bool {
         let swapSlot = UInt32(truncatingIfNeeded: entry.number)
         guard let frame = memory.allocate() else { throw .outOfMemory }
-        memory.setToken(memory.swap.token(of: swapSlot), of: frame)
         let installed = PageTableEntry.leaf(
             frame: frame, writable: write, dirty: write, softDirty: entry.isSoftDirty || write)
         let lock = pageTable.pteLock(pte)
+        testHook(.swapInBeforeLock)
         lock.lock()
         guard pte.load(slot) == entry else {
             lock.unlock()
             memory.freeUnused(frame)
             return false
         }
+        // The entry still names the slot, and the slot is released only by whoever clears that
+        // entry (under this lock): its token is this page's content.
+        memory.setToken(memory.swap.token(of: swapSlot), of: frame)
         pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
         lock.unlock()
         memory.swap.release(swapSlot)

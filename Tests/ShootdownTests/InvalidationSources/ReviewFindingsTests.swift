@@ -82,4 +82,33 @@ private let base = NotifierTestConstants.base
         #expect(try space.softDirtyPages(address: base, length: huge).contains(base + 5 * p))
         #expect(try space.read(at: base + 5 * p) == 99 && space.read(at: base + 6 * p) == 6)
     }
+
+    /// Review finding 2: swap-in read the slot's token before taking the PTE lock. Swap slots are
+    /// reused last-in-first-out, so another thread could swap the page in, write it, and page it
+    /// out again into the same slot: the swap entry was bit-identical, the recheck under the lock
+    /// passed, and the stale token was installed (a lost write). The other thread's steps run here
+    /// at the interleaving point between the entry read and the lock.
+    @Test func swapInLostWritesThroughSwapSlotReuse() throws {
+        let memory = PhysicalMemory(capacity: 1024, swapSlots: 8)
+        let space = try AddressSpace(memory: memory)
+        try space.map(length: p, placement: .fixed(base))
+        try space.write(1, at: base)
+        try space.advise(address: base, length: p, advice: .pageOut)
+        let firstSlot = try #require(space.translate(base)?.swapSlot)
+
+        let ran = SharedFlag()
+        TestHooks.arm(.swapInBeforeLock) {
+            // "Thread B": swap in, write 2, page out again: the slot comes back.
+            try? space.write(2, at: base)
+            try? space.advise(address: base, length: p, advice: .pageOut)
+            ran.set()
+        }
+        defer { TestHooks.disarm(.swapInBeforeLock) }
+        let value = try space.read(at: base)
+        #expect(ran.isSet)
+        #expect(space.translate(base)?.swapSlot == nil)
+        #expect(value == 2, "swap-in installed the token of slot \(firstSlot) as it was before the page was rewritten")
+        space.teardown()
+        #expect(memory.framesInUse == 0 && memory.swap.slotsInUse == 0)
+    }
 }
