@@ -64,10 +64,11 @@ extension AddressSpace {
             return false
         }
         let entry = PageTableEntry.leaf(frame: head, writable: write, dirty: write, softDirty: true, huge: true)
-        // Sequentially consistent CAS-equivalent store under pmd_lock: a speculative fault may CAS a
-        // PTE table into this slot concurrently, so install by CAS too.
+        // A CAS even under pmd_lock: another classic fault (mmap read lock too) may CAS a PTE table
+        // into this slot without that lock. Releasing: the zeroed compound is visible to lockless
+        // readers of the entry.
         let installed = pmd[index].pointee.compareExchange(
-            expected: 0, desired: entry.rawValue, ordering: .sequentiallyConsistent
+            expected: 0, desired: entry.rawValue, ordering: .acquiringAndReleasing
         ).exchanged
         lock.unlock()
         if !installed {

@@ -123,7 +123,7 @@ extension PageTable {
     func existingPMDSlot(_ address: UInt64) -> (TableBlock, Int)? {
         var table = root
         for level in stride(from: 3, to: 1, by: -1) {
-            let entry = table.loadOrdered(Self.index(address, level: level))
+            let entry = table.load(Self.index(address, level: level))
             if entry.isNone { return nil }
             table = TableBlock(entry: entry)
         }

@@ -8,6 +8,9 @@ enum TestHookPoint: Int, CaseIterable, Sendable {
     /// The swap-in fault read the swap entry and allocated its frame, and is about to take the PTE
     /// lock (the mmap read lock held).
     case swapInBeforeLock
+    /// The speculative fault looked its VMA up and took its sequence snapshot, and is about to walk
+    /// the page table (inside an RCU read section: the closure must not wait for a grace period).
+    case speculativeAfterLookup
 }
 
 #if SHOOTDOWN_INTERNAL_CHECKS

@@ -111,4 +111,30 @@ private let base = NotifierTestConstants.base
         space.teardown()
         #expect(memory.framesInUse == 0 && memory.swap.slotsInUse == 0)
     }
+
+    /// Review finding 6: a speculative fault that found its VMA just before munmap published the
+    /// removal walked the range after `freeTables` and installed fresh upper and PTE tables by CAS
+    /// into the hole; validation then aborted, but the tables stayed (blocking huge mappings there,
+    /// and a whole-2 MiB mremap into the slot would overwrite and leak the table). The munmap runs
+    /// here between the speculative lookup and the walk.
+    @Test func speculativeFaultsLeakedPageTablesIntoHoles() throws {
+        let memory = PhysicalMemory(capacity: 1024, swapSlots: 0)
+        let space = try AddressSpace(memory: memory)
+        let address = base + 7 * huge  // alone in its 1 GiB: unmapping frees every table down to it
+        try space.map(length: p, placement: .fixed(address))
+        let unmapped = SharedFlag()
+        TestHooks.arm(.speculativeAfterLookup) {
+            if (try? space.unmap(address: address, length: p)) != nil { unmapped.set() }
+        }
+        defer { TestHooks.disarm(.speculativeAfterLookup) }
+        #expect(throws: MemoryError.segmentationFault) { try space.write(1, at: address) }
+        #expect(unmapped.isSet)
+        let audit = space.audit()
+        #expect(audit.tablesInHoles == 0, "tables left in the hole: \(audit)")
+        #expect(audit.tables == 1, "only the root should remain: \(audit)")
+        // A huge mapping can go there again.
+        try space.map(length: huge, placement: .fixed(address), options: .hugePage)
+        try space.write(2, at: address)
+        #expect(space.translate(address)?.isHuge == true)
+    }
 }
