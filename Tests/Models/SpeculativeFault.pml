@@ -49,8 +49,9 @@
  * this table, VMA count unchanged, entry unchanged; install (read -> read-only zero page,
  * write -> writable); unlock. Each attempt runs inside an RCU read section.
  * Not modelled: VMA bounds (no split or merge happens, so the bounds check cannot fail),
- * huge pages, shared mappings, upper table levels (PGD/PUD installs by pmdTable(for:) race the
- * same way as the PMD slot modelled here), the classic fault path (it holds the mmap lock).
+ * huge pages, shared mappings, the upper levels (the PUD and PMD tables that pmdTable(for:)
+ * installs by CAS race freeTables the same way as the PTE table modelled here), the classic
+ * fault path (it holds the mmap lock).
  *
  * Memory model. Spin interleaves atomic steps, i.e. it checks sequential consistency. The Swift
  * code relies on SC exactly where this model's arguments do: writeBegin's RMW, installTable's
@@ -83,7 +84,9 @@
  *                        removes the table it installed itself if the table is still empty and
  *                        still in the slot, holding the space lock (which serialises with
  *                        freeTables) and the table's split lock (which excludes other faulters'
- *                        validation), and retires it.
+ *                        validation), and retires it; it is freed after a grace period of its
+ *                        own (as RCU.call(afterGracePeriod:) would from the fault path: once
+ *                        the other faulter has been seen outside its read section).
  *
  * Mutants (each must make spin report an error):
  *   MUTANT_NO_REVALIDATE      the VMA sequence count is not re-checked under the split lock:
