@@ -9,7 +9,8 @@
  *   Sources/Shootdown/VMA/VMA.swift
  *       VMA.beginWrite(), endWrite(), markRemoved(), setAttributes(protection:flags:)
  *   Sources/Shootdown/PageTable/PageTable.swift
- *       PageTable.pmdTable(for:), installTable(in:at:), pteTable(in:at:entry:), pteLock(_:)
+ *       PageTable.existingPMDTable(for:), pteLock(_:); for the variants that install tables:
+ *       pmdTable(for:), installTable(in:at:), pteTable(in:at:entry:)
  *   Sources/Shootdown/PageTable/PageTable+RangeWalk.swift
  *       PageTable.forEachLockedLeafRun(...), zap(...), zapEntries(...)
  *   Sources/Shootdown/PageTable/PageTable+Modify.swift
@@ -41,8 +42,9 @@
  * The initial state is one of: no PTE table; a table whose entry is empty, read-only or
  * writable. A faulter follows the Swift code step by step: index lookup; readBegin (odd ->
  * abort); protection check (a denied access ends the attempt: segfault or abort, nothing is
- * installed); PMD slot load, and, if empty, installTable's seq_cst CAS of a fresh table (the
- * loser's block was never published); entry load; a present entry ends the attempt (spurious
+ * installed); PMD slot load, and, if empty, an abort to the classic path (what the Swift code
+ * does; the OLD_TABLE_INSTALL and FIX_TABLE_LEAK_UNDO variants instead CAS a fresh table into
+ * the slot, the loser's block never published); entry load; a present entry ends the attempt (spurious
  * fault or copy-on-write abort: the accessed/dirty store of the spurious path writes back the
  * re-validated value and is not modelled); split lock (tryLock plus bounded spin is modelled as
  * a blocking lock: giving up only removes behaviours); re-validation: PMD slot still points at
@@ -53,15 +55,14 @@
  * installs by CAS race freeTables the same way as the PTE table modelled here), the classic
  * fault path (it holds the mmap lock).
  *
- * Memory model. Spin interleaves atomic steps, i.e. it checks sequential consistency. The Swift
- * code relies on SC exactly where this model's arguments do: writeBegin's RMW, installTable's
- * CAS, hasChanged's load (after an acquiring fence) and the writers' loadOrdered of the PMD slot
- * are all sequentially consistent, so the store-buffering shape "zap makes the count odd then
- * finds the slot empty / fault CASes the slot then re-reads an even count" is excluded by the
- * single total order, as here. Everything else the faulter relies on is ordered by the split
- * lock (entry stores and the zap) or by acquire/release pairs (index publication, entries
- * stored with release). MUTANT_STORE_BUFFERING below shows what breaks if the re-read of the
- * count could be satisfied before the CAS became visible.
+ * Memory model. Spin interleaves atomic steps, i.e. it checks sequential consistency. In the
+ * protocol the Swift code implements the faulter never writes the PMD slot, and everything it
+ * relies on is ordered by the split lock (entry stores, the zap, the re-check of the count under
+ * the lock after the writer made it odd before taking that lock) or by acquire/release pairs
+ * (index publication, tables and entries published with release), which is what sequential
+ * consistency gives here. The pre-fix protocol (OLD_TABLE_INSTALL) needed more: its CAS of a
+ * table into an empty slot raced the zap's load of the slot, a store-buffering shape that only
+ * sequentially consistent accesses excluded.
  *
  * Properties (assertions):
  *   P1  no entry is installed into a PTE table that is not live (detached or freed), and no
@@ -71,22 +72,23 @@
  *   P3  when everything has finished and the range is still unmapped (no V2), no present entry
  *       remains in the range, and no retired/freed table holds a present entry;
  *   P4  no faulter touches a freed table (RCU);
- *   P5  (only with -DCHECK_NO_TABLE_LEAK) when everything has finished and the range is still
- *       unmapped, no page table remains in the PMD slot. This fails for the current protocol:
- *       a faulter that found V just before the removal was published can CAS a fresh table into
- *       the slot after freeTables cleared it; its validation aborts, but the table stays.
+ *   P5  when everything has finished and the range is still unmapped, no page table remains in
+ *       the PMD slot. This failed for the pre-fix protocol (OLD_TABLE_INSTALL): a faulter that
+ *       found V just before the removal was published could CAS a fresh table into the slot
+ *       after freeTables cleared it; its validation aborted, but the table stayed.
  *
- * Protocol variants:
- *   FIX_TABLE_LEAK       the faulter never installs a PTE table: an empty PMD slot aborts the
- *                        speculative attempt (the classic path, under the mmap read lock,
- *                        installs it). The chosen fix.
- *   FIX_TABLE_LEAK_UNDO  the faulter installs as today, but after an aborted validation it
- *                        removes the table it installed itself if the table is still empty and
- *                        still in the slot, holding the space lock (which serialises with
- *                        freeTables) and the table's split lock (which excludes other faulters'
- *                        validation), and retires it; it is freed after a grace period of its
- *                        own (as RCU.call(afterGracePeriod:) would from the fault path: once
- *                        the other faulter has been seen outside its read section).
+ * Protocol variants (default: the faulter never installs a PTE table; an empty PMD slot aborts
+ * the speculative attempt and the classic path, under the mmap read lock, installs it -- what
+ * AddressSpace.speculativeFault does):
+ *   OLD_TABLE_INSTALL    the pre-fix protocol: the faulter CASes a fresh table into an empty
+ *                        slot. Expected to fail P5 (the table leak).
+ *   FIX_TABLE_LEAK_UNDO  the alternative fix that was not chosen: the faulter installs, but after
+ *                        an aborted validation it removes the table it installed itself if the
+ *                        table is still empty and still in the slot, holding the space lock
+ *                        (which serialises with freeTables) and the table's split lock (which
+ *                        excludes other faulters' validation), and retires it; it is freed after
+ *                        a grace period of its own (once the other faulter has been seen outside
+ *                        its read section).
  *
  * Mutants (each must make spin report an error):
  *   MUTANT_NO_REVALIDATE      the VMA sequence count is not re-checked under the split lock:
@@ -102,15 +104,18 @@
  *                             inside mprotect's write section validates against itself (P2), and
  *                             one of a removed VMA stays valid forever (P1).
  *   MUTANT_NO_GRACE_PERIOD    retired tables are freed without waiting for a grace period (P4).
- *   MUTANT_STORE_BUFFERING    the faulter's re-read of the count is taken before its table CAS
- *                             (what a non-SC CAS or load would allow): the zap finds the slot
- *                             empty and the faulter validates against an even count (P1/P3).
  *   MUTANT_UNDO_PMD_LOCK_ONLY with FIX_TABLE_LEAK_UNDO: the undo holds the PMD table's split
  *                             lock (pmdLock(_:)) instead of the space lock. freeTables holds
  *                             only the space lock and loads the slot before exchanging it, so
  *                             both can retire the same table (double free), or freeTables can
  *                             retire the null entry it exchanged out.
  */
+
+/* The protocol of the Swift code unless a variant is asked for; P5 is always checked. */
+#if !defined(OLD_TABLE_INSTALL) && !defined(FIX_TABLE_LEAK_UNDO)
+#define FIX_TABLE_LEAK
+#endif
+#define CHECK_NO_TABLE_LEAK
 
 #ifndef FAULTS
 #define FAULTS 2
@@ -154,7 +159,7 @@ inline unlock(l) { l = 0 }
 
 proctype Faulter(byte f)
 {
-    byte attempt = 0, v, s, t, e, fresh, early, undone;
+    byte attempt = 0, v, s, t, e, fresh, undone;
     bool write, mine;
 
     do
@@ -184,9 +189,6 @@ proctype Faulter(byte f)
 #ifndef FIX_TABLE_LEAK
         if
         :: fresh != 0 ->
-#ifdef MUTANT_STORE_BUFFERING
-            early = seq[v];                                      /* the re-read, satisfied early */
-#endif
             atomic {                                             /* installTable: seq_cst CAS */
                 if
                 :: pmd == 0 -> pmd = fresh; tstate[fresh] = LIVE; t = fresh; mine = 1
@@ -207,15 +209,7 @@ proctype Faulter(byte f)
         atomic { if :: pmd != t -> goto abortLocked :: else fi }
 #endif
 #ifndef MUTANT_NO_REVALIDATE
-#ifdef MUTANT_STORE_BUFFERING
-        atomic {
-            if :: mine && early != s -> goto abortLocked         /* the early value stands in */
-               :: !mine && seq[v] != s -> goto abortLocked
-               :: else fi
-        }
-#else
         atomic { if :: seq[v] != s -> goto abortLocked :: else fi }  /* hasChanged(since:) */
-#endif
 #endif
         atomic {                        /* the entry is only written under the split lock */
             if :: pte[t] != e -> goto abortLocked :: else fi;
@@ -252,7 +246,7 @@ abortLocked:
         fi;
 #endif
 out:    skip;
-        d_step { rcu[f] = 0; attempt++; v = 0; s = 0; t = 0; e = 0; fresh = 0; early = 0; write = 0; mine = 0 }
+        d_step { rcu[f] = 0; attempt++; v = 0; s = 0; t = 0; e = 0; fresh = 0; write = 0; mine = 0 }
 #ifdef FIX_TABLE_LEAK_UNDO
         if                              /* the retired table is freed after a grace period */
         :: undone != 0 ->
