@@ -38,6 +38,7 @@ char cinterop_rcu_tsan_grace_period;
 #endif
 
 __thread uint32_t cinterop_thread_state;
+__thread uint32_t cinterop_spin_depth;
 
 // MARK: - Thread slots and automatic liburcu registration
 

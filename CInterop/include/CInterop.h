@@ -64,6 +64,19 @@ static inline __attribute__((always_inline)) uint32_t cinterop_thread_slot(void)
     return (state >> 8) - 1u;
 }
 
+/// Spin locks (split page-table locks and other non-sleeping locks) the calling thread holds.
+/// Maintained only by debug builds of the engine, which check it before every operation that may
+/// sleep (the kernel's `might_sleep()` debug check).
+extern __thread uint32_t cinterop_spin_depth;
+
+static inline __attribute__((always_inline)) void cinterop_spin_depth_add(int32_t delta) {
+    cinterop_spin_depth += (uint32_t)delta;
+}
+
+static inline __attribute__((always_inline)) uint32_t cinterop_spin_depth_get(void) {
+    return cinterop_spin_depth;
+}
+
 // MARK: - liburcu memb read side (inlined)
 
 static inline __attribute__((always_inline)) void cinterop_rcu_read_lock(void) {

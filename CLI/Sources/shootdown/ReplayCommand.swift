@@ -321,6 +321,7 @@ struct Replayer {
         case .wouldBlock: "EAGAIN"
         case .segmentationFault: "SIGSEGV"
         case .addressSpaceDead: "ESRCH"
+        case .detached: "ESHUTDOWN"
         }
     }
 }

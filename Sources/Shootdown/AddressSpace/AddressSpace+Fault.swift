@@ -208,19 +208,22 @@ extension AddressSpace {
         let scope = beginInvalidation(page, page + Self.pageSize, .clear, vma: snapshot(vma))
         var chain = FrameChain()
         let lock = pageTable.pteLock(pte)
-        lock.lock()
-        let replaced = pte.load(slot) == entry
-        if replaced {
+        // The hook is looked up before the split lock is taken (the lookup enters the notifier
+        // list's read side); under the lock only the hook itself runs, and it must not sleep.
+        let replaced = withSecondaryTLBHook { hook -> Bool in
+            lock.lock()
+            defer { lock.unlock() }
+            guard pte.load(slot) == entry else { return false }
             // Copy under the lock, once the entry is known unchanged: nothing can write the old
             // frame now (every mapping of it is read-only), so the copy is its final content.
             memory.setToken(memory.token(of: old), of: copy)
             pte[slot].pointee.store(0, ordering: .relaxed)
-            withSecondaryTLBHook { hook in hook(page, page + Self.pageSize) }
+            hook(page, page + Self.pageSize)
             let installed = PageTableEntry.leaf(frame: copy, writable: true, dirty: true, softDirty: true)
             pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
             memory.unmapFrame(old, into: &chain)
+            return true
         }
-        lock.unlock()
         scope.end()
         memory.release(chain)
         if !replaced {

@@ -68,26 +68,60 @@ extension AddressSpace {
         }
     }
 
-    /// The whole mirror protocol for `[start, end)` (docs/protocols.md, "Mirrors"): `readBegin`, fault and
-    /// snapshot the range, then `commit(pages, sequence)`, which must take the lock the notifier's
-    /// handler takes, check `notifier.readRetry(sequence)` under it, program the translations only
-    /// if that is `false`, and return whether it committed. Repeats until a commit succeeds.
+    /// The whole mirror protocol for `[start, end)` (docs/protocols.md, "Mirrors"): `readBegin`,
+    /// fault and snapshot the range, then `commit(pages, sequence)`, which must take the lock the
+    /// notifier's handler takes, check `notifier.readRetry(sequence)` under it, and program the
+    /// translations only if that is `false`. It answers ``MirrorCommit/committed``,
+    /// ``MirrorCommit/retry`` (a collision: snapshot again) or ``MirrorCommit/abort`` (the mirror
+    /// is going away: stop). Repeats until a commit or an abort, or until `retryLimit` retries
+    /// (unlimited when `nil`).
     ///
-    /// - Returns: the number of collisions that forced a retry.
+    /// - Returns: how it ended and after how many collisions.
     @discardableResult
     public func mirror(
-        _ start: UInt64, _ end: UInt64, write: Bool, notifier: IntervalNotifier,
-        commit: ([MirrorPage], UInt64) -> Bool
-    ) throws(MemoryError) -> Int {
+        _ start: UInt64, _ end: UInt64, write: Bool, notifier: IntervalNotifier, retryLimit: Int? = nil,
+        commit: ([MirrorPage], UInt64) -> MirrorCommit
+    ) throws(MemoryError) -> MirrorOutcome {
+        if let retryLimit, retryLimit < 0 { throw .invalidArgument }
         var retries = 0
         while true {
             let sequence = notifier.readBegin()
-            if let pages = try faultRange(start, end, write: write, notifier: notifier, sequence: sequence),
-                commit(pages, sequence)
-            {
-                return retries
+            if let pages = try faultRange(start, end, write: write, notifier: notifier, sequence: sequence) {
+                switch commit(pages, sequence) {
+                case .committed: return .committed(retries: retries)
+                case .abort: return .aborted(retries: retries)
+                case .retry: break
+                }
             }
+            if let retryLimit, retries >= retryLimit { return .retryLimitReached(retries: retries) }
             retries += 1
+        }
+    }
+}
+
+/// What a mirror's commit step decided (see ``AddressSpace/mirror(_:_:write:notifier:retryLimit:commit:)``).
+public enum MirrorCommit: Sendable, Hashable {
+    /// The translations are programmed.
+    case committed
+    /// `readRetry` reported a collision: snapshot the range again.
+    case retry
+    /// Stop without programming anything (the mirror was detached or released).
+    case abort
+}
+
+/// How ``AddressSpace/mirror(_:_:write:notifier:retryLimit:commit:)`` ended.
+public enum MirrorOutcome: Sendable, Hashable {
+    /// A commit succeeded after `retries` collisions.
+    case committed(retries: Int)
+    /// The commit step aborted.
+    case aborted(retries: Int)
+    /// `retryLimit` collisions in a row; nothing was committed.
+    case retryLimitReached(retries: Int)
+
+    /// Collisions that forced a new snapshot.
+    public var retries: Int {
+        switch self {
+        case .committed(let retries), .aborted(let retries), .retryLimitReached(let retries): retries
         }
     }
 }

@@ -23,7 +23,7 @@ final class VMAEdit {
     /// Enters `vma`'s write section (once per edit).
     func touch(_ vma: VMA) {
         if !touchedSet.insert(ObjectIdentifier(vma)).inserted { return }
-        if holdsWriterLocks { vma.writerLock.handle.lock() }
+        if holdsWriterLocks { vma.writerLock.lock() }
         vma.beginWrite()
         touched.append(vma)
     }
@@ -115,7 +115,7 @@ final class VMAEdit {
             vma.endWrite()
         }
         if holdsWriterLocks {
-            for vma in touched { vma.writerLock.handle.unlock() }
+            for vma in touched { vma.writerLock.unlock() }
         }
         touched.removeAll()
         touchedSet.removeAll()

@@ -35,7 +35,9 @@ public struct NotifierCallbacks: OptionSet, Hashable, Sendable {
 ///   the range untouched (docs/protocols.md, "Non-blockable invalidations").
 /// - ``invalidateSecondaryTLBs(space:start:end:)`` runs under the split lock: it must not sleep.
 /// - ``clearFlushYoung(space:start:end:)`` and ``clearYoung(space:start:end:)`` run under the split
-///   lock too; ``testYoung(space:address:)`` runs under no lock. None of them may sleep.
+///   lock too; ``testYoung(space:address:)`` runs under no lock. None of them may sleep: take only
+///   spin locks there. Debug builds of the engine trap when a callback running under a split lock
+///   reaches one of the engine's sleeping locks (a mutex, the mmap lock, a wait or a grace period).
 /// - ``release(space:)`` runs at teardown or unregistration, before the pages are freed.
 ///
 /// Once ``AddressSpace/unregisterNotifier(_:)`` returns, no callback of the subscriber runs or
@@ -72,7 +74,9 @@ extension MMUNotifier {
 }
 
 /// How a space's subscriber list is protected: sleepable RCU (default; readers write no shared
-/// line) or a reader-writer lock (for comparison). A design knob chosen at space creation.
+/// line) or a reader-preferring reader-writer spin lock (for comparison; callbacks may re-enter the
+/// list while a registration change waits, and writers may starve while readers overlap). A design
+/// knob chosen at space creation.
 public enum NotifierListProtection: String, Sendable, CaseIterable {
     case rcu
     case rwlock

@@ -71,8 +71,9 @@ final class NotifierList: @unchecked Sendable {
     /// stale value either walks an empty snapshot or, like the kernel's list walk after
     /// `hlist_del_rcu`, misses the end of a subscriber being unregistered.
     @usableFromInline let populated = Atomic<Bool>(false)
-    /// Readers' lock in ``NotifierListProtection/rwlock`` mode.
-    @usableFromInline let lock = MmapLock()
+    /// Readers' lock in ``NotifierListProtection/rwlock`` mode (reader-preferring: callbacks may
+    /// re-enter the list while a registration change waits).
+    let lock = SpinRWLock()
     /// Serialises registration changes.
     private let writers = FutexMutex()
 
@@ -104,6 +105,10 @@ final class NotifierList: @unchecked Sendable {
                 ._withUnsafeGuaranteedRef(body)
         }
     }
+
+    /// Whether a registration change is waiting for readers in ``NotifierListProtection/rwlock``
+    /// mode (diagnostics and tests).
+    var writerIsWaiting: Bool { lock.writerIsWaiting }
 
     /// Subscribers currently registered.
     var subscribers: [any MMUNotifier] { withSnapshot { $0.owners } }

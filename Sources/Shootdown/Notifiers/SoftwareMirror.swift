@@ -23,13 +23,21 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
 
     private struct State {
         var table: [UInt64: Translation] = [:]
-        var young: Set<UInt64> = []
         var invalidations = 0
         var ownMigrations = 0
+        /// The space released it (teardown): commits abort.
         var released = false
+        /// ``detach()`` ran: every call throws ``MemoryError/detached``.
+        var detached = false
     }
 
+    /// The table and its bookkeeping: taken by commits and by the interval handler (which may
+    /// sleep), never under a split lock.
     private let state = FutexLock(State())
+    /// Pages accessed through the mirror since their last aging. A separate spin lock, because the
+    /// young callbacks run under the engine's split lock and must not sleep.
+    private let youngLock = SpinLock()
+    private var young: Set<UInt64> = []
     private var notifier: IntervalNotifier!
     private static let nextOwner = Atomic<UInt64>(1 << 63)
 
@@ -54,11 +62,27 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
         }
     }
 
-    /// Stops mirroring: unsubscribes (waiting for running callbacks) and drops every translation.
+    /// Stops mirroring: drops every translation and refuses every later commit (under the mirror's
+    /// lock, so no commit can land after this step), then unsubscribes, waiting for running
+    /// callbacks. Afterwards every call throws ``MemoryError/detached``. Idempotent. Must not be
+    /// called from one of the mirror's own callbacks.
     public func detach() {
+        let first = state.withLock { state -> Bool in
+            defer {
+                state.detached = true
+                state.table.removeAll()
+            }
+            return !state.detached
+        }
+        guard first else { return }
         notifier.remove()
         space.unregisterNotifier(self)
-        state.withLock { $0.table.removeAll() }
+        youngLock.withLock { young.removeAll() }
+    }
+
+    /// Throws ``MemoryError/detached`` after ``detach()``.
+    private func checkAttached() throws(MemoryError) {
+        if state.withLock({ $0.detached }) { throw .detached }
     }
 
     // MARK: - Device side
@@ -75,18 +99,27 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
     }
 
     /// Mirrors every page of `[from, to)` (within the interval).
+    ///
+    /// - Throws: ``MemoryError/detached`` after ``detach()`` (also when it happens meanwhile),
+    ///   ``MemoryError/addressSpaceDead`` after the space's teardown, or what
+    ///   ``AddressSpace/faultRange(_:_:write:notifier:sequence:)`` throws.
     public func populate(_ from: UInt64, _ to: UInt64, write: Bool) throws(MemoryError) {
         guard from >= start, to <= end, from < to else { throw .invalidArgument }
-        try space.mirror(from, to, write: write, notifier: notifier) { pages, sequence in
-            state.withLock { state in
-                // Under the same lock as invalidate(): no invalidation can slip between the check
-                // and the commit.
-                if notifier.readRetry(sequence) || state.released { return false }
+        try checkAttached()
+        let outcome = try space.mirror(from, to, write: write, notifier: notifier) { pages, sequence in
+            state.withLock { state -> MirrorCommit in
+                // Under the same lock as invalidate() and detach(): no invalidation can slip between
+                // the check and the commit, and nothing is committed once detached.
+                if state.detached || state.released { return .abort }
+                if notifier.readRetry(sequence) { return .retry }
                 for page in pages {
                     state.table[page.address] = Translation(frame: page.frame, writable: page.writable)
                 }
-                return true
+                return .committed
             }
+        }
+        if case .aborted = outcome {
+            throw state.withLock { $0.detached } ? .detached : .addressSpaceDead
         }
     }
 
@@ -99,9 +132,10 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
     public func read(at address: UInt64) throws(MemoryError) -> UInt64 {
         let page = address & ~(AddressSpace.pageSize - 1)
         while true {
-            let token = state.withLock { state -> UInt64? in
+            let token = try state.withLock { state throws(MemoryError) -> UInt64? in
+                if state.detached { throw .detached }
                 guard let translation = state.table[page] else { return nil }
-                state.young.insert(page)
+                youngLock.withLock { _ = young.insert(page) }
                 return space.memory.token(of: translation.frame)
             }
             if let token { return token }
@@ -122,6 +156,7 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
     /// Migrates the mirrored pages of `[from, to)` tagged with this mirror's ``owner`` and mirrors
     /// the new frames again.
     public func migrate(_ from: UInt64, _ to: UInt64) throws(MemoryError) -> Int {
+        try checkAttached()
         let moved = try space.migrate(address: from, length: to - from, owner: owner)
         try populate(from, to, write: false)
         return moved
@@ -176,26 +211,27 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
     }
 
     public func clearYoung(space: UInt64, start: UInt64, end: UInt64) -> Bool {
-        state.withLock { state in
-            var young = false
+        // Called under the split lock: only the young set's spin lock is taken.
+        youngLock.withLock {
+            var wasYoung = false
             var page = max(start, self.start) & ~(AddressSpace.pageSize - 1)
             while page < min(end, self.end) {
-                if state.young.remove(page) != nil { young = true }
+                if young.remove(page) != nil { wasYoung = true }
                 page += AddressSpace.pageSize
             }
-            return young
+            return wasYoung
         }
     }
 
     public func testYoung(space: UInt64, address: UInt64) -> Bool {
-        state.withLock { $0.young.contains(address & ~(AddressSpace.pageSize - 1)) }
+        youngLock.withLock { young.contains(address & ~(AddressSpace.pageSize - 1)) }
     }
 
     public func release(space: UInt64) {
         state.withLock { state in
             state.table.removeAll()
-            state.young.removeAll()
             state.released = true
         }
+        youngLock.withLock { young.removeAll() }
     }
 }

@@ -90,6 +90,7 @@ final class SleepableRCU: @unchecked Sendable {
     /// - Precondition: not inside a read section of this domain (it would wait for itself).
     @usableFromInline
     func synchronize() {
+        LockContext.mightSleep("waiting for a notifier-domain grace period")
         updaters.withLock {
             let active = Int(phase.pointee.load(ordering: .sequentiallyConsistent) & 1)
             // Stragglers that loaded the phase before the previous flip.

@@ -21,6 +21,9 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
     case wouldBlock
     /// The address space was torn down.
     case addressSpaceDead
+    /// The mirror or subscription was detached (``SoftwareMirror/detach()``): it takes no more
+    /// work. Modelled on `ESHUTDOWN`.
+    case detached
 
     /// The Linux errno value this error models (`SIGSEGV` for a segmentation fault).
     public var errno: Int32 {
@@ -32,6 +35,7 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         case .segmentationFault: 11
         case .wouldBlock: 11
         case .addressSpaceDead: 3
+        case .detached: 108
         }
     }
 
@@ -45,6 +49,7 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         case .outOfMemory: "out of memory (frames exhausted)"
         case .wouldBlock: "EAGAIN (would block)"
         case .addressSpaceDead: "address space torn down"
+        case .detached: "detached (the mirror or subscription was shut down)"
         }
     }
 }

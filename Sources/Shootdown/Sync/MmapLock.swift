@@ -29,6 +29,7 @@ final class MmapLock: @unchecked Sendable {
 
     @inlinable @inline(__always)
     func readLock() {
+        LockContext.mightSleep("taking the mmap lock for reading")
         let current = state.pointee.load(ordering: .relaxed)
         if current & (Self.writerHeld | Self.writerWaiting) == 0,
             state.pointee.compareExchange(expected: current, desired: current &+ 1, ordering: .acquiring).exchanged
@@ -86,6 +87,7 @@ final class MmapLock: @unchecked Sendable {
 
     @inlinable @inline(__always)
     func writeLock() {
+        LockContext.mightSleep("taking the mmap lock for writing")
         if state.pointee.compareExchange(expected: 0, desired: Self.writerHeld, ordering: .acquiring).exchanged {
             return
         }

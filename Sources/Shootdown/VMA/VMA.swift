@@ -71,7 +71,9 @@ final class VMA: @unchecked Sendable {
     /// the mmap read lock (zaps by madvise, reclaim, migration).
     private var writeDepth = 0
     private var removed = false
-    let writerLock = SpinLock()
+    /// A sleeping lock: its holder runs blockable notifier callbacks (DONTNEED, reclaim), which
+    /// may sleep.
+    let writerLock = FutexMutex()
 
     init(start: UInt64, end: UInt64, protection: Protection, flags: MappingFlags,
          sharedObject: SharedMemoryObject? = nil, pageOffset: UInt64 = 0) {

@@ -124,7 +124,10 @@ private let base = NotifierTestConstants.base
         try space.map(length: p, placement: .fixed(address))
         let unmapped = SharedFlag()
         TestHooks.arm(.speculativeAfterLookup) {
-            if (try? space.unmap(address: address, length: p)) != nil { unmapped.set() }
+            // On another thread, as it would race: this one is inside the fault's RCU read section
+            // (the munmap does not wait for a grace period, so waiting for it here is fine).
+            let munmap = TestThread("munmap") { if (try? space.unmap(address: address, length: p)) != nil { unmapped.set() } }
+            munmap.join("munmap")
         }
         defer { TestHooks.disarm(.speculativeAfterLookup) }
         #expect(throws: MemoryError.segmentationFault) { try space.write(1, at: address) }
@@ -136,5 +139,76 @@ private let base = NotifierTestConstants.base
         try space.map(length: huge, placement: .fixed(address), options: .hugePage)
         try space.write(2, at: address)
         #expect(space.translate(address)?.isHuge == true)
+    }
+
+    // Review finding 4, siblings: callbacks and engine code that run under a split lock reached
+    // sleeping locks. Debug builds now trap when anything may sleep while a spin lock is held (the
+    // kernel's might_sleep check), so each scenario runs in a child process that must exit cleanly.
+
+    /// Copy-on-write evaluated the secondary-TLB hook under the split lock; with the reader-writer
+    /// notifier list that took a sleeping lock there.
+    @Test func copyOnWriteTookASleepingLockUnderTheSplitLock() async {
+        await #expect(processExitsWith: .success) {
+            let memory = PhysicalMemory(capacity: 1024, swapSlots: 0)
+            let space = try! AddressSpace(configuration: .init(notifierList: .rwlock), memory: memory)
+            try! space.registerNotifier(RecordingNotifier("tlb", callbacks: [.invalidateSecondaryTLBs], log: NotifierCallLog()))
+            try! space.map(length: p, placement: .fixed(base))
+            try! space.write(1, at: base)
+            let child = try! space.fork()
+            try! space.write(2, at: base)  // copy-on-write in the parent
+            #expect(try! child.read(at: base) == 1 && space.read(at: base) == 2)
+            child.teardown()
+            space.teardown()
+        }
+    }
+
+    /// `SoftwareMirror`'s young callbacks, which run under the split lock, took the mirror's
+    /// sleeping lock.
+    @Test func softwareMirrorYoungCallbacksTookASleepingLockUnderTheSplitLock() async {
+        await #expect(processExitsWith: .success) {
+            let memory = PhysicalMemory(capacity: 1024, swapSlots: 64)
+            let space = try! AddressSpace(memory: memory)
+            try! space.map(length: 8 * p, placement: .fixed(base))
+            let mirror = try! SoftwareMirror(space: space, start: base, length: 8 * p)
+            for index in 0..<8 { try! space.write(UInt64(index), at: base + UInt64(index) * p) }
+            _ = try! mirror.read(at: base)
+            #expect(try! space.age(address: base, length: 8 * p) > 0)
+            _ = try! space.reclaim(pages: 8)
+            mirror.detach()
+            space.teardown()
+        }
+    }
+
+    /// Page-out stored into swap, and zaps released swap slots, under the split lock, through the
+    /// swap space's sleeping lock.
+    @Test func swapSlotsTookASleepingLockUnderTheSplitLock() async {
+        await #expect(processExitsWith: .success) {
+            let memory = PhysicalMemory(capacity: 1024, swapSlots: 64)
+            let space = try! AddressSpace(memory: memory)
+            try! space.map(length: 4 * p, placement: .fixed(base))
+            for index in 0..<4 { try! space.write(UInt64(index) + 1, at: base + UInt64(index) * p) }
+            try! space.advise(address: base, length: 4 * p, advice: .pageOut)
+            try! space.unmap(address: base, length: 4 * p)
+            #expect(memory.swap.slotsInUse == 0)
+            space.teardown()
+        }
+    }
+
+    /// DONTNEED (and reclaim, migration) held each VMA's writer lock, a spin lock, across the
+    /// blockable invalidation whose callbacks may sleep: a mirror's handler taking its sleeping
+    /// lock there stalled every other writer of the VMA on a spinning CPU.
+    @Test func dontNeedHeldAVMASpinLockAcrossBlockableCallbacks() async {
+        await #expect(processExitsWith: .success) {
+            let memory = PhysicalMemory(capacity: 1024, swapSlots: 64)
+            let space = try! AddressSpace(memory: memory)
+            try! space.map(length: 8 * p, placement: .fixed(base))
+            let mirror = try! SoftwareMirror(space: space, start: base, length: 8 * p)
+            try! mirror.populate(base, base + 8 * p, write: true)
+            try! space.advise(address: base, length: 8 * p, advice: .dontNeed)
+            #expect(mirror.count == 0)
+            _ = try! space.migrate(address: base, length: 8 * p)
+            mirror.detach()
+            space.teardown()
+        }
     }
 }
