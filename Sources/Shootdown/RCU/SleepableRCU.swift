@@ -12,7 +12,7 @@ import Synchronization
 /// Why not liburcu-bp as the second domain: bp polls in 10 ms steps once a reader blocks
 /// (docs/rcu.md), and it needs per-thread registration; this domain needs neither.
 ///
-/// Memory ordering (proof sketch in the README's "Notifier domain" section): the reader's
+/// Memory ordering (docs/rcu.md, "The notifier domain"): the reader's
 /// `lock` increment, its load of the phase counter and its loads of protected pointers are
 /// sequentially consistent, as are the updater's publication store and its scans; the `unlock`
 /// increment releases. A reader that loaded a pointer before an updater published its
