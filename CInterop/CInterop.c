@@ -39,6 +39,10 @@ char cinterop_rcu_tsan_grace_period;
 
 __thread uint32_t cinterop_thread_state;
 __thread uint32_t cinterop_spin_depth;
+__thread uint32_t cinterop_callback_depth;
+__thread uintptr_t cinterop_held_mmap_locks[CINTEROP_HELD_MMAP_LOCKS];
+__thread uint32_t cinterop_held_mmap_lock_count;
+__thread uint32_t cinterop_held_mmap_lock_floor;
 
 // MARK: - Thread slots and automatic liburcu registration
 

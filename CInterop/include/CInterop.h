@@ -77,6 +77,66 @@ static inline __attribute__((always_inline)) uint32_t cinterop_spin_depth_get(vo
     return cinterop_spin_depth;
 }
 
+/// Notifier callbacks the calling thread is running (nesting depth). Maintained only by debug builds
+/// of the engine, which trap when a callback calls what must not run inside one (removing a
+/// notifier, unregistering, waiting for the notifier domain).
+extern __thread uint32_t cinterop_callback_depth;
+
+static inline __attribute__((always_inline)) void cinterop_callback_depth_add(int32_t delta) {
+    cinterop_callback_depth += (uint32_t)delta;
+}
+
+static inline __attribute__((always_inline)) uint32_t cinterop_callback_depth_get(void) {
+    return cinterop_callback_depth;
+}
+
+/// Mmap locks the calling thread holds, most recent last (debug builds of the engine only): each
+/// entry is the lock's address with bit 0 set when held for writing. Taking one this thread holds
+/// already deadlocks (the lock prefers writers, so even a second read acquisition waits behind a
+/// queued writer), and debug builds trap instead.
+#define CINTEROP_HELD_MMAP_LOCKS 8u
+extern __thread uintptr_t cinterop_held_mmap_locks[CINTEROP_HELD_MMAP_LOCKS];
+/// Number of mmap locks held; entries beyond CINTEROP_HELD_MMAP_LOCKS are counted, not recorded.
+extern __thread uint32_t cinterop_held_mmap_lock_count;
+/// Entries below this index are hidden from lookups: a test interleaving hook runs "another
+/// thread's" steps on this thread, which does not hold the locks recorded before it.
+extern __thread uint32_t cinterop_held_mmap_lock_floor;
+
+static inline uint32_t cinterop_mmap_lock_floor_get(void) { return cinterop_held_mmap_lock_floor; }
+static inline void cinterop_mmap_lock_floor_set(uint32_t floor) { cinterop_held_mmap_lock_floor = floor; }
+static inline uint32_t cinterop_mmap_lock_count_get(void) { return cinterop_held_mmap_lock_count; }
+
+/// The entry for `lock` if the calling thread holds it (with bit 0 set for writing), else 0.
+static inline uintptr_t cinterop_mmap_lock_held(const void *_Nonnull lock) {
+    uint32_t count = cinterop_held_mmap_lock_count;
+    if (count > CINTEROP_HELD_MMAP_LOCKS) count = CINTEROP_HELD_MMAP_LOCKS;
+    for (uint32_t i = cinterop_held_mmap_lock_floor; i < count; i++) {
+        if ((cinterop_held_mmap_locks[i] & ~(uintptr_t)1) == (uintptr_t)lock) return cinterop_held_mmap_locks[i];
+    }
+    return 0;
+}
+
+/// Records that the calling thread took `lock`.
+static inline void cinterop_mmap_lock_push(const void *_Nonnull lock, bool write) {
+    uint32_t count = cinterop_held_mmap_lock_count;
+    if (count < CINTEROP_HELD_MMAP_LOCKS) cinterop_held_mmap_locks[count] = (uintptr_t)lock | (write ? 1u : 0u);
+    cinterop_held_mmap_lock_count = count + 1;
+}
+
+/// Records that the calling thread released `lock` (its most recent acquisition).
+static inline void cinterop_mmap_lock_pop(const void *_Nonnull lock) {
+    uint32_t count = cinterop_held_mmap_lock_count;
+    if (count == 0) return;
+    uint32_t recorded = count > CINTEROP_HELD_MMAP_LOCKS ? CINTEROP_HELD_MMAP_LOCKS : count;
+    for (uint32_t i = recorded; i-- > cinterop_held_mmap_lock_floor;) {
+        if ((cinterop_held_mmap_locks[i] & ~(uintptr_t)1) == (uintptr_t)lock) {
+            for (uint32_t j = i; j + 1 < recorded; j++) cinterop_held_mmap_locks[j] = cinterop_held_mmap_locks[j + 1];
+            break;
+        }
+    }
+    cinterop_held_mmap_lock_count = count - 1;
+}
+
 // MARK: - liburcu memb read side (inlined)
 
 static inline __attribute__((always_inline)) void cinterop_rcu_read_lock(void) {

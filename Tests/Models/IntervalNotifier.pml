@@ -8,9 +8,9 @@
  *       insert(_:), remove(_:)
  *   Sources/Shootdown/Notifiers/SoftwareMirror.swift
  *       SoftwareMirror.invalidate(_:range:currentSequence:) and apply(...) (the handler),
- *       SoftwareMirror.populate(_:_:write:) (the commit closure, under the mirror's lock)
+ *       SoftwareMirror.populate(address:length:write:) (the commit closure, under the mirror's lock)
  *   Sources/Shootdown/AddressSpace/AddressSpace+Mirror.swift
- *       AddressSpace.mirror(_:_:write:notifier:commit:), faultRange(...)
+ *       AddressSpace.mirror(address:length:write:notifier:retryLimit:commit:), faultRange(...)
  *   Sources/Shootdown/AddressSpace/AddressSpace.swift
  *       AddressSpace.beginInvalidation(...) / InvalidationScope.end() (start, change, end)
  *

@@ -549,9 +549,9 @@ import Testing
         f.rejects(.invalidArgument, "beyond the limit") { try SoftwareMirror(space: f.space, start: limit, length: page) }
         // A mirror's own range checks.
         let mirror = try SoftwareMirror(space: f.space, start: f.at(0), length: 16 * page)
-        f.rejects(.invalidArgument, "outside the interval") { try mirror.populate(f.at(16), f.at(17), write: false) }
-        f.rejects(.invalidArgument, "empty") { try mirror.populate(f.at(2), f.at(2), write: false) }
-        f.rejects(.invalidArgument, "unaligned") { try mirror.populate(f.at(2) + 1, f.at(3), write: false) }
+        f.rejects(.invalidArgument, "outside the interval") { try mirror.populate(address: f.at(16), length: page, write: false) }
+        f.rejects(.invalidArgument, "empty") { try mirror.populate(address: f.at(2), length: 0, write: false) }
+        f.rejects(.invalidArgument, "unaligned") { try mirror.populate(address: f.at(2) + 1, length: page, write: false) }
         f.rejects(.invalidArgument, "outside the interval") { try mirror.fault(at: f.at(20), write: false) }
         #expect(mirror.count == 0)
         mirror.detach()
@@ -562,19 +562,19 @@ import Testing
         let notifier = try f.space.insertIntervalNotifier(start: f.at(0), length: 64 * page, handler: NullIntervalHandler())
         let sequence = notifier.readBegin()
         f.rejects(.invalidArgument, "unaligned") {
-            try f.space.faultRange(f.at(0) + 1, f.at(2), write: false, notifier: notifier, sequence: sequence)
+            try f.space.faultRange(address: f.at(0) + 1, length: 2 * page, write: false, notifier: notifier, sequence: sequence)
         }
         f.rejects(.invalidArgument, "empty") {
-            try f.space.faultRange(f.at(2), f.at(2), write: false, notifier: notifier, sequence: sequence)
+            try f.space.faultRange(address: f.at(2), length: 0, write: false, notifier: notifier, sequence: sequence)
         }
         f.rejects(.invalidArgument, "beyond the limit") {
-            try f.space.faultRange(limit, limit + page, write: false, notifier: notifier, sequence: sequence)
+            try f.space.faultRange(address: limit, length: page, write: false, notifier: notifier, sequence: sequence)
         }
         f.rejects(.badAddress, "hole") {
-            try f.space.faultRange(f.at(16), f.at(18), write: false, notifier: notifier, sequence: sequence)
+            try f.space.faultRange(address: f.at(16), length: 2 * page, write: false, notifier: notifier, sequence: sequence)
         }
         f.rejects(.badAddress, "read-only for a write") {
-            try f.space.faultRange(f.at(40), f.at(41), write: true, notifier: notifier, sequence: sequence)
+            try f.space.faultRange(address: f.at(40), length: page, write: true, notifier: notifier, sequence: sequence)
         }
         notifier.remove()
     }

@@ -204,7 +204,7 @@ enum DifferentialOp: CustomStringConvertible {
     case clearSoftDirty(address: UInt64, length: UInt64)
     case softDirtyPages(address: UInt64, length: UInt64)
     /// `SoftwareMirror.populate` (only generated when the run has a mirror).
-    case mirrorPopulate(from: UInt64, to: UInt64, write: Bool)
+    case mirrorPopulate(address: UInt64, length: UInt64, write: Bool)
     case teardown
 
     var description: String {
@@ -249,8 +249,8 @@ enum DifferentialOp: CustomStringConvertible {
             return "clearSoftDirty(\(address.hex), \(length.hex))"
         case .softDirtyPages(let address, let length):
             return "softDirtyPages(\(address.hex), \(length.hex))"
-        case .mirrorPopulate(let from, let to, let write):
-            return "mirrorPopulate(\(from.hex), \(to.hex), write: \(write))"
+        case .mirrorPopulate(let address, let length, let write):
+            return "mirrorPopulate(\(address.hex), \(length.hex), write: \(write))"
         case .teardown:
             return "teardown()"
         }
@@ -609,8 +609,8 @@ struct DifferentialRun {
                 try space.clearSoftDirty(address: address, length: length)
             case .softDirtyPages(let address, let length):
                 return .pages(try space.softDirtyPages(address: address, length: length))
-            case .mirrorPopulate(let from, let to, let write):
-                try mirror!.populate(from, to, write: write)
+            case .mirrorPopulate(let address, let length, let write):
+                try mirror!.populate(address: address, length: length, write: write)
             case .teardown:
                 space.teardown()
             }
@@ -645,10 +645,15 @@ struct DifferentialRun {
                 try model.clearSoftDirty(address: address, length: length)
             case .softDirtyPages(let address, let length):
                 return .pages(try model.softDirtyPages(address: address, length: length))
-            case .mirrorPopulate(let from, let to, let write):
-                // SoftwareMirror.populate checks the bounds of its interval, then faults the range.
-                guard from >= window, to <= window + windowPages * page, from < to else { throw .invalidArgument }
-                try model.faultRange(from, to, write: write)
+            case .mirrorPopulate(let address, let length, let write):
+                // SoftwareMirror.populate checks the bounds of its interval (the length rounded up
+                // to pages), then faults the range.
+                let windowEnd = window + windowPages * page
+                let rounded = (length &+ page &- 1) & ~(page - 1)
+                guard address % page == 0, length != 0, rounded >= length, address >= window, address < windowEnd,
+                    rounded <= windowEnd - address
+                else { throw .invalidArgument }
+                try model.faultRange(address, address + rounded, write: write)
             case .teardown:
                 model.teardown()
             }
@@ -732,7 +737,7 @@ struct DifferentialRun {
         if mirror && rng.chance(8) {
             var (from, length) = range(model)
             if rng.chance(10) { from &+= 1 }
-            return .mirrorPopulate(from: from, to: from &+ length, write: rng.chance(40))
+            return .mirrorPopulate(address: from, length: length, write: rng.chance(40))
         }
         let overCap = model.mappedPages > Self.mappedCap
         let roll = rng.below(100)

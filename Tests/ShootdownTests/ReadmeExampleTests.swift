@@ -33,7 +33,7 @@ import Shootdown  // not @testable: the README tour uses public API only
         // A secondary MMU kept coherent through an interval notifier: populate it, then watch
         // invalidations take translations away before the CPU page table changes.
         let mirror = try SoftwareMirror(space: space, start: base, length: 1 << 20)
-        try mirror.populate(base, base + 16 * 4096, write: true)
+        try mirror.populate(address: base, length: 16 * 4096, write: true)
         #expect(mirror.count == 16)
         try space.protect(address: base, length: 4096, protection: .read)  // protectionVMA: read-only now
         #expect(mirror.translation(for: base)?.writable == false)

@@ -117,7 +117,7 @@ import Testing
         let space = try AddressSpace(memory: PhysicalMemory(capacity: 4096))
         let base = try space.map(length: 16 * page)
         let mirror = try SoftwareMirror(space: space, start: base, length: 16 * page)
-        try mirror.populate(base, base + 16 * page, write: true)
+        try mirror.populate(address: base, length: 16 * page, write: true)
         #expect(mirror.count == 16)
         try space.advise(address: base, length: 4 * page, advice: .dontNeed)
         #expect(mirror.count == 12)

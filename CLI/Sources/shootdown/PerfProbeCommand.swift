@@ -133,7 +133,7 @@ struct PerfProbe: ParsableCommand {
             let pages = 4096
             let base = try space.map(length: UInt64(pages) * 4096)
             let mirror = try SoftwareMirror(space: space, start: base, length: UInt64(pages) * 4096)
-            try region { try mirror.populate(base, base + UInt64(pages) * 4096, write: true) }
+            try region { try mirror.populate(address: base, length: UInt64(pages) * 4096, write: true) }
             mirror.detach()
             return pages
         }

@@ -206,8 +206,9 @@ public final class AddressSpace: @unchecked Sendable {
         return overflow ? nil : sum & ~(pageSize - 1)
     }
 
+    /// Whether `value` (an address or a length) is a multiple of ``pageSize``.
     @inlinable
-    static func isPageAligned(_ value: UInt64) -> Bool { value & (pageSize - 1) == 0 }
+    public static func isPageAligned(_ value: UInt64) -> Bool { value & (pageSize - 1) == 0 }
 
     /// The end of the user range starting at `address` with `length` rounded up to pages.
     ///

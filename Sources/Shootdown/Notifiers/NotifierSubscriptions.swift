@@ -34,6 +34,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
         if !list.populated.load(ordering: .relaxed) { return true }
         let accepted = list.withSnapshot { snapshot -> Bool in
             guard snapshot.union.contains(.invalidateRangeStart) else { return true }
+            LockContext.callbackEntered()
+            defer { LockContext.callbackExited() }
             var refused = false
             for index in 0..<snapshot.count {
                 let entry = snapshot.entries[index]
@@ -65,6 +67,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
         if !list.populated.load(ordering: .relaxed) { return }
         list.withSnapshot { snapshot in
             guard snapshot.union.contains(.invalidateRangeEnd) else { return }
+            LockContext.callbackEntered()
+            defer { LockContext.callbackExited() }
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.invalidateRangeEnd) {
                 snapshot.entries[index].with { $0.invalidateRangeEnd(range) }
             }
@@ -83,6 +87,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
     /// sleep.
     func invalidateSecondaryTLBs(start: UInt64, end: UInt64) {
         list.withSnapshot { snapshot in
+            LockContext.callbackEntered()
+            defer { LockContext.callbackExited() }
             for index in 0..<snapshot.count
             where snapshot.entries[index].callbacks.contains(.invalidateSecondaryTLBs) {
                 snapshot.entries[index].with { $0.invalidateSecondaryTLBs(space: space, start: start, end: end) }
@@ -97,6 +103,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
         let callback: NotifierCallbacks = flush ? .clearFlushYoung : .clearYoung
         return list.withSnapshot { snapshot in
             guard snapshot.union.contains(callback) else { return false }
+            LockContext.callbackEntered()
+            defer { LockContext.callbackExited() }
             var young = false
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(callback) {
                 let notifier = snapshot.entries[index].notifier
@@ -112,6 +120,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
     func testYoung(address: UInt64) -> Bool {
         list.withSnapshot { snapshot in
             guard snapshot.union.contains(.testYoung) else { return false }
+            LockContext.callbackEntered()
+            defer { LockContext.callbackExited() }
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.testYoung) {
                 if snapshot.entries[index].notifier.testYoung(space: space, address: address) { return true }
             }
@@ -131,7 +141,11 @@ final class NotifierSubscriptions: @unchecked Sendable {
     func unregister(_ notifier: any MMUNotifier) -> Bool {
         let registered = list.withSnapshot { snapshot -> Bool in
             for index in 0..<snapshot.count where snapshot.entries[index].notifier === notifier {
-                if snapshot.entries[index].callbacks.contains(.release) { notifier.release(space: space) }
+                if snapshot.entries[index].callbacks.contains(.release) {
+                    LockContext.callbackEntered()
+                    defer { LockContext.callbackExited() }
+                    notifier.release(space: space)
+                }
                 return true
             }
             return false
@@ -144,19 +158,26 @@ final class NotifierSubscriptions: @unchecked Sendable {
 
     /// Teardown (`__mmu_notifier_release`): one blockable `release` invalidation over the whole
     /// space to every interval notifier, then every classic subscriber's `release`, then unlinking
-    /// them all and waiting for readers.
+    /// them all and waiting for readers, then removing every interval notifier (refusing later
+    /// inserts). Afterwards the space holds no reference to any subscriber or handler, so a
+    /// subscriber that references the space no longer makes a cycle with it.
     func releaseAll(range: InvalidationRange) {
         if hasIntervals.load(ordering: .acquiring) {
             _ = intervals.invalidateStart(range)
             intervals.invalidateEnd()
         }
         list.withSnapshot { snapshot in
+            LockContext.callbackEntered()
+            defer { LockContext.callbackExited() }
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.release) {
                 snapshot.entries[index].notifier.release(space: space)
             }
         }
         list.removeAll()
         counters.increment(SpaceCounter.notifierGracePeriods.rawValue)
+        // Whether or not an interval was ever inserted: a concurrent first insert that passed its
+        // liveness check must find the state closed.
+        intervals.close()
     }
 }
 

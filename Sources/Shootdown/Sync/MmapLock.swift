@@ -7,6 +7,10 @@ import Synchronization
 /// One 32-bit state word: bits 0–29 count readers, bit 30 says a writer waits, bit 31 says a writer
 /// holds the lock. Writers are preferred (new readers wait while a writer waits), like rwsem.
 /// Waiters spin briefly, then sleep on the state word's futex.
+///
+/// Not recursive, in either mode: a thread that holds it must not take it again (a second read
+/// acquisition waits behind any queued writer). Debug builds record the holder per thread and trap
+/// on re-entry (``LockContext/mmapLockAcquiring(_:write:)``).
 @usableFromInline
 final class MmapLock: @unchecked Sendable {
     @usableFromInline static let writerHeld: UInt32 = 1 << 31
@@ -30,6 +34,8 @@ final class MmapLock: @unchecked Sendable {
     @inlinable @inline(__always)
     func readLock() {
         LockContext.mightSleep("taking the mmap lock for reading")
+        LockContext.mmapLockAcquiring(words, write: false)
+        defer { LockContext.mmapLockAcquired(words, write: false) }
         let current = state.pointee.load(ordering: .relaxed)
         if current & (Self.writerHeld | Self.writerWaiting) == 0,
             state.pointee.compareExchange(expected: current, desired: current &+ 1, ordering: .acquiring).exchanged
@@ -41,6 +47,7 @@ final class MmapLock: @unchecked Sendable {
 
     @inlinable @inline(__always)
     func readUnlock() {
+        LockContext.mmapLockReleased(words)
         // Sequentially consistent (a locked xadd on x86 either way): the rare wake-up path below
         // must not miss a writer that registered as a sleeper (see `sleep(expecting:)`).
         let new = state.pointee.wrappingSubtract(1, ordering: .sequentiallyConsistent).newValue
@@ -54,7 +61,10 @@ final class MmapLock: @unchecked Sendable {
         while current & (Self.writerHeld | Self.writerWaiting) == 0 {
             let result = state.pointee.compareExchange(
                 expected: current, desired: current &+ 1, ordering: .acquiring)
-            if result.exchanged { return true }
+            if result.exchanged {
+                LockContext.mmapLockAcquired(words, write: false)
+                return true
+            }
             current = result.original
         }
         return false
@@ -88,6 +98,8 @@ final class MmapLock: @unchecked Sendable {
     @inlinable @inline(__always)
     func writeLock() {
         LockContext.mightSleep("taking the mmap lock for writing")
+        LockContext.mmapLockAcquiring(words, write: true)
+        defer { LockContext.mmapLockAcquired(words, write: true) }
         if state.pointee.compareExchange(expected: 0, desired: Self.writerHeld, ordering: .acquiring).exchanged {
             return
         }
@@ -97,6 +109,7 @@ final class MmapLock: @unchecked Sendable {
     @inlinable @inline(__always)
     func writeUnlock() {
         checkInvariant(state.pointee.load(ordering: .relaxed) & Self.writerHeld != 0, "mmap write unlock without lock")
+        LockContext.mmapLockReleased(words)
         // Sequentially consistent (xchg is locked on x86 either way): pairs with the sleeper's
         // increment-then-recheck in `sleep(expecting:)`, so a sleeping reader or writer is woken.
         state.pointee.store(0, ordering: .sequentiallyConsistent)

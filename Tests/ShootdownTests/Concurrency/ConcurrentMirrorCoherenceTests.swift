@@ -73,7 +73,7 @@ struct ConcurrentMirrorCoherenceTests {
             try space.write(UInt64(offset + 1), at: address)
         }
         let mirror = try SoftwareMirror(space: space, start: base, length: end - base)
-        try mirror.populate(base, end, write: true)
+        try mirror.populate(address: base, length: end - base, write: true)
         let violations = ConcurrentViolations()
         let auditor = ConcurrentMirrorAuditor(mirror: mirror, violations: violations)
         try space.registerNotifier(auditor)  // after the mirror
@@ -101,10 +101,10 @@ struct ConcurrentMirrorCoherenceTests {
                     case 5:
                         // A migration the mirror asks for itself (tagged with its owner).
                         let count = UInt64(random.int(1...Int(min(8, Self.pages - first))))
-                        _ = try mirror.migrate(address, address + count * page)
+                        _ = try mirror.migrate(address: address, length: count * page)
                     default:
                         let count = UInt64(random.int(1...Int(min(32, Self.pages - first))))
-                        try mirror.populate(address, address + count * page, write: random.chance(50))
+                        try mirror.populate(address: address, length: count * page, write: random.chance(50))
                     }
                     mirrorOps.add(1, ordering: .relaxed)
                 } catch MemoryError.badAddress {

@@ -128,7 +128,7 @@ struct ConcurrentMirrorDetachTests {
         let space = try AddressSpace(memory: PhysicalMemory(capacity: 1024))
         let base = try space.map(length: 8 * Self.page)
         let mirror = try SoftwareMirror(space: space, start: base, length: 8 * Self.page)
-        try mirror.populate(base, base + 2 * Self.page, write: true)
+        try mirror.populate(address: base, length: 2 * Self.page, write: true)
         #expect(mirror.count == 2)
         mirror.detach()
         #expect(mirror.count == 0)
@@ -142,10 +142,10 @@ struct ConcurrentMirrorDetachTests {
                     outcomes.withLock { $0.append("\(name): \(error == .detached ? "detached" : "\(error)")") }
                 }
             }
-            record("populate") { () throws(MemoryError) in try mirror.populate(base, base + Self.page, write: false) }
+            record("populate") { () throws(MemoryError) in try mirror.populate(address: base, length: Self.page, write: false) }
             record("fault") { () throws(MemoryError) in try mirror.fault(at: base, write: true) }
             record("read") { () throws(MemoryError) in try mirror.read(at: base) }
-            record("migrate") { () throws(MemoryError) in try mirror.migrate(base, base + Self.page) }
+            record("migrate") { () throws(MemoryError) in try mirror.migrate(address: base, length: Self.page) }
         }
         let finished = caller.join(within: 30)
         #expect(finished, "a mirror call after detach() did not return")
@@ -172,7 +172,7 @@ struct ConcurrentMirrorDetachTests {
                     while true {
                         let wasDetached = detached.isSet
                         do throws(MemoryError) {
-                            try mirror.populate(base + page * Self.page, base + (page + 1) * Self.page, write: page % 2 == 0)
+                            try mirror.populate(address: base + page * Self.page, length: Self.page, write: page % 2 == 0)
                             if wasDetached { violations.record("round \(round): populate succeeded after detach returned") }
                         } catch .detached {
                             return

@@ -203,7 +203,7 @@ private let base = NotifierTestConstants.base
             let space = try! AddressSpace(memory: memory)
             try! space.map(length: 8 * p, placement: .fixed(base))
             let mirror = try! SoftwareMirror(space: space, start: base, length: 8 * p)
-            try! mirror.populate(base, base + 8 * p, write: true)
+            try! mirror.populate(address: base, length: 8 * p, write: true)
             try! space.advise(address: base, length: 8 * p, advice: .dontNeed)
             #expect(mirror.count == 0)
             _ = try! space.migrate(address: base, length: 8 * p)
