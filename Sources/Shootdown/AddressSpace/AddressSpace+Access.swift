@@ -3,7 +3,12 @@ import Synchronization
 extension AddressSpace {
     /// Reads the content token of the page at `address`, faulting it in if needed (the model of a
     /// load instruction; marks the entry accessed, as the hardware would).
+    ///
+    /// Context: takes the page's split lock, and the mmap lock for reading when it faults: must
+    /// not be called while holding a split lock (from a young or secondary-TLB callback) or from a
+    /// callback that runs with this space's mmap lock held. Debug builds trap in both cases.
     public func read(at address: UInt64) throws(MemoryError) -> UInt64 {
+        LockContext.mightSleep("AddressSpace.read(at:) (it may fault, and it takes the split lock)")
         while true {
             if let token = accessPresent(address, write: false, token: 0) { return token }
             try fault(at: address, access: .read)
@@ -12,7 +17,10 @@ extension AddressSpace {
 
     /// Writes `token` as the content of the page at `address`, faulting it in (and breaking
     /// copy-on-write) if needed (the model of a store instruction; marks the entry dirty).
+    ///
+    /// Context: as ``read(at:)``.
     public func write(_ token: UInt64, at address: UInt64) throws(MemoryError) {
+        LockContext.mightSleep("AddressSpace.write(_:at:) (it may fault, and it takes the split lock)")
         while true {
             if accessPresent(address, write: true, token: token) != nil { return }
             try fault(at: address, access: .write)
