@@ -15,8 +15,9 @@ public protocol IntervalNotifierHandler: AnyObject, Sendable {
     /// would have to sleep; the caller then leaves the range alone.
     ///
     /// Context: called on the thread that changes the address space, before any CPU page-table
-    /// entry in `range` changes, with no page-table (split) lock held, inside a read section of the
-    /// notifier domain, and usually with the space's mmap lock held (for writing by `unmap`,
+    /// entry in `range` changes (and before the classic subscribers' starts), with no page-table
+    /// (split) lock held and outside the notifier domain's read sections, and usually with the
+    /// space's mmap lock held (for writing by `unmap`,
     /// `protect`, `remap`, `fork`, `collapse`; for reading by `advise`, faults that break
     /// copy-on-write, `reclaim`, `migrate`, `clearSoftDirty`, `age`; not at all for the `release`
     /// of ``AddressSpace/teardown()``). The epoch this call belongs to stays open until it
@@ -32,7 +33,8 @@ public protocol IntervalNotifierHandler: AnyObject, Sendable {
     ///   may fall back to it: use `range.vma`; faults, `read`, `write`, `map`, `registerNotifier`,
     ///   `teardown`, ...), ``IntervalNotifier/readBegin()``, ``IntervalNotifier/remove()`` (of any
     ///   notifier), ``AddressSpace/unregisterNotifier(_:)``, or ``AddressSpace/mirror(address:length:write:notifier:retryLimit:commit:)``:
-    ///   each would wait for this very callback to return. Debug builds trap with a message on each.
+    ///   each would wait for this very callback to return, or for an epoch it holds open. Debug
+    ///   builds trap with a message on each.
     func invalidate(_ notifier: IntervalNotifier, range: InvalidationRange, currentSequence: UInt64) -> Bool
 }
 

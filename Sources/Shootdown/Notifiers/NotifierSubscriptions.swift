@@ -34,8 +34,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
         if !list.populated.load(ordering: .relaxed) { return true }
         let accepted = list.withSnapshot { snapshot -> Bool in
             guard snapshot.union.contains(.invalidateRangeStart) else { return true }
-            LockContext.callbackEntered()
-            defer { LockContext.callbackExited() }
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             var refused = false
             for index in 0..<snapshot.count {
                 let entry = snapshot.entries[index]
@@ -67,8 +67,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
         if !list.populated.load(ordering: .relaxed) { return }
         list.withSnapshot { snapshot in
             guard snapshot.union.contains(.invalidateRangeEnd) else { return }
-            LockContext.callbackEntered()
-            defer { LockContext.callbackExited() }
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.invalidateRangeEnd) {
                 snapshot.entries[index].with { $0.invalidateRangeEnd(range) }
             }
@@ -87,8 +87,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
     /// sleep.
     func invalidateSecondaryTLBs(start: UInt64, end: UInt64) {
         list.withSnapshot { snapshot in
-            LockContext.callbackEntered()
-            defer { LockContext.callbackExited() }
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             for index in 0..<snapshot.count
             where snapshot.entries[index].callbacks.contains(.invalidateSecondaryTLBs) {
                 snapshot.entries[index].with { $0.invalidateSecondaryTLBs(space: space, start: start, end: end) }
@@ -103,8 +103,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
         let callback: NotifierCallbacks = flush ? .clearFlushYoung : .clearYoung
         return list.withSnapshot { snapshot in
             guard snapshot.union.contains(callback) else { return false }
-            LockContext.callbackEntered()
-            defer { LockContext.callbackExited() }
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             var young = false
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(callback) {
                 let notifier = snapshot.entries[index].notifier
@@ -120,8 +120,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
     func testYoung(address: UInt64) -> Bool {
         list.withSnapshot { snapshot in
             guard snapshot.union.contains(.testYoung) else { return false }
-            LockContext.callbackEntered()
-            defer { LockContext.callbackExited() }
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.testYoung) {
                 if snapshot.entries[index].notifier.testYoung(space: space, address: address) { return true }
             }
@@ -142,8 +142,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
         let registered = list.withSnapshot { snapshot -> Bool in
             for index in 0..<snapshot.count where snapshot.entries[index].notifier === notifier {
                 if snapshot.entries[index].callbacks.contains(.release) {
-                    LockContext.callbackEntered()
-                    defer { LockContext.callbackExited() }
+                    LockContext.callbackEntered(classic: true)
+                    defer { LockContext.callbackExited(classic: true) }
                     notifier.release(space: space)
                 }
                 return true
@@ -167,8 +167,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
             intervals.invalidateEnd()
         }
         list.withSnapshot { snapshot in
-            LockContext.callbackEntered()
-            defer { LockContext.callbackExited() }
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.release) {
                 snapshot.entries[index].notifier.release(space: space)
             }

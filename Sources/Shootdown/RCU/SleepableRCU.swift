@@ -91,7 +91,7 @@ final class SleepableRCU: @unchecked Sendable {
     @usableFromInline
     func synchronize() {
         LockContext.mightSleep("waiting for a notifier-domain grace period")
-        LockContext.notInCallback("waiting for a notifier-domain grace period (unregistering, tearing a space down)")
+        LockContext.notInNotifierReadSection("waiting for a notifier-domain grace period (unregistering, tearing a space with subscribers down)")
         updaters.withLock {
             let active = Int(phase.pointee.load(ordering: .sequentiallyConsistent) & 1)
             // Stragglers that loaded the phase before the previous flip.

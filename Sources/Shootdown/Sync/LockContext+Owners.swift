@@ -7,19 +7,22 @@ import CInterop
 extension LockContext {
     // MARK: Notifier callbacks
 
-    /// A notifier callback (interval handler or classic subscriber) begins on this thread.
+    /// A notifier callback begins on this thread: an interval handler, or (`classic`) a classic
+    /// subscriber's callback, which runs inside a read section of the notifier list (the notifier
+    /// domain, or the list's reader lock). The per-thread word counts both: callbacks in the low
+    /// 16 bits, classic ones again in the high 16.
     @inlinable @inline(__always)
-    static func callbackEntered() {
+    static func callbackEntered(classic: Bool = false) {
         #if SHOOTDOWN_INTERNAL_CHECKS
-        cinterop_callback_depth_add(1)
+        cinterop_callback_depth_add(classic ? 1 &+ 1 << 16 : 1)
         #endif
     }
 
-    /// The callback begun by ``callbackEntered()`` returned.
+    /// The callback begun by ``callbackEntered(classic:)`` returned.
     @inlinable @inline(__always)
-    static func callbackExited() {
+    static func callbackExited(classic: Bool = false) {
         #if SHOOTDOWN_INTERNAL_CHECKS
-        cinterop_callback_depth_add(-1)
+        cinterop_callback_depth_add(classic ? -(1 &+ 1 << 16) : -1)
         #endif
     }
 
@@ -34,12 +37,22 @@ extension LockContext {
         #endif
     }
 
-    /// Traps (debug builds) if the calling thread is running a notifier callback. `what` names the
-    /// operation and why it cannot run there.
+    /// Traps (debug builds) if the calling thread is running a notifier callback of any kind.
+    /// `what` names the operation and why it cannot run there.
     @inlinable @inline(__always)
     static func notInCallback(_ what: @autoclosure () -> String) {
         #if SHOOTDOWN_INTERNAL_CHECKS
         if cinterop_callback_depth_get() != 0 { calledFromCallback(what()) }
+        #endif
+    }
+
+    /// Traps (debug builds) if the calling thread is running a classic subscriber's callback, that
+    /// is, inside a read section of the notifier domain, which a grace period of that (process-wide)
+    /// domain would wait for. Interval handlers run outside it.
+    @inlinable @inline(__always)
+    static func notInNotifierReadSection(_ what: @autoclosure () -> String) {
+        #if SHOOTDOWN_INTERNAL_CHECKS
+        if cinterop_callback_depth_get() >> 16 != 0 { calledFromCallback(what()) }
         #endif
     }
 
