@@ -160,12 +160,13 @@ extension AddressSpace {
 
         // Write to a read-only entry of a writable VMA (`do_wp_page`).
         let frame = entry.number
-        if vma.isShared || memory.isExclusive(frame) {  // isExclusive is false for the zero page
+        if vma.isShared || memory.isExclusiveIgnoringPins(frame) {  // false for the zero page
             // Reuse: shared memory, or a private frame nobody else maps (soft-dirty re-arm, or the
-            // other side of a fork already copied or exited).
+            // other side of a fork already copied or exited), pinned or not: a pinned frame must
+            // stay the one the device uses.
             lock.lock()
             defer { lock.unlock() }
-            guard pte.load(slot) == entry, vma.isShared || memory.isExclusive(frame) else { return false }
+            guard pte.load(slot) == entry, vma.isShared || memory.isExclusiveIgnoringPins(frame) else { return false }
             let bits = PageTableEntry.writable | PageTableEntry.dirty | PageTableEntry.softDirty
                 | PageTableEntry.accessed
             pte[slot].pointee.store(entry.rawValue | bits, ordering: .relaxed)

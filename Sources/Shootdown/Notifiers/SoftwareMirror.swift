@@ -192,7 +192,7 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
                 if state.detached { throw .detached }
                 guard let translation = state.table[page] else { return nil }
                 young.withLock { _ = $0.insert(page) }
-                return try space.deviceRead(at: page, frame: translation.frame)
+                return try Self.checked(space.deviceRead(at: page, frame: translation.frame), page, translation)
             }
             if let token { return token }
             try fault(at: page, write: false)
@@ -215,12 +215,25 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
                 guard let translation = state.table[page], translation.writable else { return false }
                 // Under the mirror's lock: the translation cannot be invalidated meanwhile, so the
                 // engine's check that the CPU maps this frame writable passes.
-                try space.deviceWrite(token, at: page, frame: translation.frame)
+                try Self.checked(space.deviceWrite(token, at: page, frame: translation.frame), page, translation)
                 young.withLock { _ = $0.insert(page) }
                 return true
             }
             if stored { return }
             try fault(at: page, write: true)
+        }
+    }
+
+    /// The result of a device access the engine validated against the CPU page table. Under the
+    /// mirror's lock the engine cannot find the translation stale (``MemoryError/badAddress``)
+    /// unless the mirror broke its guarantee: that traps. Other errors (teardown) pass through.
+    private static func checked<R>(
+        _ access: @autoclosure () throws(MemoryError) -> R, _ page: UInt64, _ translation: Translation
+    ) throws(MemoryError) -> R {
+        do throws(MemoryError) {
+            return try access()
+        } catch .badAddress {
+            preconditionFailure("SoftwareMirror: translation 0x\(String(page, radix: 16)) -> frame \(translation.frame) is stale: the mirror missed an invalidation")
         }
     }
 

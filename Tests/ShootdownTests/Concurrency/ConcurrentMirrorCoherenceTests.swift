@@ -96,8 +96,12 @@ struct ConcurrentMirrorCoherenceTests {
                     switch random.below(10) {
                     case 0..<3:
                         _ = try mirror.read(at: address + random.below(page))
-                    case 3..<5:
+                    case 3:
                         try mirror.fault(at: address, write: random.chance(50))
+                    case 4:
+                        // A device store: the engine checks the translation against the CPU page
+                        // table under the split lock (SoftwareMirror traps if it is stale).
+                        try mirror.write(UInt64(index + 1) << 56 | random.below(1 << 32), at: address)
                     case 5:
                         // A migration the mirror asks for itself (tagged with its owner).
                         let count = UInt64(random.int(1...Int(min(8, Self.pages - first))))
