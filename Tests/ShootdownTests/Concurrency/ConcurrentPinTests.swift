@@ -122,11 +122,14 @@ struct ConcurrentPinTests {
                             child.teardown()
                         }
                     } else {
-                        // Pages: migration, reclaim, page-out, DONTNEED of B, aging.
+                        // Pages: migration, reclaim, page-out, DONTNEED of B, aging, soft-dirty
+                        // re-arming (write-protects pinned pages: the next CPU write must reuse the
+                        // pinned frame).
                         let first = random.below(Self.stablePages + Self.churnPages)
                         let count = UInt64(random.int(1...Int(min(16, Self.stablePages + Self.churnPages - first))))
                         let low = base + first * page
-                        switch random.below(5) {
+                        switch random.below(6) {
+                        case 5: try space.clearSoftDirty(address: low, length: count * page)
                         case 0: _ = try space.migrate(address: low, length: count * page)
                         case 1: _ = try space.reclaim(pages: Int(count))
                         case 2: try space.advise(address: low, length: count * page, advice: .pageOut)
