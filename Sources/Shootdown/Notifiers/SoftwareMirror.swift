@@ -23,9 +23,9 @@ import Darwin
 /// ``MemoryError/addressSpaceDead``), and forgetting ``detach()`` leaks nothing once the space
 /// goes away.
 ///
-/// Locks: `state` (a sleeping `Mutex`) guards the table; the interval handler takes it (it may
-/// sleep there: the engine calls it outside every page-table lock), and so does every commit and
-/// device access. The young set has its own non-sleeping lock because the young callbacks run
+/// Locks: `state` (a sleeping lock, a `pthread_mutex_t`) guards the table; the interval handler
+/// takes it (it may sleep there: the engine calls it outside every page-table lock), and so does
+/// every commit and device access. The young set has its own non-sleeping lock because the young callbacks run
 /// under the engine's split page-table lock. Order: `state`, then the engine's split lock (inside
 /// ``AddressSpace/deviceWrite(_:at:frame:)``), then the young lock.
 public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchecked Sendable {
@@ -55,7 +55,7 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
     /// Tag passed to migrations this mirror asks for, so it can recognise them.
     public let owner: InvalidationOwner
 
-    private struct State: Sendable {
+    private struct State {
         var table: [UInt64: Translation] = [:]
         var invalidations = 0
         var ownMigrations = 0
@@ -67,7 +67,7 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
 
     /// The table and its bookkeeping: taken by commits, device accesses and the interval handler
     /// (which may sleep), never under a split lock.
-    private let state = Mutex(State())
+    private let state = SleepingLocked(State())
     /// Pages accessed through the mirror since their last aging. A separate non-sleeping lock,
     /// because the young callbacks run under the engine's split lock.
     private let young = SpinLocked<Set<UInt64>>([])
@@ -349,9 +349,49 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
     }
 }
 
+/// A value behind a `pthread_mutex_t`: a sleeping lock, for state that may be held while waiting
+/// (the interval handler of a blockable range may sleep).
+///
+/// Why not `Synchronization.Mutex`: on Linux its contended path hands the lock over inside the
+/// kernel (a priority-inheritance futex), where ThreadSanitizer cannot see the happens-before
+/// edge, so TSan reports races on the data it guards (it did, on this table, in the mirror stress
+/// suite). TSan intercepts pthread mutexes.
+private final class SleepingLocked<Value>: @unchecked Sendable {
+    // @unchecked: `value` is only touched with `mutex` held.
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private var value: Value
+
+    init(_ value: Value) {
+        self.value = value
+        // On the heap: a pthread mutex must not move.
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        let status = pthread_mutex_init(mutex, nil)
+        precondition(status == 0, "pthread_mutex_init failed (\(status))")
+    }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    /// Runs `body` with the value, under the lock (waiting for it, possibly sleeping).
+    func withLock<R, E: Error>(_ body: (inout Value) throws(E) -> R) throws(E) -> R {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return try body(&value)
+    }
+
+    /// Runs `body` under the lock if it is free right now; `nil` otherwise (never waits).
+    func withLockIfAvailable<R>(_ body: (inout Value) -> R) -> R? {
+        guard pthread_mutex_trylock(mutex) == 0 else { return nil }
+        defer { pthread_mutex_unlock(mutex) }
+        return body(&value)
+    }
+}
+
 /// A value behind a test-and-test-and-set spin lock built on `Atomic`: for state that callbacks
-/// running under the engine's split page-table lock touch, where nothing may sleep (a
-/// `Synchronization.Mutex` may). Hold it for a few instructions only; never take a sleeping lock,
+/// running under the engine's split page-table lock touch, where nothing may sleep (a mutex may). Hold it for a few instructions only; never take a sleeping lock,
 /// or call into the engine, while holding it.
 private final class SpinLocked<Value>: @unchecked Sendable {
     // @unchecked: `value` is only touched between a successful acquiring exchange of `locked` and
