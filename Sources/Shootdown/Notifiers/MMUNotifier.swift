@@ -3,7 +3,9 @@ import Synchronization
 /// `struct mmu_notifier_ops`). Declared by the subscriber and read once at registration; the
 /// engine calls only what is declared, so an unused callback costs nothing.
 public struct NotifierCallbacks: OptionSet, Hashable, Sendable {
+    /// The bits.
     public let rawValue: UInt16
+    /// The set with bits `rawValue`.
     public init(rawValue: UInt16) { self.rawValue = rawValue }
 
     /// ``MMUNotifier/invalidateRangeStart(_:)``.
@@ -106,13 +108,22 @@ public protocol MMUNotifier: AnyObject, Sendable {
     func release(space: UInt64)
 }
 
+/// Defaults for the callbacks a subscriber does not implement (it should not declare them in
+/// ``MMUNotifier/callbacks`` either: the engine then never calls them).
 extension MMUNotifier {
+    /// Accepts (does nothing).
     public func invalidateRangeStart(_ range: InvalidationRange) -> Bool { true }
+    /// Does nothing.
     public func invalidateRangeEnd(_ range: InvalidationRange) {}
+    /// Does nothing.
     public func invalidateSecondaryTLBs(space: UInt64, start: UInt64, end: UInt64) {}
+    /// Reports nothing young.
     public func clearFlushYoung(space: UInt64, start: UInt64, end: UInt64) -> Bool { false }
+    /// Reports nothing young.
     public func clearYoung(space: UInt64, start: UInt64, end: UInt64) -> Bool { false }
+    /// Reports nothing young.
     public func testYoung(space: UInt64, address: UInt64) -> Bool { false }
+    /// Does nothing.
     public func release(space: UInt64) {}
 }
 

@@ -11,7 +11,7 @@ import Darwin
 /// classic notifier for aging and release). What a device page table, an RDMA registration cache
 /// (on-demand paging) or a code cache does, reduced to its protocol. It uses only the library's
 /// public API and the standard library, so it can be copied into another module as it is and
-/// grown from there.
+/// grown from there (add `import Shootdown` to the copy; nothing else changes).
 ///
 /// Guarantee: the mirror never commits a translation that an invalidation has already removed,
 /// and after an invalidation's start returns it holds no translation to a frame that the

@@ -11,18 +11,24 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
     case noMemory
     /// `EEXIST`: `MAP_FIXED_NOREPLACE` over an existing mapping.
     case alreadyExists
-    /// `EFAULT`: mremap of a range that is not inside one mapping.
+    /// `EFAULT`: an address the operation needs mapped, with a given access, is not: mremap of a
+    /// range that is not inside one mapping; `faultRange`, `mirror`, `pin` or `MADV_POPULATE_*` over
+    /// a page that is unmapped or lacks the access; a device access through a translation the CPU
+    /// page table does not back (``AddressSpace/deviceWrite(_:at:frame:)``), or a device write
+    /// through a read-only pin.
     case badAddress
     /// `SIGSEGV`: a fault on an unmapped address or against the mapping's protection.
     case segmentationFault
-    /// The frame allocator (or swap) is exhausted (the kernel's OOM, here an error, not a crash).
+    /// The frame allocator (or swap) is exhausted (the kernel's OOM, here an error, not a crash),
+    /// or a frame already carries ``PhysicalMemory/maxPins`` pins.
     case outOfMemory
     /// `EAGAIN`: a non-blocking operation could not proceed (trylock failed, a notifier refused).
     case wouldBlock
     /// The address space was torn down.
     case addressSpaceDead
-    /// The mirror or subscription was detached (``SoftwareMirror/detach()``): it takes no more
-    /// work. Modelled on `ESHUTDOWN`.
+    /// The mirror or subscription was shut down and takes no more work: a detached mirror
+    /// (``SoftwareMirror/detach()``), a removed interval notifier passed to `faultRange` or
+    /// `mirror`, an unpinned ``PinnedRange``. Modelled on `ESHUTDOWN`.
     case detached
 
     /// The Linux errno value this error models (`SIGSEGV` for a segmentation fault).
