@@ -17,11 +17,12 @@ public protocol IntervalNotifierHandler: AnyObject, Sendable {
     /// Context: called on the thread that changes the address space, before any CPU page-table
     /// entry in `range` changes (and before the classic subscribers' starts), with no page-table
     /// (split) lock held and outside the notifier domain's read sections, and usually with the
-    /// space's mmap lock held (for writing by `unmap`,
-    /// `protect`, `remap`, `fork`, `collapse`; for reading by `advise`, faults that break
-    /// copy-on-write, `reclaim`, `migrate`, `clearSoftDirty`, `age`; not at all for the `release`
-    /// of ``AddressSpace/teardown()``). The epoch this call belongs to stays open until it
-    /// returns.
+    /// space's mmap lock held: for writing by `map` (over a mapping), `unmap`, `protect`, `remap`,
+    /// `fork`, `collapse`, `clearSoftDirty`; for reading by `advise`, faults that break
+    /// copy-on-write, `pin` (unsharing), `reclaim`, `migrate`; tried for reading by the OOM
+    /// reaper; not at all for the
+    /// `release` of ``AddressSpace/teardown()``. The epoch this call belongs to stays open until
+    /// it returns.
     ///
     /// - May sleep when `range.isBlockable` (take a sleeping lock, wait for a device); must not
     ///   sleep otherwise (return `false` instead).

@@ -66,11 +66,11 @@ public protocol MMUNotifier: AnyObject, Sendable {
     /// a non-blockable range.
     ///
     /// Context: before any CPU entry in `range` changes, outside every page-table (split) lock,
-    /// after the interval notifiers' handlers. The mmap lock is held for writing (`unmap`,
-    /// `protect`, `remap`, `fork`, `collapse`), for reading (`advise`, faults that break
-    /// copy-on-write, `reclaim`, `migrate`, `clearSoftDirty`), tried for reading (the OOM reaper's
-    /// non-blockable ranges), or not at all (the `release` range of a teardown never reaches this
-    /// callback). May sleep when `range.isBlockable`; must not otherwise (refuse instead, and then
+    /// after the interval notifiers' handlers. The mmap lock is held for writing (`map` over a
+    /// mapping, `unmap`, `protect`, `remap`, `fork`, `collapse`, `clearSoftDirty`), for reading
+    /// (`advise`, faults that break copy-on-write, `pin` when it unshares, `reclaim`, `migrate`),
+    /// or tried for reading (the OOM reaper's non-blockable ranges); the `release` range of a
+    /// teardown never reaches this callback. May sleep when `range.isBlockable`; must not otherwise (refuse instead, and then
     /// do not implement the end callback). Between start and end the subscriber must not create
     /// translations in the range.
     func invalidateRangeStart(_ range: InvalidationRange) -> Bool
