@@ -82,6 +82,14 @@ import Testing
             #expect(after == before, "state changed", sourceLocation: sourceLocation)
         }
 
+        /// Expects `body` to throw `error`, allowing Linux's partial effect before the failure.
+        func failsWith<R>(
+            _ error: MemoryError, _ comment: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation,
+            _ body: () throws -> R
+        ) {
+            #expect(throws: error, comment, sourceLocation: sourceLocation) { _ = try body() }
+        }
+
         /// Expects `body` to succeed and to change nothing (zero lengths and the like).
         @discardableResult
         func accepts<R>(
@@ -324,27 +332,35 @@ import Testing
         f.rejects(.noMemory, "past the limit") { try f.space.advise(address: f.at(0), length: limit, advice: advice) }
         f.rejects(.noMemory, "beyond the limit") { try f.space.advise(address: limit, length: page, advice: advice) }
         f.rejects(.noMemory, "unmapped") { try f.space.advise(address: f.at(16), length: page, advice: advice) }
-        f.rejects(.noMemory, "hole inside") { try f.space.advise(address: f.at(12), length: 10 * page, advice: advice) }
+        // [12, 16) private, a hole, then the locked VMA: the walk reaches the locked VMA after the
+        // hole (measured: madvise does not stop at holes), so advices refused on locked VMAs fail
+        // there with EINVAL; others fail with ENOMEM at the end. Either way after a partial effect.
+        let refusedOnLocked: Set<AddressSpace.Advice> = [.dontNeed, .free, .cold, .pageOut, .guardInstall]
+        let holeError: MemoryError =
+            refusedOnLocked.contains(advice) || advice == .remove || advice == .collapse ? .invalidArgument : .noMemory
+        f.failsWith(holeError, "hole inside") { try f.space.advise(address: f.at(12), length: 10 * page, advice: advice) }
         f.accepts("zero length") { try f.space.advise(address: f.at(16), length: 0, advice: advice) }
         let full = try Self.fullFixture()
         switch advice {
-        case .dontNeed, .pageOut:
-            f.rejects(.invalidArgument, "locked") { try f.space.advise(address: f.at(20), length: page, advice: advice) }
-            f.rejects(.invalidArgument, "locked, then shared") {
-                try f.space.advise(address: f.at(24), length: 8 * page, advice: advice)
-            }
+        case .dontNeed, .pageOut, .free, .cold, .guardInstall:
+            let g = try Fixture()
+            g.rejects(.invalidArgument, "locked") { try g.space.advise(address: g.at(20), length: page, advice: advice) }
         case .hugePage, .noHugePage:
             full.rejects(.noMemory, "split beyond the maximum") {
                 try full.space.advise(address: full.at(4), length: page, advice: advice)
             }
         case .populateRead:
-            f.rejects(.badAddress, "PROT_NONE") { try f.space.advise(address: f.at(44), length: page, advice: advice) }
-            f.rejects(.badAddress, "read-only, then PROT_NONE") {
-                try f.space.advise(address: f.at(42), length: 4 * page, advice: advice)
+            let g = try Fixture()
+            g.rejects(.invalidArgument, "PROT_NONE") { try g.space.advise(address: g.at(44), length: page, advice: advice) }
+            g.failsWith(.invalidArgument, "read-only, then PROT_NONE") {
+                try g.space.advise(address: g.at(42), length: 4 * page, advice: advice)
             }
         case .populateWrite:
-            f.rejects(.badAddress, "read-only") { try f.space.advise(address: f.at(40), length: page, advice: advice) }
-            f.rejects(.badAddress, "PROT_NONE") { try f.space.advise(address: f.at(44), length: page, advice: advice) }
+            let g = try Fixture()
+            g.rejects(.invalidArgument, "read-only") { try g.space.advise(address: g.at(40), length: page, advice: advice) }
+            g.rejects(.invalidArgument, "PROT_NONE") { try g.space.advise(address: g.at(44), length: page, advice: advice) }
+        default:
+            break
         }
     }
 
