@@ -191,7 +191,9 @@ extension AddressSpace {
             splitHugeMappings(source, source + length)
         }
         let scope = beginInvalidation(source, source + length, .unmap, vma: snapshot(vma))
-        _ = pageTable.moveEntries(from: source, to: target, length: length)
+        withSecondaryTLBHook { hook in
+            _ = pageTable.moveEntries(from: source, to: target, length: length, flush: hook)
+        }
         scope.end()
         if !keepSource { unmapLocked(source, source + length, edit: edit) }
         edit.mergeNeighbours(moved)
