@@ -277,7 +277,7 @@ extension AddressSpace {
                     other.sharedObject == nil
                 else { continue }
                 let (lower, upper) = other.start < vma.start ? (other, vma) : (vma, other)
-                let ignored = VMFlags.ignoredByMerge
+                let ignored = VMFlags.ignoredByMerge  // `flags` carry no access bits: those never matter here
                 if lower.end == upper.start,
                     lower.flags.subtracting(ignored) == upper.flags.subtracting(ignored),
                     lower.pageOffset + (lower.end - lower.start) / Self.pageSize == upper.pageOffset
