@@ -9,7 +9,12 @@ extension AddressSpace {
         defer { mmapLock.readUnlock() }
         // Unretained: no VMA can be freed while the mmap read lock is held (removal needs the
         // write lock), so the fault path does no reference counting.
-        guard address < Self.userLimit, !dead.load(ordering: .relaxed), let found = index.lookup(address) else {
+        var lookedUp: Unmanaged<VMA>? = nil
+        if address < Self.userLimit && !dead.load(ordering: .relaxed) {
+            lookedUp = index.lookup(address)
+            if lookedUp == nil { lookedUp = lookupAfterGrowingStack(address) }
+        }
+        guard let found = lookedUp else {
             count(.segmentationFaults)
             throw .segmentationFault
         }
@@ -28,6 +33,19 @@ extension AddressSpace {
             throw failure
         }
         count(.classicFaults)
+    }
+
+    /// No VMA at `address`: if the next VMA above grows down, grow it (``expandStack(to:)``, which
+    /// takes the mmap write lock: the read lock is dropped and retaken) and look again. Cold.
+    ///
+    /// - Precondition: the mmap read lock (held again on return).
+    @inline(never)
+    func lookupAfterGrowingStack(_ address: UInt64) -> Unmanaged<VMA>? {
+        guard let above = index.findFirst(endingAfter: address), above.flags.contains(.growsDown) else { return nil }
+        mmapLock.readUnlock()
+        let grew = expandStack(to: address)
+        mmapLock.readLock()
+        return grew && !dead.load(ordering: .relaxed) ? index.lookup(address) : nil
     }
 
     /// Handles a fault at `address` in `vma` (mmap read lock held, access already checked).
