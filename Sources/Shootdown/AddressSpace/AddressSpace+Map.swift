@@ -200,8 +200,7 @@ extension AddressSpace {
         let low = configuration.mmapMinAddress
         let high = configuration.mmapBase
         if let found = searchDown(length: length, alignment: alignment, low: low, high: min(freeAreaCache, high)) {
-            if found + length == freeAreaCache { freeAreaCache = found }
-            return found
+            return found  // the cache is lowered when the VMA is inserted (`VMAEdit.insert`)
         }
         // Bottom-up above the base.
         var candidate = (high + alignment - 1) & ~(alignment - 1)

@@ -163,4 +163,18 @@ import Testing
         try space.map(length: 2 * page, placement: .fixed(b + 2 * page))
         #expect(space.kernelView() == ["200000000-200004000 rw-p rd wr mr mw me ac "])
     }
+
+    /// A non-fixed `MAP_LOCKED` mmap refused for the locked-memory limit (EAGAIN) must not change
+    /// where the next mapping goes: Linux's gap search keeps no state, so the next top-down
+    /// mapping lands right below the previous one. (The engine's free-area cache was lowered by the
+    /// refused placement, leaving a hole that later placements skipped; the differential test found
+    /// it.)
+    @Test func refusedLockedMapLeavesPlacementAlone() throws {
+        let base: UInt64 = 0x7F00_0000_0000
+        let space = try AddressSpace(
+            configuration: .init(mmapBase: base, lockedMemoryLimit: 4 * page), memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
+        #expect(try space.map(length: 8 * page) == base - 8 * page)
+        #expect(outcome { () throws(MemoryError) in try space.map(length: 5 * page, options: .locked) } == "EAGAIN")
+        #expect(try space.map(length: 3 * page, protection: .read) == base - 11 * page)
+    }
 }
