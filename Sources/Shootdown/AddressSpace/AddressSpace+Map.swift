@@ -310,7 +310,8 @@ extension AddressSpace {
 
     /// `EPERM` if a sealed VMA intersects `[start, end)`.
     func checkNotSealed(_ start: UInt64, _ end: UInt64) throws(MemoryError) {
-        if index.intersecting(start, end).contains(where: { $0.isSealed }) { throw .permissionDenied }
+        // No array and no reference counting: munmap calls this before every zap.
+        if index.contains(intersecting: start, end, where: { $0.isSealed }) { throw .permissionDenied }
     }
 
     func recordZap(_ result: ZapResult) {
