@@ -1,0 +1,159 @@
+import CInterop
+import Shootdown
+
+/// Runs generated operations on a kernel child and the engine, and reports every way they differ.
+public enum Oracle {
+    /// Settings of a run.
+    public struct RunOptions: Sendable {
+        public var seed: UInt64
+        public var operations: Int
+        public var session = OracleOptions()
+        public var capabilities = EngineCapabilities.current
+        /// A fresh session (new child, new engine space) after this many operations, so state
+        /// (sealed ranges, locked memory) does not pile up.
+        public var sessionLength = 1500
+        /// Shrink each divergence whose signature is new in this run (and that `shouldShrink`
+        /// accepts).
+        public var shrink = true
+        /// Replays the shrinker may spend on one divergence.
+        public var shrinkReplays = 250
+        /// Stop at the first divergence instead of continuing in a fresh session.
+        public var stopAtFirstDivergence = false
+
+        public init(seed: UInt64, operations: Int) {
+            self.seed = seed
+            self.operations = operations
+        }
+    }
+
+    /// What a run did and found.
+    public struct Report: Sendable {
+        public var seed: UInt64
+        public var operations = 0
+        public var sessions = 0
+        public var coverage = OracleCoverage()
+        /// The first divergence of each signature.
+        public var divergences: [Divergence] = []
+        /// Divergences whose signature was already reported.
+        public var repeats = 0
+        public var nanoseconds: UInt64 = 0
+    }
+
+    /// Runs `options.operations` generated operations. `shouldShrink` decides whether a new
+    /// divergence is worth shrinking (a known one need not be).
+    public static func run(_ options: RunOptions, shouldShrink: (Divergence) -> Bool = { _ in true })
+        throws(OracleError) -> Report
+    {
+        let started = cinterop_monotonic_ns()
+        var report = Report(seed: options.seed)
+        var generator = OracleGenerator(seed: options.seed, capabilities: options.capabilities)
+        var signatures: Set<String> = []
+        // One physical memory for every session of the run (a session's spaces return every frame).
+        let memory = PhysicalMemory(capacity: options.session.frames, swapSlots: 0)
+        while report.operations < options.operations {
+            let session = try OracleSession(options: options.session, memory: memory)
+            defer { session.close() }
+            report.sessions += 1
+            var operations: [KernelOp] = []
+            while report.operations < options.operations && operations.count < options.sessionLength {
+                let view = OracleGenerator.View(
+                    layout: session.layout, facts: session.facts, mappings: session.currentMappings,
+                    processCount: session.processCount)
+                let op = generator.next(view)
+                operations.append(op)
+                let step = try session.step(op)
+                report.operations += 1
+                report.coverage.record(step)
+                if step.differences.isEmpty { continue }
+                var divergence = Divergence(
+                    seed: options.seed, operations: operations, step: step, reproducer: operations,
+                    reproducerStep: step)
+                if signatures.insert(divergence.signature).inserted {
+                    session.close()
+                    if options.shrink && shouldShrink(divergence) {
+                        divergence = try shrink(
+                            divergence, options: options.session, replays: options.shrinkReplays, memory: memory)
+                    }
+                    report.divergences.append(divergence)
+                } else {
+                    report.repeats += 1
+                }
+                break
+            }
+            if options.stopAtFirstDivergence && !report.divergences.isEmpty { break }
+        }
+        report.nanoseconds = cinterop_monotonic_ns() - started
+        return report
+    }
+
+    /// The result of replaying a list of operations.
+    public struct Replay: Sendable {
+        /// The steps run (up to and including the first that diverged).
+        public var steps: [OracleStep]
+        /// The first step that diverged, if any.
+        public var divergence: OracleStep? { steps.last.flatMap { $0.differences.isEmpty ? nil : $0 } }
+    }
+
+    /// Replays `operations` on a fresh session, stopping at the first divergence.
+    public static func replay(
+        _ operations: [KernelOp], options: OracleOptions = OracleOptions(), memory: PhysicalMemory? = nil
+    ) throws(OracleError) -> Replay {
+        let session = try OracleSession(options: options, memory: memory)
+        defer { session.close() }
+        var steps: [OracleStep] = []
+        for op in operations {
+            let step = try session.step(op)
+            steps.append(step)
+            if !step.differences.isEmpty { break }
+        }
+        return Replay(steps: steps)
+    }
+
+    /// Delta debugging (ddmin) of `divergence.operations`: the shortest list found, within
+    /// `replays` replays on fresh sessions, whose first divergence has the same signature.
+    public static func shrink(
+        _ divergence: Divergence, options: OracleOptions, replays: Int, memory: PhysicalMemory? = nil
+    ) throws(OracleError) -> Divergence {
+        let memory = memory ?? PhysicalMemory(capacity: options.frames, swapSlots: 0)
+        let signature = divergence.signature
+        var budget = replays
+        var best = divergence.operations
+        var bestStep = divergence.step
+        /// Replays `candidate`; keeps it if it diverges the same way (trimmed after that step).
+        func keeps(_ candidate: [KernelOp]) throws(OracleError) -> Bool {
+            guard budget > 0, !candidate.isEmpty else { return false }
+            budget -= 1
+            let result = try replay(candidate, options: options, memory: memory)
+            guard let step = result.divergence, Divergence.signature(step) == signature else { return false }
+            best = Array(candidate.prefix(result.steps.count))
+            bestStep = step
+            return true
+        }
+        // The failing operation alone, or with the few before it, is the common case: try first.
+        for tail in [1, 2, 4] where tail < best.count {
+            if try keeps(Array(best.suffix(tail))) { break }
+        }
+        var parts = 2
+        while best.count >= 2 && budget > 0 {
+            let chunk = (best.count + parts - 1) / parts
+            var reduced = false
+            for start in stride(from: 0, to: best.count, by: chunk) {
+                var candidate = best
+                candidate.removeSubrange(start..<min(best.count, start + chunk))
+                if try keeps(candidate) {
+                    parts = max(parts - 1, 2)
+                    reduced = true
+                    break
+                }
+            }
+            if !reduced {
+                if chunk == 1 { break }
+                parts = min(best.count, parts * 2)
+            }
+        }
+        var shrunk = divergence
+        shrunk.reproducer = best
+        shrunk.reproducerStep = bestStep
+        return shrunk
+    }
+}
