@@ -4,8 +4,8 @@
 ///
 /// It keeps a sorted array of areas (VMAs) and a dictionary from page address to page state, and
 /// implements the operations of the library with the semantics and error codes that the
-/// library's doc comments state (including where they deliberately differ from Linux: ranges with
-/// holes fail before anything changes, every `mremap` check runs before anything changes, ...).
+/// library's doc comments state, which follow what the kernel does (partial effects before holes
+/// in mprotect and madvise, `anon_vma` identity and page offsets deciding merges, `VM_ACCOUNT`, ...).
 /// Everything is done the slow, obvious way: linear scans, whole-array rewrites, a global merge
 /// pass after every structural change.
 ///
@@ -20,7 +20,11 @@ final class ReferenceModel {
         var protection: Protection
         var flags: MappingFlags
         var object: Int?
+        /// `vm_pgoff`: the object page at `start` for shared areas; for private ones the start
+        /// page at mmap, kept by splits and by moves of areas with anonymous pages.
         var objectPage: UInt64
+        /// The `anon_vma` identity (0: none).
+        var anon: UInt64 = 0
 
         var isShared: Bool { object != nil }
 
@@ -68,6 +72,7 @@ final class ReferenceModel {
     /// Content tokens of shared objects' pages (a page never written reads 0).
     private var sharedTokens: [Int: [UInt64: UInt64]] = [:]
     private var nextObject = 1
+    private var nextAnon: UInt64 = 2
 
     init(configuration: AddressSpace.Configuration) {
         self.configuration = configuration
@@ -164,14 +169,14 @@ final class ReferenceModel {
         areas.insert(area, at: position)
     }
 
-    /// Whether `upper` may be merged into `lower` (ignoring the soft-dirty flag).
+    /// Whether `upper` may be merged into `lower` (ignoring soft-dirty; offsets contiguous; one
+    /// `anon_vma` or none).
     private func canMerge(_ lower: Area, _ upper: Area) -> Bool {
-        guard lower.end == upper.start, lower.protection == upper.protection,
-            lower.flags.subtracting(.softDirty) == upper.flags.subtracting(.softDirty),
-            lower.object == upper.object
-        else { return false }
-        if lower.object == nil { return true }
-        return lower.objectPage + (lower.end - lower.start) / Self.pageSize == upper.objectPage
+        lower.end == upper.start && lower.protection == upper.protection
+            && lower.flags.subtracting(.softDirty) == upper.flags.subtracting(.softDirty)
+            && lower.object == upper.object
+            && lower.objectPage + (lower.end - lower.start) / Self.pageSize == upper.objectPage
+            && (lower.anon == upper.anon || lower.anon == 0 || upper.anon == 0)
     }
 
     /// Merges every pair of compatible neighbours; the merged area is soft-dirty if either was.
@@ -181,6 +186,7 @@ final class ReferenceModel {
             if let last = merged.last, canMerge(last, area) {
                 merged[merged.count - 1].end = area.end
                 if area.flags.contains(.softDirty) { merged[merged.count - 1].flags.insert(.softDirty) }
+                if last.anon == 0 { merged[merged.count - 1].anon = area.anon }
             } else {
                 merged.append(area)
             }
@@ -213,6 +219,7 @@ final class ReferenceModel {
 
     /// The highest gap below the mmap base that fits, else the lowest one above it.
     private func freeArea(length: UInt64) throws(MemoryError) -> UInt64 {
+        guard length <= limit else { throw .noMemory }
         let low = configuration.mmapMinAddress
         let high = configuration.mmapBase
         var gaps: [(start: UInt64, end: UInt64)] = []
@@ -249,18 +256,19 @@ final class ReferenceModel {
         var replaces = false
         switch placement {
         case .fixed(let fixed), .fixedNoReplace(let fixed):
-            guard isAligned(fixed) else { throw .invalidArgument }
             guard fixed <= limit - length else { throw .noMemory }
-            guard fixed >= configuration.mmapMinAddress else { throw .invalidArgument }
+            guard isAligned(fixed) else { throw .invalidArgument }
+            guard fixed >= configuration.mmapMinAddress else { throw .permissionDenied }
             if case .fixedNoReplace = placement, !overlapping(fixed, fixed + length).isEmpty {
                 throw .alreadyExists
             }
             address = fixed
             if case .fixed = placement { replaces = true }
         case .hint(let hint):
-            if let rounded = roundUp(hint), rounded != 0, rounded >= configuration.mmapMinAddress,
-                rounded <= limit - length, overlapping(rounded, rounded + length).isEmpty
-            {
+            var rounded = pageOf(hint)
+            let floor = max(configuration.hintMinAddress, configuration.mmapMinAddress)
+            if rounded != 0 && rounded < floor { rounded = floor }
+            if rounded != 0, rounded <= limit - length, overlapping(rounded, rounded + length).isEmpty {
                 address = rounded
             } else {
                 address = try freeArea(length: length)
@@ -274,22 +282,26 @@ final class ReferenceModel {
             }
             removeRange(address, address + length)
         }
-        var flags: MappingFlags = [.softDirty]
+        var flags: MappingFlags = [.softDirty, .mayRead, .mayWrite, .mayExec]
         var object: Int? = nil
         if options.contains(.shared) {
-            flags.insert(.shared)
+            flags.formUnion([.shared, .mayShare])
             object = nextObject
             nextObject += 1
+        } else if protection.contains(.write) && !options.contains(.noReserve) {
+            flags.insert(.account)
         }
+        if options.contains(.noReserve) { flags.insert(.noReserve) }
         if options.contains(.hugePage) { flags.insert(.hugePage) }
         if options.contains(.locked) { flags.insert(.locked) }
         insert(Area(start: address, end: address + length, protection: protection, flags: flags,
-                    object: object, objectPage: 0))
+                    object: object, objectPage: object == nil ? address / Self.pageSize : 0))
         mergeAll()
         if (options.contains(.populate) || options.contains(.locked)) && !protection.isEmpty {
             // Best effort, like Linux's mm_populate: the mapping stands whatever happens.
+            let write = object == nil && protection.contains(.write)
             for address in eachPage(address, address + length) {
-                try? fault(at: address, access: protection.contains(.write) ? .write : .read)
+                try? fault(at: address, access: write ? .write : .read)
             }
         }
         return address
@@ -305,97 +317,180 @@ final class ReferenceModel {
         removeRange(address, end)
     }
 
+    /// Visits the areas of `[start, end)` in order with their piece of the range; a hole is
+    /// `ENOMEM`, at once when `stopAtHole`, else after the walk.
+    private func walk(
+        _ start: UInt64, _ end: UInt64, stopAtHole: Bool, _ body: (Area, UInt64, UInt64) throws(MemoryError) -> Void
+    ) throws(MemoryError) {
+        var cursor = start
+        var hole = false
+        while cursor < end {
+            guard let area = areas.first(where: { $0.end > cursor }), area.start < end else {
+                hole = true
+                break
+            }
+            if area.start > cursor {
+                hole = true
+                if stopAtHole { throw .noMemory }
+                cursor = area.start
+            }
+            let stop = min(end, area.end)
+            try body(area, cursor, stop)
+            cursor = stop
+        }
+        if hole { throw .noMemory }
+    }
+
+    /// Gives `[start, end)` of `area` new attributes: `ENOMEM` if the splits it needs (after
+    /// merging into a touching compatible neighbour) pass the map-count limit.
+    private func modify(_ area: Area, _ start: UInt64, _ end: UInt64, protection: Protection, flags: MappingFlags)
+        throws(MemoryError)
+    {
+        if area.protection == protection && area.flags == flags { return }
+        var piece = area
+        piece.objectPage += (start - area.start) / Self.pageSize
+        piece.start = start
+        piece.end = end
+        piece.protection = protection
+        piece.flags = flags
+        let i = index(containing: start)!
+        var splits = 0
+        if start > area.start {
+            if !(end == area.end && i + 1 < areas.count && canMerge(piece, areas[i + 1])) { splits += 1 }
+        }
+        if end < area.end {
+            if !(start == area.start && i > 0 && canMerge(areas[i - 1], piece)) { splits += 1 }
+        }
+        if exceeds(splits) { throw .noMemory }
+        for j in isolate(start, end) {
+            areas[j].protection = protection
+            areas[j].flags = flags
+        }
+        mergeAll()
+    }
+
     func protect(address: UInt64, length: UInt64, protection: Protection) throws(MemoryError) {
         guard isAligned(address) else { throw .invalidArgument }
         if length == 0 { return }
-        guard let length = roundUp(length), length <= limit, address <= limit - length else { throw .noMemory }
+        guard let length = roundUp(length), !address.addingReportingOverflow(length).overflow else { throw .noMemory }
         guard !dead else { throw .addressSpaceDead }
         let end = address + length
-        guard isCovered(address, end) else { throw .noMemory }
-        // Areas that already have the protection are not split (Linux's mprotect_fixup).
-        if exceeds(isolateSplits(address, end, where: { $0.protection != protection })) { throw .noMemory }
-        for i in isolate(address, end) { areas[i].protection = protection }
-        for page in pages.keys where page >= address && page < end {
-            var entry = pages[page]!
-            switch entry.residence {
-            case .mapped:
-                if protection.isEmpty {
-                    entry.residence = .protNone
-                    entry.writable = false
-                } else if !protection.contains(.write) {
-                    entry.writable = false
-                }
-            case .protNone:
-                if !protection.isEmpty {
-                    entry.residence = .mapped
-                    entry.writable = false
-                }
-            case .swapped:
-                break
+        guard let first = areas.first(where: { $0.end > address }), first.start <= address else { throw .noMemory }
+        _ = first
+        try walk(address, end, stopAtHole: true) { area, start, stop throws(MemoryError) in
+            if area.protection == protection { return }
+            var flags = area.flags
+            if protection.contains(.write) {
+                if !area.isShared && !flags.contains(.noReserve) { flags.insert(.account) }
+            } else if !area.isShared && area.anon == 0 {
+                flags.remove(.account)
             }
-            pages[page] = entry
+            let wasWritable = area.protection.contains(.write)
+            try modify(area, start, stop, protection: protection, flags: flags)
+            for page in pages.keys where page >= start && page < stop {
+                var entry = pages[page]!
+                switch entry.residence {
+                case .mapped:
+                    if protection.isEmpty {
+                        entry.residence = .protNone
+                        entry.writable = false
+                    } else if !protection.contains(.write) {
+                        entry.writable = false
+                    }
+                case .protNone:
+                    if !protection.isEmpty {
+                        entry.residence = .mapped
+                        entry.writable = false
+                    }
+                case .swapped:
+                    break
+                }
+                pages[page] = entry
+            }
+            if flags.contains(.locked) && !area.isShared && !wasWritable && protection.contains(.write) {
+                for page in eachPage(start, stop) { try? fault(at: page, access: .write) }
+            }
         }
-        mergeAll()
     }
 
     func remap(
         address: UInt64, oldLength: UInt64, newLength: UInt64, move: AddressSpace.RemapMove
     ) throws(MemoryError) -> UInt64 {
-        guard isAligned(address), oldLength != 0, newLength != 0, let oldLength = roundUp(oldLength),
-            let newLength = roundUp(newLength), newLength <= limit
+        guard isAligned(address), let oldLength = roundUp(oldLength), let newLength = roundUp(newLength),
+            newLength != 0
         else { throw .invalidArgument }
+        var fixedTarget: UInt64? = nil
         if case .fixed(let target) = move {
-            guard isAligned(target), target <= limit - newLength else { throw .invalidArgument }
+            guard isAligned(target), newLength <= limit, target <= limit - newLength else { throw .invalidArgument }
             if target < address &+ oldLength && address < target + newLength { throw .invalidArgument }
+            fixedTarget = target
         }
         guard !dead else { throw .addressSpaceDead }
-        guard oldLength <= limit, address <= limit - oldLength, let source = area(containing: address),
-            address + oldLength <= source.end
-        else { throw .badAddress }
-        switch move {
-        case .fixed(let target):
-            if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
-            if target < configuration.mmapMinAddress { throw .invalidArgument }
-            removeRange(target, target + newLength)
-            var length = oldLength
-            if oldLength > newLength {
-                removeRange(address + newLength, address + oldLength)
-                length = newLength
+        if let target = fixedTarget, target < configuration.mmapMinAddress { throw .permissionDenied }
+        guard let source = area(containing: address) else { throw .badAddress }
+        let mayMove = move != .inPlace
+        if oldLength == 0 {
+            guard source.isShared else { throw .invalidArgument }
+            if !mayMove { throw .noMemory }
+        }
+        let (oldEnd, overflow) = address.addingReportingOverflow(oldLength)
+        if fixedTarget == nil && newLength <= oldLength {
+            if newLength < oldLength {
+                guard !overflow, oldEnd <= limit else { throw .invalidArgument }
+                if exceeds(unmapSplits(address + newLength, oldEnd)) { throw .noMemory }
+                removeRange(address + newLength, oldEnd)
             }
-            moveArea(address, length, to: target, newLength: newLength)
-            return target
-        case .inPlace, .mayMove:
-            if newLength <= oldLength {
-                if newLength < oldLength {
-                    let tail = (address + newLength, address + oldLength)
-                    if exceeds(unmapSplits(tail.0, tail.1)) { throw .noMemory }
-                    removeRange(tail.0, tail.1)
+            return address
+        }
+        let moveLength = min(oldLength, newLength)
+        guard oldLength == 0 || (!overflow && oldEnd <= source.end) else { throw .badAddress }
+        if fixedTarget == nil && oldLength != 0 {
+            let (newEnd, newOverflow) = address.addingReportingOverflow(newLength)
+            if oldEnd == source.end, !newOverflow, newEnd <= limit, overlapping(source.end, newEnd).isEmpty {
+                let oldAreaEnd = source.end
+                areas[index(containing: address)!].end = newEnd
+                mergeAll()
+                let merged = area(containing: address)!
+                if merged.flags.contains(.locked) && !merged.protection.isEmpty {
+                    let write = !merged.isShared && merged.protection.contains(.write)
+                    for page in eachPage(oldAreaEnd, newEnd) { try? fault(at: page, access: write ? .write : .read) }
                 }
                 return address
             }
-            let (newEnd, overflow) = address.addingReportingOverflow(newLength)
-            if address + oldLength == source.end, !overflow, newEnd <= limit,
-                overlapping(source.end, newEnd).isEmpty
-            {
-                areas[index(containing: address)!].end = newEnd
-                mergeAll()
-                return address
-            }
-            guard move == .mayMove else { throw .noMemory }
-            if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
-            let target = try freeArea(length: newLength)
-            moveArea(address, oldLength, to: target, newLength: newLength)
+            guard mayMove else { throw .noMemory }
+        }
+        if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
+        let target: UInt64
+        if let fixedTarget {
+            removeRange(fixedTarget, fixedTarget + newLength)
+            target = fixedTarget
+        } else {
+            target = try freeArea(length: newLength)
+        }
+        if oldLength == 0 {
+            var copy = source
+            copy.objectPage = source.objectPage + (address - source.start) / Self.pageSize
+            copy.start = target
+            copy.end = target + newLength
+            insert(copy)
+            mergeAll()
             return target
         }
+        if fixedTarget != nil && oldLength > newLength { removeRange(address + newLength, address + oldLength) }
+        moveArea(address, moveLength, to: target, newLength: newLength)
+        return target
     }
 
     /// Moves the pages of `[source, source + length)` to a new area of `newLength` bytes at
     /// `target` (which is free), then unmaps the source. Moved present pages become soft-dirty.
     private func moveArea(_ source: UInt64, _ length: UInt64, to target: UInt64, newLength: UInt64) {
         let from = area(containing: source)!
-        let moved = Area(
+        let offset = from.object == nil && from.anon == 0
+            ? target / Self.pageSize : from.objectPage + (source - from.start) / Self.pageSize
+        var moved = Area(
             start: target, end: target + newLength, protection: from.protection, flags: from.flags,
-            object: from.object, objectPage: from.objectPage + (source - from.start) / Self.pageSize)
+            object: from.object, objectPage: offset)
+        moved.anon = from.anon
         var carried: [UInt64: Page] = [:]
         for offset in stride(from: 0, to: length, by: Int(Self.pageSize)) {
             guard var entry = pages[source + offset] else { continue }
@@ -415,42 +510,46 @@ final class ReferenceModel {
         guard address <= limit, length <= limit - address else { throw .noMemory }
         guard !dead else { throw .addressSpaceDead }
         let end = address + length
-        guard isCovered(address, end) else { throw .noMemory }
         switch advice {
         case .dontNeed:
-            if overlapping(address, end).contains(where: { $0.flags.contains(.locked) }) { throw .invalidArgument }
-            dropPages(address, end)
-        case .pageOut:
-            if overlapping(address, end).contains(where: { $0.flags.contains(.locked) }) { throw .invalidArgument }
-            for page in pages.keys where page >= address && page < end {
-                var entry = pages[page]!
-                guard !area(containing: page)!.isShared, entry.residence == .mapped, entry.content != .zeroPage
-                else { continue }
-                entry.residence = .swapped
-                entry.writable = false
-                pages[page] = entry
+            try walk(address, end, stopAtHole: false) { area, start, stop throws(MemoryError) in
+                if area.flags.contains(.locked) { throw .invalidArgument }
+                dropPages(start, stop)
             }
-        case .hugePage, .noHugePage:
-            let wanted: (Area) -> Bool = advice == .hugePage
-                ? { !$0.flags.contains(.hugePage) || $0.flags.contains(.noHugePage) }
-                : { !$0.flags.contains(.noHugePage) || $0.flags.contains(.hugePage) }
-            if exceeds(isolateSplits(address, end, where: wanted)) { throw .noMemory }
-            for i in isolate(address, end) {
-                if advice == .hugePage {
-                    areas[i].flags.insert(.hugePage)
-                    areas[i].flags.remove(.noHugePage)
-                } else {
-                    areas[i].flags.insert(.noHugePage)
-                    areas[i].flags.remove(.hugePage)
+        case .pageOut:
+            try walk(address, end, stopAtHole: false) { area, start, stop throws(MemoryError) in
+                if area.flags.contains(.locked) { throw .invalidArgument }
+                for page in pages.keys where page >= start && page < stop {
+                    var entry = pages[page]!
+                    guard !area.isShared, entry.residence == .mapped, entry.content != .zeroPage else { continue }
+                    entry.residence = .swapped
+                    entry.writable = false
+                    pages[page] = entry
                 }
             }
-            mergeAll()
+        case .hugePage, .noHugePage:
+            try walk(address, end, stopAtHole: false) { area, start, stop throws(MemoryError) in
+                var flags = area.flags
+                if advice == .hugePage {
+                    flags.insert(.hugePage)
+                    flags.remove(.noHugePage)
+                } else {
+                    flags.insert(.noHugePage)
+                    flags.remove(.hugePage)
+                }
+                try modify(area, start, stop, protection: area.protection, flags: flags)
+            }
         case .populateRead, .populateWrite:
             let access: AddressSpace.Access = advice == .populateWrite ? .write : .read
-            if overlapping(address, end).contains(where: { !Self.allows($0.protection, access) }) {
-                throw .badAddress
+            var cursor = address
+            while cursor < end {
+                guard let area = area(containing: cursor) else { throw .noMemory }
+                if !area.protection.contains(access == .write ? .write : .read) { throw .invalidArgument }
+                for page in eachPage(cursor, min(end, area.end)) { try fault(at: page, access: access) }
+                cursor = min(end, area.end)
             }
-            for address in eachPage(address, end) { try fault(at: address, access: access) }
+        default:
+            preconditionFailure("advice \(advice) is not generated")
         }
     }
 
@@ -459,6 +558,7 @@ final class ReferenceModel {
         else { throw .segmentationFault }
         let address = pageOf(address)
         let write = access == .write
+        if write && area.object == nil && area.anon == 0 { prepareAnon(at: address) }
         guard var entry = pages[address] else {
             if let object = area.object {
                 let objectPage = area.objectPage + (address - area.start) / Self.pageSize
@@ -491,6 +591,28 @@ final class ReferenceModel {
             entry.softDirty = true
         }
         pages[address] = entry
+    }
+
+    /// `anon_vma_prepare`: the next, else the previous, adjacent area's identity when it differs
+    /// at most in protection and soft-dirty and its offsets are contiguous; else a new one.
+    private func prepareAnon(at address: UInt64) {
+        let i = index(containing: address)!
+        let area = areas[i]
+        var chosen: UInt64 = 0
+        for j in [i + 1, i - 1] where j >= 0 && j < areas.count && areas[j].anon != 0 && areas[j].object == nil {
+            let (lower, upper) = j > i ? (area, areas[j]) : (areas[j], area)
+            if lower.end == upper.start, lower.flags.subtracting(.softDirty) == upper.flags.subtracting(.softDirty),
+                lower.objectPage + (lower.end - lower.start) / Self.pageSize == upper.objectPage
+            {
+                chosen = areas[j].anon
+                break
+            }
+        }
+        if chosen == 0 {
+            chosen = nextAnon
+            nextAnon += 2
+        }
+        areas[i].anon = chosen
     }
 
     func read(at address: UInt64) throws(MemoryError) -> UInt64 {

@@ -33,6 +33,7 @@ extension AddressSpace {
     /// Handles a fault at `address` in `vma` (mmap read lock held, access already checked).
     func handleFault(_ vma: VMA, _ address: UInt64, _ access: Access) throws(MemoryError) {
         let write = access == .write
+        if write && vma.anonVMA == 0 && vma.sharedObject == nil { prepareAnonVMA(vma) }
         guard let pmd = pageTable.pmdTable(for: address) else { throw .outOfMemory }
         let pmdIndex = PageTable.index(address, level: 1)
         let hugeStart = address & ~(Self.hugePageSize - 1)
@@ -128,6 +129,7 @@ extension AddressSpace {
             return installIfUnchanged(pte, slot, lock, expected: entry, installed, orRelease: frame)
         }
 
+        if entry.isGuard { throw .segmentationFault }
         if entry.isSwap { return try swapIn(vma, pte: pte, slot: slot, entry: entry, write: write) }
 
         if entry.isProtNone {
@@ -251,5 +253,33 @@ extension AddressSpace {
         memory.swap.release(swapSlot)
         count(.swapInFaults)
         return true
+    }
+}
+
+extension AddressSpace {
+    /// Gives `vma` an `anon_vma` before its first anonymous page (`anon_vma_prepare`): an
+    /// adjacent neighbour's when compatible (``AnonVMA``), else a new one. Caller: the mmap lock
+    /// (read suffices: the space's anon lock serialises first assignments).
+    func prepareAnonVMA(_ vma: VMA) {
+        anonVMALock.withLock {
+            if vma.anonVMA != 0 { return }
+            var chosen: UInt64 = 0
+            for neighbour in [vma.next, vma.previous] {
+                guard let other = neighbour, other.anonVMA != 0, !AnonVMA.isInherited(other.anonVMA),
+                    other.sharedObject == nil
+                else { continue }
+                let (lower, upper) = other.start < vma.start ? (other, vma) : (vma, other)
+                let ignored = VMFlags.ignoredByMerge
+                if lower.end == upper.start,
+                    lower.flags.subtracting(ignored) == upper.flags.subtracting(ignored),
+                    lower.pageOffset + (lower.end - lower.start) / Self.pageSize == upper.pageOffset
+                {
+                    chosen = other.anonVMA
+                    break
+                }
+            }
+            // Relaxed: readers without the lock only test it for zero (the speculative path).
+            vma.anonVMAWord.store(chosen != 0 ? chosen : AnonVMA.make(), ordering: .relaxed)
+        }
     }
 }

@@ -13,30 +13,58 @@ extension AddressSpace {
         case fixedNoReplace(UInt64)
     }
 
-    /// Options of a new mapping.
+    /// Options of a new mapping (the `MAP_*` flags beyond the placement).
     public struct MapOptions: OptionSet, Hashable, Sendable {
         public let rawValue: UInt8
         public init(rawValue: UInt8) { self.rawValue = rawValue }
 
-        /// `MAP_SHARED`: shared with forks, never copied on write.
+        /// `MAP_SHARED`: shared with forks, never copied on write (shmem-like; `sh ms`).
         public static let shared = MapOptions(rawValue: 1 << 0)
-        /// Allow 2 MiB mappings (as if `madvise(MADV_HUGEPAGE)` followed).
+        /// Allow 2 MiB mappings (as if `madvise(MADV_HUGEPAGE)` followed; `hg`).
         public static let hugePage = MapOptions(rawValue: 1 << 1)
-        /// `MAP_LOCKED`: populated like ``populate`` (mlock), never paged out or reaped.
+        /// `MAP_LOCKED`: `VM_LOCKED`, populated like ``populate``; never paged out or reaped.
         public static let locked = MapOptions(rawValue: 1 << 2)
         /// `MAP_POPULATE`: fault every page in before returning. Best effort, as in Linux
         /// (`mm_populate` ignores errors): nothing is populated under `PROT_NONE`, and running out
         /// of frames leaves the rest unpopulated without failing the (already made) mapping.
+        /// Private writable memory is write-faulted (real pages, not the zero page).
         public static let populate = MapOptions(rawValue: 1 << 3)
+        /// `MAP_NORESERVE`: `nr`, and no `ac` (not charged), which keeps it from merging with
+        /// charged neighbours.
+        public static let noReserve = MapOptions(rawValue: 1 << 4)
+        /// `MAP_GROWSDOWN`: a stack VMA (`gd`); private only (`EINVAL` with ``shared``). Non-fixed
+        /// placements keep the stack guard gap (256 pages) free below it.
+        public static let growsDown = MapOptions(rawValue: 1 << 5)
     }
 
-    /// Maps `length` bytes of anonymous memory (`mmap(MAP_ANONYMOUS)`).
+    /// `stack_guard_gap`: non-fixed placements keep this much free below a growsdown VMA.
+    public static let stackGuardGap: UInt64 = 256 * 4096
+
+    /// Maps `length` bytes of anonymous memory (`mmap(MAP_ANONYMOUS)`), private or shared.
     ///
-    /// Linux rules: zero length is `EINVAL`; the length is rounded up to pages (`ENOMEM` if that
-    /// overflows or exceeds the address space); a fixed address must be page-aligned (`EINVAL`),
-    /// lie in `[mmapMinAddress, userLimit - length]` (`EPERM` is reported as `invalidArgument`,
-    /// the range check as `ENOMEM`); `fixedNoReplace` over a mapping is `EEXIST`; more than
-    /// `maxMapCount` VMAs is `ENOMEM`. A private mapping merges with compatible neighbours.
+    /// Linux rules, in Linux's order (measured on 6.18):
+    /// - zero length is `EINVAL`; ``MapOptions/growsDown`` with ``MapOptions/shared`` is `EINVAL`;
+    /// - the length is rounded up to pages: `ENOMEM` if that overflows or exceeds `userLimit`;
+    /// - more than `maxMapCount` VMAs already is `ENOMEM`;
+    /// - fixed placements: past `userLimit - length` is `ENOMEM` (checked before alignment),
+    ///   unaligned is `EINVAL`, below `mmapMinAddress` without `CAP_SYS_RAWIO` is `EPERM`,
+    ///   `fixedNoReplace` over a mapping is `EEXIST`; `fixed` replaces what is there (`EPERM` if
+    ///   a sealed VMA is in the way, `ENOMEM` if splitting would pass `maxMapCount`);
+    /// - a hint is rounded down to a page and raised to `hintMinAddress` when nonzero and below
+    ///   it; it is taken when the range fits below `userLimit` and is free (with the stack guard
+    ///   gap below growsdown VMAs), else the search runs;
+    /// - the search is top-down below `mmapBase` (then bottom-up above it); a length that is a
+    ///   multiple of 2 MiB is placed 2 MiB-aligned (this kernel aligns anonymous THP-sized
+    ///   mappings); nothing fits: `ENOMEM`;
+    /// - then ``MapOptions/locked`` (or `mlockall(MCL_FUTURE)`) without `CAP_IPC_LOCK`: `EPERM`
+    ///   with a zero `RLIMIT_MEMLOCK` (`MAP_LOCKED` only), `EAGAIN` when the locked total would
+    ///   pass it.
+    ///
+    /// Flags: `mr mw me` always; `sh ms` when shared; `ac` for private writable memory without
+    /// ``MapOptions/noReserve``; `nr`, `gd`, `lo` (and `lf` after `mlockall(MCL_ONFAULT)`), `hg`
+    /// from the options. A private mapping merges with compatible neighbours.
+    ///
+    /// Unmapping a fixed range sends `unmap`; the new mapping sends nothing.
     ///
     /// - Returns: the start address of the mapping.
     @discardableResult
@@ -45,31 +73,54 @@ extension AddressSpace {
         options: MapOptions = []
     ) throws(MemoryError) -> UInt64 {
         guard length != 0 else { throw .invalidArgument }
+        if options.contains(.shared) && options.contains(.growsDown) { throw .invalidArgument }
         guard let length = Self.pageAlign(length), length != 0 else { throw .noMemory }
         guard length <= Self.userLimit else { throw .noMemory }
+        let protection = protection.access
+        var populateLength: UInt64 = 0
+        var populateWrite = false
         let address: UInt64 = try mmapLock.withWriteLock { () throws(MemoryError) -> UInt64 in
             try checkAlive()
             if index.count > configuration.maxMapCount { throw .noMemory }
+            var flags: VMFlags = [.mayRead, .mayWrite, .mayExec, .softDirty]
+            flags.formUnion(defaultFlags)
+            if options.contains(.shared) { flags.formUnion([.shared, .mayShare]) }
+            if options.contains(.noReserve) { flags.insert(.noReserve) }
+            if !options.contains(.shared) && protection.contains(.write) && !options.contains(.noReserve) {
+                flags.insert(.account)
+            }
+            if options.contains(.growsDown) { flags.insert(.growsDown) }
+            if options.contains(.hugePage) { flags.insert(.hugePage) }
+            if options.contains(.locked) {
+                flags.insert(.locked)
+                flags.remove(.lockOnFault)
+            }
             let address = try placementAddress(length: length, placement: placement)
+            if flags.contains(.locked) { try checkLockLimit(adding: length, mapping: options.contains(.locked)) }
             let end = address + length
-            if case .fixed = placement { try checkUnmapBudget(address, end) }
+            if case .fixed = placement {
+                try checkNotSealed(address, end)
+                try checkUnmapBudget(address, end)
+            }
             let edit = VMAEdit(self)
             if case .fixed = placement { unmapLocked(address, end, edit: edit) }
-            var flags: MappingFlags = [.softDirty]
-            if options.contains(.shared) { flags.insert(.shared) }
-            if options.contains(.hugePage) { flags.insert(.hugePage) }
-            if options.contains(.locked) { flags.insert(.locked) }
             let vma = VMA(
                 start: address, end: end, protection: protection, flags: flags,
                 sharedObject: options.contains(.shared) ? SharedMemoryObject(memory: memory) : nil)
             edit.insert(vma)
             edit.mergeNeighbours(vma)
             edit.finish()
+            if !protection.isEmpty
+                && (options.contains(.populate) || (flags.contains(.locked) && !flags.contains(.lockOnFault)))
+            {
+                populateLength = length
+                populateWrite = !flags.contains(.shared) && protection.contains(.write)
+            }
             return address
         }
-        if options.contains(.populate) || options.contains(.locked), !protection.isEmpty {
+        if populateLength != 0 {
             // The mapping exists now: a populate failure must not turn it into a failed call.
-            try? populate(address, length: length, write: protection.contains(.write))
+            try? populate(address, length: populateLength, write: populateWrite)
         }
         return address
     }
@@ -83,51 +134,82 @@ extension AddressSpace {
         }
     }
 
-    /// Chooses the address of a new mapping of `length` bytes (`get_unmapped_area`).
+    /// Chooses the address of a new mapping of `length` bytes (`get_unmapped_area` and the checks
+    /// around it). Caller: mmap write lock.
     private func placementAddress(length: UInt64, placement: Placement) throws(MemoryError) -> UInt64 {
         switch placement {
         case .fixed(let address), .fixedNoReplace(let address):
-            guard Self.isPageAligned(address) else { throw .invalidArgument }
             guard address <= Self.userLimit - length else { throw .noMemory }
-            guard address >= configuration.mmapMinAddress else { throw .invalidArgument }
+            guard Self.isPageAligned(address) else { throw .invalidArgument }
+            try checkMinAddress(address)
             if case .fixedNoReplace = placement, !index.intersecting(address, address + length).isEmpty {
                 throw .alreadyExists
             }
             return address
         case .hint(let hint):
-            if let aligned = Self.pageAlign(hint), aligned != 0, aligned >= configuration.mmapMinAddress,
-                aligned <= Self.userLimit - length, index.intersecting(aligned, aligned + length).isEmpty
-            {
+            var aligned = hint & ~(Self.pageSize - 1)
+            let floor = max(configuration.hintMinAddress, configuration.mmapMinAddress)
+            if aligned != 0 && aligned < floor { aligned = floor }
+            if aligned != 0, aligned <= Self.userLimit - length, isFreeForPlacement(aligned, aligned + length) {
+                try checkMinAddress(aligned)
                 return aligned
             }
-            return try findFreeArea(length: length)
+            return try findFreeArea(length: length, alignment: Self.placementAlignment(length))
         case .anywhere:
-            return try findFreeArea(length: length)
+            return try findFreeArea(length: length, alignment: Self.placementAlignment(length))
         }
     }
 
+    /// `EPERM` below `mmapMinAddress` without `CAP_SYS_RAWIO` (`security_mmap_addr`).
+    func checkMinAddress(_ address: UInt64) throws(MemoryError) {
+        if address < configuration.mmapMinAddress && !configuration.capabilities.contains(.sysRawIO) {
+            throw .permissionDenied
+        }
+    }
+
+    /// The alignment of a non-fixed anonymous mapping: 2 MiB for lengths that are a multiple of
+    /// 2 MiB (this kernel's THP alignment of anonymous mappings), else a page.
+    static func placementAlignment(_ length: UInt64) -> UInt64 {
+        length % hugePageSize == 0 ? hugePageSize : pageSize
+    }
+
+    /// Whether `[start, end)` is free, with the stack guard gap below a growsdown VMA above it.
+    func isFreeForPlacement(_ start: UInt64, _ end: UInt64) -> Bool {
+        guard let next = index.findFirst(endingAfter: start) else { return true }
+        return end <= gapStart(next)
+    }
+
+    /// Where the free area below `vma` ends (`vm_start_gap`).
+    func gapStart(_ vma: VMA) -> UInt64 {
+        let start = vma.start
+        guard vma.flags.contains(.growsDown) else { return start }
+        return start > Self.stackGuardGap ? start - Self.stackGuardGap : 0
+    }
+
     /// Top-down search for the highest free range below the mmap base, then bottom-up above it
-    /// (`arch_get_unmapped_area_topdown` and its fallback).
+    /// (`arch_get_unmapped_area_topdown` and its fallback), `alignment`-aligned.
     ///
     /// The search starts at the free-area cache, which keeps the invariant "no page in
     /// `[freeAreaCache, mmapBase)` is free": every unmap raises it over the hole it creates, and a
     /// mapping placed directly below it lowers it. So the first gap found below the cache is the
     /// highest gap overall, as Linux's gap search returns, and contiguous top-down allocation costs
-    /// O(log n) rather than a walk over every VMA.
-    func findFreeArea(length: UInt64) throws(MemoryError) -> UInt64 {
+    /// O(log n) rather than a walk over every VMA. (An aligned placement may leave free pages
+    /// above it, so it does not lower the cache.)
+    func findFreeArea(length: UInt64, alignment: UInt64 = pageSize) throws(MemoryError) -> UInt64 {
+        guard length <= Self.userLimit else { throw .noMemory }
         let low = configuration.mmapMinAddress
         let high = configuration.mmapBase
-        if let found = searchDown(length: length, low: low, high: min(freeAreaCache, high)) {
+        if let found = searchDown(length: length, alignment: alignment, low: low, high: min(freeAreaCache, high)) {
             if found + length == freeAreaCache { freeAreaCache = found }
             return found
         }
         // Bottom-up above the base.
-        var candidate = high
+        var candidate = (high + alignment - 1) & ~(alignment - 1)
         var cursor = index.findFirst(endingAfter: candidate)
         while candidate <= Self.userLimit - length {
             guard let vma = cursor else { return candidate }
-            if vma.start >= candidate + length { return candidate }
-            candidate = max(candidate, vma.end)
+            if gapStart(vma) >= candidate + length { return candidate }
+            candidate = max(candidate, (vma.end + alignment - 1) & ~(alignment - 1))
             cursor = vma.next
         }
         throw .noMemory
@@ -139,23 +221,31 @@ extension AddressSpace {
         if start < base && end > freeAreaCache { freeAreaCache = min(end, base) }
     }
 
-    /// The highest `length`-sized gap in `[low, high)`.
-    private func searchDown(length: UInt64, low: UInt64, high: UInt64) -> UInt64? {
+    /// The highest `alignment`-aligned `length`-sized gap in `[low, high)` (growsdown VMAs keep
+    /// the stack guard gap below them).
+    private func searchDown(length: UInt64, alignment: UInt64, low: UInt64, high: UInt64) -> UInt64? {
         guard high >= low + length else { return nil }
         var ceiling = high
         // The VMA at or below `high`, then walk down through the gaps.
         var cursor = index.floor(high &- 1)
+        // A growsdown VMA above `high` may still reach below it with its gap.
+        if let above = cursor?.next ?? (cursor == nil ? index.findFirst(endingAfter: high) : nil) {
+            ceiling = min(ceiling, max(gapStart(above), low))
+        }
         while true {
             let floorAddress = max(low, cursor.map { $0.end } ?? low)
             if let vma = cursor, vma.end > ceiling {
-                // Overlaps the ceiling: the gap ends at its start.
-                ceiling = min(ceiling, vma.start)
+                // Overlaps the ceiling: the gap ends below its start (and its guard gap).
+                ceiling = min(ceiling, gapStart(vma))
                 cursor = vma.previous
                 continue
             }
-            if ceiling >= floorAddress + length { return ceiling - length }
+            if ceiling >= floorAddress + length {
+                let candidate = (ceiling - length) & ~(alignment - 1)
+                if candidate >= floorAddress { return candidate }
+            }
             guard let vma = cursor else { return nil }
-            ceiling = vma.start
+            ceiling = gapStart(vma)
             if ceiling < low + length { return nil }
             cursor = vma.previous
         }
@@ -182,15 +272,17 @@ extension AddressSpace {
     // MARK: - Unmap
 
     /// Unmaps `[address, address + length)` (`munmap`). Holes are allowed; VMAs that straddle the
-    /// boundaries are split.
+    /// boundaries are split. Sends `unmap` over the range.
     ///
     /// Linux rules: unaligned address or zero length is `EINVAL`; the length is rounded up to pages
-    /// and the range must lie below `userLimit` (`EINVAL`); splitting a VMA beyond `maxMapCount`
-    /// VMAs is `ENOMEM`.
+    /// and the range must lie below `userLimit` (`EINVAL`); a sealed VMA in the range is `EPERM`
+    /// (nothing unmapped); splitting a VMA beyond `maxMapCount` VMAs is `ENOMEM`. Locked pages go
+    /// too (the locked total drops).
     public func unmap(address: UInt64, length: UInt64) throws(MemoryError) {
         let end = try Self.userRangeEnd(address, length, nonEmpty: true)
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
+            try checkNotSealed(address, end)
             try checkUnmapBudget(address, end)
             let edit = VMAEdit(self)
             unmapLocked(address, end, edit: edit)
@@ -211,10 +303,15 @@ extension AddressSpace {
         zapAndEnd(beginInvalidation(start, end, .unmap), start, end)
         // Free the page tables that only covered the hole.
         let floor = index.floor(start &- 1).map { $0.end } ?? 0
-        let ceiling = index.findFirst(endingAfter: end &- 1).map { $0.start } ?? Self.userLimit
+        let ceiling = index.findFirst(endingAfter: end &- 1).map { $0.start } ?? (1 << 47)
         let freed = pageTable.freeTables(
             from: start, to: end, floor: min(floor, start), ceiling: max(ceiling, end), retire: edit.retire)
         count(.tablesFreed, freed)
+    }
+
+    /// `EPERM` if a sealed VMA intersects `[start, end)`.
+    func checkNotSealed(_ start: UInt64, _ end: UInt64) throws(MemoryError) {
+        if index.intersecting(start, end).contains(where: { $0.isSealed }) { throw .permissionDenied }
     }
 
     func recordZap(_ result: ZapResult) {

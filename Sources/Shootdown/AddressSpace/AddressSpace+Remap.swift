@@ -11,73 +11,154 @@ extension AddressSpace {
         case fixed(UInt64)
     }
 
-    /// Resizes and/or moves the mapping at `[address, address + oldLength)` (`mremap`). The old
-    /// range must lie inside one VMA. Moving carries the page-table entries (and so the frames) to
-    /// the new place under an `unmap` invalidation of the old range.
-    ///
-    /// Linux rules: unaligned address, zero new length, zero old length (private memory), an
-    /// unaligned fixed target or a target overlapping the source is `EINVAL`; a source not inside
-    /// one VMA is `EFAULT`; growth without room and without permission to move is `ENOMEM`; a
-    /// move when the VMA count is within 3 of `maxMapCount` is `ENOMEM`. Unlike Linux,
-    /// every check runs before anything changes (Linux unmaps a fixed target before checking the
-    /// source).
-    ///
-    /// - Returns: the (possibly new) start address.
+    /// `mremap` flags, built from the raw Linux bits (unknown bits are kept, so `EINVAL` for them
+    /// is testable).
+    public struct RemapFlags: OptionSet, Hashable, Sendable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+        /// `MREMAP_MAYMOVE`.
+        public static let mayMove = RemapFlags(rawValue: 1)
+        /// `MREMAP_FIXED` (needs ``mayMove``).
+        public static let fixed = RemapFlags(rawValue: 2)
+        /// `MREMAP_DONTUNMAP` (needs ``mayMove`` and equal lengths): move the pages, keep the old
+        /// VMA (empty) in place.
+        public static let dontUnmap = RemapFlags(rawValue: 4)
+    }
+
+    /// Resizes and/or moves the mapping at `[address, address + oldLength)` (`mremap`) with the
+    /// convenience form of the flags (``RemapMove``).
     @discardableResult
     public func remap(
         address: UInt64, oldLength: UInt64, newLength: UInt64, move: RemapMove = .inPlace
     ) throws(MemoryError) -> UInt64 {
-        guard Self.isPageAligned(address), oldLength != 0, newLength != 0,
-            let oldLength = Self.pageAlign(oldLength), let newLength = Self.pageAlign(newLength),
-            newLength <= Self.userLimit
-        else { throw .invalidArgument }
-        if case .fixed(let target) = move {
-            guard Self.isPageAligned(target), target <= Self.userLimit - newLength else { throw .invalidArgument }
-            if target < address &+ oldLength && address < target + newLength { throw .invalidArgument }
+        switch move {
+        case .inPlace: try remap(address: address, oldLength: oldLength, newLength: newLength, flags: [], newAddress: 0)
+        case .mayMove: try remap(address: address, oldLength: oldLength, newLength: newLength, flags: .mayMove, newAddress: 0)
+        case .fixed(let target):
+            try remap(address: address, oldLength: oldLength, newLength: newLength, flags: [.mayMove, .fixed], newAddress: target)
         }
+    }
+
+    /// Resizes and/or moves the mapping at `[address, address + oldLength)` (`mremap`). Moving
+    /// carries the page-table entries (and so the frames, guard markers and swap entries) to the
+    /// new place under an `unmap` invalidation of the old range; shrinking unmaps the tail
+    /// (`unmap`).
+    ///
+    /// Linux rules, in Linux's order (measured on 6.18):
+    /// - unknown flag bits, an unaligned address, ``RemapFlags/fixed`` or
+    ///   ``RemapFlags/dontUnmap`` without ``RemapFlags/mayMove``, ``RemapFlags/dontUnmap`` with
+    ///   different lengths: `EINVAL`; lengths are rounded up to pages, a zero (or overflowing) new
+    ///   length is `EINVAL`;
+    /// - with ``RemapFlags/fixed``: an unaligned target, a target range past `userLimit`, or one
+    ///   overlapping the source is `EINVAL`; below `mmapMinAddress` without `CAP_SYS_RAWIO`
+    ///   `EPERM`. With ``RemapFlags/dontUnmap`` and no ``RemapFlags/fixed``, `newAddress` is a hint;
+    /// - a sealed VMA in the old range is `EPERM`; no VMA at `address` is `EFAULT`;
+    /// - a zero old length duplicates a shared mapping (needs ``RemapFlags/mayMove``, else
+    ///   `ENOMEM`) and is `EINVAL` for private memory;
+    /// - shrinking (new < old, not fixed) unmaps `[address + new, address + old)` whatever VMAs or
+    ///   holes it spans (`EINVAL` past `userLimit`) and returns `address`; equal lengths without a
+    ///   move return `address`; growing needs the old range inside one VMA (`EFAULT`) and grows in
+    ///   place when the range ends at the VMA's end and the space above is free (a locked VMA's new
+    ///   pages are populated), else moves with ``RemapFlags/mayMove`` (`ENOMEM` without);
+    /// - a move needs the old range inside one VMA (`EFAULT`); more than `maxMapCount - 3` VMAs is
+    ///   `ENOMEM`; a fixed target is unmapped only once every check passed.
+    ///
+    /// Not matched: this kernel also moves an old range spanning several VMAs (holes kept) when
+    /// the target is fixed and the lengths equal; the engine fails it with `EFAULT`.
+    ///
+    /// - Returns: the (possibly new) start address.
+    @discardableResult
+    public func remap(
+        address: UInt64, oldLength: UInt64, newLength: UInt64, flags: RemapFlags, newAddress: UInt64
+    ) throws(MemoryError) -> UInt64 {
+        let known: RemapFlags = [.mayMove, .fixed, .dontUnmap]
+        guard flags.isSubset(of: known), Self.isPageAligned(address) else { throw .invalidArgument }
+        if flags.contains(.fixed) || flags.contains(.dontUnmap), !flags.contains(.mayMove) { throw .invalidArgument }
+        if flags.contains(.dontUnmap) && oldLength != newLength { throw .invalidArgument }
+        guard let oldLength = Self.pageAlign(oldLength), let newLength = Self.pageAlign(newLength), newLength != 0
+        else { throw .invalidArgument }
+        if flags.contains(.fixed) {
+            guard Self.isPageAligned(newAddress), newLength <= Self.userLimit, newAddress <= Self.userLimit - newLength
+            else { throw .invalidArgument }
+            if newAddress < address &+ oldLength && address < newAddress + newLength { throw .invalidArgument }
+        }
+        var populate: (UInt64, UInt64, Bool)? = nil
+        defer { if let (start, length, write) = populate { try? self.populate(start, length: length, write: write) } }
         return try mmapLock.withWriteLock { () throws(MemoryError) -> UInt64 in
             try checkAlive()
-            guard oldLength <= Self.userLimit, address <= Self.userLimit - oldLength,
-                let vma = index.find(containing: address),
-                address + oldLength <= vma.end
-            else { throw .badAddress }
+            if flags.contains(.fixed) { try checkMinAddress(newAddress) }
+            let oldEnd = address.addingReportingOverflow(oldLength)
+            if !oldEnd.overflow, index.intersecting(address, min(oldEnd.partialValue, Self.userLimit)).contains(where: \.isSealed) {
+                throw .permissionDenied
+            }
+            guard let vma = index.find(containing: address) else { throw .badAddress }
+            if oldLength == 0 {
+                guard vma.isShared else { throw .invalidArgument }
+                if !flags.contains(.mayMove) { throw .noMemory }
+            }
             let edit = VMAEdit(self)
             defer { edit.finish() }
-            switch move {
-            case .fixed(let target):
-                try checkMoveBudget()
-                if target < configuration.mmapMinAddress { throw .invalidArgument }
-                unmapLocked(target, target + newLength, edit: edit)
-                var length = oldLength
-                if oldLength > newLength {
-                    unmapLocked(address + newLength, address + oldLength, edit: edit)
-                    length = newLength
+            if !flags.contains(.fixed) && !flags.contains(.dontUnmap) && newLength <= oldLength {
+                if newLength < oldLength {
+                    guard !oldEnd.overflow, oldEnd.partialValue <= Self.userLimit else { throw .invalidArgument }
+                    try checkUnmapBudget(address + newLength, oldEnd.partialValue)
+                    unmapLocked(address + newLength, oldEnd.partialValue, edit: edit)
                 }
-                moveMapping(address, length, to: target, newLength: newLength, edit: edit)
-                return target
-            case .inPlace, .mayMove:
-                if newLength <= oldLength {
-                    if newLength < oldLength {
-                        try checkUnmapBudget(address + newLength, address + oldLength)
-                        unmapLocked(address + newLength, address + oldLength, edit: edit)
+                return address
+            }
+            let moveLength = min(oldLength, newLength)
+            guard oldLength == 0 || (!oldEnd.overflow && address + moveLength <= vma.end && oldEnd.partialValue <= vma.end)
+            else { throw .badAddress }
+            if !flags.contains(.fixed) && !flags.contains(.dontUnmap) && oldLength != 0 {
+                let newEnd = address.addingReportingOverflow(newLength)
+                if address + oldLength == vma.end, !newEnd.overflow, newEnd.partialValue <= Self.userLimit,
+                    isFreeForPlacement(vma.end, newEnd.partialValue)
+                {
+                    // Grow in place (`vma_expand`), merging with the next VMA if compatible.
+                    let oldVMAEnd = vma.end
+                    edit.setBounds(vma, start: vma.start, end: newEnd.partialValue)
+                    let merged = edit.mergeNeighbours(vma)
+                    if merged.isLocked && !merged.flags.contains(.lockOnFault) && !merged.protection.isEmpty {
+                        let write = !merged.isShared && merged.protection.contains(.write)
+                        populate = (oldVMAEnd, newEnd.partialValue - oldVMAEnd, write)
                     }
                     return address
                 }
-                let newEnd = address.addingReportingOverflow(newLength)
-                if address + oldLength == vma.end, !newEnd.overflow, newEnd.partialValue <= Self.userLimit,
-                    index.intersecting(vma.end, newEnd.partialValue).isEmpty
-                {
-                    // Grow in place (`vma_expand`), merging with the next VMA if compatible.
-                    edit.setBounds(vma, start: vma.start, end: newEnd.partialValue)
-                    edit.mergeNeighbours(vma)
-                    return address
+                guard flags.contains(.mayMove) else { throw .noMemory }
+            }
+            try checkMoveBudget()
+            let target: UInt64
+            if flags.contains(.fixed) {
+                try checkNotSealed(newAddress, newAddress + newLength)
+                unmapLocked(newAddress, newAddress + newLength, edit: edit)
+                target = newAddress
+            } else if flags.contains(.dontUnmap) && newAddress != 0 {
+                var hint = newAddress & ~(Self.pageSize - 1)
+                if hint < configuration.hintMinAddress { hint = configuration.hintMinAddress }
+                if hint <= Self.userLimit - newLength && isFreeForPlacement(hint, hint + newLength) {
+                    target = hint
+                } else {
+                    target = try findFreeArea(length: newLength)
                 }
-                guard move == .mayMove else { throw .noMemory }
-                try checkMoveBudget()
-                let target = try findFreeArea(length: newLength)
-                moveMapping(address, oldLength, to: target, newLength: newLength, edit: edit)
+            } else {
+                target = try findFreeArea(length: newLength)
+            }
+            if oldLength == 0 {
+                // Duplicate a shared mapping: a new VMA over the same object pages.
+                let copy = VMA(
+                    start: target, end: target + newLength, protection: vma.protection, flags: vma.flags,
+                    sharedObject: vma.sharedObject, pageOffset: vma.pageOffset + (address - vma.start) / Self.pageSize)
+                edit.insert(copy)
+                edit.mergeNeighbours(copy)
                 return target
             }
+            if flags.contains(.fixed) && oldLength > newLength {
+                unmapLocked(address + newLength, address + oldLength, edit: edit)
+            }
+            moveMapping(address, moveLength, to: target, newLength: newLength, edit: edit,
+                        keepSource: flags.contains(.dontUnmap))
+            return target
         }
     }
 
@@ -88,13 +169,20 @@ extension AddressSpace {
 
     /// `move_vma`: a new VMA at `target`, the entries moved under an `unmap` invalidation of the
     /// source, then the source unmapped.
-    private func moveMapping(_ source: UInt64, _ length: UInt64, to target: UInt64, newLength: UInt64, edit: VMAEdit) {
+    private func moveMapping(
+        _ source: UInt64, _ length: UInt64, to target: UInt64, newLength: UInt64, edit: VMAEdit, keepSource: Bool = false
+    ) {
         guard let vma = index.find(containing: source) else { return }
         edit.touch(vma)
+        // A private VMA without anonymous pages starts over at the target's page offset
+        // (`copy_vma`), so it can merge there; one with pages keeps its offset.
+        let offset: UInt64 =
+            vma.sharedObject == nil && vma.anonVMA == 0
+            ? target / Self.pageSize : vma.pageOffset + (source - vma.start) / Self.pageSize
+        let movedFlags = vma.flags
         let moved = VMA(
-            start: target, end: target + newLength, protection: vma.protection, flags: vma.flags,
-            sharedObject: vma.sharedObject,
-            pageOffset: vma.pageOffset + (source - vma.start) / Self.pageSize)
+            start: target, end: target + newLength, protection: vma.protection, flags: movedFlags,
+            sharedObject: vma.sharedObject, pageOffset: offset, anonVMA: vma.anonVMA)
         edit.insert(moved)
         edit.touch(moved)
         splitPartialHugeMappings(source, source + length)
@@ -105,7 +193,7 @@ extension AddressSpace {
         let scope = beginInvalidation(source, source + length, .unmap, vma: snapshot(vma))
         _ = pageTable.moveEntries(from: source, to: target, length: length)
         scope.end()
-        unmapLocked(source, source + length, edit: edit)
+        if !keepSource { unmapLocked(source, source + length, edit: edit) }
         edit.mergeNeighbours(moved)
     }
 }

@@ -64,8 +64,8 @@ extension AddressSpace {
             let sequence = vma.sequence.readBegin()
             if sequence & 1 != 0 { return .abortSequenceOdd }
             let attributes = vma.attributeWord.load(ordering: .relaxed)
-            let protection = Protection(rawValue: UInt8(truncatingIfNeeded: attributes))
-            let flags = MappingFlags(rawValue: UInt16(truncatingIfNeeded: attributes >> 8))
+            let protection = Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 0xFF))
+            let flags = VMFlags(rawValue: attributes >> 8)
             if address < vma.start || address >= vma.end { return .abortVMAChanged }
             if !Self.accessAllowed(protection, access) {
                 // A real violation only if the snapshot was consistent.
@@ -73,6 +73,8 @@ extension AddressSpace {
             }
             if flags.contains(.shared) { return .abortNotSupported }
             let write = access == .write
+            // The first anonymous page needs an anon_vma: the classic path assigns it.
+            if write && vma.anonVMAWord.load(ordering: .relaxed) == 0 { return .abortNotSupported }
 
             guard let pmd = pageTable.pmdTable(for: address) else { return .abortNoMemory }
             let pmdIndex = PageTable.index(address, level: 1)
