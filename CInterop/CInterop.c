@@ -317,6 +317,10 @@ enum {
     CINTEROP_ORACLE_CLUSTER_GAP = 1 << 30,
 };
 
+/// Where the mincore vector is mapped: 16 TiB, below the executable and far from the window (the
+/// harness sees it as one of the child's initial mappings).
+#define CINTEROP_ORACLE_VECTOR_ADDRESS ((uintptr_t)0x100000000000ull)
+
 static sigjmp_buf cinterop_oracle_jump;
 static volatile sig_atomic_t cinterop_oracle_touching;
 static unsigned char cinterop_oracle_payload[CINTEROP_ORACLE_MAX_PAYLOAD];
@@ -707,9 +711,12 @@ __attribute__((constructor)) static void cinterop_oracle_child_entry(void) {
     sigaction(SIGCHLD, &sa, NULL);  // forked processes are reaped automatically
     sigaction(SIGPIPE, &sa, NULL);
 
-    void *vector = mmap(NULL, CINTEROP_ORACLE_VECTOR_BYTES + 4096, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (vector == MAP_FAILED) _exit(5);
+    // The mincore vector lives far below everything else: mincore checks the whole vector
+    // against TASK_SIZE before it starts, and from here a vector for any valid range passes,
+    // wherever the harness's window is. A guard page turns an overlong write into EFAULT.
+    void *vector = mmap((void *)CINTEROP_ORACLE_VECTOR_ADDRESS, CINTEROP_ORACLE_VECTOR_BYTES + 4096,
+                        PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (vector != (void *)CINTEROP_ORACLE_VECTOR_ADDRESS) _exit(5);
     if (mprotect((char *)vector + CINTEROP_ORACLE_VECTOR_BYTES, 4096, PROT_NONE) != 0) _exit(5);
     cinterop_oracle_vector = vector;
 

@@ -22,7 +22,10 @@ public struct Divergence: Sendable {
         guard let first = step.differences.first else { return "\(step.op.coverageKey) none" }
         var text = "\(step.op.coverageKey) \(first.category)"
         if case .outcome(let linux, let engine) = first {
-            text += ": Linux \(kind(linux)), engine \(kind(engine))"
+            text += kind(linux) == kind(engine)
+                ? ": both \(kind(linux)), different values" : ": Linux \(kind(linux)), engine \(kind(engine))"
+        } else if case .inexpressible(let what) = first {
+            text += ": " + what
         }
         return text
     }

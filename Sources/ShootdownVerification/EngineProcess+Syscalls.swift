@@ -1,25 +1,19 @@
 import Shootdown
 
-/// Which raw syscall arguments the engine's API can express. The generator asks it so that every
-/// operation it makes reaches the engine; everything else is ``KernelOutcome/inexpressible(_:)``.
-/// This grows as the engine's API does.
+/// Which raw syscall arguments the engine's API can express. The generator asks it which
+/// syscalls exist; an argument outside it yields ``KernelOutcome/inexpressible(_:)``, reported as
+/// a divergence (an API gap is a difference from Linux too).
 public struct EngineCapabilities: Sendable {
-    /// `MAP_*` bits the engine's `map` has an option for (beyond the type).
+    /// `MAP_*` bits the engine's `map` has an option for (beyond the type): everything else the
+    /// kernel accepts for anonymous memory (`MAP_STACK`, `MAP_32BIT`, `MAP_NONBLOCK`, the ignored
+    /// legacy bits…) is inexpressible.
     public var mapFlags: UInt64 =
         LinuxABI.mapFixed | LinuxABI.mapFixedNoReplace | LinuxABI.mapAnonymous | LinuxABI.mapPopulate
-        | LinuxABI.mapLocked
+        | LinuxABI.mapLocked | LinuxABI.mapNoReserve | LinuxABI.mapGrowsDown
     /// `MAP_SHARED`, `MAP_PRIVATE` (not `MAP_SHARED_VALIDATE` or invalid types).
     public var mapTypes: [UInt64] = [LinuxABI.mapShared, LinuxABI.mapPrivate]
-    /// `PROT_*` bits the engine accepts (others make EINVAL only where Linux checks them).
-    public var protectionBits: UInt64 = LinuxABI.protRead | LinuxABI.protWrite | LinuxABI.protExec | LinuxABI.protSem
-    /// `MREMAP_*` combinations `remap` accepts.
-    public var remapFlags: [UInt64] = [0, LinuxABI.mremapMayMove, LinuxABI.mremapMayMove | LinuxABI.mremapFixed]
-    /// `MADV_*` values `advise` has a case for.
-    public var advice: [UInt64] = [4, 21, 14, 15, 22, 23]
     /// Syscalls with an engine counterpart.
-    public var syscalls: Set<LinuxABI.Syscall> = [.mmap, .munmap, .mprotect, .mremap, .madvise]
-    /// Whether `mincore` has an engine counterpart (residency with Linux's errors).
-    public var mincore = false
+    public var syscalls: Set<LinuxABI.Syscall> = Set(LinuxABI.Syscall.allCases)
 
     public init() {}
 
@@ -38,6 +32,12 @@ extension EngineProcess {
                 return .error(error.errno)
             }
         }
+        func done(_ body: () throws(MemoryError) -> Void) -> KernelOutcome {
+            run { () throws(MemoryError) in
+                try body()
+                return 0
+            }
+        }
         let capabilities = EngineCapabilities.current
         switch op {
         case .mmap(let address, let length, let protectionBits, let flags):
@@ -46,9 +46,9 @@ extension EngineProcess {
             }
             let extra = flags & ~LinuxABI.mapType & ~capabilities.mapFlags
             guard extra == 0 else { return .inexpressible(LinuxABI.mapFlagNames(extra)) }
-            guard flags & LinuxABI.mapAnonymous != 0 else { return .inexpressible("file mapping") }
+            guard flags & LinuxABI.mapAnonymous != 0 else { return .inexpressible("a file mapping") }
             guard let protection = Self.protection(bits: protectionBits) else {
-                return .inexpressible(LinuxABI.protectionNames(protectionBits))
+                return .inexpressible("protection \(hex(protectionBits))")
             }
             let start = a(address)
             let placement: AddressSpace.Placement =
@@ -65,47 +65,61 @@ extension EngineProcess {
             if flags & LinuxABI.mapType == LinuxABI.mapShared { options.insert(.shared) }
             if flags & LinuxABI.mapPopulate != 0 { options.insert(.populate) }
             if flags & LinuxABI.mapLocked != 0 { options.insert(.locked) }
+            if flags & LinuxABI.mapNoReserve != 0 { options.insert(.noReserve) }
+            if flags & LinuxABI.mapGrowsDown != 0 { options.insert(.growsDown) }
             return run { () throws(MemoryError) in
                 try space.map(length: length, protection: protection, placement: placement, options: options)
             }
         case .munmap(let address, let length):
-            return run { () throws(MemoryError) in
-                try space.unmap(address: a(address), length: length)
-                return 0
-            }
+            return done { () throws(MemoryError) in try space.unmap(address: a(address), length: length) }
         case .mprotect(let address, let length, let protectionBits):
             guard let protection = Self.protection(bits: protectionBits) else {
-                return .inexpressible(LinuxABI.protectionNames(protectionBits))
+                return .inexpressible("protection \(hex(protectionBits))")
             }
-            return run { () throws(MemoryError) in
+            return done { () throws(MemoryError) in
                 try space.protect(address: a(address), length: length, protection: protection)
-                return 0
             }
         case .mremap(let address, let oldLength, let newLength, let flags, let newAddress):
-            let move: AddressSpace.RemapMove
-            switch flags {
-            case 0: move = .inPlace
-            case LinuxABI.mremapMayMove: move = .mayMove
-            case LinuxABI.mremapMayMove | LinuxABI.mremapFixed: move = .fixed(a(newAddress))
-            default: return .inexpressible(LinuxABI.remapFlagNames(flags))
-            }
+            guard flags <= UInt32.max else { return .inexpressible("mremap flags \(hex(flags))") }
             return run { () throws(MemoryError) in
-                try space.remap(address: a(address), oldLength: oldLength, newLength: newLength, move: move)
+                try space.remap(
+                    address: a(address), oldLength: oldLength, newLength: newLength,
+                    flags: AddressSpace.RemapFlags(rawValue: UInt32(flags)), newAddress: a(newAddress))
             }
-        case .madvise(let address, let length, let adviceValue):
-            let advice: AddressSpace.Advice
-            switch adviceValue {
-            case 4: advice = .dontNeed
-            case 21: advice = .pageOut
-            case 14: advice = .hugePage
-            case 15: advice = .noHugePage
-            case 22: advice = .populateRead
-            case 23: advice = .populateWrite
-            default: return .inexpressible(LinuxABI.adviceName(adviceValue))
+        case .madvise(let address, let length, let advice):
+            // The kernel takes the advice as an int.
+            return done { () throws(MemoryError) in
+                try space.advise(address: a(address), length: length, rawAdvice: Int32(truncatingIfNeeded: advice))
             }
-            return run { () throws(MemoryError) in
-                try space.advise(address: a(address), length: length, advice: advice)
-                return 0
+        case .mlock(let address, let length):
+            return done { () throws(MemoryError) in try space.lock(address: a(address), length: length) }
+        case .mlock2(let address, let length, let flags):
+            return done { () throws(MemoryError) in
+                try space.lock(address: a(address), length: length, rawFlags: UInt32(truncatingIfNeeded: flags))
+            }
+        case .munlock(let address, let length):
+            return done { () throws(MemoryError) in try space.unlock(address: a(address), length: length) }
+        case .mlockall(let flags):
+            return done { () throws(MemoryError) in
+                try space.lockAll(AddressSpace.LockAllFlags(rawValue: UInt32(truncatingIfNeeded: flags)))
+            }
+        case .munlockall:
+            return done { () throws(MemoryError) in try space.unlockAll() }
+        case .brk(let address):
+            return run { () throws(MemoryError) in try space.setBreak(a(address)) }
+        case .msync(let address, let length, let flags):
+            return done { () throws(MemoryError) in
+                try space.sync(
+                    address: a(address), length: length,
+                    flags: AddressSpace.SyncFlags(rawValue: UInt32(truncatingIfNeeded: flags)))
+            }
+        case .mseal(let address, let length, let flags):
+            return done { () throws(MemoryError) in try space.seal(address: a(address), length: length, flags: flags) }
+        case .mincore(let address, let length):
+            do {
+                return .residency(try space.residency(address: a(address), length: length))
+            } catch {
+                return .error(error.errno)
             }
         case .read(let address):
             return load(a(address))
@@ -116,19 +130,13 @@ extension EngineProcess {
             } catch {
                 return Self.touchFailure(error)
             }
-        case .mlock, .mlock2, .munlock, .mlockall, .munlockall, .brk, .msync, .mseal, .mincore:
-            return .inexpressible(op.coverageKey)
         case .fork, .switchProcess:
             preconditionFailure("process-level operations are the session's")
         }
     }
 
-    /// `PROT_*` bits as a ``Protection`` (`PROT_SEM` has no effect on x86 and is dropped); nil for
-    /// other bits.
+    /// `PROT_*` bits as a ``Protection`` (the engine takes raw bits; nil past 32 bits).
     static func protection(bits: UInt64) -> Protection? {
-        guard bits & ~(LinuxABI.protRead | LinuxABI.protWrite | LinuxABI.protExec | LinuxABI.protSem) == 0 else {
-            return nil
-        }
-        return Protection(rawValue: UInt8(bits & 7))
+        bits <= UInt64(UInt32.max) ? Protection(rawValue: UInt32(bits)) : nil
     }
 }

@@ -47,15 +47,10 @@ final class EngineProcess {
         return protection
     }
 
-    /// Whether the page at `address` has a frame (present, or present under PROT_NONE), as
-    /// mincore reports residency for anonymous memory.
-    func isResident(_ address: UInt64) -> Bool {
-        space.translate(address)?.frame != nil
-    }
-
-    /// Residency of each page of `[start, end)`.
-    func residency(_ start: UInt64, _ end: UInt64) -> [Bool] {
-        stride(from: start, to: end, by: Int(LinuxABI.pageSize)).map(isResident)
+    /// Residency of each page of `[start, end)` as the engine reports it for mincore; nil if the
+    /// engine refuses the range.
+    func residency(_ start: UInt64, _ end: UInt64) -> [Bool]? {
+        try? space.residency(address: start, length: end - start)
     }
 
     /// A load, as a content check makes it.

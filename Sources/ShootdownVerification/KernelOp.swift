@@ -36,7 +36,8 @@ public enum KernelOp: Hashable, Sendable, Codable, CustomStringConvertible {
         case .munmap: "munmap"
         case .mprotect: "mprotect"
         case .mremap: "mremap"
-        case .madvise(_, _, let advice): "madvise(\(LinuxABI.adviceName(advice)))"
+        case .madvise(_, _, let advice):
+            LinuxABI.advice.contains { $0.value == advice } ? "madvise(\(LinuxABI.adviceName(advice)))" : "madvise(unknown)"
         case .mlock: "mlock"
         case .mlock2: "mlock2"
         case .munlock: "munlock"

@@ -5,8 +5,12 @@ import CInterop
 public struct LinuxFacts: Sendable, Hashable {
     /// `uname -r`.
     public var kernelRelease: String
-    /// `/proc/sys/vm/mmap_min_addr`.
+    /// `/proc/sys/vm/mmap_min_addr`: below it mmap is `EPERM` without `CAP_SYS_RAWIO`.
     public var mmapMinAddress: UInt64
+    /// The lowest address a nonzero hint is raised to: the larger of `mmap_min_addr` and the
+    /// security modules' floor (`CONFIG_LSM_MMAP_MIN_ADDR`), which userspace cannot read, so it is
+    /// measured (a one-page hint at `mmap_min_addr`, unmapped again).
+    public var hintMinAddress: UInt64
     /// `/proc/sys/vm/max_map_count`.
     public var maxMapCount: Int
     /// `/proc/sys/vm/overcommit_memory` (0 heuristic, 1 always, 2 never).
@@ -52,7 +56,9 @@ public struct LinuxFacts: Sendable, Hashable {
     }
 
     /// Reads the facts of `process` (a freshly spawned child) and of the system.
-    static func read(from process: LinuxProcess, initial: [SmapsEntry]) throws(OracleError) -> LinuxFacts {
+    static func read(from process: LinuxProcess, initial: [SmapsEntry], hintFloor: UInt64) throws(OracleError)
+        -> LinuxFacts
+    {
         func number(_ path: String) throws(OracleError) -> UInt64 {
             let text = try ProcFile.text(of: path).trimmingWhitespace
             guard let value = UInt64(text) else { throw .procfs(path: path, reason: "not a number: \(text)") }
@@ -86,15 +92,7 @@ public struct LinuxFacts: Sendable, Hashable {
             return value
         }
 
-        let stat = try process.procText("stat")
-        guard let paren = stat.lastIndex(of: ")") else {
-            throw .procfs(path: "/proc/\(process.pid)/stat", reason: "no command name")
-        }
-        // Fields after the command name start with field 3 (state); start_brk is field 47.
-        let fields = stat[stat.index(after: paren)...].split(separator: " ")
-        guard fields.count > 44, let startBreak = UInt64(fields[44]) else {
-            throw .procfs(path: "/proc/\(process.pid)/stat", reason: "no start_brk (field 47)")
-        }
+        let startBreak = try programBreakStart(of: process)
         let currentBreak = try process.syscall(.brk, [0])
 
         let stackLimit = try limit("Max stack size")
@@ -116,12 +114,39 @@ public struct LinuxFacts: Sendable, Hashable {
         }
 
         return LinuxFacts(
-            kernelRelease: kernel, mmapMinAddress: try number("/proc/sys/vm/mmap_min_addr"),
+            kernelRelease: kernel, mmapMinAddress: try number("/proc/sys/vm/mmap_min_addr"), hintMinAddress: hintFloor,
             maxMapCount: Int(try number("/proc/sys/vm/max_map_count")),
             overcommitMemory: Int(try number("/proc/sys/vm/overcommit_memory")), transparentHugePages: huge,
             transparentHugePageSizes: sizes, uid: uid, effectiveCapabilities: capabilities, stackLimit: stackLimit,
             lockedMemoryLimit: try limit("Max locked memory"), programBreakStart: startBreak,
             programBreak: UInt64(bitPattern: currentBreak), mmapBase: mmapBase, threads: threads)
+    }
+
+    /// `mm->start_brk` of `process` (`/proc/PID/stat` field 47).
+    static func programBreakStart(of process: LinuxProcess) throws(OracleError) -> UInt64 {
+        let stat = try process.procText("stat")
+        guard let paren = stat.lastIndex(of: ")") else {
+            throw .procfs(path: "/proc/\(process.pid)/stat", reason: "no command name")
+        }
+        // Fields after the command name start with field 3 (state); start_brk is field 47.
+        let fields = stat[stat.index(after: paren)...].split(separator: " ")
+        guard fields.count > 44, let startBreak = UInt64(fields[44]) else {
+            throw .procfs(path: "/proc/\(process.pid)/stat", reason: "no start_brk (field 47)")
+        }
+        return startBreak
+    }
+
+    /// Where the kernel puts a one-page mapping hinted at `mmap_min_addr` (nothing is mapped that
+    /// low): the floor hints are raised to. The page is unmapped again.
+    static func probeHintFloor(_ process: LinuxProcess) throws(OracleError) -> UInt64 {
+        let minimum = try UInt64(ProcFile.text(of: "/proc/sys/vm/mmap_min_addr").trimmingWhitespace) ?? 0
+        let hint = max(minimum, LinuxABI.pageSize)
+        let placed = try process.syscall(
+            .mmap, [hint, LinuxABI.pageSize, 0, LinuxABI.mapPrivate | LinuxABI.mapAnonymous, UInt64(bitPattern: -1), 0])
+        guard placed > 0 else { throw .layout("the hint probe failed: \(KernelOutcome.raw(placed))") }
+        _ = try process.syscall(.munmap, [UInt64(placed), LinuxABI.pageSize])
+        guard UInt64(placed) < 1 << 32 else { throw .layout("the hint probe landed at \(hex(UInt64(placed)))") }
+        return UInt64(placed)
     }
 
     /// The word in brackets of a sysfs choice (`always [madvise] never`).

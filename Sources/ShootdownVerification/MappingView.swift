@@ -26,7 +26,7 @@ public struct MappingView: Hashable, Sendable, CustomStringConvertible {
     init(_ mapping: Mapping) {
         self.init(
             start: mapping.start, end: mapping.end,
-            permissions: mapping.protection.description + (mapping.flags.contains(.shared) ? "s" : "p"),
+            permissions: mapping.protection.description + (mapping.vmFlags.contains(.shared) ? "s" : "p"),
             flags: ModelledVmFlags.flags(of: mapping).filter(ModelledVmFlags.letters.contains).sorted())
     }
 
@@ -37,24 +37,18 @@ public struct MappingView: Hashable, Sendable, CustomStringConvertible {
     }
 }
 
-/// The `VmFlags` codes the engine models, in one place: only these are compared. Everything else
-/// smaps prints (`mr`, `mw`, `me`, `ac`, `sd`, …) is outside the engine's model until it says
-/// otherwise.
+/// The `VmFlags` codes the engine models, in one place: only these are compared. They are the
+/// letters the engine can print at all (every flag bit it has, asked through
+/// ``Mapping/smapsFlags``); anything else smaps prints (`sd`, `um`, `pf`, …) is outside its model.
 public enum ModelledVmFlags {
     /// Compared codes.
-    public static let letters: Set<VmFlag> = ["rd", "wr", "ex", "sh", "hg", "nh", "lo"]
+    public static let letters: Set<VmFlag> = Set(codes(VMFlags(rawValue: ~0).smapsLetters))
 
-    /// The codes the engine reports for `mapping` (derived from its protection and flags until the
-    /// engine prints its own).
-    static func flags(of mapping: Mapping) -> [VmFlag] {
-        var flags: [VmFlag] = []
-        if mapping.protection.contains(.read) { flags.append("rd") }
-        if mapping.protection.contains(.write) { flags.append("wr") }
-        if mapping.protection.contains(.exec) { flags.append("ex") }
-        if mapping.flags.contains(.shared) { flags.append("sh") }
-        if mapping.flags.contains(.hugePage) { flags.append("hg") }
-        if mapping.flags.contains(.noHugePage) { flags.append("nh") }
-        if mapping.flags.contains(.locked) { flags.append("lo") }
-        return flags
+    /// The codes the engine reports for `mapping`.
+    static func flags(of mapping: Mapping) -> [VmFlag] { codes(mapping.smapsFlags) }
+
+    /// Codes of a `VmFlags:` text (`"rd wr mr "`).
+    static func codes(_ text: String) -> [VmFlag] {
+        text.split(separator: " ").map { VmFlag(String($0)) }
     }
 }

@@ -1,5 +1,4 @@
 import CInterop
-import Shootdown
 
 /// Runs generated operations on a kernel child and the engine, and reports every way they differ.
 public enum Oracle {
@@ -48,10 +47,8 @@ public enum Oracle {
         var report = Report(seed: options.seed)
         var generator = OracleGenerator(seed: options.seed, capabilities: options.capabilities)
         var signatures: Set<String> = []
-        // One physical memory for every session of the run (a session's spaces return every frame).
-        let memory = PhysicalMemory(capacity: options.session.frames, swapSlots: 0)
         while report.operations < options.operations {
-            let session = try OracleSession(options: options.session, memory: memory)
+            let session = try OracleSession(options: options.session)
             defer { session.close() }
             report.sessions += 1
             var operations: [KernelOp] = []
@@ -71,8 +68,7 @@ public enum Oracle {
                 if signatures.insert(divergence.signature).inserted {
                     session.close()
                     if options.shrink && shouldShrink(divergence) {
-                        divergence = try shrink(
-                            divergence, options: options.session, replays: options.shrinkReplays, memory: memory)
+                        divergence = try shrink(divergence, options: options.session, replays: options.shrinkReplays)
                     }
                     report.divergences.append(divergence)
                 } else {
@@ -95,10 +91,10 @@ public enum Oracle {
     }
 
     /// Replays `operations` on a fresh session, stopping at the first divergence.
-    public static func replay(
-        _ operations: [KernelOp], options: OracleOptions = OracleOptions(), memory: PhysicalMemory? = nil
-    ) throws(OracleError) -> Replay {
-        let session = try OracleSession(options: options, memory: memory)
+    public static func replay(_ operations: [KernelOp], options: OracleOptions = OracleOptions())
+        throws(OracleError) -> Replay
+    {
+        let session = try OracleSession(options: options)
         defer { session.close() }
         var steps: [OracleStep] = []
         for op in operations {
@@ -111,10 +107,9 @@ public enum Oracle {
 
     /// Delta debugging (ddmin) of `divergence.operations`: the shortest list found, within
     /// `replays` replays on fresh sessions, whose first divergence has the same signature.
-    public static func shrink(
-        _ divergence: Divergence, options: OracleOptions, replays: Int, memory: PhysicalMemory? = nil
-    ) throws(OracleError) -> Divergence {
-        let memory = memory ?? PhysicalMemory(capacity: options.frames, swapSlots: 0)
+    public static func shrink(_ divergence: Divergence, options: OracleOptions, replays: Int) throws(OracleError)
+        -> Divergence
+    {
         let signature = divergence.signature
         var budget = replays
         var best = divergence.operations
@@ -123,7 +118,7 @@ public enum Oracle {
         func keeps(_ candidate: [KernelOp]) throws(OracleError) -> Bool {
             guard budget > 0, !candidate.isEmpty else { return false }
             budget -= 1
-            let result = try replay(candidate, options: options, memory: memory)
+            let result = try replay(candidate, options: options)
             guard let step = result.divergence, Divergence.signature(step) == signature else { return false }
             best = Array(candidate.prefix(result.steps.count))
             bestStep = step

@@ -63,7 +63,7 @@ public struct OracleGenerator {
         if supported.contains(.brk) { choices.append((.brk, 15)) }
         if supported.contains(.msync) { choices.append((.msync, 15)) }
         if supported.contains(.mseal) { choices.append((.mseal, 3)) }
-        if capabilities.mincore { choices.append((.mincore, 25)) }
+        if supported.contains(.mincore) { choices.append((.mincore, 25)) }
         if view.processCount < maxProcesses { choices.append((.fork, 8)) }
         if view.processCount > 1 { choices.append((.switchProcess, 10)) }
 
@@ -78,7 +78,7 @@ public struct OracleGenerator {
         case .mremap: return mremap(view)
         case .madvise:
             let (address, length) = range(view)
-            return .madvise(address, length: length, advice: random.pick(capabilities.advice))
+            return .madvise(address, length: length, advice: advice(view))
         case .read: return .read(touchAddress(view))
         case .write: return .write(touchAddress(view), value: random.next() | 1)
         case .fork: return .fork
@@ -145,7 +145,7 @@ public struct OracleGenerator {
             (r | w, 45), (r, 18), (0, 12), (r | w | x, 5), (r | x, 5), (w, 5), (x, 4), (w | x, 2),
             (r | LinuxABI.protSem, 2), (r | w | 0x10, 1), (r | LinuxABI.protGrowsDown, 1), (r | LinuxABI.protGrowsUp, 1),
         ]
-        return random.weighted(choices.filter { $0.0 & ~capabilities.protectionBits == 0 })
+        return random.weighted(choices)
     }
 
     /// Special addresses for error paths.
@@ -214,21 +214,21 @@ public struct OracleGenerator {
         return (KernelAddress.describing(start, in: layout), length)
     }
 
+    /// mmap flags: the type, then each optional flag with its own chance (per mille). Flags the
+    /// engine has no option for are made too, rarely: the engine reports them inexpressible.
     private mutating func mmapFlags() -> UInt64 {
         var flags = LinuxABI.mapAnonymous
         flags |= random.chance(80) ? LinuxABI.mapPrivate : LinuxABI.mapShared
         let optional: [(UInt64, UInt64)] = [
-            (LinuxABI.mapPopulate, 10), (LinuxABI.mapLocked, 3), (LinuxABI.mapNoReserve, 6),
-            (LinuxABI.mapGrowsDown, 2), (LinuxABI.mapStack, 3), (LinuxABI.mapUninitialized, 1),
-            (LinuxABI.map32Bit, 1), (LinuxABI.mapNonBlock, 1),
+            (LinuxABI.mapPopulate, 100), (LinuxABI.mapLocked, 30), (LinuxABI.mapNoReserve, 60),
+            (LinuxABI.mapGrowsDown, 20), (LinuxABI.mapStack, 10), (LinuxABI.mapUninitialized, 3),
+            (LinuxABI.map32Bit, 3), (LinuxABI.mapNonBlock, 3), (LinuxABI.mapDenyWrite, 2), (LinuxABI.mapExecutable, 2),
         ]
-        for (flag, percent) in optional where capabilities.mapFlags & flag != 0 && random.chance(percent) {
-            flags |= flag
+        for (flag, perMille) in optional where random.below(1000) < perMille { flags |= flag }
+        if random.below(1000) < 6 {
+            flags = flags & ~LinuxABI.mapType | random.pick([0, LinuxABI.mapSharedValidate, 4, 0xF])
         }
-        if random.chance(3) {
-            let types = [UInt64(0), LinuxABI.mapSharedValidate, 4, 0xF].filter { capabilities.mapTypes.contains($0) }
-            if !types.isEmpty { flags = flags & ~LinuxABI.mapType | random.pick(types) }
-        }
+        if random.below(1000) < 3 { flags &= ~LinuxABI.mapAnonymous }
         return flags
     }
 
@@ -284,7 +284,12 @@ public struct OracleGenerator {
         }
         var old = oldLength
         if random.chance(4) { old = 0 }
-        let flags = random.pick(capabilities.remapFlags)
+        let move = LinuxABI.mremapMayMove, fixed = LinuxABI.mremapFixed, dontUnmap = LinuxABI.mremapDontUnmap
+        let flags = random.weighted([
+            (0, 25), (move, 35), (move | fixed, 20), (move | dontUnmap, 8), (move | fixed | dontUnmap, 4), (fixed, 2),
+            (dontUnmap, 2), (8, 2),
+        ])
+        if flags & dontUnmap != 0 && random.chance(70) { newLength = oldLength }
         var target: KernelAddress = .absolute(0)
         if flags & LinuxABI.mremapFixed != 0 || random.chance(5) {
             if let mapping = view.mappings.randomElement(using: &random), random.chance(40) {
@@ -296,6 +301,19 @@ public struct OracleGenerator {
             }
         }
         return .mremap(address, oldLength: old, newLength: newLength, flags: flags, newAddress: target)
+    }
+
+    /// An advice: every value this kernel knows, weighted towards those that change pages, and a
+    /// few it does not (`MADV_HWPOISON` and `MADV_SOFT_OFFLINE` only without `CAP_SYS_ADMIN`: with
+    /// it, a kernel with memory-failure support would really poison a page).
+    private mutating func advice(_ view: View) -> UInt64 {
+        var choices: [(UInt64, Int)] = [
+            (4, 14), (8, 6), (9, 3), (10, 4), (11, 3), (18, 4), (19, 2), (14, 6), (15, 4), (22, 5), (23, 6), (21, 3),
+            (20, 2), (0, 1), (1, 1), (2, 1), (3, 1), (16, 2), (17, 1), (12, 2), (13, 1), (24, 3), (25, 3), (102, 4),
+            (103, 3), (5, 1), (7, 1), (26, 1), (104, 1), (UInt64.max, 1), (1 << 32 | 4, 1),
+        ]
+        if view.facts.effectiveCapabilities & (1 << 21) == 0 { choices += [(100, 1), (101, 1)] }
+        return random.weighted(choices)
     }
 
     private mutating func brk(_ view: View) -> KernelOp {

@@ -65,11 +65,15 @@ extension OracleSession {
                     guard result == 0, vector.count == pages else {
                         throw .layout("mincore of \(hex(start))-\(hex(end)) in \(entry) failed: \(KernelOutcome.raw(result))")
                     }
+                    guard let engine = pair.engine.residency(start, end), engine.count == pages else {
+                        differences.append(.outcome(linux: .residency(vector.map { $0 & 1 != 0 }), engine: .error(0)))
+                        continue
+                    }
                     let readable = entry.permissions.hasPrefix("r")
                     for index in 0..<pages {
                         let address = start + UInt64(index) * page
                         let linuxResident = vector[index] & 1 != 0
-                        let engineResident = pair.engine.isResident(address)
+                        let engineResident = engine[index]
                         if linuxResident && engineResident && readable { residentBoth.insert(address) }
                         if pair.unsettled.contains(address) {
                             if !linuxResident && !engineResident { settledNow.append(address) }

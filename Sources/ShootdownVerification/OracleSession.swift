@@ -7,7 +7,7 @@ public struct OracleOptions: Sendable {
     /// Size of the scratch window below the child's guard page.
     public var windowSize: UInt64 = 64 << 20
     /// Frames of the engine's physical memory.
-    public var frames = 1 << 17
+    public var frames = 1 << 16
     /// Besides the pages an operation acted on, every touched page's contents are compared every
     /// this many steps (and after every fork or switch).
     public var fullContentCheckInterval = 16
@@ -37,13 +37,21 @@ public final class OracleSession {
     public private(set) var current = 0
     private var steps = 0
 
-    /// Spawns the kernel child, reads its facts and layout, and builds the engine side (in
-    /// `memory`, or new physical memory of `options.frames` frames).
-    public init(options: OracleOptions = OracleOptions(), memory: PhysicalMemory? = nil) throws(OracleError) {
+    /// Spawns the kernel child, reads its facts and layout, and builds the engine side (in physical
+    /// memory of its own: nothing an earlier session did can show through).
+    public init(options: OracleOptions = OracleOptions()) throws(OracleError) {
         self.options = options
         let linux = try LinuxProcess.spawn(options.process)
+        // The heap holds what the runtime allocated before the child took over: contents and
+        // residency the engine cannot know. The child never uses it again, so it goes: both sides
+        // start with the break at its start and no heap.
+        let startBreak = try LinuxFacts.programBreakStart(of: linux)
+        guard try linux.syscall(.brk, [startBreak]) == Int64(startBreak) else {
+            throw .layout("the child could not move its break back to \(hex(startBreak))")
+        }
+        let hintFloor = try LinuxFacts.probeHintFloor(linux)
         let initial = try linux.smaps()
-        facts = try LinuxFacts.read(from: linux, initial: initial)
+        facts = try LinuxFacts.read(from: linux, initial: initial, hintFloor: hintFloor)
         guard facts.threads == 1 else { throw .layout("the child runs \(facts.threads) threads, not 1") }
         layout = OracleLayout(
             windowTop: linux.guardLow, windowSize: options.windowSize, programBreakStart: facts.programBreakStart,
@@ -53,8 +61,8 @@ public final class OracleSession {
         }
         configuration = Self.configuration(facts)
         // No swap: this machine has none, so MADV_PAGEOUT cannot move anonymous pages anywhere.
-        self.memory = memory ?? PhysicalMemory(capacity: options.frames, swapSlots: 0)
-        let engine = try EngineProcess.mirroring(layout, configuration: configuration, memory: self.memory)
+        memory = PhysicalMemory(capacity: options.frames, swapSlots: 0)
+        let engine = try EngineProcess.mirroring(layout, configuration: configuration, memory: memory)
         processes = [ProcessPair(linux: linux, engine: engine, parent: nil)]
     }
 
@@ -62,11 +70,13 @@ public final class OracleSession {
 
     /// The engine configuration derived from the child's facts.
     static func configuration(_ facts: LinuxFacts) -> AddressSpace.Configuration {
-        var configuration = AddressSpace.Configuration()
-        configuration.mmapBase = facts.mmapBase
-        configuration.mmapMinAddress = facts.mmapMinAddress
-        configuration.maxMapCount = facts.maxMapCount
-        return configuration
+        var capabilities: AddressSpace.Capabilities = []
+        if facts.hasIPCLock { capabilities.insert(.ipcLock) }
+        if facts.hasSysRawIO { capabilities.insert(.sysRawIO) }
+        return AddressSpace.Configuration(
+            mmapBase: facts.mmapBase, mmapMinAddress: facts.mmapMinAddress, hintMinAddress: facts.hintMinAddress,
+            maxMapCount: facts.maxMapCount, lockedMemoryLimit: facts.lockedMemoryLimit, capabilities: capabilities,
+            stackLimit: facts.stackLimit ?? UInt64.max, programBreakStart: facts.programBreakStart)
     }
 
     /// Ends every process, forks first (idempotent).
