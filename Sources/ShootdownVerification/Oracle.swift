@@ -105,50 +105,23 @@ public enum Oracle {
         return Replay(steps: steps)
     }
 
-    /// Delta debugging (ddmin) of `divergence.operations`: the shortest list found, within
-    /// `replays` replays on fresh sessions, whose first divergence has the same signature.
+    /// Shrinks `divergence.operations` (``Shrinker``): the shortest list found, within `replays`
+    /// replays on fresh sessions, whose first divergence has the same signature.
     public static func shrink(_ divergence: Divergence, options: OracleOptions, replays: Int) throws(OracleError)
         -> Divergence
     {
         let signature = divergence.signature
-        var budget = replays
-        var best = divergence.operations
-        var bestStep = divergence.step
-        /// Replays `candidate`; keeps it if it diverges the same way (trimmed after that step).
-        func keeps(_ candidate: [KernelOp]) throws(OracleError) -> Bool {
-            guard budget > 0, !candidate.isEmpty else { return false }
-            budget -= 1
+        var lastStep = divergence.step
+        let best = try Shrinker.minimize(divergence.operations, budget: replays) {
+            (candidate: [KernelOp]) throws(OracleError) -> [KernelOp]? in
             let result = try replay(candidate, options: options)
-            guard let step = result.divergence, Divergence.signature(step) == signature else { return false }
-            best = Array(candidate.prefix(result.steps.count))
-            bestStep = step
-            return true
-        }
-        // The failing operation alone, or with the few before it, is the common case: try first.
-        for tail in [1, 2, 4] where tail < best.count {
-            if try keeps(Array(best.suffix(tail))) { break }
-        }
-        var parts = 2
-        while best.count >= 2 && budget > 0 {
-            let chunk = (best.count + parts - 1) / parts
-            var reduced = false
-            for start in stride(from: 0, to: best.count, by: chunk) {
-                var candidate = best
-                candidate.removeSubrange(start..<min(best.count, start + chunk))
-                if try keeps(candidate) {
-                    parts = max(parts - 1, 2)
-                    reduced = true
-                    break
-                }
-            }
-            if !reduced {
-                if chunk == 1 { break }
-                parts = min(best.count, parts * 2)
-            }
+            guard let step = result.divergence, Divergence.signature(step) == signature else { return nil }
+            lastStep = step
+            return Array(candidate.prefix(result.steps.count))
         }
         var shrunk = divergence
         shrunk.reproducer = best
-        shrunk.reproducerStep = bestStep
+        if best.count < divergence.operations.count { shrunk.reproducerStep = lastStep }
         return shrunk
     }
 }

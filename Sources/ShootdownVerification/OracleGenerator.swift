@@ -172,45 +172,45 @@ public struct OracleGenerator {
         if roll < 65, !view.mappings.isEmpty {
             let index = Int(random.below(UInt64(view.mappings.count)))
             let mapping = view.mappings[index]
-            let pages = (mapping.end - mapping.start) / Self.page
+            let pages = (mapping.end &- mapping.start) / Self.page
             switch random.below(8) {
             case 0, 1:  // whole
-                (start, length) = (mapping.start, mapping.end - mapping.start)
+                (start, length) = (mapping.start, mapping.end &- mapping.start)
             case 2:  // head
-                (start, length) = (mapping.start, random.below(pages) * Self.page + Self.page)
+                (start, length) = (mapping.start, random.below(pages) * Self.page &+ Self.page)
             case 3:  // tail
                 let skip = random.below(pages)
-                (start, length) = (mapping.start + skip * Self.page, (pages - skip) * Self.page)
+                (start, length) = (mapping.start &+ skip * Self.page, (pages &- skip) * Self.page)
             case 4:  // middle
                 let skip = random.below(pages)
-                (start, length) = (mapping.start + skip * Self.page, (random.below(max(1, pages - skip)) + 1) * Self.page)
+                (start, length) = (mapping.start &+ skip * Self.page, (random.below(max(1, pages &- skip)) &+ 1) * Self.page)
             case 5:  // into the next mapping or hole
                 let skip = random.below(pages)
-                let next = index + 1 < view.mappings.count ? view.mappings[index + 1].end : mapping.end + 4 * Self.page
-                (start, length) = (mapping.start + skip * Self.page, next - mapping.start - skip * Self.page)
+                let next = index &+ 1 < view.mappings.count ? view.mappings[index &+ 1].end : mapping.end &+ 4 * Self.page
+                (start, length) = (mapping.start &+ skip * Self.page, next &- mapping.start &- skip * Self.page)
             case 6:  // from before the mapping
                 let before = UInt64(random.int(1...4)) * Self.page
-                (start, length) = (mapping.start - before, before + random.below(pages + 1) * Self.page)
+                (start, length) = (mapping.start &- before, before &+ random.below(pages &+ 1) * Self.page)
             default:  // several mappings
-                let last = view.mappings[min(view.mappings.count - 1, index + Int(random.below(4)))]
-                (start, length) = (mapping.start, max(last.end, mapping.end) - mapping.start)
+                let last = view.mappings[min(view.mappings.count &- 1, index &+ Int(random.below(4)))]
+                (start, length) = (mapping.start, max(last.end, mapping.end) &- mapping.start)
             }
         } else if roll < 88 {
-            start = layout.windowTop - windowPage(view)
+            start = layout.windowTop &- windowPage(view)
             length = self.length()
         } else {
             // Bad arguments: exactly one thing wrong, mostly.
-            start = layout.windowTop - windowPage(view)
+            start = layout.windowTop &- windowPage(view)
             length = self.length()
             switch random.below(5) {
-            case 0: start += UInt64(random.int(1...Int(Self.page - 1)))
+            case 0: start &+= UInt64(random.int(1...Int(Self.page - 1)))
             case 1: length = specialLength()
             case 2: start = specialAddress(view).resolved(in: layout)
-            case 3: length += UInt64(random.int(1...Int(Self.page - 1)))
+            case 3: length &+= UInt64(random.int(1...Int(Self.page - 1)))
             default: length = 0
             }
         }
-        if unalignedAddresses && random.chance(15) { start += UInt64(random.int(1...Int(Self.page - 1))) }
+        if unalignedAddresses && random.chance(15) { start &+= UInt64(random.int(1...Int(Self.page - 1))) }
         return (KernelAddress.describing(start, in: layout), length)
     }
 
@@ -246,7 +246,7 @@ public struct OracleGenerator {
             } else if let mapping = view.mappings.randomElement(using: &random), random.chance(40) {
                 address = KernelAddress.describing(mapping.start, in: view.layout)
             } else {
-                let offset = windowPage(view) - (random.chance(10) ? UInt64(random.int(1...4095)) : 0)
+                let offset = windowPage(view) &- (random.chance(10) ? UInt64(random.int(1...4095)) : 0)
                 address = window(offset)
             }
         default:  // fixed or fixed-noreplace
@@ -260,12 +260,12 @@ public struct OracleGenerator {
                     switch choice {
                     case 0: mapping.start
                     case 1: mapping.end
-                    case 2: mapping.start - length.clampedPages
-                    default: mapping.start + random.below((mapping.end - mapping.start) / Self.page) * Self.page
+                    case 2: mapping.start &- length.clampedPages
+                    default: mapping.start &+ random.below((mapping.end &- mapping.start) / Self.page) * Self.page
                     }
                 address = KernelAddress.describing(start, in: view.layout)
             } else {
-                let offset = windowPage(view) - (random.chance(5) ? UInt64(random.int(1...4095)) : 0)
+                let offset = windowPage(view) &- (random.chance(5) ? UInt64(random.int(1...4095)) : 0)
                 address = window(offset)
             }
         }
@@ -276,8 +276,8 @@ public struct OracleGenerator {
         let (address, oldLength) = range(view)
         var newLength: UInt64
         switch random.below(10) {
-        case 0..<3: newLength = oldLength / 2 & ~(Self.page - 1)
-        case 3..<7: newLength = oldLength + UInt64(random.int(1...64)) * Self.page
+        case 0..<3: newLength = oldLength / 2 & ~(Self.page &- 1)
+        case 3..<7: newLength = oldLength &+ UInt64(random.int(1...64)) * Self.page
         case 7: newLength = oldLength
         case 8: newLength = self.length()
         default: newLength = specialLength()
@@ -297,7 +297,7 @@ public struct OracleGenerator {
             } else if random.chance(8) {
                 target = specialAddress(view)
             } else {
-                target = window(windowPage(view) - (random.chance(5) ? 1 : 0))
+                target = window(windowPage(view) &- (random.chance(5) ? 1 : 0))
             }
         }
         return .mremap(address, oldLength: old, newLength: newLength, flags: flags, newAddress: target)

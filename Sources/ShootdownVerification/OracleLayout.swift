@@ -44,6 +44,16 @@ public struct OracleLayout: Sendable, Hashable {
         initialRanges.contains(InitialRange(start: start, end: end))
     }
 
+    /// The one initial mapping inside `[start, end)`, if `[start, end)` is that mapping extended
+    /// at either end by a merge (the heap growing into the executable's bss does that) and
+    /// overlaps no other initial mapping.
+    public func initialMapping(extendedTo start: UInt64, _ end: UInt64) -> SmapsEntry? {
+        let overlapping = initialMappings.filter { $0.start < end && start < $0.end }
+        guard overlapping.count == 1, let initial = overlapping.first, start <= initial.start, initial.end <= end
+        else { return nil }
+        return initial
+    }
+
     /// Whether `[start, end)` overlaps an initial mapping (`end` may be 0 meaning 2^64).
     public func overlapsInitial(start: UInt64, end: UInt64) -> Bool {
         let end = end == 0 ? UInt64.max : end

@@ -21,10 +21,21 @@ extension OracleSession {
         }
         var linuxEntries: [SmapsEntry] = []
         for entry in smaps {
-            if layout.overlapsInitial(start: entry.start, end: entry.end) {
-                throw .layout("an initial mapping changed: \(entry) after \(op)")
-            } else {
+            guard layout.overlapsInitial(start: entry.start, end: entry.end) else {
                 linuxEntries.append(entry)
+                continue
+            }
+            // An initial mapping that a merge extended (a heap grown from the bss's end): the
+            // extension is compared like any mapping, the initial part stays out.
+            guard let initial = layout.initialMapping(extendedTo: entry.start, entry.end),
+                initial.permissions == entry.permissions
+            else { throw .layout("an initial mapping changed: \(entry) after \(op)") }
+            initialSeen += 1
+            for (start, end) in [(entry.start, initial.start), (initial.end, entry.end)] where start < end {
+                var part = entry
+                part.start = start
+                part.end = end
+                linuxEntries.append(part)
             }
         }
         guard initialSeen == layout.initialMappings.count else {

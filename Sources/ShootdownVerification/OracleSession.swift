@@ -13,6 +13,9 @@ public struct OracleOptions: Sendable {
     public var fullContentCheckInterval = 16
     /// Mappings longer than this are compared by range and flags only (no residency scan).
     public var residencyScanLimit: UInt64 = 256 << 20
+    /// Changes the engine's configuration after it is derived from the child. For tests of the
+    /// oracle itself: a deliberately miswired engine must be caught.
+    public var engineAdjustment: (@Sendable (inout AddressSpace.Configuration) -> Void)? = nil
 
     public init() {}
 }
@@ -59,7 +62,9 @@ public final class OracleSession {
         guard layout.windowBottom > facts.programBreak + (1 << 30) else {
             throw .layout("no room for the window below \(hex(linux.guardLow))")
         }
-        configuration = Self.configuration(facts)
+        var configuration = Self.configuration(facts)
+        options.engineAdjustment?(&configuration)
+        self.configuration = configuration
         // No swap: this machine has none, so MADV_PAGEOUT cannot move anonymous pages anywhere.
         memory = PhysicalMemory(capacity: options.frames, swapSlots: 0)
         let engine = try EngineProcess.mirroring(layout, configuration: configuration, memory: memory)

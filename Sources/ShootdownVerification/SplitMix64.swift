@@ -3,11 +3,18 @@
 public struct SplitMix64: RandomNumberGenerator, Sendable {
     private var state: UInt64
 
-    public init(seed: UInt64) { state = seed &* 0x9E37_79B9_7F4A_7C15 &+ 0xD1B5_4A32_D192_ED03 }
+    /// The state starts at the seed's image under the output mix: neighbouring seeds must not
+    /// start on one stream a few steps apart (the state only ever advances by the golden-ratio
+    /// increment, so seeds scaled by it would give shifted copies of one stream).
+    public init(seed: UInt64) { state = Self.mix(seed ^ 0xD1B5_4A32_D192_ED03) }
 
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
+        return Self.mix(state)
+    }
+
+    private static func mix(_ value: UInt64) -> UInt64 {
+        var z = value
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
