@@ -26,8 +26,30 @@ public struct Divergence: Sendable {
                 ? ": both \(kind(linux)), different values" : ": Linux \(kind(linux)), engine \(kind(engine))"
         } else if case .inexpressible(let what) = first {
             text += ": " + what
+        } else if case .mappings(let linux, let engine) = first {
+            text += ": " + mappingDifference(linux: linux, engine: engine)
+        } else if case .residency(_, let linux, _, _) = first {
+            text += linux ? ": Linux resident, engine not" : ": engine resident, Linux not"
         }
         return text
+    }
+
+    /// What kind of mapping difference: flags or permissions of a mapping with the same range on
+    /// both sides (flags named), else the layout (bounds, splits, merges, placement).
+    static func mappingDifference(linux: [MappingView], engine: [MappingView]) -> String {
+        let engineByRange = Dictionary(engine.map { ("\($0.start)-\($0.end)", $0) }, uniquingKeysWith: { a, _ in a })
+        for mapping in linux {
+            guard let twin = engineByRange["\(mapping.start)-\(mapping.end)"] else { continue }
+            if twin.permissions != mapping.permissions { return "permissions" }
+            if twin.flags != mapping.flags {
+                let onlyLinux = Set(mapping.flags).subtracting(twin.flags).map(\.description).sorted()
+                let onlyEngine = Set(twin.flags).subtracting(mapping.flags).map(\.description).sorted()
+                return "flags"
+                    + (onlyLinux.isEmpty ? "" : " Linux +" + onlyLinux.joined(separator: " +"))
+                    + (onlyEngine.isEmpty ? "" : " engine +" + onlyEngine.joined(separator: " +"))
+            }
+        }
+        return "layout"
     }
 
     private static func kind(_ outcome: KernelOutcome) -> String {

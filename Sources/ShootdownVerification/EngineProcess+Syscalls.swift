@@ -45,7 +45,8 @@ extension EngineProcess {
                 return .inexpressible("MAP_TYPE \(flags & LinuxABI.mapType)")
             }
             let extra = flags & ~LinuxABI.mapType & ~capabilities.mapFlags
-            guard extra == 0 else { return .inexpressible(LinuxABI.mapFlagNames(extra)) }
+            // The lowest flag the engine lacks names the gap (one signature per flag).
+            guard extra == 0 else { return .inexpressible(LinuxABI.mapFlagNames(extra & (~extra &+ 1))) }
             guard flags & LinuxABI.mapAnonymous != 0 else { return .inexpressible("a file mapping") }
             guard let protection = Self.protection(bits: protectionBits) else {
                 return .inexpressible("protection \(hex(protectionBits))")

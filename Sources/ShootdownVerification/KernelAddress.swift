@@ -28,11 +28,14 @@ public enum KernelAddress: Hashable, Sendable, Codable, CustomStringConvertible 
         }
     }
 
-    /// The most readable form of `address` in `layout`: window-relative inside the window (and
-    /// just above it), absolute elsewhere.
+    /// The portable form of `address` in `layout`: window-relative inside the window (and just
+    /// above it), break-relative around the heap, absolute elsewhere.
     public static func describing(_ address: UInt64, in layout: OracleLayout) -> KernelAddress {
         if address >= layout.windowBottom && address <= layout.windowTop + LinuxABI.hugePageSize {
             return .window(Int64(bitPattern: address &- layout.windowTop))
+        }
+        if address >= layout.programBreakStart &- (64 << 20) && address <= layout.programBreakStart &+ (1 << 30) {
+            return .programBreak(Int64(bitPattern: address &- layout.programBreakStart))
         }
         return .absolute(address)
     }

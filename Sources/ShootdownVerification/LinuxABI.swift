@@ -155,7 +155,7 @@ public enum LinuxABI {
 
     public static func remapFlagNames(_ bits: UInt64) -> String {
         flagNames(bits, [(mremapMayMove, "MAYMOVE"), (mremapFixed, "FIXED"), (mremapDontUnmap, "DONTUNMAP")],
-                  prefix: "MREMAP_", zero: "0")
+                  prefix: "MREMAP_", zero: "no flags")
     }
 
     static func flagNames(_ bits: UInt64, _ names: [(UInt64, String)], prefix: String, zero: String) -> String {

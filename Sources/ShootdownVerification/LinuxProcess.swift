@@ -112,7 +112,12 @@ public final class LinuxProcess {
     /// Runs syscall `number` with up to six raw arguments; returns the raw result, or `-errno`.
     public func syscall(_ number: LinuxABI.Syscall, _ arguments: [UInt64]) throws(OracleError) -> Int64 {
         precondition(number != .mincore, "mincore goes through mincore(address:length:)")
-        let reply = try channel.exchange(CInt(CINTEROP_ORACLE_SYSCALL), [number.rawValue] + arguments.prefix(6))
+        return try syscall(number: number.rawValue, arguments)
+    }
+
+    /// Any syscall number (the child refuses all but the memory syscalls).
+    func syscall(number: UInt64, _ arguments: [UInt64]) throws(OracleError) -> Int64 {
+        let reply = try channel.exchange(CInt(CINTEROP_ORACLE_SYSCALL), [number] + arguments.prefix(6))
         if reply.status == UInt32(CINTEROP_ORACLE_REFUSED) { throw .refused("syscall \(number)") }
         return reply.result
     }
