@@ -18,6 +18,8 @@ public enum Oracle {
         public var shrinkReplays = 250
         /// Stop at the first divergence instead of continuing in a fresh session.
         public var stopAtFirstDivergence = false
+        /// Asked before every operation: true ends the run early (the report covers what ran).
+        public var shouldStop: (@Sendable () -> Bool)? = nil
 
         public init(seed: UInt64, operations: Int) {
             self.seed = seed
@@ -47,12 +49,13 @@ public enum Oracle {
         var report = Report(seed: options.seed)
         var generator = OracleGenerator(seed: options.seed, capabilities: options.capabilities)
         var signatures: Set<String> = []
-        while report.operations < options.operations {
+        func stopping() -> Bool { options.shouldStop?() ?? false }
+        while report.operations < options.operations && !stopping() {
             let session = try OracleSession(options: options.session)
             defer { session.close() }
             report.sessions += 1
             var operations: [KernelOp] = []
-            while report.operations < options.operations && operations.count < options.sessionLength {
+            while report.operations < options.operations && operations.count < options.sessionLength && !stopping() {
                 let view = OracleGenerator.View(
                     layout: session.layout, facts: session.facts, mappings: session.currentMappings,
                     processCount: session.processCount)
