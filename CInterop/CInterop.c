@@ -172,6 +172,39 @@ void cinterop_futex_wake(uint32_t *word, int32_t count) {
 
 void cinterop_yield(void) { sched_yield(); }
 
+struct cinterop_thread_start_args {
+    void (*fn)(void *);
+    void *context;
+};
+
+static void *cinterop_thread_main(void *raw) {
+    struct cinterop_thread_start_args args = *(struct cinterop_thread_start_args *)raw;
+    free(raw);
+    args.fn(args.context);
+    return NULL;
+}
+
+bool cinterop_thread_start(void (*fn)(void *), void *context) {
+    struct cinterop_thread_start_args *args = malloc(sizeof *args);
+    if (args == NULL) return false;
+    args->fn = fn;
+    args->context = context;
+    pthread_attr_t attributes;
+    if (pthread_attr_init(&attributes) != 0) {
+        free(args);
+        return false;
+    }
+    pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+    pthread_t thread;
+    int result = pthread_create(&thread, &attributes, cinterop_thread_main, args);
+    pthread_attr_destroy(&attributes);
+    if (result != 0) {
+        free(args);
+        return false;
+    }
+    return true;
+}
+
 bool cinterop_pin_thread(uint32_t index) {
     cpu_set_t allowed;
     if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return false;

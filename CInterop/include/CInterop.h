@@ -541,6 +541,10 @@ static inline __attribute__((always_inline)) void cinterop_prefetch(const void *
 /// Yields the processor (sched_yield).
 void cinterop_yield(void);
 
+/// Starts a detached thread running `fn(context)`. Returns false (and runs nothing) if the thread
+/// cannot be created.
+bool cinterop_thread_start(void (*_Nonnull fn)(void *_Nullable), void *_Nullable context);
+
 /// Pins the calling thread to the `index`-th CPU (modulo their number) of the process's allowed
 /// set. Benchmarks only: threads that start on one CPU can run there for milliseconds before the
 /// scheduler spreads them. Returns false (and pins nothing) with one allowed CPU or on error.

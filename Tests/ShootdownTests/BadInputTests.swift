@@ -228,7 +228,7 @@ import Testing
         #expect(f.space.translate(f.at(0)) == nil)
         #expect(try f.space.read(at: f.at(21)) == 121)
         let audit = f.space.audit()
-        #expect(audit.entriesOutsideVMAs == 0 && audit.deadTablesReached == 0)
+        #expect(audit.entriesOutsideVMAs == 0 && audit.deadTablesReached == 0 && audit.tablesInHoles == 0)
     }
 
     // MARK: - protect

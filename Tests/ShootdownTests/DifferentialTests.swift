@@ -63,7 +63,7 @@ import Testing
         #expect(try space.read(at: base + 5 * 4096) == 7)
         let audit = space.audit()
         #expect(audit.entriesOutsideVMAs == 0 && audit.entriesExceedingProtection == 0)
-        #expect(audit.unmergedNeighbours == 0 && audit.deadTablesReached == 0)
+        #expect(audit.unmergedNeighbours == 0 && audit.deadTablesReached == 0 && audit.tablesInHoles == 0)
         space.teardown()
         RCU.barrier()
         #expect(memory.framesInUse == 0)
@@ -490,6 +490,7 @@ struct DifferentialRun {
             problems.append("audit: \(audit.entriesExceedingProtection) entries exceed protection")
         }
         if audit.deadTablesReached != 0 { problems.append("audit: \(audit.deadTablesReached) dead tables reached") }
+        if audit.tablesInHoles != 0 { problems.append("audit: \(audit.tablesInHoles) page tables in holes") }
         if audit.unmergedNeighbours != 0 { problems.append("audit: \(audit.unmergedNeighbours) unmerged neighbours") }
         if audit.hugeMappings != 0 { problems.append("audit: \(audit.hugeMappings) huge mappings") }
         let modelPresent = model.pages.values.count { $0.residence == .mapped }

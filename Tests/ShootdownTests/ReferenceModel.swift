@@ -442,8 +442,24 @@ final class ReferenceModel {
             }
             return address
         }
+        if let target = fixedTarget, oldLength == newLength, oldLength != 0 {
+            // Every VMA (or part) of the old range moves to its offset from the target; holes stay.
+            var cursor = address
+            while cursor < oldEnd, let next = areas.first(where: { $0.end > cursor && $0.start < oldEnd }) {
+                if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
+                let start = max(next.start, cursor)
+                let stop = min(next.end, oldEnd)
+                let pieceTarget = target + (start - address)
+                removeRange(pieceTarget, pieceTarget + (stop - start))
+                moveArea(start, stop - start, to: pieceTarget, newLength: stop - start)
+                cursor = stop
+            }
+            return target
+        }
         let moveLength = min(oldLength, newLength)
-        guard oldLength == 0 || (!overflow && oldEnd <= source.end) else { throw .badAddress }
+        // A fixed shrink unmaps the tail first: only the kept part must lie in the VMA.
+        let keptEnd = fixedTarget != nil && oldLength > newLength ? address + newLength : oldEnd
+        guard oldLength == 0 || (!overflow && keptEnd <= source.end) else { throw .badAddress }
         if fixedTarget == nil && oldLength != 0 {
             let (newEnd, newOverflow) = address.addingReportingOverflow(newLength)
             if oldEnd == source.end, !newOverflow, newEnd <= limit, overlapping(source.end, newEnd).isEmpty {

@@ -312,15 +312,5 @@ struct Replayer {
         }
     }
 
-    func errnoName(_ error: MemoryError) -> String {
-        switch error {
-        case .invalidArgument: "EINVAL"
-        case .noMemory, .outOfMemory: "ENOMEM"
-        case .alreadyExists: "EEXIST"
-        case .badAddress: "EFAULT"
-        case .wouldBlock: "EAGAIN"
-        case .segmentationFault: "SIGSEGV"
-        case .addressSpaceDead: "ESRCH"
-        }
-    }
+    func errnoName(_ error: MemoryError) -> String { error.errnoName }
 }

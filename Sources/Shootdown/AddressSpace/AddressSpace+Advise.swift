@@ -105,10 +105,11 @@ extension AddressSpace {
             self = advice
         }
 
-        /// Advices that discard contents: refused with `EPERM` on sealed read-only private VMAs.
+        /// Advices that discard contents (in this space, or in a child for `MADV_DONTFORK`): refused
+        /// with `EPERM` on sealed read-only private VMAs, before any other per-VMA check (measured).
         var discards: Bool {
             switch self {
-            case .dontNeed, .dontNeedLocked, .free, .wipeOnFork, .guardInstall: true
+            case .dontNeed, .dontNeedLocked, .free, .remove, .dontFork, .wipeOnFork, .guardInstall: true
             default: false
             }
         }

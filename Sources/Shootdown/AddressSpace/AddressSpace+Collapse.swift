@@ -58,7 +58,6 @@ extension AddressSpace {
         // through present entries (which take only this split lock) may have changed the content:
         // copy it here, as each entry goes, so no store can land in an old frame after its copy.
         let stillEligible = eligible()
-        var softDirty = false
         if stillEligible {
             for index in 0..<TableBlock.entries {
                 let entry = PageTableEntry(rawValue: table[index].pointee.exchange(0, ordering: .relaxed))
@@ -66,10 +65,11 @@ extension AddressSpace {
                     memory.setToken(memory.token(of: entry.number), of: head + UInt64(index))
                     memory.unmapFrame(entry.number, into: &chain)
                 }
-                softDirty = softDirty || entry.isSoftDirty
             }
+            // Dirty, hence soft-dirty (as x86's `pmd_mkdirty` sets both): the entry is writable, so
+            // no later write faults to record itself.
             let huge = PageTableEntry.leaf(
-                frame: head, writable: vma.protection.contains(.write), dirty: true, softDirty: softDirty, huge: true)
+                frame: head, writable: vma.protection.contains(.write), dirty: true, softDirty: true, huge: true)
             pmd[pmdIndex].pointee.store(huge.rawValue, ordering: .releasing)
             withSecondaryTLBHook { hook in hook(block, block + Self.hugePageSize) }
         }

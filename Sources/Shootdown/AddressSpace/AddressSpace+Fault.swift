@@ -65,10 +65,11 @@ extension AddressSpace {
             return false
         }
         let entry = PageTableEntry.leaf(frame: head, writable: write, dirty: write, softDirty: true, huge: true)
-        // Sequentially consistent CAS-equivalent store under pmd_lock: a speculative fault may CAS a
-        // PTE table into this slot concurrently, so install by CAS too.
+        // A CAS even under pmd_lock: another classic fault (mmap read lock too) may CAS a PTE table
+        // into this slot without that lock. Releasing: the zeroed compound is visible to lockless
+        // readers of the entry.
         let installed = pmd[index].pointee.compareExchange(
-            expected: 0, desired: entry.rawValue, ordering: .sequentiallyConsistent
+            expected: 0, desired: entry.rawValue, ordering: .acquiringAndReleasing
         ).exchanged
         lock.unlock()
         if !installed {
@@ -233,21 +234,28 @@ extension AddressSpace {
     }
 
     /// Swap-in (`do_swap_page`): a new frame with the slot's token.
+    ///
+    /// The token is read under the PTE lock, after the entry is known unchanged: swap slots are
+    /// reused, so a slot read before that check may hold another page-out's content by the time an
+    /// identical entry passes it (an ABA that lost writes).
     private func swapIn(
         _ vma: VMA, pte: TableBlock, slot: Int, entry: PageTableEntry, write: Bool
     ) throws(MemoryError) -> Bool {
         let swapSlot = UInt32(truncatingIfNeeded: entry.number)
         guard let frame = memory.allocate() else { throw .outOfMemory }
-        memory.setToken(memory.swap.token(of: swapSlot), of: frame)
         let installed = PageTableEntry.leaf(
             frame: frame, writable: write, dirty: write, softDirty: entry.isSoftDirty || write)
         let lock = pageTable.pteLock(pte)
+        testHook(.swapInBeforeLock)
         lock.lock()
         guard pte.load(slot) == entry else {
             lock.unlock()
             memory.freeUnused(frame)
             return false
         }
+        // The entry still names the slot, and the slot is released only by whoever clears that
+        // entry (under this lock): its token is this page's content.
+        memory.setToken(memory.swap.token(of: swapSlot), of: frame)
         pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
         lock.unlock()
         memory.swap.release(swapSlot)

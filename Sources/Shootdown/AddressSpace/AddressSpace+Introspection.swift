@@ -91,6 +91,10 @@ extension AddressSpace {
         public var tables = 0
         /// Reachable tables that were freed or retired: must be 0.
         public var deadTablesReached = 0
+        /// Page tables (below the root) covering no VMA at all: must be 0. Unmapping frees the
+        /// tables of the hole it makes (`free_pgtables`), so a table here was installed where
+        /// nothing is mapped, and would block huge mappings or be overwritten by a move.
+        public var tablesInHoles = 0
         /// Present 4 KiB entries (huge mappings count 512).
         public var presentPages = 0
         public var swapEntries = 0
@@ -116,7 +120,16 @@ extension AddressSpace {
                 result.unmergedNeighbours += 1
             }
             var cursor = 0
-            let tables = pageTable.forEachLeaf { address, entry, huge in
+            let tables = pageTable.forEachLeaf(table: { start, end in
+                // The first VMA ending after `start` is the only candidate to intersect.
+                var low = 0
+                var high = vmas.count
+                while low < high {
+                    let middle = (low + high) / 2
+                    if vmas[middle].end <= start { low = middle + 1 } else { high = middle }
+                }
+                if low == vmas.count || vmas[low].start >= end { result.tablesInHoles += 1 }
+            }) { address, entry, huge in
                 while cursor < vmas.count && vmas[cursor].end <= address { cursor += 1 }
                 let size = huge ? PageTable.hugePageSize : PageTable.pageSize
                 let inside = cursor < vmas.count && vmas[cursor].start <= address && address + size <= vmas[cursor].end

@@ -2,7 +2,9 @@ import Synchronization
 
 extension AddressSpace {
     /// Registers a classic subscriber (`mmu_notifier_register`). Takes the mmap write lock, so no
-    /// invalidation is in flight: the subscriber sees every start together with its end.
+    /// invalidation is in flight: the subscriber sees every start together with its end. Never
+    /// waits for a grace period of the notifier domain (the replaced subscriber list is freed after
+    /// one, from the domain's worker), so a callback sleeping in any space cannot delay it.
     ///
     /// - Throws: ``MemoryError/invalidArgument`` if `notifier` is already registered or declares
     ///   the secondary-TLB hook together with start/end; ``MemoryError/addressSpaceDead``.

@@ -66,7 +66,7 @@ extension AddressSpace {
                     flags.remove(.account)
                 }
                 let wasWritable = vma.protection.contains(.write)
-                let changed = try modifyVMA(
+                try modifyVMA(
                     vma, pieceStart, pieceEnd, protection: access, flags: flags, edit: edit,
                     beforeMerge: { [self] piece in
                         edit.publish()
@@ -80,7 +80,9 @@ extension AddressSpace {
                 if flags.contains(.locked) && !flags.contains(.lockOnFault) && !vma.isShared && !wasWritable
                     && access.contains(.write)
                 {
-                    populate.append((changed.start, changed.end))
+                    // Only the changed part, not the VMA it merged into (`populate_vma_page_range`
+                    // on the mprotect range): pages of a neighbour stay as they are.
+                    populate.append((pieceStart, pieceEnd))
                 }
             }
         }

@@ -53,19 +53,24 @@ extension AddressSpace {
     /// - with ``RemapFlags/fixed``: an unaligned target, a target range past `userLimit`, or one
     ///   overlapping the source is `EINVAL`; below `mmapMinAddress` without `CAP_SYS_RAWIO`
     ///   `EPERM`. With ``RemapFlags/dontUnmap`` and no ``RemapFlags/fixed``, `newAddress` is a hint;
-    /// - a sealed VMA in the old range is `EPERM`; no VMA at `address` is `EFAULT`;
+    /// - no VMA at `address` is `EFAULT`; that VMA sealed is `EPERM` (whatever the lengths);
     /// - a zero old length duplicates a shared mapping (needs ``RemapFlags/mayMove``, else
     ///   `ENOMEM`) and is `EINVAL` for private memory;
     /// - shrinking (new < old, not fixed) unmaps `[address + new, address + old)` whatever VMAs or
-    ///   holes it spans (`EINVAL` past `userLimit`) and returns `address`; equal lengths without a
+    ///   holes it spans (`EINVAL` past `userLimit`, `EPERM` with nothing unmapped if a sealed VMA
+    ///   is there) and returns `address`; equal lengths without a
     ///   move return `address`; growing needs the old range inside one VMA (`EFAULT`) and grows in
     ///   place when the range ends at the VMA's end and the space above is free (a locked VMA's new
     ///   pages are populated), else moves with ``RemapFlags/mayMove`` (`ENOMEM` without);
-    /// - a move needs the old range inside one VMA (`EFAULT`); more than `maxMapCount - 3` VMAs is
-    ///   `ENOMEM`; a fixed target is unmapped only once every check passed.
-    ///
-    /// Not matched: this kernel also moves an old range spanning several VMAs (holes kept) when
-    /// the target is fixed and the lengths equal; the engine fails it with `EFAULT`.
+    /// - a move needs the old range inside one VMA (`EFAULT`; a fixed shrink only the part kept,
+    ///   its tail is unmapped first, `EPERM` if sealed); more than `maxMapCount - 3` VMAs is
+    ///   `ENOMEM`; a fixed target is unmapped only once every check passed (`EPERM` if sealed);
+    /// - with ``RemapFlags/fixed`` and equal lengths the old range may span several VMAs and
+    ///   holes: each VMA (or part) moves to the same offset from `newAddress`, holes stay holes,
+    ///   and only the target parts that VMAs land on are replaced; no VMA at `address` is
+    ///   `EFAULT`, and an error at a later VMA leaves the earlier ones moved;
+    /// - ``RemapFlags/dontUnmap`` keeps the old VMA (its pages moved away) and clears its
+    ///   `lo`/`lf` as a whole, even the parts outside the moved range.
     ///
     /// - Returns: the (possibly new) start address.
     @discardableResult
@@ -89,10 +94,11 @@ extension AddressSpace {
             try checkAlive()
             if flags.contains(.fixed) { try checkMinAddress(newAddress) }
             let oldEnd = address.addingReportingOverflow(oldLength)
-            if !oldEnd.overflow, index.intersecting(address, min(oldEnd.partialValue, Self.userLimit)).contains(where: \.isSealed) {
-                throw .permissionDenied
-            }
+            // The VMA at `address` first (EFAULT), then its seal (EPERM, even for a call that
+            // would change nothing); sealed VMAs further on only matter where they are unmapped
+            // or moved (measured).
             guard let vma = index.find(containing: address) else { throw .badAddress }
+            if vma.isSealed { throw .permissionDenied }
             if oldLength == 0 {
                 guard vma.isShared else { throw .invalidArgument }
                 if !flags.contains(.mayMove) { throw .noMemory }
@@ -102,14 +108,22 @@ extension AddressSpace {
             if !flags.contains(.fixed) && !flags.contains(.dontUnmap) && newLength <= oldLength {
                 if newLength < oldLength {
                     guard !oldEnd.overflow, oldEnd.partialValue <= Self.userLimit else { throw .invalidArgument }
+                    try checkNotSealed(address + newLength, oldEnd.partialValue)
                     try checkUnmapBudget(address + newLength, oldEnd.partialValue)
                     unmapLocked(address + newLength, oldEnd.partialValue, edit: edit)
                 }
                 return address
             }
+            if flags.contains(.fixed) && oldLength == newLength && oldLength != 0 {
+                return try moveEachVMA(address, oldLength, to: newAddress, keepSource: flags.contains(.dontUnmap), edit: edit)
+            }
             let moveLength = min(oldLength, newLength)
-            guard oldLength == 0 || (!oldEnd.overflow && address + moveLength <= vma.end && oldEnd.partialValue <= vma.end)
+            // A fixed shrink unmaps the tail first, so only the part kept must lie in the VMA.
+            let fixedShrink = flags.contains(.fixed) && oldLength > newLength
+            guard oldLength == 0
+                || (!oldEnd.overflow && address + moveLength <= vma.end && (fixedShrink || oldEnd.partialValue <= vma.end))
             else { throw .badAddress }
+            if fixedShrink { try checkNotSealed(address + newLength, oldEnd.partialValue) }
             if !flags.contains(.fixed) && !flags.contains(.dontUnmap) && oldLength != 0 {
                 let newEnd = address.addingReportingOverflow(newLength)
                 if address + oldLength == vma.end, !newEnd.overflow, newEnd.partialValue <= Self.userLimit,
@@ -162,6 +176,37 @@ extension AddressSpace {
         }
     }
 
+    /// A fixed move with equal lengths: every VMA (or part) of `[address, address + length)` moves
+    /// to the same offset from `target`, one after the other, so holes stay holes and the target
+    /// under them keeps whatever is there. No VMA at `address` is `EFAULT` (nothing moved); an
+    /// error at a later VMA leaves the VMAs before it moved (Linux's partial effect).
+    ///
+    /// - Precondition: mmap write lock; the target range checked (aligned, inside the user space,
+    ///   not overlapping the source).
+    private func moveEachVMA(
+        _ address: UInt64, _ length: UInt64, to target: UInt64, keepSource: Bool, edit: VMAEdit
+    ) throws(MemoryError) -> UInt64 {
+        let end = address + length
+        var cursor = address
+        var moved = false
+        while cursor < end {
+            guard let vma = index.findFirst(endingAfter: cursor), vma.start < end else { break }
+            if !moved && vma.start > address { throw .badAddress }
+            if vma.isSealed { throw .permissionDenied }
+            let start = max(vma.start, cursor)
+            let stop = min(vma.end, end)
+            let pieceTarget = target + (start - address)
+            try checkMoveBudget()
+            try checkNotSealed(pieceTarget, pieceTarget + (stop - start))
+            unmapLocked(pieceTarget, pieceTarget + (stop - start), edit: edit)
+            moveMapping(start, stop - start, to: pieceTarget, newLength: stop - start, edit: edit, keepSource: keepSource)
+            moved = true
+            cursor = stop
+        }
+        if !moved { throw .badAddress }
+        return target
+    }
+
     /// Linux's `map_count >= sysctl_max_map_count - 3` check before moving a mapping: `ENOMEM`.
     private func checkMoveBudget() throws(MemoryError) {
         if index.count + 3 >= configuration.maxMapCount { throw .noMemory }
@@ -191,9 +236,19 @@ extension AddressSpace {
             splitHugeMappings(source, source + length)
         }
         let scope = beginInvalidation(source, source + length, .unmap, vma: snapshot(vma))
-        _ = pageTable.moveEntries(from: source, to: target, length: length)
+        withSecondaryTLBHook { hook in
+            _ = pageTable.moveEntries(from: source, to: target, length: length, flush: hook)
+        }
         scope.end()
-        if !keepSource { unmapLocked(source, source + length, edit: edit) }
+        if keepSource {
+            // `MREMAP_DONTUNMAP`: the old VMA stays, unsplit, and loses its lock as a whole
+            // (measured: the parts outside the moved range are unlocked too).
+            if vma.flags.contains(.locked) || vma.flags.contains(.lockOnFault) {
+                vma.setAttributes(protection: vma.protection, flags: vma.flags.subtracting([.locked, .lockOnFault]))
+            }
+        } else {
+            unmapLocked(source, source + length, edit: edit)
+        }
         edit.mergeNeighbours(moved)
     }
 }

@@ -12,7 +12,7 @@ extension AddressSpace {
     /// mmap(`MAP_FIXED`) over one; mprotect reaching one (VMAs before it already changed); mremap
     /// of a sealed source; brk shrinking over one (refused); and on sealed read-only private
     /// VMAs the discarding advices (`MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`, `MADV_FREE`,
-    /// `MADV_WIPEONFORK`, `MADV_GUARD_INSTALL`). mlock, munlock, msync and the other advices
+    /// `MADV_REMOVE`, `MADV_DONTFORK`, `MADV_WIPEONFORK`, `MADV_GUARD_INSTALL`). mlock, munlock, msync and the other advices
     /// still work. Sends no invalidation.
     public func seal(address: UInt64, length: UInt64, flags: UInt64 = 0) throws(MemoryError) {
         guard flags == 0, Self.isPageAligned(address), let rounded = Self.pageAlign(length),

@@ -6,16 +6,24 @@ extension AddressSpace {
     /// every page is zapped and every table and VMA is freed. Afterwards every operation throws
     /// ``MemoryError/addressSpaceDead`` and faults are segmentation faults. Idempotent; also runs
     /// when the last reference to the space goes away.
+    ///
+    /// The notifiers are released before the mmap lock is taken for the zap, as `exit_mmap` calls
+    /// `mmu_notifier_release` first: releasing waits for a grace period of the notifier domain, which
+    /// a callback sleeping in any space can make long, and the space's mmap lock must not be held
+    /// meanwhile. The space is marked dead first, under the lock, so no operation starts after.
     public func teardown() {
-        mmapLock.withWriteLock {
-            if dead.load(ordering: .relaxed) { return }
+        let first = mmapLock.withWriteLock { () -> Bool in
+            if dead.load(ordering: .relaxed) { return false }
             dead.store(true, ordering: .relaxed)
-            let range = InvalidationRange(
-                space: id, start: 0, end: Self.userLimit, event: .release, flags: .blockable)
-            if let subscriptions = subscriptionsPointer?.takeUnretainedValue() {
-                count(SpaceCounter.invalidations(.release))
-                subscriptions.releaseAll(range: range)
-            }
+            return true
+        }
+        guard first else { return }
+        if let subscriptions = subscriptionsPointer?.takeUnretainedValue() {
+            count(SpaceCounter.invalidations(.release))
+            subscriptions.releaseAll(
+                range: InvalidationRange(space: id, start: 0, end: Self.userLimit, event: .release, flags: .blockable))
+        }
+        mmapLock.withWriteLock {
             let edit = VMAEdit(self)
             let vmas = index.all
             for vma in vmas { edit.remove(vma) }

@@ -12,10 +12,10 @@ public final class SwapSpace: @unchecked Sendable {
     private let freeSlots: FutexLock<[UInt32]>
 
     init(capacity: Int) {
-        self.capacity = max(capacity, 1)
+        self.capacity = max(capacity, 0)  // 0: no swap at all (pageout keeps pages)
         tokens = RawMemory.allocateAtomics(UInt64.self, count: self.capacity + 1, initial: 0)
         references = RawMemory.allocateAtomics(UInt32.self, count: self.capacity + 1, initial: 0)
-        freeSlots = FutexLock(Array((1...UInt32(self.capacity)).reversed()))
+        freeSlots = FutexLock(self.capacity == 0 ? [] : Array((1...UInt32(self.capacity)).reversed()))
     }
 
     deinit {

@@ -118,7 +118,7 @@ final class NotifierList: @unchecked Sendable {
         try writers.withLock { () throws(MemoryError) in
             let old = snapshot
             if old.owners.contains(where: { $0 === notifier }) { throw .invalidArgument }
-            publish(NotifierSnapshot(old.owners + [notifier], callbacks: old.callbacksList + [callbacks]))
+            publish(NotifierSnapshot(old.owners + [notifier], callbacks: old.callbacksList + [callbacks]), wait: false)
         }
     }
 
@@ -133,14 +133,14 @@ final class NotifierList: @unchecked Sendable {
             var callbacks = old.callbacksList
             owners.remove(at: position)
             callbacks.remove(at: position)
-            publish(NotifierSnapshot(owners, callbacks: callbacks))
+            publish(NotifierSnapshot(owners, callbacks: callbacks), wait: true)
             return true
         }
     }
 
     /// Removes every subscriber (teardown), waiting for readers.
     func removeAll() {
-        writers.withLock { publish(NotifierSnapshot([], callbacks: [])) }
+        writers.withLock { publish(NotifierSnapshot([], callbacks: []), wait: true) }
     }
 
     /// The current snapshot (writers only).
@@ -149,8 +149,12 @@ final class NotifierList: @unchecked Sendable {
             .takeUnretainedValue()
     }
 
-    /// Publishes `replacement`, waits for the readers of the old snapshot, and releases it.
-    private func publish(_ replacement: NotifierSnapshot) {
+    /// Publishes `replacement` and releases the old snapshot once no reader can use it: after
+    /// waiting for a grace period of the notifier domain here when `wait` (unregistration: no
+    /// callback of a removed subscriber may run after the caller returns), or from the domain's
+    /// worker after one (registration: the caller, often holding the mmap write lock, must not wait
+    /// for callbacks that may sleep in any space).
+    private func publish(_ replacement: NotifierSnapshot, wait: Bool) {
         let bits = UInt(bitPattern: Unmanaged.passRetained(replacement).toOpaque())
         // Relaxed: registration runs under the mmap write lock, so no invalidation is in flight;
         // for unregistration see `populated`.
@@ -160,6 +164,11 @@ final class NotifierList: @unchecked Sendable {
         if protection == .rcu {
             // Sequentially consistent: the publication store of SleepableRCU's argument.
             oldBits = current.exchange(bits, ordering: .sequentiallyConsistent)
+            if !wait {
+                let old = Unmanaged<NotifierSnapshot>.fromOpaque(UnsafeRawPointer(bitPattern: oldBits)!)
+                domain.call(afterGracePeriod: { old.release() })
+                return
+            }
             domain.synchronize()
         } else {
             lock.writeLock()

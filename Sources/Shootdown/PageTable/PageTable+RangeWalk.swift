@@ -18,7 +18,7 @@ extension PageTable {
         flush: (UInt64, UInt64) -> Void
     ) {
         forEachPMDSlot(from: start, to: end) { pmd, pmdIndex, chunkStart, chunkEnd in
-            var entry = pmd.loadOrdered(pmdIndex)
+            var entry = pmd.load(pmdIndex)
             if entry.isNone { return }
             if entry.isHuge {
                 let lock = pmdLock(pmd)

@@ -31,6 +31,10 @@ final class SleepableRCU: @unchecked Sendable {
     private let updaters = FutexMutex()
     /// Grace periods completed (statistics).
     private let completed = Atomic<UInt64>(0)
+    /// Callbacks waiting for a grace period (see `call(afterGracePeriod:)`).
+    let deferred = FutexLock(DeferredQueue())
+    /// Wakes ``barrier()`` callers when a batch of callbacks has run.
+    let deferredDone = WaitQueue()
 
     /// The domain used for every address space's MMU-notifier list, like the kernel's single
     /// global notifier SRCU (docs/protocols.md, "Notifier lists").

@@ -20,6 +20,7 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
     case speculativeAbortLockContention
     case speculativeAbortNotSupported
     case speculativeAbortNoMemory
+    case speculativeAbortNoTable
     // Invalidations, by event.
     case invalidationsUnmap
     case invalidationsClear
@@ -68,6 +69,7 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .speculativeAbortLockContention: "speculativeAbortLockContention"
         case .speculativeAbortNotSupported: "speculativeAbortNotSupported"
         case .speculativeAbortNoMemory: "speculativeAbortNoMemory"
+        case .speculativeAbortNoTable: "speculativeAbortNoTable"
         case .invalidationsUnmap: "invalidationsUnmap"
         case .invalidationsClear: "invalidationsClear"
         case .invalidationsProtectionVMA: "invalidationsProtectionVMA"
@@ -129,7 +131,7 @@ public struct SpaceStatistics: Sendable, Equatable {
 
     /// Speculative aborts of every reason.
     public var speculativeAborts: Int64 {
-        (SpaceCounter.speculativeAbortNoVMA.rawValue...SpaceCounter.speculativeAbortNoMemory.rawValue)
+        (SpaceCounter.speculativeAbortNoVMA.rawValue...SpaceCounter.speculativeAbortNoTable.rawValue)
             .reduce(0) { $0 + values[$1] }
     }
 

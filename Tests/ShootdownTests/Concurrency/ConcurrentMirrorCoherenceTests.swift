@@ -214,7 +214,7 @@ struct ConcurrentMirrorCoherenceTests {
         let audit = space.audit()
         #expect(audit.entriesOutsideVMAs == 0)
         #expect(audit.entriesExceedingProtection == 0)
-        #expect(audit.deadTablesReached == 0)
+        #expect(audit.deadTablesReached == 0 && audit.tablesInHoles == 0, "\(audit)")
 
         space.teardown()
         #expect(mirror.count == 0)
