@@ -21,6 +21,10 @@ public struct Divergence: Sendable {
     static func signature(_ step: OracleStep) -> String {
         guard let first = step.differences.first else { return "\(step.op.coverageKey) none" }
         var text = "\(step.op.coverageKey) \(first.category)"
+        switch first {
+        case .mappings, .residency, .content: text += " after " + kind(step.linux)
+        default: break
+        }
         if case .outcome(let linux, let engine) = first {
             text += kind(linux) == kind(engine)
                 ? ": both \(kind(linux)), different values" : ": Linux \(kind(linux)), engine \(kind(engine))"

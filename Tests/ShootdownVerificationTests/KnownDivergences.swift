@@ -8,20 +8,20 @@ extension KnownDivergence {
         // mmap flags the engine's map cannot take
         KnownDivergence(
             signatures: [
-                "mmap inexpressible: MAP_TYPE 3",
-                "mmap inexpressible: MAP_NONBLOCK",
-                "mmap inexpressible: a file mapping",
-                "mmap inexpressible: MAP_TYPE 15",
-                "mmap inexpressible: MAP_EXECUTABLE",
-                "mmap inexpressible: MAP_STACK",
-                "mmap inexpressible: MAP_UNINITIALIZED",
-                "mmap inexpressible: MAP_TYPE 4",
                 "mmap inexpressible: MAP_32BIT",
-                "mmap inexpressible: MAP_TYPE 0",
                 "mmap inexpressible: MAP_DENYWRITE",
+                "mmap inexpressible: MAP_EXECUTABLE",
+                "mmap inexpressible: MAP_NONBLOCK",
+                "mmap inexpressible: MAP_STACK",
+                "mmap inexpressible: MAP_TYPE 0",
+                "mmap inexpressible: MAP_TYPE 15",
+                "mmap inexpressible: MAP_TYPE 3",
+                "mmap inexpressible: MAP_TYPE 4",
+                "mmap inexpressible: MAP_UNINITIALIZED",
+                "mmap inexpressible: a file mapping",
             ],
             reproducer: [
-                .mmap(.absolute(0x0), length: 0x3000, protection: 0x3, flags: 0x20022),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_STACK
+                .mmap(.window(-0x7af02e), length: 0x7000, protection: 0x3, flags: 0x20022),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_STACK
             ],
             note: "The engine's map has no form for these raw mmap flags: MAP_STACK (Linux sets nh on the VMA),"
                 + " MAP_32BIT (placed below 2 GiB), MAP_NONBLOCK (MAP_POPULATE then populates nothing), the ignored"
@@ -31,16 +31,14 @@ extension KnownDivergence {
         // shared memory has a size
         KnownDivergence(
             signatures: [
-                "write outcome: Linux SIGBUS, engine stored",
-                "read outcome: Linux SIGBUS, engine loaded",
                 "mlock outcome: Linux ENOMEM, engine success",
-                "madvise(MADV_POPULATE_READ) outcome: Linux EFAULT, engine success",
-                "madvise(MADV_POPULATE_WRITE) outcome: Linux EFAULT, engine success",
+                "read outcome: Linux SIGBUS, engine loaded",
+                "write outcome: Linux SIGBUS, engine stored",
             ],
             reproducer: [
-                .mmap(.window(-0x4d6000), length: 0x3000, protection: 0x3, flags: 0x21),  // PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS
-                .mremap(.window(-0x4d5000), oldLength: 0x2000, newLength: 0x23000, flags: 0x0, newAddress: .absolute(0x0)),  // no flags
-                .write(.window(-0x4c3000), value: 0xc7ba14e1940eb711),
+                .mmap(.window(-0x1728000), length: 0x2f000, protection: 0x3, flags: 0x31),  // PROT_READ|PROT_WRITE, MAP_SHARED|MAP_FIXED|MAP_ANONYMOUS
+                .mremap(.window(-0x16fc000), oldLength: 0x3000, newLength: 0x3a000, flags: 0x3, newAddress: .window(-0x5fb000)),  // MREMAP_MAYMOVE|MREMAP_FIXED
+                .write(.window(-0x5f5000), value: 0xb9b9b48738b19d0f),
             ],
             note: "Shared anonymous memory keeps the size it was created with: mremap can grow the mapping, but a"
                 + " page past the object's end raises SIGBUS on access (MADV_POPULATE_*: EFAULT; mlock: ENOMEM). The"
@@ -53,7 +51,7 @@ extension KnownDivergence {
                 "mremap outcome: Linux EINVAL, engine ENOMEM",
             ],
             reproducer: [
-                .mremap(.window(-0x1a2000), oldLength: 0xfff, newLength: 0x800000000000, flags: 0x0, newAddress: .window(-0x7cd000)),  // no flags
+                .mremap(.window(-0x2ddc000), oldLength: 0x2000, newLength: 0x8000000000000000, flags: 0x1, newAddress: .absolute(0x0)),  // MREMAP_MAYMOVE
             ],
             note: "mremap with a new length above TASK_SIZE is EINVAL before the source is looked at; the engine"
                 + " reports EFAULT (no VMA) or ENOMEM (no room).",
@@ -73,7 +71,7 @@ extension KnownDivergence {
         // fork: no page-table copy without an anon_vma
         KnownDivergence(
             signatures: [
-                "fork residency: engine resident, Linux not",
+                "fork residency after forked: engine resident, Linux not",
             ],
             reproducer: [
                 .mmap(.absolute(0x800000000000), length: 0x21000, protection: 0x1, flags: 0x6022),  // PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED|MAP_NORESERVE
@@ -107,27 +105,15 @@ extension KnownDivergence {
             note: "With heuristic overcommit (vm.overcommit_memory 0) Linux refuses a brk growth larger than RAM"
                 + " plus swap and returns the old break; the engine has no commit accounting and grows the heap.",
             owner: "surface"),
-        // MADV_PAGEOUT without swap
-        KnownDivergence(
-            signatures: [
-                "madvise(MADV_PAGEOUT) residency: Linux resident, engine not",
-            ],
-            reproducer: [
-                .mmap(.absolute(0x0), length: 0x8000, protection: 0x3, flags: 0x8022),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_POPULATE
-                .madvise(.window(-0xd75000), length: 0xd75000, advice: 21),  // MADV_PAGEOUT
-            ],
-            note: "With no swap Linux keeps private anonymous pages resident under MADV_PAGEOUT."
-                + " PhysicalMemory(swapSlots: 0) still has one slot (SwapSpace raises the capacity to 1), so the"
-                + " engine swaps out one page.",
-            owner: "surface"),
         // MADV_PAGEOUT of shared memory
         KnownDivergence(
             signatures: [
-                "madvise(MADV_PAGEOUT) residency: engine resident, Linux not",
+                "madvise(MADV_PAGEOUT) residency after ENOMEM: engine resident, Linux not",
+                "madvise(MADV_PAGEOUT) residency after success: engine resident, Linux not",
             ],
             reproducer: [
-                .mmap(.window(-0x2cb8000), length: 0x3e000, protection: 0x5, flags: 0xc031),  // PROT_READ|PROT_EXEC, MAP_SHARED|MAP_FIXED|MAP_ANONYMOUS|MAP_NORESERVE|MAP_POPULATE
-                .madvise(.window(-0x2cb8000), length: 0x3e000, advice: 21),  // MADV_PAGEOUT
+                .mmap(.window(-0x19cb000), length: 0x200000, protection: 0x7, flags: 0x8021),  // PROT_READ|PROT_WRITE|PROT_EXEC, MAP_SHARED|MAP_ANONYMOUS|MAP_POPULATE
+                .madvise(.window(-0x19cd000), length: 0xb1000, advice: 21),  // MADV_PAGEOUT
             ],
             note: "MADV_PAGEOUT reclaims clean shared (shmem) pages: mincore shows them absent afterwards; the"
                 + " engine pages out private memory only.",
@@ -145,6 +131,18 @@ extension KnownDivergence {
             note: "MADV_REMOVE over a writable shared VMA followed by a PROT_NONE part of the same object succeeds"
                 + " in Linux (the write check is made on the first VMA); the engine fails with EACCES.",
             owner: "surface"),
+        // MADV_COLLAPSE of memory without anonymous pages
+        KnownDivergence(
+            signatures: [
+                "madvise(MADV_COLLAPSE) outcome: Linux EINVAL, engine success",
+            ],
+            reproducer: [
+                .mmap(.absolute(0x0), length: 0x400000, protection: 0x5, flags: 0x8022),  // PROT_READ|PROT_EXEC, MAP_PRIVATE|MAP_ANONYMOUS|MAP_POPULATE
+                .madvise(.window(-0x59f000), length: 0x400000, advice: 25),  // MADV_COLLAPSE
+            ],
+            note: "MADV_COLLAPSE over a populated read-only private mapping (zero pages only, no anon_vma) is"
+                + " EINVAL in Linux; the engine collapses and succeeds.",
+            owner: "surface"),
         // mlock: a wrapping range
         KnownDivergence(
             signatures: [
@@ -159,8 +157,8 @@ extension KnownDivergence {
         // mlockall(MCL_FUTURE | MCL_ONFAULT) and new mappings
         KnownDivergence(
             signatures: [
-                "mmap mappings: flags Linux +lf",
-                "mmap residency: engine resident, Linux not",
+                "mmap mappings after success: flags Linux +lf",
+                "mmap residency after success: engine resident, Linux not",
             ],
             reproducer: [
                 .mlockall(flags: 0x6),
@@ -180,37 +178,38 @@ extension KnownDivergence {
             note: "MAP_FIXED_NOREPLACE over a mapping is EEXIST even when MAP_GROWSDOWN|MAP_SHARED would be EINVAL:"
                 + " Linux checks the shared-growsdown combination later; the engine first.",
             owner: "surface"),
-        // mprotect: VM_ACCOUNT after a DONTUNMAP move
+        // mmap(MAP_FIXED) over a sealed VMA splits before it fails
         KnownDivergence(
             signatures: [
-                "mprotect mappings: flags engine +ac",
+                "mmap mappings after EPERM: layout",
             ],
             reproducer: [
-                .mmap(.absolute(0x0), length: 0x5000, protection: 0x3, flags: 0x22),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
-                .madvise(.window(-0x3000), length: 0x1000, advice: 15),  // MADV_NOHUGEPAGE
-                .write(.window(-0x3000), value: 0x5c14bd582c77af57),
-                .mremap(.window(-0x3000), oldLength: 0x1000, newLength: 0x1000, flags: 0x5, newAddress: .absolute(0x0)),  // MREMAP_MAYMOVE|MREMAP_DONTUNMAP
-                .mprotect(.window(-0x3000), length: 0x2000, protection: 0x9),  // PROT_READ|PROT_SEM
+                .mmap(.absolute(0x0), length: 0xc82000, protection: 0x0, flags: 0x4022),  // PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE
+                .mseal(.window(-0x703000), length: 0x5000, flags: 0x0),
+                .mmap(.window(-0x706000), length: 0x8000, protection: 0x3, flags: 0x4032),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS|MAP_NORESERVE
             ],
-            note: "mprotect to read-only drops ac from a private VMA with no anon_vma; after"
-                + " mremap(MREMAP_DONTUNMAP) the emptied source VMA has none in Linux, while the engine keeps ac.",
+            note: "MAP_FIXED over a range that reaches a sealed VMA fails with EPERM in Linux after splitting the"
+                + " unsealed VMA at the range's start; the engine fails before changing anything.",
             owner: "surface"),
         // anon_vma identity in merges
         KnownDivergence(
             signatures: [
-                "mprotect mappings: layout",
-                "mremap mappings: layout",
+                "mlock mappings after ENOMEM: layout",
+                "mprotect mappings after success: layout",
+                "mremap mappings after success: layout",
+                "munlockall mappings after success: layout",
             ],
             reproducer: [
-                .brk(.programBreak(0x26bc0)),
-                .mlock(.programBreak(0x0), length: 0x27000),
-                .mprotect(.programBreak(0x0), length: 0x1a000, protection: 0x0),  // PROT_NONE
-                .fork,
-                .mprotect(.programBreak(0x17000), length: 0x5000, protection: 0x7),  // PROT_READ|PROT_WRITE|PROT_EXEC
+                .mmap(.absolute(0x0), length: 0x1d000, protection: 0x1, flags: 0x22),  // PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS
+                .mmap(.window(-0x9000), length: 0x3f000, protection: 0x3, flags: 0x22),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
+                .write(.window(-0x58000), value: 0x17f500fafe2b9495),
+                .mprotect(.window(-0x1d000), length: 0x14000, protection: 0x0),  // PROT_NONE
+                .mremap(.window(-0x5c000), oldLength: 0x3f000, newLength: 0x3f000, flags: 0x5, newAddress: .absolute(0x0)),  // MREMAP_MAYMOVE|MREMAP_DONTUNMAP
+                .mprotect(.window(-0x41000), length: 0x24000, protection: 0x0),  // PROT_NONE
             ],
-            note: "Whether neighbouring VMAs merge depends on their anon_vma: after fork, mlock and mprotect the"
-                + " child keeps two adjacent rwx VMAs apart, and after a DONTUNMAP move a shrinking fixed move"
-                + " merges with its neighbour in Linux; the engine merges (or keeps apart) the other way.",
+            note: "Whether neighbouring VMAs merge depends on their anon_vma: VMAs of a fork's child that were"
+                + " split before the fork, or a DONTUNMAP move's emptied source, stay apart in Linux where the"
+                + " engine merges them (after mprotect, mlock, munlockall, a fixed mremap).",
             owner: "surface"),
         // mprotect: PROT_GROWSUP over a hole
         KnownDivergence(
@@ -223,27 +222,13 @@ extension KnownDivergence {
             note: "mprotect with PROT_GROWSUP over a range without a VMA is ENOMEM (the VMA lookup comes before the"
                 + " growsup check on x86); the engine reports EINVAL.",
             owner: "surface"),
-        // mremap(MREMAP_DONTUNMAP) of a locked mapping
-        KnownDivergence(
-            signatures: [
-                "mremap mappings: flags engine +lo",
-                "mremap mappings: flags engine +lf +lo",
-            ],
-            reproducer: [
-                .mmap(.absolute(0x0), length: 0x5000, protection: 0x3, flags: 0x21),  // PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS
-                .mlock(.window(-0x5000), length: 0x5000),
-                .mremap(.window(-0x5000), oldLength: 0x1000, newLength: 0x1000, flags: 0x5, newAddress: .absolute(0x0)),  // MREMAP_MAYMOVE|MREMAP_DONTUNMAP
-            ],
-            note: "mremap(MREMAP_DONTUNMAP) leaves the old VMA without lo/lf (VM_LOCKED_MASK is cleared on the"
-                + " source); the engine keeps them.",
-            owner: "surface"),
         // mremap(MREMAP_DONTUNMAP): lengths compared after rounding
         KnownDivergence(
             signatures: [
                 "mremap outcome: Linux EFAULT, engine EINVAL",
             ],
             reproducer: [
-                .mremap(.window(-0x3307000), oldLength: 0x1000, newLength: 0x1, flags: 0x5, newAddress: .absolute(0x0)),  // MREMAP_MAYMOVE|MREMAP_DONTUNMAP
+                .mremap(.window(-0x23b4000), oldLength: 0xffffffffffffffff, newLength: 0x2afff, flags: 0x0, newAddress: .absolute(0x0)),  // no flags
             ],
             note: "MREMAP_DONTUNMAP requires equal lengths after rounding to pages (0x1000 and 0x1 are equal); the"
                 + " engine compares the raw lengths and fails with EINVAL.",
@@ -271,22 +256,10 @@ extension KnownDivergence {
             note: "mremap(MREMAP_DONTUNMAP) whose new-address hint overlaps the source range is EINVAL in Linux;"
                 + " the engine ignores the hint and moves.",
             owner: "surface"),
-        // mremap(MREMAP_FIXED|MREMAP_DONTUNMAP) across a hole
-        KnownDivergence(
-            signatures: [
-                "mremap outcome: Linux success, engine EFAULT",
-            ],
-            reproducer: [
-                .mmap(.window(-0xcf000), length: 0x3000, protection: 0x0, flags: 0x32),  // PROT_NONE, MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS
-                .mremap(.window(-0xcf000), oldLength: 0x11000, newLength: 0x11000, flags: 0x7, newAddress: .window(-0x15fa000)),  // MREMAP_MAYMOVE|MREMAP_FIXED|MREMAP_DONTUNMAP
-            ],
-            note: "A fixed move with equal lengths whose old range spans a VMA and a hole succeeds in Linux"
-                + " (documented as not matched by the engine, which fails with EFAULT).",
-            owner: "surface"),
         // mremap growth of a locked mapping populates
         KnownDivergence(
             signatures: [
-                "mremap residency: Linux resident, engine not",
+                "mremap residency after success: Linux resident, engine not",
             ],
             reproducer: [
                 .mmap(.window(-0x52000), length: 0x11000, protection: 0x3, flags: 0x8032),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS|MAP_POPULATE
