@@ -20,6 +20,9 @@ public enum Oracle {
         public var stopAtFirstDivergence = false
         /// Asked before every operation: true ends the run early (the report covers what ran).
         public var shouldStop: (@Sendable () -> Bool)? = nil
+        /// Told every operation before it runs, with its index in its session (0 starts a new
+        /// session): a journal that survives the engine crashing the process.
+        public var willRun: (@Sendable (_ op: KernelOp, _ indexInSession: Int) -> Void)? = nil
 
         public init(seed: UInt64, operations: Int) {
             self.seed = seed
@@ -60,6 +63,7 @@ public enum Oracle {
                     layout: session.layout, facts: session.facts, mappings: session.currentMappings,
                     processCount: session.processCount)
                 let op = generator.next(view)
+                options.willRun?(op, operations.count)
                 operations.append(op)
                 let step = try session.step(op)
                 report.operations += 1

@@ -1,7 +1,7 @@
 /// What a run exercised: per syscall (per advice for madvise), how often it ran, how often Linux
 /// succeeded, every errno Linux returned, and how often the engine disagreed.
-public struct OracleCoverage: Sendable, Hashable {
-    public struct Row: Sendable, Hashable {
+public struct OracleCoverage: Sendable, Hashable, Codable {
+    public struct Row: Sendable, Hashable, Codable {
         public var calls = 0
         public var successes = 0
         /// errno (or signal, for touches) → count, as Linux returned them.
@@ -47,15 +47,15 @@ public struct OracleCoverage: Sendable, Hashable {
     /// The table, one row per key (syscalls in a fixed order, then advice, touches, process steps).
     public var table: String {
         let keys = rows.keys.sorted { Self.order($0) < Self.order($1) || (Self.order($0) == Self.order($1) && $0 < $1) }
-        var lines = [pad("operation", 28) + pad("calls", 8) + pad("ok", 8) + pad("mismatch", 10) + "errors (Linux)"]
+        var lines = [pad("operation", 31) + pad("calls", 8) + pad("ok", 8) + pad("mismatch", 10) + "errors (Linux)"]
         for key in keys {
             let row = rows[key]!
             let errors = row.errors.sorted { $0.key < $1.key }.map { "\(Self.errorName($0.key)) \($0.value)" }
             lines.append(
-                pad(key, 28) + pad("\(row.calls)", 8) + pad("\(row.successes)", 8) + pad("\(row.mismatches)", 10)
+                pad(key, 31) + pad("\(row.calls)", 8) + pad("\(row.successes)", 8) + pad("\(row.mismatches)", 10)
                     + errors.joined(separator: ", "))
         }
-        lines.append(pad("total", 28) + pad("\(totalCalls)", 8) + pad("", 8) + pad("\(totalMismatches)", 10))
+        lines.append(pad("total", 31) + pad("\(totalCalls)", 8) + pad("", 8) + pad("\(totalMismatches)", 10))
         return lines.joined(separator: "\n")
     }
 

@@ -8,22 +8,28 @@ import ShootdownVerification
 /// mappings with their smaps flags, page residency, touched contents). Prints the kernel version,
 /// the engine configuration derived from the child, the coverage table and every divergence with a
 /// shrunk reproducer; exits 1 on any mismatch.
+///
+/// Each seed runs in a worker process (this command again, with `--worker`), so an engine that
+/// crashes takes one seed down, not the run: the worker journals every operation before it runs,
+/// and the crashing session's operations are reported as the reproducer.
 struct VerifyKernel: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "verify-kernel",
         abstract: "Compare the engine with this machine's kernel on random memory syscalls.",
         discussion: """
-            Seeds S, S+1, ... S+K-1 each run --ops operations (seeds run in parallel, --jobs at a \
-            time). A divergence is shrunk to the shortest operation list that still shows it, printed \
-            as Swift KernelOp literals. Ctrl-C stops after the current operation and reports.
+            Seeds S, S+1, ... S+K-1 each run --ops operations, --jobs at a time. A divergence is \
+            shrunk to the shortest operation list that still shows it, printed as Swift KernelOp \
+            literals. Ctrl-C stops after the current operation and reports what ran.
             """)
 
     @Option(help: "Operations per seed.") var ops = 20_000
     @Option(help: "First seed.") var seed: UInt64 = 1
     @Option(help: "Number of seeds.") var seeds = 1
     @Option(help: "Seeds run at once (default: one per CPU).") var jobs = ProcessInfo.processInfo.activeProcessorCount
-    @Option(help: "Replays the shrinker may spend per divergence (0: no shrinking).") var shrinkReplays = 200
+    @Option(help: "Replays the shrinker may spend per divergence (0: no shrinking).") var shrinkReplays = 150
     @Flag(help: "One JSON object.") var json = false
+    @Flag(help: .hidden) var worker = false
+    @Option(help: .hidden) var journal: String?
 
     func validate() throws {
         guard ops > 0, seeds > 0, jobs > 0, shrinkReplays >= 0 else {
@@ -33,6 +39,10 @@ struct VerifyKernel: ParsableCommand {
 
     func run() throws {
         installInterruptHandler()
+        if worker {
+            try runWorker()
+            return
+        }
         progressEnabled = !json
         let probe = try OracleSession()
         let facts = probe.facts
@@ -40,66 +50,205 @@ struct VerifyKernel: ParsableCommand {
         probe.close()
 
         let started = nowNanoseconds()
-        let results = Results()
+        let merged = Merged()
         let seedList = (0..<seeds).map { seed &+ UInt64($0) }
-        let ops = self.ops
-        let shrinkReplays = self.shrinkReplays
         let workers = min(jobs, seeds)
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            for seed in seedList.enumerated().filter({ $0.offset % workers == worker }).map(\.element) where !interrupted {
-                var options = Oracle.RunOptions(seed: seed, operations: ops)
-                options.shrink = shrinkReplays > 0
-                options.shrinkReplays = shrinkReplays
-                options.shouldStop = { interrupted }
-                do {
-                    let report = try Oracle.run(options)
-                    progress(
-                        "seed \(seed): \(report.operations) operations, \(report.sessions) sessions, "
-                            + "\(report.divergences.count) kinds of divergence, \(report.nanoseconds / 1_000_000) ms")
-                    results.add(report)
-                } catch {
-                    progress("seed \(seed): the oracle failed: \(error)")
-                    results.fail("seed \(seed): \(error)")
-                }
+        DispatchQueue.concurrentPerform(iterations: workers) { slot in
+            for (index, seed) in seedList.enumerated() where index % workers == slot && !interrupted {
+                merged.add(runSeed(seed))
             }
         }
         let elapsed = nowNanoseconds() - started
-        let (coverage, divergences, failures, operations) = results.snapshot()
         if interrupted { progress("interrupted: reporting what ran") }
-        if json {
-            print(Self.json(facts, configuration, coverage, divergences, failures, operations, elapsed))
-        } else {
-            print(Self.text(facts, configuration, coverage, divergences, failures, operations, elapsed))
-        }
-        if !divergences.isEmpty || !failures.isEmpty { throw ExitCode(1) }
+        let result = merged.snapshot()
+        print(json ? Self.json(facts, configuration, result, elapsed) : Self.text(facts, configuration, result, elapsed))
+        if !result.divergences.isEmpty || !result.failures.isEmpty { throw ExitCode(1) }
     }
 
-    /// Reports of all seeds, merged (first divergence of each signature across seeds).
-    final class Results: @unchecked Sendable {
-        private let lock = NSLock()
-        private var coverage = OracleCoverage()
-        private var divergences: [String: Divergence] = [:]
-        private var failures: [String] = []
-        private var operations = 0
+    // MARK: - Worker
 
-        func add(_ report: Oracle.Report) {
+    /// One seed in this process: the report as JSON on stdout, the journal in `journal`.
+    private func runWorker() throws {
+        var options = Oracle.RunOptions(seed: seed, operations: ops)
+        options.shrink = shrinkReplays > 0
+        options.shrinkReplays = shrinkReplays
+        options.shouldStop = { interrupted }
+        if let journal {
+            let writer = try Journal(path: journal)
+            options.willRun = { op, index in writer.write(op, startsSession: index == 0) }
+        }
+        let report = try Oracle.run(options)
+        let output = WorkerReport(
+            seed: report.seed, operations: report.operations, sessions: report.sessions,
+            nanoseconds: report.nanoseconds, coverage: report.coverage,
+            divergences: report.divergences.map(Entry.init))
+        let data = try JSONEncoder().encode(output)
+        FileHandle.standardOutput.write(data)
+    }
+
+    /// The operations of the current session, one JSON object per line (rewritten at each new
+    /// session).
+    final class Journal: @unchecked Sendable {
+        private let handle: FileHandle
+        private let encoder = JSONEncoder()
+
+        init(path: String) throws {
+            FileManager.default.createFile(atPath: path, contents: nil)
+            guard let handle = FileHandle(forWritingAtPath: path) else {
+                throw ValidationError("cannot write the journal \(path)")
+            }
+            self.handle = handle
+        }
+
+        func write(_ op: KernelOp, startsSession: Bool) {
+            if startsSession {
+                try? handle.truncate(atOffset: 0)
+                try? handle.seek(toOffset: 0)
+            }
+            guard let line = try? encoder.encode(op) else { return }
+            handle.write(line + Data("\n".utf8))
+        }
+
+        static func read(_ path: String) -> [KernelOp] {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return [] }
+            return text.split(separator: "\n").compactMap { try? JSONDecoder().decode(KernelOp.self, from: Data($0.utf8)) }
+        }
+    }
+
+    /// Runs one seed in a worker process and collects its report (or how it died).
+    private func runSeed(_ seed: UInt64) -> WorkerReport {
+        let journal = FileManager.default.temporaryDirectory
+            .appendingPathComponent("shootdown-oracle-\(ProcessInfo.processInfo.processIdentifier)-\(seed).journal").path
+        defer { try? FileManager.default.removeItem(atPath: journal) }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/proc/self/exe")
+        process.arguments = [
+            "verify-kernel", "--worker", "--seed", "\(seed)", "--ops", "\(ops)", "--shrink-replays",
+            "\(shrinkReplays)", "--journal", journal,
+        ]
+        let output = Pipe()
+        let errors = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        var failed = WorkerReport(seed: seed, operations: 0, sessions: 0, nanoseconds: 0, coverage: OracleCoverage(), divergences: [])
+        do {
+            try process.run()
+        } catch {
+            failed.failures = ["seed \(seed): could not start a worker: \(error)"]
+            return failed
+        }
+        // Drain stderr while waiting (a full pipe would block the worker).
+        let errorText = Locked("")
+        let reader = Thread {
+            let data = errors.fileHandleForReading.readDataToEndOfFile()
+            errorText.set(String(decoding: data, as: UTF8.self))
+        }
+        reader.start()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        while !errorText.isSet { Thread.sleep(forTimeInterval: 0.01) }
+        if process.terminationReason == .exit && process.terminationStatus == 0,
+            let report = try? JSONDecoder().decode(WorkerReport.self, from: data)
+        {
+            progress(
+                "seed \(seed): \(report.operations) operations, \(report.sessions) sessions, "
+                    + "\(report.divergences.count) kinds of divergence, \(report.nanoseconds / 1_000_000) ms")
+            return report
+        }
+        let operations = Journal.read(journal)
+        let how = process.terminationReason == .uncaughtSignal
+            ? "killed by signal \(process.terminationStatus)" : "exited with status \(process.terminationStatus)"
+        let tail = errorText.value.split(separator: "\n").prefix(3).joined(separator: " | ")
+        var text = "seed \(seed): the worker \(how) (\(tail))"
+        if let last = operations.last {
+            text += "\n  during: \(last)\n  its session's operations (\(operations.count), not shrunk):\n"
+                + operations.swiftLiteral.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n")
+        }
+        progress(text)
+        failed.failures = [text]
+        return failed
+    }
+
+    // MARK: - Reports
+
+    struct Entry: Codable {
+        var signature: String
+        var seed: UInt64?
+        var operation: KernelOp
+        var linux: String
+        var engine: String
+        var differences: [String]
+        var reproducer: [KernelOp]
+        var literal: String
+        var report: String
+
+        init(_ divergence: Divergence) {
+            signature = divergence.signature
+            seed = divergence.seed
+            operation = divergence.step.op
+            linux = divergence.step.linux.description
+            engine = divergence.step.engine.description
+            differences = divergence.step.differences.map(\.description)
+            reproducer = divergence.reproducer
+            literal = divergence.reproducer.swiftLiteral
+            report = divergence.report
+        }
+    }
+
+    struct WorkerReport: Codable {
+        var seed: UInt64
+        var operations: Int
+        var sessions: Int
+        var nanoseconds: UInt64
+        var coverage: OracleCoverage
+        var divergences: [Entry]
+        var failures: [String] = []
+    }
+
+    /// All seeds' reports merged: coverage summed, the shortest reproducer of each signature.
+    final class Merged: @unchecked Sendable {
+        struct Result {
+            var coverage = OracleCoverage()
+            var operations = 0
+            var divergences: [Entry] = []
+            var failures: [String] = []
+        }
+        private let lock = NSLock()
+        private var result = Result()
+        private var bySignature: [String: Entry] = [:]
+
+        func add(_ report: WorkerReport) {
             lock.withLock {
-                coverage.merge(report.coverage)
-                operations += report.operations
-                for divergence in report.divergences {
-                    let known = divergences[divergence.signature]
-                    if known == nil || divergence.reproducer.count < known!.reproducer.count {
-                        divergences[divergence.signature] = divergence
-                    }
+                result.coverage.merge(report.coverage)
+                result.operations += report.operations
+                result.failures += report.failures
+                for entry in report.divergences {
+                    if let kept = bySignature[entry.signature], kept.reproducer.count <= entry.reproducer.count { continue }
+                    bySignature[entry.signature] = entry
                 }
             }
         }
 
-        func fail(_ message: String) { lock.withLock { failures.append(message) } }
-
-        func snapshot() -> (OracleCoverage, [Divergence], [String], Int) {
+        func snapshot() -> Result {
             lock.withLock {
-                (coverage, divergences.values.sorted { $0.signature < $1.signature }, failures, operations)
+                var copy = result
+                copy.divergences = bySignature.values.sorted { $0.signature < $1.signature }
+                return copy
+            }
+        }
+    }
+
+    final class Locked<Value>: @unchecked Sendable {
+        private let lock = NSLock()
+        private var stored: Value
+        private var assigned = false
+        init(_ value: Value) { stored = value }
+        var value: Value { lock.withLock { stored } }
+        var isSet: Bool { lock.withLock { assigned } }
+        func set(_ value: Value) {
+            lock.withLock {
+                stored = value
+                assigned = true
             }
         }
     }
@@ -116,49 +265,24 @@ struct VerifyKernel: ParsableCommand {
     }
 
     static func text(
-        _ facts: LinuxFacts, _ configuration: AddressSpace.Configuration, _ coverage: OracleCoverage,
-        _ divergences: [Divergence], _ failures: [String], _ operations: Int, _ elapsed: UInt64
+        _ facts: LinuxFacts, _ configuration: AddressSpace.Configuration, _ result: Merged.Result, _ elapsed: UInt64
     ) -> String {
         var lines = ["kernel    Linux \(facts.kernelRelease) (child uid \(facts.uid), THP \(facts.transparentHugePages ?? "absent"))"]
         lines.append("engine    " + configurationLines(configuration).map { "\($0.0)=\($0.1)" }.joined(separator: " "))
         lines.append(
-            "run       \(operations) operations in \(String(format: "%.1f", Double(elapsed) / 1e9)) s, "
-                + "\(coverage.totalMismatches) mismatching, \(divergences.count) kinds of divergence")
+            "run       \(result.operations) operations in \(String(format: "%.1f", Double(elapsed) / 1e9)) s, "
+                + "\(result.coverage.totalMismatches) mismatching, \(result.divergences.count) kinds of divergence, "
+                + "\(result.failures.count) failed seeds")
         lines.append("")
-        lines.append(coverage.table)
-        for failure in failures { lines.append("\nFAILED: " + failure) }
-        for divergence in divergences { lines.append("\n" + divergence.report) }
+        lines.append(result.coverage.table)
+        for failure in result.failures { lines.append("\nFAILED: " + failure) }
+        for entry in result.divergences { lines.append("\n" + entry.report) }
         return lines.joined(separator: "\n")
     }
 
     static func json(
-        _ facts: LinuxFacts, _ configuration: AddressSpace.Configuration, _ coverage: OracleCoverage,
-        _ divergences: [Divergence], _ failures: [String], _ operations: Int, _ elapsed: UInt64
+        _ facts: LinuxFacts, _ configuration: AddressSpace.Configuration, _ result: Merged.Result, _ elapsed: UInt64
     ) -> String {
-        let document = Document(
-            kernel: facts.kernelRelease,
-            configuration: Dictionary(uniqueKeysWithValues: configurationLines(configuration)),
-            operations: operations, seconds: Double(elapsed) / 1e9,
-            coverage: coverage.rows.map { key, row in
-                Document.Row(
-                    operation: key, calls: row.calls, successes: row.successes, mismatches: row.mismatches,
-                    errors: Dictionary(uniqueKeysWithValues: row.errors.map { (OracleCoverage.errorName($0.key), $0.value) }))
-            }.sorted { $0.operation < $1.operation },
-            divergences: divergences.map { divergence in
-                Document.Entry(
-                    signature: divergence.signature, seed: divergence.seed, operation: divergence.step.op,
-                    linux: divergence.step.linux.description, engine: divergence.step.engine.description,
-                    differences: divergence.step.differences.map(\.description), reproducer: divergence.reproducer,
-                    literal: divergence.reproducer.swiftLiteral)
-            },
-            failures: failures)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        guard let data = try? encoder.encode(document) else { return "{}" }
-        return String(decoding: data, as: UTF8.self)
-    }
-
-    struct Document: Encodable {
         struct Row: Encodable {
             var operation: String
             var calls: Int
@@ -166,23 +290,29 @@ struct VerifyKernel: ParsableCommand {
             var mismatches: Int
             var errors: [String: Int]
         }
-        struct Entry: Encodable {
-            var signature: String
-            var seed: UInt64?
-            var operation: KernelOp
-            var linux: String
-            var engine: String
-            var differences: [String]
-            var reproducer: [KernelOp]
-            var literal: String
+        struct Document: Encodable {
+            var kernel: String
+            var configuration: [String: String]
+            var operations: Int
+            var seconds: Double
+            var coverage: [Row]
+            var divergences: [Entry]
+            var failures: [String]
         }
-        var kernel: String
-        var configuration: [String: String]
-        var operations: Int
-        var seconds: Double
-        var coverage: [Row]
-        var divergences: [Entry]
-        var failures: [String]
+        let document = Document(
+            kernel: facts.kernelRelease,
+            configuration: Dictionary(uniqueKeysWithValues: configurationLines(configuration)),
+            operations: result.operations, seconds: Double(elapsed) / 1e9,
+            coverage: result.coverage.rows.map { key, row in
+                Row(
+                    operation: key, calls: row.calls, successes: row.successes, mismatches: row.mismatches,
+                    errors: Dictionary(uniqueKeysWithValues: row.errors.map { (OracleCoverage.errorName($0.key), $0.value) }))
+            }.sorted { $0.operation < $1.operation },
+            divergences: result.divergences, failures: result.failures)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        guard let data = try? encoder.encode(document) else { return "{}" }
+        return String(decoding: data, as: UTF8.self)
     }
 }
 
