@@ -40,8 +40,3 @@ public enum KernelAddress: Hashable, Sendable, Codable, CustomStringConvertible 
         return .absolute(address)
     }
 }
-
-/// `0x…` or `-0x…`.
-func signedHex(_ value: Int64) -> String {
-    value < 0 ? "-0x" + String(value.magnitude, radix: 16) : "0x" + String(value, radix: 16)
-}

@@ -37,8 +37,11 @@ final class KernelChannel {
     func close() {
         if closed { return }
         closed = true
-        cinterop_oracle_close(descriptor)
+        Self.close(descriptor)
     }
+
+    /// Closes a socket no channel owns (one that arrived with a failed fork's reply).
+    static func close(_ descriptor: Int32) { cinterop_oracle_close(descriptor) }
 
     /// Sends `command` with `arguments` (up to 7) and `payload` words; returns the reply.
     func exchange(_ command: Int32, _ arguments: [UInt64] = [], payload: [UInt64] = []) throws(OracleError) -> Reply {

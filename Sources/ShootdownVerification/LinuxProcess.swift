@@ -66,7 +66,7 @@ public final class LinuxProcess {
             guardLow = hello.value
         } catch {
             channel.close()
-            if spawned { _ = cinterop_oracle_reap(pid, true) }
+            if spawned { Self.killAndReap(pid) }
             throw error
         }
     }
@@ -97,12 +97,15 @@ public final class LinuxProcess {
         closed = true
         if isSpawned {
             channel.close()
-            _ = cinterop_oracle_reap(pid, true)
+            Self.killAndReap(pid)
         } else {
             _ = try? channel.exchange(CInt(CINTEROP_ORACLE_EXIT))
             channel.close()
         }
     }
+
+    /// SIGKILL, then waitpid: no zombie stays behind.
+    private static func killAndReap(_ pid: Int32) { _ = cinterop_oracle_reap(pid, true) }
 
     /// Whether ``close()`` ran.
     public var isClosed: Bool { closed }
@@ -170,7 +173,7 @@ public final class LinuxProcess {
     public func fork() throws(OracleError) -> LinuxProcess {
         let reply = try channel.exchange(CInt(CINTEROP_ORACLE_FORK))
         guard reply.result > 0, let descriptor = reply.descriptor else {
-            if let descriptor = reply.descriptor { cinterop_oracle_close(descriptor) }
+            if let descriptor = reply.descriptor { KernelChannel.close(descriptor) }
             throw .refused("fork (\(LinuxABI.errnoName(Int32(truncatingIfNeeded: -reply.result))))")
         }
         let pid = Int32(reply.result)

@@ -1,5 +1,3 @@
-import CInterop
-
 /// Runs generated operations on a kernel child and the engine, and reports every way they differ.
 public enum Oracle {
     /// Settings of a run.
@@ -23,6 +21,8 @@ public enum Oracle {
         /// Told every operation before it runs, with its index in its session (0 starts a new
         /// session): a journal that survives the engine crashing the process.
         public var willRun: (@Sendable (_ op: KernelOp, _ indexInSession: Int) -> Void)? = nil
+        /// Told the report so far after every session.
+        public var sessionEnded: (@Sendable (Report) -> Void)? = nil
 
         public init(seed: UInt64, operations: Int) {
             self.seed = seed
@@ -48,7 +48,8 @@ public enum Oracle {
     public static func run(_ options: RunOptions, shouldShrink: (Divergence) -> Bool = { _ in true })
         throws(OracleError) -> Report
     {
-        let started = cinterop_monotonic_ns()
+        let clock = ContinuousClock()
+        let started = clock.now
         var report = Report(seed: options.seed)
         var generator = OracleGenerator(seed: options.seed, capabilities: options.capabilities)
         var signatures: Set<String> = []
@@ -83,9 +84,12 @@ public enum Oracle {
                 }
                 break
             }
+            options.sessionEnded?(report)
             if options.stopAtFirstDivergence && !report.divergences.isEmpty { break }
         }
-        report.nanoseconds = cinterop_monotonic_ns() - started
+        let elapsed = clock.now - started
+        report.nanoseconds = UInt64(elapsed.components.seconds) * 1_000_000_000
+            + UInt64(elapsed.components.attoseconds / 1_000_000_000)
         return report
     }
 

@@ -1,25 +1,5 @@
 import Shootdown
 
-/// Settings of an oracle session.
-public struct OracleOptions: Sendable {
-    /// How the kernel child starts.
-    public var process = LinuxProcess.Options()
-    /// Size of the scratch window below the child's guard page.
-    public var windowSize: UInt64 = 64 << 20
-    /// Frames of the engine's physical memory.
-    public var frames = 1 << 16
-    /// Besides the pages an operation acted on, every touched page's contents are compared every
-    /// this many steps (and after every fork or switch).
-    public var fullContentCheckInterval = 16
-    /// Mappings longer than this are compared by range and flags only (no residency scan).
-    public var residencyScanLimit: UInt64 = 256 << 20
-    /// Changes the engine's configuration after it is derived from the child. For tests of the
-    /// oracle itself: a deliberately miswired engine must be caught.
-    public var engineAdjustment: (@Sendable (inout AddressSpace.Configuration) -> Void)? = nil
-
-    public init() {}
-}
-
 /// A kernel child and an engine space (and their forks) that receive the same operations, and
 /// the comparison after each one.
 ///
@@ -206,36 +186,5 @@ public final class OracleSession {
         case .brk, .mlockall, .munlockall, .fork, .switchProcess:
             return [0..<UInt64.max]
         }
-    }
-}
-
-/// One kernel process, its engine twin, and what the oracle tracks about it.
-struct ProcessPair {
-    let linux: LinuxProcess
-    let engine: EngineProcess
-    let parent: Int?
-    /// Pages the operations loaded or stored (moved along by mremap): their contents are compared.
-    var touched: Set<UInt64> = []
-    /// Pages whose residency Linux does not decide deterministically: pages in a block a
-    /// transparent huge page may back (a THP-eligible mapping's aligned block), since the last
-    /// time both sides had them not resident outside such a block. khugepaged may collapse such a
-    /// block at any moment (making all of it resident), and a THP fault may fall back to small
-    /// pages; contents stay comparable, residency does not.
-    var unsettled: Set<UInt64> = []
-    /// Starts of the THP-eligible blocks at the last step (all their pages are unsettled).
-    var eligibleBlocks: Set<UInt64> = []
-    /// The Linux mappings after the last step.
-    var lastMappings: [MappingView] = []
-
-    init(linux: LinuxProcess, engine: EngineProcess, parent: Int?) {
-        self.linux = linux
-        self.engine = engine
-        self.parent = parent
-    }
-
-    /// Moves the marks of pages in `[start, end)` to `target` (keeping the source marks too).
-    mutating func carry(from start: UInt64, to end: UInt64, onto target: UInt64) {
-        for page in touched where page >= start && page < end { touched.insert(page &- start &+ target) }
-        for page in unsettled where page >= start && page < end { unsettled.insert(page &- start &+ target) }
     }
 }
