@@ -30,6 +30,7 @@ struct VerifyKernel: ParsableCommand {
     @Flag(help: "One JSON object.") var json = false
     @Flag(help: .hidden) var worker = false
     @Option(help: .hidden) var journal: String?
+    @Option(help: .hidden) var progressFile: String?
 
     func validate() throws {
         guard ops > 0, seeds > 0, jobs > 0, shrinkReplays >= 0 else {
@@ -55,14 +56,14 @@ struct VerifyKernel: ParsableCommand {
         let workers = min(jobs, seeds)
         DispatchQueue.concurrentPerform(iterations: workers) { slot in
             for (index, seed) in seedList.enumerated() where index % workers == slot && !interrupted {
-                merged.add(runSeed(seed))
+                for report in runSeed(seed) { merged.add(report) }
             }
         }
         let elapsed = nowNanoseconds() - started
         if interrupted { progress("interrupted: reporting what ran") }
         let result = merged.snapshot()
         print(json ? Self.json(facts, configuration, result, elapsed) : Self.text(facts, configuration, result, elapsed))
-        if !result.divergences.isEmpty || !result.failures.isEmpty { throw ExitCode(1) }
+        if !result.divergences.isEmpty || !result.failures.isEmpty || result.crashCount > 0 { throw ExitCode(1) }
     }
 
     // MARK: - Worker
@@ -77,13 +78,15 @@ struct VerifyKernel: ParsableCommand {
             let writer = try Journal(path: journal)
             options.willRun = { op, index in writer.write(op, startsSession: index == 0) }
         }
+        if let progressFile {
+            // What ran so far, after every session: survives a crash in the next one.
+            options.sessionEnded = { report in
+                guard let data = try? JSONEncoder().encode(WorkerReport(report)) else { return }
+                try? data.write(to: URL(fileURLWithPath: progressFile), options: .atomic)
+            }
+        }
         let report = try Oracle.run(options)
-        let output = WorkerReport(
-            seed: report.seed, operations: report.operations, sessions: report.sessions,
-            nanoseconds: report.nanoseconds, coverage: report.coverage,
-            divergences: report.divergences.map(Entry.init))
-        let data = try JSONEncoder().encode(output)
-        FileHandle.standardOutput.write(data)
+        FileHandle.standardOutput.write(try JSONEncoder().encode(WorkerReport(report)))
     }
 
     /// The operations of the current session, one JSON object per line (rewritten at each new
@@ -115,58 +118,93 @@ struct VerifyKernel: ParsableCommand {
         }
     }
 
-    /// Runs one seed in a worker process and collects its report (or how it died).
-    private func runSeed(_ seed: UInt64) -> WorkerReport {
-        let journal = FileManager.default.temporaryDirectory
-            .appendingPathComponent("shootdown-oracle-\(ProcessInfo.processInfo.processIdentifier)-\(seed).journal").path
-        defer { try? FileManager.default.removeItem(atPath: journal) }
+    /// Runs one seed in worker processes. When the engine crashes a worker, what it reported
+    /// before the crashing session counts, the crash is a failure (with that session's operations
+    /// from the journal), and the seed goes on in a new worker with a stream derived from the seed
+    /// and the number of crashes, for the operations left.
+    private func runSeed(_ seed: UInt64) -> [WorkerReport] {
+        var reports: [WorkerReport] = []
+        var remaining = ops
+        var crashes: UInt64 = 0
+        while remaining > 0 && !interrupted && crashes < 100 {
+            var derived = SplitMix64(seed: seed ^ (crashes &* 0x9E37_79B9_7F4A_7C15))
+            let stream = crashes == 0 ? seed : derived.next()
+            let (report, crash) = runWorkerProcess(stream, operations: remaining, label: seed)
+            reports.append(report)
+            guard let crash else { break }
+            crashes += 1
+            remaining -= max(1, report.operations + crash.operations.count)
+        }
+        return reports
+    }
+
+    /// A worker's crash: the error it printed and the operations of the session it died in.
+    struct Crash {
+        var message: String
+        var operations: [KernelOp]
+    }
+
+    /// One worker process: its report, and how it died if it did (the report is then what it
+    /// wrote after its last complete session).
+    private func runWorkerProcess(_ stream: UInt64, operations: Int, label seed: UInt64) -> (WorkerReport, Crash?) {
+        let base = FileManager.default.temporaryDirectory
+            .appendingPathComponent("shootdown-oracle-\(ProcessInfo.processInfo.processIdentifier)-\(stream)").path
+        let journal = base + ".journal"
+        let progressPath = base + ".progress"
+        defer {
+            try? FileManager.default.removeItem(atPath: journal)
+            try? FileManager.default.removeItem(atPath: progressPath)
+        }
+        var empty = WorkerReport(seed: stream, operations: 0, sessions: 0, nanoseconds: 0, coverage: OracleCoverage(), divergences: [])
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe")
         process.arguments = [
-            "verify-kernel", "--worker", "--seed", "\(seed)", "--ops", "\(ops)", "--shrink-replays",
-            "\(shrinkReplays)", "--journal", journal,
+            "verify-kernel", "--worker", "--seed", "\(stream)", "--ops", "\(operations)", "--shrink-replays",
+            "\(shrinkReplays)", "--journal", journal, "--progress-file", progressPath,
         ]
         let output = Pipe()
         let errors = Pipe()
         process.standardOutput = output
         process.standardError = errors
-        var failed = WorkerReport(seed: seed, operations: 0, sessions: 0, nanoseconds: 0, coverage: OracleCoverage(), divergences: [])
         do {
             try process.run()
         } catch {
-            failed.failures = ["seed \(seed): could not start a worker: \(error)"]
-            return failed
+            empty.failures = ["seed \(seed): could not start a worker: \(error)"]
+            return (empty, nil)
         }
-        // Drain stderr while waiting (a full pipe would block the worker).
+        // Drain stderr while reading stdout (a full pipe would block the worker).
         let errorText = Locked("")
-        let reader = Thread {
+        let drained = DispatchSemaphore(value: 0)
+        Thread {
             let data = errors.fileHandleForReading.readDataToEndOfFile()
             errorText.set(String(decoding: data, as: UTF8.self))
-        }
-        reader.start()
+            drained.signal()
+        }.start()
         let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        while !errorText.isSet { Thread.sleep(forTimeInterval: 0.01) }
+        drained.wait()
         if process.terminationReason == .exit && process.terminationStatus == 0,
             let report = try? JSONDecoder().decode(WorkerReport.self, from: data)
         {
             progress(
-                "seed \(seed): \(report.operations) operations, \(report.sessions) sessions, "
+                "seed \(seed) (stream \(stream)): \(report.operations) operations, \(report.sessions) sessions, "
                     + "\(report.divergences.count) kinds of divergence, \(report.nanoseconds / 1_000_000) ms")
-            return report
+            return (report, nil)
         }
-        let operations = Journal.read(journal)
+        var partial = (try? Data(contentsOf: URL(fileURLWithPath: progressPath)))
+            .flatMap { try? JSONDecoder().decode(WorkerReport.self, from: $0) } ?? empty
+        let session = Journal.read(journal)
         let how = process.terminationReason == .uncaughtSignal
             ? "killed by signal \(process.terminationStatus)" : "exited with status \(process.terminationStatus)"
-        let tail = errorText.value.split(separator: "\n").prefix(3).joined(separator: " | ")
-        var text = "seed \(seed): the worker \(how) (\(tail))"
-        if let last = operations.last {
-            text += "\n  during: \(last)\n  its session's operations (\(operations.count), not shrunk):\n"
-                + operations.swiftLiteral.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n")
+        let message = errorText.value.split(separator: "\n").first.map(String.init) ?? ""
+        var text = "seed \(seed) (stream \(stream)): the worker \(how) after \(partial.operations + session.count) operations: \(message)"
+        if let last = session.last {
+            text += "\n  during: \(last)\n  its session's operations (\(session.count), not shrunk):\n"
+                + session.swiftLiteral.split(separator: "\n").map { "    " + $0 }.joined(separator: "\n")
         }
-        progress(text)
-        failed.failures = [text]
-        return failed
+        progress(text.split(separator: "\n").prefix(2).joined(separator: "\n"))
+        partial.crashes = [CrashEntry(key: session.last?.coverageKey ?? "start", message: message, report: text, length: session.count)]
+        return (partial, Crash(message: message, operations: session))
     }
 
     // MARK: - Reports
@@ -195,6 +233,15 @@ struct VerifyKernel: ParsableCommand {
         }
     }
 
+    /// An engine crash: the operation's coverage key and the first line of what the runtime
+    /// printed identify it; the shortest journal is kept.
+    struct CrashEntry: Codable {
+        var key: String
+        var message: String
+        var report: String
+        var length: Int
+    }
+
     struct WorkerReport: Codable {
         var seed: UInt64
         var operations: Int
@@ -203,6 +250,25 @@ struct VerifyKernel: ParsableCommand {
         var coverage: OracleCoverage
         var divergences: [Entry]
         var failures: [String] = []
+        var crashes: [CrashEntry] = []
+
+        init(
+            seed: UInt64, operations: Int, sessions: Int, nanoseconds: UInt64, coverage: OracleCoverage,
+            divergences: [Entry]
+        ) {
+            self.seed = seed
+            self.operations = operations
+            self.sessions = sessions
+            self.nanoseconds = nanoseconds
+            self.coverage = coverage
+            self.divergences = divergences
+        }
+
+        init(_ report: Oracle.Report) {
+            self.init(
+                seed: report.seed, operations: report.operations, sessions: report.sessions,
+                nanoseconds: report.nanoseconds, coverage: report.coverage, divergences: report.divergences.map(Entry.init))
+        }
     }
 
     /// All seeds' reports merged: coverage summed, the shortest reproducer of each signature.
@@ -212,10 +278,13 @@ struct VerifyKernel: ParsableCommand {
             var operations = 0
             var divergences: [Entry] = []
             var failures: [String] = []
+            var crashes: [CrashEntry] = []
+            var crashCount = 0
         }
         private let lock = NSLock()
         private var result = Result()
         private var bySignature: [String: Entry] = [:]
+        private var byCrash: [String: CrashEntry] = [:]
 
         func add(_ report: WorkerReport) {
             lock.withLock {
@@ -226,6 +295,12 @@ struct VerifyKernel: ParsableCommand {
                     if let kept = bySignature[entry.signature], kept.reproducer.count <= entry.reproducer.count { continue }
                     bySignature[entry.signature] = entry
                 }
+                for crash in report.crashes {
+                    result.crashCount += 1
+                    let key = crash.key + ": " + crash.message
+                    if let kept = byCrash[key], kept.length <= crash.length { continue }
+                    byCrash[key] = crash
+                }
             }
         }
 
@@ -233,24 +308,19 @@ struct VerifyKernel: ParsableCommand {
             lock.withLock {
                 var copy = result
                 copy.divergences = bySignature.values.sorted { $0.signature < $1.signature }
+                copy.crashes = byCrash.values.sorted { $0.key < $1.key }
                 return copy
             }
         }
     }
 
+    /// A value shared with the thread that drains a worker's stderr.
     final class Locked<Value>: @unchecked Sendable {
         private let lock = NSLock()
         private var stored: Value
-        private var assigned = false
         init(_ value: Value) { stored = value }
         var value: Value { lock.withLock { stored } }
-        var isSet: Bool { lock.withLock { assigned } }
-        func set(_ value: Value) {
-            lock.withLock {
-                stored = value
-                assigned = true
-            }
-        }
+        func set(_ value: Value) { lock.withLock { stored = value } }
     }
 
     static func configurationLines(_ configuration: AddressSpace.Configuration) -> [(String, String)] {
@@ -272,10 +342,11 @@ struct VerifyKernel: ParsableCommand {
         lines.append(
             "run       \(result.operations) operations in \(String(format: "%.1f", Double(elapsed) / 1e9)) s, "
                 + "\(result.coverage.totalMismatches) mismatching, \(result.divergences.count) kinds of divergence, "
-                + "\(result.failures.count) failed seeds")
+                + "\(result.crashCount) engine crashes (\(result.crashes.count) kinds)")
         lines.append("")
         lines.append(result.coverage.table)
         for failure in result.failures { lines.append("\nFAILED: " + failure) }
+        for crash in result.crashes { lines.append("\nCRASH: " + crash.report) }
         for entry in result.divergences { lines.append("\n" + entry.report) }
         return lines.joined(separator: "\n")
     }
@@ -298,6 +369,8 @@ struct VerifyKernel: ParsableCommand {
             var coverage: [Row]
             var divergences: [Entry]
             var failures: [String]
+            var crashes: [CrashEntry]
+            var crashCount: Int
         }
         let document = Document(
             kernel: facts.kernelRelease,
@@ -308,7 +381,8 @@ struct VerifyKernel: ParsableCommand {
                     operation: key, calls: row.calls, successes: row.successes, mismatches: row.mismatches,
                     errors: Dictionary(uniqueKeysWithValues: row.errors.map { (OracleCoverage.errorName($0.key), $0.value) }))
             }.sorted { $0.operation < $1.operation },
-            divergences: result.divergences, failures: result.failures)
+            divergences: result.divergences, failures: result.failures, crashes: result.crashes,
+            crashCount: result.crashCount)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         guard let data = try? encoder.encode(document) else { return "{}" }
