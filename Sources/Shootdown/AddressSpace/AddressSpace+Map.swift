@@ -73,7 +73,6 @@ extension AddressSpace {
         options: MapOptions = []
     ) throws(MemoryError) -> UInt64 {
         guard length != 0 else { throw .invalidArgument }
-        if options.contains(.shared) && options.contains(.growsDown) { throw .invalidArgument }
         guard let length = Self.pageAlign(length), length != 0 else { throw .noMemory }
         guard length <= Self.userLimit else { throw .noMemory }
         let protection = protection.access
@@ -91,12 +90,12 @@ extension AddressSpace {
             }
             if options.contains(.growsDown) { flags.insert(.growsDown) }
             if options.contains(.hugePage) { flags.insert(.hugePage) }
-            if options.contains(.locked) {
-                flags.insert(.locked)
-                flags.remove(.lockOnFault)
-            }
-            let address = try placementAddress(length: length, placement: placement)
+            // `MAP_LOCKED` adds `lo`; `lf` from `mlockall(MCL_FUTURE|MCL_ONFAULT)` stays (oracle).
+            if options.contains(.locked) { flags.insert(.locked) }
+            let address = try placementAddress(length: length, placement: placement, shared: options.contains(.shared))
             if flags.contains(.locked) { try checkLockLimit(adding: length, mapping: options.contains(.locked)) }
+            // Shared and growsdown: EINVAL only now, after placement (EEXIST) and the lock checks.
+            if options.contains(.shared) && options.contains(.growsDown) { throw .invalidArgument }
             let end = address + length
             if case .fixed = placement {
                 try checkNotSealed(address, end)
@@ -110,8 +109,10 @@ extension AddressSpace {
             edit.insert(vma)
             edit.mergeNeighbours(vma)
             edit.finish()
-            if !protection.isEmpty
-                && (options.contains(.populate) || (flags.contains(.locked) && !flags.contains(.lockOnFault)))
+            // Populate (`MAP_POPULATE`, or locked): never a lock-on-fault VMA, whose population
+            // `populate_vma_page_range` skips.
+            if !protection.isEmpty && !flags.contains(.lockOnFault)
+                && (options.contains(.populate) || flags.contains(.locked))
             {
                 populateLength = length
                 populateWrite = !flags.contains(.shared) && protection.contains(.write)
@@ -136,7 +137,10 @@ extension AddressSpace {
 
     /// Chooses the address of a new mapping of `length` bytes (`get_unmapped_area` and the checks
     /// around it). Caller: mmap write lock.
-    private func placementAddress(length: UInt64, placement: Placement) throws(MemoryError) -> UInt64 {
+    private func placementAddress(length: UInt64, placement: Placement, shared: Bool) throws(MemoryError) -> UInt64 {
+        // THP alignment is for private anonymous memory: shared anonymous memory is shmem, which
+        // does not align with shmem THP off (oracle).
+        let alignment = shared ? Self.pageSize : Self.placementAlignment(length)
         switch placement {
         case .fixed(let address), .fixedNoReplace(let address):
             guard address <= Self.userLimit - length else { throw .noMemory }
@@ -154,9 +158,9 @@ extension AddressSpace {
                 try checkMinAddress(aligned)
                 return aligned
             }
-            return try findFreeArea(length: length, alignment: Self.placementAlignment(length))
+            return try findFreeArea(length: length, alignment: alignment)
         case .anywhere:
-            return try findFreeArea(length: length, alignment: Self.placementAlignment(length))
+            return try findFreeArea(length: length, alignment: alignment)
         }
     }
 
