@@ -633,8 +633,7 @@ final class ReferenceModel {
                 switch advice {
                 case .free: if area.isShared { throw .invalidArgument }
                 case .remove:
-                    guard area.isShared else { throw .invalidArgument }
-                    guard area.protection.contains(.write) else { throw .accessDenied }
+                    guard area.isShared else { throw .invalidArgument }  // shared anonymous memory is always may-write
                 default: break
                 }
                 switch advice {

@@ -32,6 +32,10 @@ extension KnownDivergence {
         KnownDivergence(
             signatures: [
                 "mlock outcome: Linux ENOMEM, engine success",
+                "mlock2 outcome: Linux ENOMEM, engine success",
+                "mremap residency after success: engine resident, Linux not",
+                "madvise(MADV_POPULATE_READ) outcome: Linux EFAULT, engine success",
+                "madvise(MADV_POPULATE_WRITE) outcome: Linux EFAULT, engine success",
                 "read outcome: Linux SIGBUS, engine loaded",
                 "write outcome: Linux SIGBUS, engine stored",
             ],
@@ -41,7 +45,8 @@ extension KnownDivergence {
                 .write(.window(-0x5f5000), value: 0xb9b9b48738b19d0f),
             ],
             note: "Shared anonymous memory keeps the size it was created with: mremap can grow the mapping, but a"
-                + " page past the object's end raises SIGBUS on access (MADV_POPULATE_*: EFAULT; mlock: ENOMEM). The"
+                + " page past the object's end raises SIGBUS on access (MADV_POPULATE_*: EFAULT; mlock, mlock2: ENOMEM; a"
+                + " locked mapping grown by a move populates only the pages inside the object). The"
                 + " engine's shared object has no size, so the pages just work.",
             owner: "surface"),
         // fork: no page-table copy without an anon_vma
@@ -81,19 +86,6 @@ extension KnownDivergence {
             note: "MADV_PAGEOUT reclaims clean shared (shmem) pages: mincore shows them absent afterwards; the"
                 + " engine pages out private memory only.",
             owner: "surface"),
-        // MADV_REMOVE across shared VMAs
-        KnownDivergence(
-            signatures: [
-                "madvise(MADV_REMOVE) outcome: Linux success, engine EACCES",
-            ],
-            reproducer: [
-                .mmap(.window(-0x23ab000), length: 0x400000, protection: 0x3, flags: 0x31),  // PROT_READ|PROT_WRITE, MAP_SHARED|MAP_FIXED|MAP_ANONYMOUS
-                .mprotect(.window(-0x1fae000), length: 0x1d29000, protection: 0x0),  // PROT_NONE
-                .madvise(.window(-0x1faf000), length: 0x2000, advice: 9),  // MADV_REMOVE
-            ],
-            note: "MADV_REMOVE over a writable shared VMA followed by a PROT_NONE part of the same object succeeds"
-                + " in Linux (the write check is made on the first VMA); the engine fails with EACCES.",
-            owner: "surface"),
         // mmap(MAP_FIXED) over a sealed VMA splits before it fails
         KnownDivergence(
             signatures: [
@@ -106,26 +98,6 @@ extension KnownDivergence {
             ],
             note: "MAP_FIXED over a range that reaches a sealed VMA fails with EPERM in Linux after splitting the"
                 + " unsealed VMA at the range's start; the engine fails before changing anything.",
-            owner: "surface"),
-        // anon_vma identity in merges
-        KnownDivergence(
-            signatures: [
-                "mlock mappings after ENOMEM: layout",
-                "mprotect mappings after success: layout",
-                "mremap mappings after success: layout",
-                "munlockall mappings after success: layout",
-            ],
-            reproducer: [
-                .mmap(.absolute(0x0), length: 0x1d000, protection: 0x1, flags: 0x22),  // PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS
-                .mmap(.window(-0x9000), length: 0x3f000, protection: 0x3, flags: 0x22),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
-                .write(.window(-0x58000), value: 0x17f500fafe2b9495),
-                .mprotect(.window(-0x1d000), length: 0x14000, protection: 0x0),  // PROT_NONE
-                .mremap(.window(-0x5c000), oldLength: 0x3f000, newLength: 0x3f000, flags: 0x5, newAddress: .absolute(0x0)),  // MREMAP_MAYMOVE|MREMAP_DONTUNMAP
-                .mprotect(.window(-0x41000), length: 0x24000, protection: 0x0),  // PROT_NONE
-            ],
-            note: "Whether neighbouring VMAs merge depends on their anon_vma: VMAs of a fork's child that were"
-                + " split before the fork, or a DONTUNMAP move's emptied source, stay apart in Linux where the"
-                + " engine merges them (after mprotect, mlock, munlockall, a fixed mremap).",
             owner: "surface"),
     ]
 }

@@ -158,7 +158,8 @@ extension AddressSpace {
                 try checkMinAddress(aligned)
                 return aligned
             }
-            return try findFreeArea(length: length, alignment: alignment)
+            // Only without a hint: a nonzero hint that cannot be taken searches unaligned (oracle).
+            return try findFreeArea(length: length, alignment: aligned != 0 ? Self.pageSize : alignment)
         case .anywhere:
             return try findFreeArea(length: length, alignment: alignment)
         }
@@ -224,34 +225,45 @@ extension AddressSpace {
         if start < base && end > freeAreaCache { freeAreaCache = min(end, base) }
     }
 
-    /// The highest `alignment`-aligned `length`-sized gap in `[low, high)` (growsdown VMAs keep
-    /// the stack guard gap below them).
+    /// The highest `alignment`-aligned `length`-sized gap in `[low, high)`, as
+    /// `unmapped_area_topdown` finds it: gaps are tried from the top, sized without guard gaps; the
+    /// first that fits is taken unless the VMA right above it grows down and its stack guard gap
+    /// reaches into the gap, in which case the search starts again below that guard gap (so every
+    /// gap above it is passed over). A guard gap above a gap too small to fit plays no part
+    /// (measured by the oracle both ways).
     private func searchDown(length: UInt64, alignment: UInt64, low: UInt64, high: UInt64) -> UInt64? {
-        guard high >= low + length else { return nil }
-        var ceiling = high
-        // The VMA at or below `high`, then walk down through the gaps.
-        var cursor = index.floor(high &- 1)
-        // A growsdown VMA above `high` may still reach below it with its gap.
-        if let above = cursor?.next ?? (cursor == nil ? index.findFirst(endingAfter: high) : nil) {
-            ceiling = min(ceiling, max(gapStart(above), low))
-        }
-        while true {
-            let floorAddress = max(low, cursor.map { $0.end } ?? low)
-            if let vma = cursor, vma.end > ceiling {
-                // Overlaps the ceiling: the gap ends below its start (and its guard gap).
-                ceiling = min(ceiling, gapStart(vma))
-                cursor = vma.previous
-                continue
+        var limit = high
+        restart: while limit >= low &+ length {
+            // The VMA above the first gap (containing `limit - 1`, or the first one above it).
+            var upper = index.findFirst(endingAfter: limit &- 1)
+            var gapTop = limit
+            var lower: VMA?
+            if let vma = upper, vma.start < limit {
+                gapTop = vma.start
+                lower = vma.previous
+            } else {
+                lower = upper.map { $0.previous } ?? index.last
             }
-            if ceiling >= floorAddress + length {
-                let candidate = (ceiling - length) & ~(alignment - 1)
-                if candidate >= floorAddress { return candidate }
+            while true {
+                let gapBottom = max(low, lower?.end ?? low)
+                if gapTop >= gapBottom &+ length {
+                    let candidate = (gapTop - length) & ~(alignment - 1)
+                    if candidate >= gapBottom {
+                        if let vma = upper, vma.flags.contains(.growsDown), gapStart(vma) < gapTop {
+                            limit = gapStart(vma)
+                            continue restart
+                        }
+                        return candidate
+                    }
+                }
+                guard let vma = lower else { return nil }
+                upper = vma
+                gapTop = vma.start
+                lower = vma.previous
+                if gapTop < low &+ length { return nil }
             }
-            guard let vma = cursor else { return nil }
-            ceiling = gapStart(vma)
-            if ceiling < low + length { return nil }
-            cursor = vma.previous
         }
+        return nil
     }
 
     /// Whether `splits` more VMAs would exceed `maxMapCount`. Linux checks only inside

@@ -162,7 +162,7 @@ extension AddressSpace {
                 if hint <= Self.userLimit - newLength && isFreeForPlacement(hint, hint + newLength) {
                     target = hint
                 } else {
-                    target = try findFreeArea(length: newLength, alignment: vma.isShared ? Self.pageSize : Self.placementAlignment(newLength))
+                    target = try findFreeArea(length: newLength)  // a hint was given: no THP alignment
                 }
             } else {
                 // Private memory moves 2 MiB-aligned when the length is a 2 MiB multiple, as mmap places it.

@@ -171,4 +171,79 @@ import Testing
         try space.map(length: page, placement: .fixed(0x10000))
         #expect(space.residencyString(0x10000, pages: 0x7ffff3b88) == "ENOMEM")
     }
+
+    /// Linux: MADV_COLLAPSE over shared `PROT_NONE` or read-only memory is EINVAL (the engine
+    /// accepted any shared memory).
+    @Test func collapseOfSharedProtNone() throws {
+        let space = try kernelLikeSpace(privileged: false)
+        let huge = AddressSpace.hugePageSize
+        try space.map(length: 2 * huge, protection: .none, placement: .fixed(b), options: .shared)
+        #expect(outcome { () throws(MemoryError) in try space.advise(address: b + 0x100000, length: 0x8000, advice: .collapse) } == "EINVAL")
+        try space.protect(address: b, length: 2 * huge, protection: .read)
+        #expect(outcome { () throws(MemoryError) in try space.advise(address: b + 0x100000, length: 0x37000, advice: .collapse) } == "EINVAL")
+    }
+
+    /// Linux: a non-fixed mmap with a nonzero hint that cannot be taken is not THP-aligned, even
+    /// for a 2 MiB-multiple length (only a hint of 0 gets aligned).
+    @Test func hintedPlacementIsNotTHPAligned() throws {
+        let space = try kernelLikeSpace(privileged: false)
+        let huge = AddressSpace.hugePageSize
+        let top = try space.map(length: page)
+        let hinted = try space.map(length: 2 * huge, protection: .read, placement: .hint(top))
+        #expect(hinted == top - 2 * huge)
+        #expect(try space.map(length: 2 * huge) % huge == 0)
+    }
+
+    /// Linux: MADV_REMOVE needs `VM_MAYWRITE`, not the current protection: a `PROT_NONE` part of a
+    /// writable shared mapping is punched (success), and a range running from shared `PROT_NONE`
+    /// memory into private memory fails EINVAL at the private VMA (the engine said EACCES).
+    @Test func removeChecksMayWrite() throws {
+        let space = try kernelLikeSpace(privileged: false)
+        try space.map(length: 16 * page, placement: .fixed(b), options: .shared)
+        try space.write(5, at: b + 9 * page)
+        try space.protect(address: b + 8 * page, length: 8 * page, protection: .none)
+        #expect(outcome { () throws(MemoryError) in try space.advise(address: b + 7 * page, length: 2 * page, advice: .remove) } == "ok")
+        try space.map(length: 4 * page, placement: .fixed(b + 16 * page))
+        #expect(outcome { () throws(MemoryError) in try space.advise(address: b + 12 * page, length: 8 * page, advice: .remove) } == "EINVAL")
+    }
+
+    /// Linux: MADV_COLLAPSE over a private VMA that never had a page written (no anon_vma) is
+    /// EINVAL even when the range holds no whole block (with a written page it succeeds, doing
+    /// nothing: `CollapseTests`).
+    @Test func collapseWithoutAnonymousPages() throws {
+        let space = try kernelLikeSpace(privileged: false)
+        try space.map(length: 2 * AddressSpace.hugePageSize, placement: .fixed(b))
+        #expect(outcome { () throws(MemoryError) in try space.advise(address: b + 0x100000, length: 4 * page, advice: .collapse) } == "EINVAL")
+    }
+
+    /// Linux: the stack guard gap below a growsdown VMA only narrows the gap right below it; the
+    /// top-down search still finds the next gap down in full. (The engine kept the guard's lower
+    /// bound as the ceiling past the VMA below it and skipped that gap.)
+    @Test func guardGapOnlyNarrowsItsOwnGap() throws {
+        let base: UInt64 = 0x7F00_0000_0000
+        let space = try AddressSpace(
+            configuration: .init(mmapBase: base), memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
+        let stackStart = base - 0x20000
+        try space.map(length: 4 * page, protection: .none, placement: .fixed(stackStart), options: .growsDown)
+        // A VMA inside the guard gap, then free space below it.
+        try space.map(length: 0x3a000, placement: .fixed(stackStart - 0x53000), options: .shared)
+        let placed = try space.map(length: 0x3e000, options: .shared)
+        #expect(placed == stackStart - 0x53000 - 0x3e000)
+    }
+
+    /// Linux: when the highest gap that fits lies right below a growsdown VMA and its guard gap
+    /// reaches into it, the search starts again below the guard gap: every gap above is passed
+    /// over, even one below another VMA inside the guard gap. (Oracle: a PROT_NONE growsdown VMA
+    /// at the top, a read-only VMA inside its guard gap, then a 5-page shared mmap lands 1 MiB +
+    /// 5 pages below the growsdown VMA.)
+    @Test func guardGapAboveAFittingGapRestartsTheSearch() throws {
+        let base: UInt64 = 0x7F00_0000_0000
+        let space = try AddressSpace(
+            configuration: .init(mmapBase: base), memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
+        let stackStart = base - 0x4000
+        try space.map(length: 4 * page, protection: .none, placement: .fixed(stackStart), options: .growsDown)
+        try space.map(length: 6 * page, protection: .read, placement: .fixed(base - 0x27000))
+        let placed = try space.map(length: 5 * page, options: .shared)
+        #expect(placed == stackStart - AddressSpace.stackGuardGap - 5 * page)
+    }
 }
