@@ -202,6 +202,20 @@ extension AddressSpace {
     /// above it, so it does not lower the cache.)
     func findFreeArea(length: UInt64, alignment: UInt64 = pageSize) throws(MemoryError) -> UInt64 {
         guard length <= Self.userLimit else { throw .noMemory }
+        if alignment > Self.pageSize {
+            // `__thp_get_unmapped_area`: search for `length + alignment` unaligned, then align the
+            // start up inside that padding (top-down: an already aligned start moves to the top of
+            // the padding); no such room falls back to an unaligned search (oracle: the aligned slot
+            // must come from a padded gap).
+            if length <= Self.userLimit - alignment,
+                let padded = try? findFreeArea(length: length + alignment, alignment: Self.pageSize)
+            {
+                let offset = (alignment - padded % alignment) % alignment
+                if offset == 0 { return padded + alignment }
+                return padded + offset
+            }
+            return try findFreeArea(length: length, alignment: Self.pageSize)
+        }
         let low = configuration.mmapMinAddress
         let high = configuration.mmapBase
         if let found = searchDown(length: length, alignment: alignment, low: low, high: min(freeAreaCache, high)) {

@@ -135,8 +135,10 @@ extension AddressSpace {
             }
             if !flags.contains(.fixed) && !flags.contains(.dontUnmap) && oldLength != 0 {
                 let newEnd = address.addingReportingOverflow(newLength)
+                // Growth in place needs only that no VMA is in the way (`vma_expandable`: a fixed
+                // range check, no stack guard gap; oracle).
                 if address + oldLength == vma.end, !newEnd.overflow, newEnd.partialValue <= Self.userLimit,
-                    isFreeForPlacement(vma.end, newEnd.partialValue)
+                    !index.contains(intersecting: vma.end, newEnd.partialValue, where: { _ in true })
                 {
                     // Grow in place (`vma_expand`), merging with the next VMA if compatible.
                     let oldVMAEnd = vma.end

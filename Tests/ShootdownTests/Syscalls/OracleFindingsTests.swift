@@ -246,4 +246,28 @@ import Testing
         let placed = try space.map(length: 5 * page, options: .shared)
         #expect(placed == stackStart - AddressSpace.stackGuardGap - 5 * page)
     }
+
+    /// Linux places a THP-aligned mapping inside a gap of its length plus 2 MiB (then aligns the
+    /// start up): a 6 MiB - 0x23000 gap right below the base cannot take a 4 MiB mapping, although
+    /// an aligned 4 MiB slot lies inside it. (Oracle: a read-only VMA 0x603000 below the top, then
+    /// a 4 MiB mmap lands 12 MiB below the top.)
+    @Test func thpPlacementNeedsAPaddedGap() throws {
+        let base: UInt64 = 0x7F00_0000_0000
+        let space = try AddressSpace(
+            configuration: .init(mmapBase: base), memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
+        try space.map(length: 0x23000, protection: .read, placement: .fixed(base - 0x603000))
+        #expect(try space.map(length: 0x400000) == base - 0xC00000)
+    }
+
+    /// Linux grows a VMA in place into the stack guard gap of a growsdown VMA above (only another
+    /// VMA in the way stops it).
+    @Test func growthInPlaceIgnoresTheGuardGap() throws {
+        let space = try kernelLikeSpace(privileged: false)
+        let stack = b + 0x200000
+        try space.map(length: 3 * page, protection: .read, placement: .fixed(stack), options: .growsDown)
+        try space.map(length: 0x39000, protection: .read, placement: .fixed(stack - 0x100000 - 0x39000), options: .shared)
+        let start = stack - 0x100000 - 0x39000
+        #expect(outcome { () throws(MemoryError) in try space.remap(address: start, oldLength: 0x39000, newLength: 0x3b000) } == "ok")
+        #expect(space.mapping(containing: start)?.end == start + 0x3b000)
+    }
 }
