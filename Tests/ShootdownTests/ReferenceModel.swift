@@ -502,7 +502,10 @@ final class ReferenceModel {
         let fixedShrink = fixedTarget != nil && oldLength > newLength
         guard oldLength == 0 || (!overflow && address + moveLength <= source.end && (fixedShrink || oldEnd <= source.end))
         else { throw .badAddress }
-        if fixedShrink && isSealed(address + newLength, oldEnd) { throw .permissionDenied }
+        if fixedShrink {
+            guard oldEnd <= limit else { throw .invalidArgument }
+            if isSealed(address + newLength, oldEnd) { throw .permissionDenied }
+        }
         if source.flags.contains(.locked) && newLength > oldLength && oldLength != 0 {
             try checkLockLimit(adding: newLength - oldLength, mapping: false)
         }
@@ -642,10 +645,18 @@ final class ReferenceModel {
                 case .remove:
                     dropPages(start, stop)
                     let object = area.object!
-                    for page in eachPage(start, stop) {
-                        let objectPage = area.objectPage + (page - area.start) / Self.pageSize
+                    let first = area.objectPage + (start - area.start) / Self.pageSize
+                    let last = area.objectPage + (stop - area.start) / Self.pageSize
+                    for objectPage in first..<last {
                         sharedTokens[object]?[objectPage] = nil
                         sharedResident[object]?.remove(objectPage)
+                    }
+                    // Every other mapping of those object pages loses them too.
+                    for other in areas where other.object == object {
+                        for page in eachPage(other.start, other.end) {
+                            let objectPage = other.objectPage + (page - other.start) / Self.pageSize
+                            if objectPage >= first && objectPage < last { pages[page] = nil }
+                        }
                     }
                 case .pageOut:
                     for page in pages.keys where page >= start && page < stop {

@@ -216,9 +216,23 @@ extension AddressSpace {
                         zapAndEnd(beginInvalidation(start, stop, .clear, vma: snapshot(vma)), start, stop, keepGuards: true)
                     case .remove:
                         zapAndEnd(beginInvalidation(start, stop, .clear, vma: snapshot(vma)), start, stop, keepGuards: true)
-                        vma.sharedObject?.removePages(
-                            from: vma.pageOffset + (start - vma.start) / Self.pageSize,
-                            to: vma.pageOffset + (stop - vma.start) / Self.pageSize)
+                        let first = vma.pageOffset + (start - vma.start) / Self.pageSize
+                        let last = vma.pageOffset + (stop - vma.start) / Self.pageSize
+                        // A hole punched in the object leaves no mapping of those pages anywhere in
+                        // this space (Linux unmaps them from every mapping of the file): other VMAs
+                        // over the same object pages are zapped too.
+                        if let object = vma.sharedObject {
+                            for other in index.all where other !== vma && other.sharedObject === object {
+                                let low = max(first, other.pageOffset)
+                                let high = min(last, other.pageOffset + (other.end - other.start) / Self.pageSize)
+                                guard low < high else { continue }
+                                edit.touch(other)
+                                let from = other.start + (low - other.pageOffset) * Self.pageSize
+                                let to = other.start + (high - other.pageOffset) * Self.pageSize
+                                zapAndEnd(beginInvalidation(from, to, .clear, vma: snapshot(other)), from, to, keepGuards: true)
+                            }
+                            object.removePages(from: first, to: last)
+                        }
                     case .free: lazyFree(start, stop, vma: vma)
                     case .pageOut: if vma.isAnonymousPrivate { pageOut(start, stop, vma: vma) }
                     default: break

@@ -128,7 +128,12 @@ extension AddressSpace {
             guard oldLength == 0
                 || (!oldEnd.overflow && address + moveLength <= vma.end && (fixedShrink || oldEnd.partialValue <= vma.end))
             else { throw .badAddress }
-            if fixedShrink { try checkNotSealed(address + newLength, oldEnd.partialValue) }
+            if fixedShrink {
+                // The tail goes through munmap's checks: past the user space it is EINVAL (nothing
+                // changed; the engine used to zap far beyond the space).
+                guard oldEnd.partialValue <= Self.userLimit else { throw .invalidArgument }
+                try checkNotSealed(address + newLength, oldEnd.partialValue)
+            }
             // Growing a locked VMA: the locked-memory limit before any search for room (EAGAIN).
             if vma.isLocked && newLength > oldLength && oldLength != 0 {
                 try checkLockLimit(adding: newLength - oldLength, mapping: false)
