@@ -57,7 +57,8 @@ extension AddressSpace {
     ///
     /// Linux rules, in Linux's order (measured on 6.18): a zero `RLIMIT_MEMLOCK` without
     /// `CAP_IPC_LOCK` is `EPERM`; the address is rounded down to a page and the length up (an
-    /// overflowing length becomes 0: success, nothing done); locking more than `RLIMIT_MEMLOCK`
+    /// overflowing length becomes 0: success, nothing done; a range wrapping past 2^64: `EINVAL`);
+    /// locking more than `RLIMIT_MEMLOCK`
     /// in total (pages already locked in the range do not count twice) without `CAP_IPC_LOCK` is
     /// `ENOMEM` before anything changes; then VMA by VMA `lo` (and `lf` with `onFault`, or its
     /// removal without) is set, splitting and merging; a hole is `ENOMEM` with the VMAs before it

@@ -43,7 +43,7 @@ extension AddressSpace {
     /// Maps `length` bytes of anonymous memory (`mmap(MAP_ANONYMOUS)`), private or shared.
     ///
     /// Linux rules, in Linux's order (measured on 6.18):
-    /// - zero length is `EINVAL`; ``MapOptions/growsDown`` with ``MapOptions/shared`` is `EINVAL`;
+    /// - zero length is `EINVAL`;
     /// - the length is rounded up to pages: `ENOMEM` if that overflows or exceeds `userLimit`;
     /// - more than `maxMapCount` VMAs already is `ENOMEM`;
     /// - fixed placements: past `userLimit - length` is `ENOMEM` (checked before alignment),
@@ -53,12 +53,16 @@ extension AddressSpace {
     /// - a hint is rounded down to a page and raised to `hintMinAddress` when nonzero and below
     ///   it; it is taken when the range fits below `userLimit` and is free (with the stack guard
     ///   gap below growsdown VMAs), else the search runs;
-    /// - the search is top-down below `mmapBase` (then bottom-up above it); a length that is a
-    ///   multiple of 2 MiB is placed 2 MiB-aligned (this kernel aligns anonymous THP-sized
-    ///   mappings); nothing fits: `ENOMEM`;
+    /// - the search is top-down below `mmapBase` (then bottom-up above it); a gap right below a
+    ///   growsdown VMA whose guard gap reaches into it restarts the search below the guard gap;
+    ///   private memory whose length is a multiple of 2 MiB and that has no hint is placed
+    ///   2 MiB-aligned inside a gap of the length plus 2 MiB (`__thp_get_unmapped_area`; without
+    ///   such a gap, unaligned); nothing fits: `ENOMEM`;
     /// - then ``MapOptions/locked`` (or `mlockall(MCL_FUTURE)`) without `CAP_IPC_LOCK`: `EPERM`
     ///   with a zero `RLIMIT_MEMLOCK` (`MAP_LOCKED` only), `EAGAIN` when the locked total would
-    ///   pass it.
+    ///   pass it;
+    /// - ``MapOptions/growsDown`` with ``MapOptions/shared`` is `EINVAL` only now (after `EEXIST`
+    ///   and the lock checks).
     ///
     /// Flags: `mr mw me` always; `sh ms` when shared; `ac` for private writable memory without
     /// ``MapOptions/noReserve``; `nr`, `gd`, `lo` (and `lf` after `mlockall(MCL_ONFAULT)`), `hg`

@@ -45,32 +45,38 @@ extension AddressSpace {
     /// new place under an `unmap` invalidation of the old range; shrinking unmaps the tail
     /// (`unmap`).
     ///
-    /// Linux rules, in Linux's order (measured on 6.18):
+    /// Linux rules, in Linux's order (measured on 6.18, and by the live-kernel oracle):
     /// - unknown flag bits, an unaligned address, ``RemapFlags/fixed`` or
-    ///   ``RemapFlags/dontUnmap`` without ``RemapFlags/mayMove``, ``RemapFlags/dontUnmap`` with
-    ///   different lengths: `EINVAL`; lengths are rounded up to pages, a zero (or overflowing) new
-    ///   length is `EINVAL`;
-    /// - with ``RemapFlags/fixed``: an unaligned target, a target range past `userLimit`, or one
-    ///   overlapping the source is `EINVAL`; below `mmapMinAddress` without `CAP_SYS_RAWIO`
-    ///   `EPERM`. With ``RemapFlags/dontUnmap`` and no ``RemapFlags/fixed``, `newAddress` is a hint;
-    /// - no VMA at `address` is `EFAULT`; that VMA sealed is `EPERM` (whatever the lengths);
-    /// - a zero old length duplicates a shared mapping (needs ``RemapFlags/mayMove``, else
-    ///   `ENOMEM`) and is `EINVAL` for private memory;
+    ///   ``RemapFlags/dontUnmap`` without ``RemapFlags/mayMove``: `EINVAL`; both lengths are
+    ///   rounded up to pages wrapping like `PAGE_ALIGN` (a length within a page of 2^64 becomes 0);
+    ///   a zero new length or one above `userLimit` is `EINVAL`; ``RemapFlags/dontUnmap`` with
+    ///   different rounded lengths is `EINVAL`;
+    /// - with ``RemapFlags/fixed`` or ``RemapFlags/dontUnmap``: an unaligned `newAddress`, a target
+    ///   range past `userLimit`, or one overlapping the source is `EINVAL` (with
+    ///   ``RemapFlags/dontUnmap`` alone `newAddress` is then only a hint, 0 included);
+    /// - no VMA at `address` is `EFAULT`; that VMA sealed is `EPERM` (whatever the lengths); a
+    ///   zero old length duplicates a shared mapping (needs ``RemapFlags/mayMove``, else `ENOMEM`)
+    ///   and is `EINVAL` for private memory; then a fixed target below `mmapMinAddress` without
+    ///   `CAP_SYS_RAWIO` is `EPERM`;
     /// - shrinking (new < old, not fixed) unmaps `[address + new, address + old)` whatever VMAs or
     ///   holes it spans (`EINVAL` past `userLimit`, `EPERM` with nothing unmapped if a sealed VMA
-    ///   is there) and returns `address`; equal lengths without a
-    ///   move return `address`; growing needs the old range inside one VMA (`EFAULT`) and grows in
-    ///   place when the range ends at the VMA's end and the space above is free (a locked VMA's new
-    ///   pages are populated), else moves with ``RemapFlags/mayMove`` (`ENOMEM` without);
-    /// - a move needs the old range inside one VMA (`EFAULT`; a fixed shrink only the part kept,
-    ///   its tail is unmapped first, `EPERM` if sealed); more than `maxMapCount - 3` VMAs is
-    ///   `ENOMEM`; a fixed target is unmapped only once every check passed (`EPERM` if sealed);
+    ///   is there) and returns `address`; equal lengths without a move return `address`;
     /// - with ``RemapFlags/fixed`` and equal lengths the old range may span several VMAs and
     ///   holes: each VMA (or part) moves to the same offset from `newAddress`, holes stay holes,
-    ///   and only the target parts that VMAs land on are replaced; no VMA at `address` is
-    ///   `EFAULT`, and an error at a later VMA leaves the earlier ones moved;
-    /// - ``RemapFlags/dontUnmap`` keeps the old VMA (its pages moved away) and clears its
-    ///   `lo`/`lf` as a whole, even the parts outside the moved range.
+    ///   and only the target parts that VMAs land on are replaced; an error at a later VMA leaves
+    ///   the earlier ones moved;
+    /// - otherwise the old range must lie in one VMA (`EFAULT`; a fixed shrink only its kept part,
+    ///   its tail is unmapped first: `EINVAL` past `userLimit`, `EPERM` if sealed); growing a
+    ///   locked VMA past `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK` is `EAGAIN`; growth happens in
+    ///   place when the range ends at the VMA's end and no VMA is in the way (a stack guard gap
+    ///   does not stop it), else by a move with ``RemapFlags/mayMove`` (`ENOMEM` without); more
+    ///   than `maxMapCount - 3` VMAs is `ENOMEM`; a fixed target is unmapped only once every check
+    ///   passed (`EPERM` if sealed); a non-fixed move of private memory whose length is a 2 MiB
+    ///   multiple is placed like mmap places it (2 MiB-aligned inside a padded gap);
+    /// - a locked VMA's new pages are populated, whether it grew in place or moved;
+    /// - ``RemapFlags/dontUnmap`` keeps the old VMA (its pages moved away), clears its `lo`/`lf`
+    ///   as a whole, even the parts outside the moved range, and when the whole VMA moved, unlinks
+    ///   its `anon_vma` identity.
     ///
     /// - Returns: the (possibly new) start address.
     @discardableResult
