@@ -13,7 +13,10 @@ let engineSwiftSettings: [SwiftSetting] = [
 let package = Package(
     name: "shootdown",
     products: [
-        .library(name: "Shootdown", targets: ["Shootdown"])
+        .library(name: "Shootdown", targets: ["Shootdown"]),
+        // The live kernel oracle (and, later, the replay and torture harnesses): runs the same
+        // operations on a real Linux process and on the engine and compares them.
+        .library(name: "ShootdownVerification", targets: ["ShootdownVerification"]),
     ],
     // No dependencies: a library user builds the engine and its C interop, nothing else. The CLI is
     // the nested package in CLI/, the benchmarks the one in Benchmarks/.
@@ -29,6 +32,16 @@ let package = Package(
             name: "Shootdown",
             dependencies: ["CInterop"],
             swiftSettings: engineSwiftSettings
+        ),
+        .target(
+            name: "ShootdownVerification",
+            dependencies: ["Shootdown", "CInterop"],
+            swiftSettings: engineSwiftSettings
+        ),
+        .testTarget(
+            name: "ShootdownVerificationTests",
+            dependencies: ["ShootdownVerification", "Shootdown", "CInterop"],
+            swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
         .testTarget(
             name: "ShootdownTests",

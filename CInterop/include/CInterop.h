@@ -25,6 +25,141 @@
 #elif defined(__has_feature)
 #if __has_feature(thread_sanitizer)
 #define CINTEROP_TSAN 1
+// MARK: - Kernel oracle (ShootdownVerification)
+//
+// A child process that runs raw memory syscalls for the verification harness, so the real kernel
+// judges the engine. `cinterop_oracle_spawn` forks and re-executes the running binary
+// (`/proc/self/exe`) with ASLR off and a fixed stack limit; a constructor in CInterop.c recognises
+// the environment variable below before `main` runs and serves commands on the inherited socket
+// until EOF, then `_exit`s. So the same child exists in every binary that links CInterop (the
+// test runner and the CLI).
+//
+// Wire format (one Unix stream socket per process): a request header, then `payload_length`
+// bytes; a reply header, then `payload_length` bytes. A reply to `FORK` carries the new
+// process's socket as SCM_RIGHTS ancillary data.
+
+/// Environment variable that turns a freshly executed binary into an oracle child.
+#define CINTEROP_ORACLE_ENVIRONMENT "SHOOTDOWN_KERNEL_ORACLE_CHILD"
+
+/// Commands of the oracle child.
+enum {
+    /// `arguments[0]` = syscall number, `arguments[1...6]` = its arguments. Only memory syscalls
+    /// are accepted (anything else replies `CINTEROP_ORACLE_REFUSED`). Reply `result` = raw return
+    /// value, or `-errno`. For mincore, `arguments[3]` is ignored unless `arguments[6]` is 1:
+    /// the child passes its own vector and the reply's payload is the vector (one byte per page).
+    CINTEROP_ORACLE_SYSCALL = 1,
+    /// `arguments[0]` = address: a load of 8 bytes. Reply `value` = the loaded bytes, or status
+    /// `CINTEROP_ORACLE_FAULTED` with `result` = the signal number.
+    CINTEROP_ORACLE_LOAD = 2,
+    /// `arguments[0]` = address, `arguments[1]` = value: a store of 8 bytes (status as for LOAD).
+    CINTEROP_ORACLE_STORE = 3,
+    /// Payload: `count` addresses (uint64). Reply payload: `count` records of
+    /// `cinterop_oracle_load_record` (a load each, faults caught).
+    CINTEROP_ORACLE_LOAD_MANY = 4,
+    /// Forks. The new process serves the socket sent back as SCM_RIGHTS; `result` = its pid.
+    CINTEROP_ORACLE_FORK = 5,
+    /// Replies, then exits (`_exit(0)`).
+    CINTEROP_ORACLE_EXIT = 6,
+    /// Reply `result` = pid, `value` = lowest address of the mappings the child filled around
+    /// (the bottom of its guard filler page).
+    CINTEROP_ORACLE_HELLO = 7,
+};
+
+/// Reply statuses.
+enum {
+    CINTEROP_ORACLE_OK = 0,
+    CINTEROP_ORACLE_FAULTED = 1,
+    CINTEROP_ORACLE_REFUSED = 2,
+};
+
+typedef struct {
+    uint32_t command;
+    uint32_t payload_length;
+    uint64_t arguments[7];
+} cinterop_oracle_request;
+
+typedef struct {
+    int64_t result;
+    uint64_t value;
+    uint32_t status;
+    uint32_t payload_length;
+} cinterop_oracle_reply;
+
+typedef struct {
+    uint64_t value;
+    /// 0: loaded; otherwise the signal that stopped the load.
+    uint64_t signal;
+} cinterop_oracle_load_record;
+
+typedef struct {
+    /// `RLIMIT_STACK` soft limit of the child (fixes the kernel's `mmap_base`).
+    uint64_t stack_limit;
+    /// If `drop_privileges`: the uid and gid the child switches to (after exec, before serving),
+    /// which clears every capability.
+    uint32_t uid;
+    uint32_t gid;
+    bool drop_privileges;
+    /// `PR_SET_THP_DISABLE` in the child.
+    bool disable_transparent_huge_pages;
+} cinterop_oracle_options;
+
+/// Spawns an oracle child. Returns 0 and sets `*pid` and `*channel`, or returns an errno value.
+/// The child dies with the calling thread's process (PR_SET_PDEATHSIG) and at EOF on its socket.
+int32_t cinterop_oracle_spawn(const cinterop_oracle_options *_Nonnull options, int32_t *_Nonnull pid,
+                              int32_t *_Nonnull channel);
+
+/// Sends a request (header and `payload_length` bytes of `payload`) and receives the reply header;
+/// the reply payload (at most `capacity` bytes; more is an error) goes to `buffer`. A descriptor
+/// received with the reply is stored in `*received_fd` (else -1). Returns 0 or an errno value
+/// (EPIPE/ECONNRESET if the child died, EMSGSIZE if the payload does not fit).
+int32_t cinterop_oracle_exchange(int32_t channel, const cinterop_oracle_request *_Nonnull request,
+                                 const void *_Nullable payload, cinterop_oracle_reply *_Nonnull reply,
+                                 void *_Nullable buffer, size_t capacity, int32_t *_Nonnull received_fd);
+
+/// Closes an oracle socket.
+void cinterop_oracle_close(int32_t channel);
+
+/// Sends SIGKILL to `pid` if `kill_first`, then waits for it (EINTR retried). Returns the raw wait
+/// status, or -errno (e.g. -ECHILD for a process that is not our child).
+int32_t cinterop_oracle_reap(int32_t pid, bool kill_first);
+
+/// Reads the whole of a (proc) file into `buffer`. Returns the byte count, -errno on failure, or
+/// -EFBIG if it does not fit in `capacity` (grow the buffer and retry).
+int64_t cinterop_read_file(const char *_Nonnull path, void *_Nonnull buffer, size_t capacity);
+
+/// One mapping found by `cinterop_smaps_scan`: its range, and where its fields are in the text.
+typedef struct {
+    uint64_t start;
+    uint64_t end;
+    /// Offset of the four permission letters.
+    uint32_t permissions;
+    /// Offset and length of the name (path or `[heap]`…; length 0 for none).
+    uint32_t name;
+    uint32_t name_length;
+    /// Offset and length of the text after `VmFlags:` (length 0 if the line is absent).
+    uint32_t flags;
+    uint32_t flags_length;
+    /// `THPeligible:` value, or -1 if absent.
+    int32_t transparent_huge_page_eligible;
+    uint64_t rss_kib;
+    uint64_t anonymous_huge_kib;
+} cinterop_smaps_record;
+
+/// Splits the text of `/proc/PID/smaps` (or `maps`) into one record per mapping: a mapping starts
+/// at a line beginning with a lower-case hex digit; the `Key: value` lines after it belong to it.
+/// The interpretation (letters, flags) is the Swift side's; this only finds things, at C speed,
+/// because the harness scans smaps after every operation in debug builds too. Returns the number of
+/// mappings (if more than `capacity`, only the first `capacity` were stored: call again with more
+/// room), or -1 for a malformed text, with the offending line's offset in `*error_offset`.
+int64_t cinterop_smaps_scan(const char *_Nonnull text, size_t length, cinterop_smaps_record *_Nullable records,
+                            size_t capacity, size_t *_Nonnull error_offset);
+
+/// The kernel release (`uname -r`) into `buffer`; returns false on failure.
+bool cinterop_kernel_release(char *_Nonnull buffer, size_t capacity);
+
+/// The real uid of the calling process.
+uint32_t cinterop_real_uid(void);
+
 #endif
 #endif
 
@@ -32,6 +167,141 @@
 void __tsan_acquire(void *addr);
 void __tsan_release(void *addr);
 extern char cinterop_rcu_tsan_grace_period;
+// MARK: - Kernel oracle (ShootdownVerification)
+//
+// A child process that runs raw memory syscalls for the verification harness, so the real kernel
+// judges the engine. `cinterop_oracle_spawn` forks and re-executes the running binary
+// (`/proc/self/exe`) with ASLR off and a fixed stack limit; a constructor in CInterop.c recognises
+// the environment variable below before `main` runs and serves commands on the inherited socket
+// until EOF, then `_exit`s. So the same child exists in every binary that links CInterop (the
+// test runner and the CLI).
+//
+// Wire format (one Unix stream socket per process): a request header, then `payload_length`
+// bytes; a reply header, then `payload_length` bytes. A reply to `FORK` carries the new
+// process's socket as SCM_RIGHTS ancillary data.
+
+/// Environment variable that turns a freshly executed binary into an oracle child.
+#define CINTEROP_ORACLE_ENVIRONMENT "SHOOTDOWN_KERNEL_ORACLE_CHILD"
+
+/// Commands of the oracle child.
+enum {
+    /// `arguments[0]` = syscall number, `arguments[1...6]` = its arguments. Only memory syscalls
+    /// are accepted (anything else replies `CINTEROP_ORACLE_REFUSED`). Reply `result` = raw return
+    /// value, or `-errno`. For mincore, `arguments[3]` is ignored unless `arguments[6]` is 1:
+    /// the child passes its own vector and the reply's payload is the vector (one byte per page).
+    CINTEROP_ORACLE_SYSCALL = 1,
+    /// `arguments[0]` = address: a load of 8 bytes. Reply `value` = the loaded bytes, or status
+    /// `CINTEROP_ORACLE_FAULTED` with `result` = the signal number.
+    CINTEROP_ORACLE_LOAD = 2,
+    /// `arguments[0]` = address, `arguments[1]` = value: a store of 8 bytes (status as for LOAD).
+    CINTEROP_ORACLE_STORE = 3,
+    /// Payload: `count` addresses (uint64). Reply payload: `count` records of
+    /// `cinterop_oracle_load_record` (a load each, faults caught).
+    CINTEROP_ORACLE_LOAD_MANY = 4,
+    /// Forks. The new process serves the socket sent back as SCM_RIGHTS; `result` = its pid.
+    CINTEROP_ORACLE_FORK = 5,
+    /// Replies, then exits (`_exit(0)`).
+    CINTEROP_ORACLE_EXIT = 6,
+    /// Reply `result` = pid, `value` = lowest address of the mappings the child filled around
+    /// (the bottom of its guard filler page).
+    CINTEROP_ORACLE_HELLO = 7,
+};
+
+/// Reply statuses.
+enum {
+    CINTEROP_ORACLE_OK = 0,
+    CINTEROP_ORACLE_FAULTED = 1,
+    CINTEROP_ORACLE_REFUSED = 2,
+};
+
+typedef struct {
+    uint32_t command;
+    uint32_t payload_length;
+    uint64_t arguments[7];
+} cinterop_oracle_request;
+
+typedef struct {
+    int64_t result;
+    uint64_t value;
+    uint32_t status;
+    uint32_t payload_length;
+} cinterop_oracle_reply;
+
+typedef struct {
+    uint64_t value;
+    /// 0: loaded; otherwise the signal that stopped the load.
+    uint64_t signal;
+} cinterop_oracle_load_record;
+
+typedef struct {
+    /// `RLIMIT_STACK` soft limit of the child (fixes the kernel's `mmap_base`).
+    uint64_t stack_limit;
+    /// If `drop_privileges`: the uid and gid the child switches to (after exec, before serving),
+    /// which clears every capability.
+    uint32_t uid;
+    uint32_t gid;
+    bool drop_privileges;
+    /// `PR_SET_THP_DISABLE` in the child.
+    bool disable_transparent_huge_pages;
+} cinterop_oracle_options;
+
+/// Spawns an oracle child. Returns 0 and sets `*pid` and `*channel`, or returns an errno value.
+/// The child dies with the calling thread's process (PR_SET_PDEATHSIG) and at EOF on its socket.
+int32_t cinterop_oracle_spawn(const cinterop_oracle_options *_Nonnull options, int32_t *_Nonnull pid,
+                              int32_t *_Nonnull channel);
+
+/// Sends a request (header and `payload_length` bytes of `payload`) and receives the reply header;
+/// the reply payload (at most `capacity` bytes; more is an error) goes to `buffer`. A descriptor
+/// received with the reply is stored in `*received_fd` (else -1). Returns 0 or an errno value
+/// (EPIPE/ECONNRESET if the child died, EMSGSIZE if the payload does not fit).
+int32_t cinterop_oracle_exchange(int32_t channel, const cinterop_oracle_request *_Nonnull request,
+                                 const void *_Nullable payload, cinterop_oracle_reply *_Nonnull reply,
+                                 void *_Nullable buffer, size_t capacity, int32_t *_Nonnull received_fd);
+
+/// Closes an oracle socket.
+void cinterop_oracle_close(int32_t channel);
+
+/// Sends SIGKILL to `pid` if `kill_first`, then waits for it (EINTR retried). Returns the raw wait
+/// status, or -errno (e.g. -ECHILD for a process that is not our child).
+int32_t cinterop_oracle_reap(int32_t pid, bool kill_first);
+
+/// Reads the whole of a (proc) file into `buffer`. Returns the byte count, -errno on failure, or
+/// -EFBIG if it does not fit in `capacity` (grow the buffer and retry).
+int64_t cinterop_read_file(const char *_Nonnull path, void *_Nonnull buffer, size_t capacity);
+
+/// One mapping found by `cinterop_smaps_scan`: its range, and where its fields are in the text.
+typedef struct {
+    uint64_t start;
+    uint64_t end;
+    /// Offset of the four permission letters.
+    uint32_t permissions;
+    /// Offset and length of the name (path or `[heap]`…; length 0 for none).
+    uint32_t name;
+    uint32_t name_length;
+    /// Offset and length of the text after `VmFlags:` (length 0 if the line is absent).
+    uint32_t flags;
+    uint32_t flags_length;
+    /// `THPeligible:` value, or -1 if absent.
+    int32_t transparent_huge_page_eligible;
+    uint64_t rss_kib;
+    uint64_t anonymous_huge_kib;
+} cinterop_smaps_record;
+
+/// Splits the text of `/proc/PID/smaps` (or `maps`) into one record per mapping: a mapping starts
+/// at a line beginning with a lower-case hex digit; the `Key: value` lines after it belong to it.
+/// The interpretation (letters, flags) is the Swift side's; this only finds things, at C speed,
+/// because the harness scans smaps after every operation in debug builds too. Returns the number of
+/// mappings (if more than `capacity`, only the first `capacity` were stored: call again with more
+/// room), or -1 for a malformed text, with the offending line's offset in `*error_offset`.
+int64_t cinterop_smaps_scan(const char *_Nonnull text, size_t length, cinterop_smaps_record *_Nullable records,
+                            size_t capacity, size_t *_Nonnull error_offset);
+
+/// The kernel release (`uname -r`) into `buffer`; returns false on failure.
+bool cinterop_kernel_release(char *_Nonnull buffer, size_t capacity);
+
+/// The real uid of the calling process.
+uint32_t cinterop_real_uid(void);
+
 #endif
 
 // MARK: - Per-thread state: liburcu registration and a thread slot
@@ -147,6 +417,141 @@ static inline __attribute__((always_inline)) void cinterop_rcu_read_lock(void) {
 static inline __attribute__((always_inline)) void cinterop_rcu_read_unlock(void) {
 #ifdef CINTEROP_TSAN
     __tsan_release(&cinterop_rcu_tsan_grace_period);
+// MARK: - Kernel oracle (ShootdownVerification)
+//
+// A child process that runs raw memory syscalls for the verification harness, so the real kernel
+// judges the engine. `cinterop_oracle_spawn` forks and re-executes the running binary
+// (`/proc/self/exe`) with ASLR off and a fixed stack limit; a constructor in CInterop.c recognises
+// the environment variable below before `main` runs and serves commands on the inherited socket
+// until EOF, then `_exit`s. So the same child exists in every binary that links CInterop (the
+// test runner and the CLI).
+//
+// Wire format (one Unix stream socket per process): a request header, then `payload_length`
+// bytes; a reply header, then `payload_length` bytes. A reply to `FORK` carries the new
+// process's socket as SCM_RIGHTS ancillary data.
+
+/// Environment variable that turns a freshly executed binary into an oracle child.
+#define CINTEROP_ORACLE_ENVIRONMENT "SHOOTDOWN_KERNEL_ORACLE_CHILD"
+
+/// Commands of the oracle child.
+enum {
+    /// `arguments[0]` = syscall number, `arguments[1...6]` = its arguments. Only memory syscalls
+    /// are accepted (anything else replies `CINTEROP_ORACLE_REFUSED`). Reply `result` = raw return
+    /// value, or `-errno`. For mincore, `arguments[3]` is ignored unless `arguments[6]` is 1:
+    /// the child passes its own vector and the reply's payload is the vector (one byte per page).
+    CINTEROP_ORACLE_SYSCALL = 1,
+    /// `arguments[0]` = address: a load of 8 bytes. Reply `value` = the loaded bytes, or status
+    /// `CINTEROP_ORACLE_FAULTED` with `result` = the signal number.
+    CINTEROP_ORACLE_LOAD = 2,
+    /// `arguments[0]` = address, `arguments[1]` = value: a store of 8 bytes (status as for LOAD).
+    CINTEROP_ORACLE_STORE = 3,
+    /// Payload: `count` addresses (uint64). Reply payload: `count` records of
+    /// `cinterop_oracle_load_record` (a load each, faults caught).
+    CINTEROP_ORACLE_LOAD_MANY = 4,
+    /// Forks. The new process serves the socket sent back as SCM_RIGHTS; `result` = its pid.
+    CINTEROP_ORACLE_FORK = 5,
+    /// Replies, then exits (`_exit(0)`).
+    CINTEROP_ORACLE_EXIT = 6,
+    /// Reply `result` = pid, `value` = lowest address of the mappings the child filled around
+    /// (the bottom of its guard filler page).
+    CINTEROP_ORACLE_HELLO = 7,
+};
+
+/// Reply statuses.
+enum {
+    CINTEROP_ORACLE_OK = 0,
+    CINTEROP_ORACLE_FAULTED = 1,
+    CINTEROP_ORACLE_REFUSED = 2,
+};
+
+typedef struct {
+    uint32_t command;
+    uint32_t payload_length;
+    uint64_t arguments[7];
+} cinterop_oracle_request;
+
+typedef struct {
+    int64_t result;
+    uint64_t value;
+    uint32_t status;
+    uint32_t payload_length;
+} cinterop_oracle_reply;
+
+typedef struct {
+    uint64_t value;
+    /// 0: loaded; otherwise the signal that stopped the load.
+    uint64_t signal;
+} cinterop_oracle_load_record;
+
+typedef struct {
+    /// `RLIMIT_STACK` soft limit of the child (fixes the kernel's `mmap_base`).
+    uint64_t stack_limit;
+    /// If `drop_privileges`: the uid and gid the child switches to (after exec, before serving),
+    /// which clears every capability.
+    uint32_t uid;
+    uint32_t gid;
+    bool drop_privileges;
+    /// `PR_SET_THP_DISABLE` in the child.
+    bool disable_transparent_huge_pages;
+} cinterop_oracle_options;
+
+/// Spawns an oracle child. Returns 0 and sets `*pid` and `*channel`, or returns an errno value.
+/// The child dies with the calling thread's process (PR_SET_PDEATHSIG) and at EOF on its socket.
+int32_t cinterop_oracle_spawn(const cinterop_oracle_options *_Nonnull options, int32_t *_Nonnull pid,
+                              int32_t *_Nonnull channel);
+
+/// Sends a request (header and `payload_length` bytes of `payload`) and receives the reply header;
+/// the reply payload (at most `capacity` bytes; more is an error) goes to `buffer`. A descriptor
+/// received with the reply is stored in `*received_fd` (else -1). Returns 0 or an errno value
+/// (EPIPE/ECONNRESET if the child died, EMSGSIZE if the payload does not fit).
+int32_t cinterop_oracle_exchange(int32_t channel, const cinterop_oracle_request *_Nonnull request,
+                                 const void *_Nullable payload, cinterop_oracle_reply *_Nonnull reply,
+                                 void *_Nullable buffer, size_t capacity, int32_t *_Nonnull received_fd);
+
+/// Closes an oracle socket.
+void cinterop_oracle_close(int32_t channel);
+
+/// Sends SIGKILL to `pid` if `kill_first`, then waits for it (EINTR retried). Returns the raw wait
+/// status, or -errno (e.g. -ECHILD for a process that is not our child).
+int32_t cinterop_oracle_reap(int32_t pid, bool kill_first);
+
+/// Reads the whole of a (proc) file into `buffer`. Returns the byte count, -errno on failure, or
+/// -EFBIG if it does not fit in `capacity` (grow the buffer and retry).
+int64_t cinterop_read_file(const char *_Nonnull path, void *_Nonnull buffer, size_t capacity);
+
+/// One mapping found by `cinterop_smaps_scan`: its range, and where its fields are in the text.
+typedef struct {
+    uint64_t start;
+    uint64_t end;
+    /// Offset of the four permission letters.
+    uint32_t permissions;
+    /// Offset and length of the name (path or `[heap]`…; length 0 for none).
+    uint32_t name;
+    uint32_t name_length;
+    /// Offset and length of the text after `VmFlags:` (length 0 if the line is absent).
+    uint32_t flags;
+    uint32_t flags_length;
+    /// `THPeligible:` value, or -1 if absent.
+    int32_t transparent_huge_page_eligible;
+    uint64_t rss_kib;
+    uint64_t anonymous_huge_kib;
+} cinterop_smaps_record;
+
+/// Splits the text of `/proc/PID/smaps` (or `maps`) into one record per mapping: a mapping starts
+/// at a line beginning with a lower-case hex digit; the `Key: value` lines after it belong to it.
+/// The interpretation (letters, flags) is the Swift side's; this only finds things, at C speed,
+/// because the harness scans smaps after every operation in debug builds too. Returns the number of
+/// mappings (if more than `capacity`, only the first `capacity` were stored: call again with more
+/// room), or -1 for a malformed text, with the offending line's offset in `*error_offset`.
+int64_t cinterop_smaps_scan(const char *_Nonnull text, size_t length, cinterop_smaps_record *_Nullable records,
+                            size_t capacity, size_t *_Nonnull error_offset);
+
+/// The kernel release (`uname -r`) into `buffer`; returns false on failure.
+bool cinterop_kernel_release(char *_Nonnull buffer, size_t capacity);
+
+/// The real uid of the calling process.
+uint32_t cinterop_real_uid(void);
+
 #endif
     _urcu_memb_read_unlock();
 }
@@ -258,5 +663,140 @@ bool cinterop_profile_hooks_available(void);
 /// Installs a SIGINT handler that sets a flag readable with `cinterop_interrupted`.
 void cinterop_install_interrupt_handler(void);
 bool cinterop_interrupted(void);
+
+// MARK: - Kernel oracle (ShootdownVerification)
+//
+// A child process that runs raw memory syscalls for the verification harness, so the real kernel
+// judges the engine. `cinterop_oracle_spawn` forks and re-executes the running binary
+// (`/proc/self/exe`) with ASLR off and a fixed stack limit; a constructor in CInterop.c recognises
+// the environment variable below before `main` runs and serves commands on the inherited socket
+// until EOF, then `_exit`s. So the same child exists in every binary that links CInterop (the
+// test runner and the CLI).
+//
+// Wire format (one Unix stream socket per process): a request header, then `payload_length`
+// bytes; a reply header, then `payload_length` bytes. A reply to `FORK` carries the new
+// process's socket as SCM_RIGHTS ancillary data.
+
+/// Environment variable that turns a freshly executed binary into an oracle child.
+#define CINTEROP_ORACLE_ENVIRONMENT "SHOOTDOWN_KERNEL_ORACLE_CHILD"
+
+/// Commands of the oracle child.
+enum {
+    /// `arguments[0]` = syscall number, `arguments[1...6]` = its arguments. Only memory syscalls
+    /// are accepted (anything else replies `CINTEROP_ORACLE_REFUSED`). Reply `result` = raw return
+    /// value, or `-errno`. For mincore, `arguments[3]` is ignored unless `arguments[6]` is 1:
+    /// the child passes its own vector and the reply's payload is the vector (one byte per page).
+    CINTEROP_ORACLE_SYSCALL = 1,
+    /// `arguments[0]` = address: a load of 8 bytes. Reply `value` = the loaded bytes, or status
+    /// `CINTEROP_ORACLE_FAULTED` with `result` = the signal number.
+    CINTEROP_ORACLE_LOAD = 2,
+    /// `arguments[0]` = address, `arguments[1]` = value: a store of 8 bytes (status as for LOAD).
+    CINTEROP_ORACLE_STORE = 3,
+    /// Payload: `count` addresses (uint64). Reply payload: `count` records of
+    /// `cinterop_oracle_load_record` (a load each, faults caught).
+    CINTEROP_ORACLE_LOAD_MANY = 4,
+    /// Forks. The new process serves the socket sent back as SCM_RIGHTS; `result` = its pid.
+    CINTEROP_ORACLE_FORK = 5,
+    /// Replies, then exits (`_exit(0)`).
+    CINTEROP_ORACLE_EXIT = 6,
+    /// Reply `result` = pid, `value` = lowest address of the mappings the child filled around
+    /// (the bottom of its guard filler page).
+    CINTEROP_ORACLE_HELLO = 7,
+};
+
+/// Reply statuses.
+enum {
+    CINTEROP_ORACLE_OK = 0,
+    CINTEROP_ORACLE_FAULTED = 1,
+    CINTEROP_ORACLE_REFUSED = 2,
+};
+
+typedef struct {
+    uint32_t command;
+    uint32_t payload_length;
+    uint64_t arguments[7];
+} cinterop_oracle_request;
+
+typedef struct {
+    int64_t result;
+    uint64_t value;
+    uint32_t status;
+    uint32_t payload_length;
+} cinterop_oracle_reply;
+
+typedef struct {
+    uint64_t value;
+    /// 0: loaded; otherwise the signal that stopped the load.
+    uint64_t signal;
+} cinterop_oracle_load_record;
+
+typedef struct {
+    /// `RLIMIT_STACK` soft limit of the child (fixes the kernel's `mmap_base`).
+    uint64_t stack_limit;
+    /// If `drop_privileges`: the uid and gid the child switches to (after exec, before serving),
+    /// which clears every capability.
+    uint32_t uid;
+    uint32_t gid;
+    bool drop_privileges;
+    /// `PR_SET_THP_DISABLE` in the child.
+    bool disable_transparent_huge_pages;
+} cinterop_oracle_options;
+
+/// Spawns an oracle child. Returns 0 and sets `*pid` and `*channel`, or returns an errno value.
+/// The child dies with the calling thread's process (PR_SET_PDEATHSIG) and at EOF on its socket.
+int32_t cinterop_oracle_spawn(const cinterop_oracle_options *_Nonnull options, int32_t *_Nonnull pid,
+                              int32_t *_Nonnull channel);
+
+/// Sends a request (header and `payload_length` bytes of `payload`) and receives the reply header;
+/// the reply payload (at most `capacity` bytes; more is an error) goes to `buffer`. A descriptor
+/// received with the reply is stored in `*received_fd` (else -1). Returns 0 or an errno value
+/// (EPIPE/ECONNRESET if the child died, EMSGSIZE if the payload does not fit).
+int32_t cinterop_oracle_exchange(int32_t channel, const cinterop_oracle_request *_Nonnull request,
+                                 const void *_Nullable payload, cinterop_oracle_reply *_Nonnull reply,
+                                 void *_Nullable buffer, size_t capacity, int32_t *_Nonnull received_fd);
+
+/// Closes an oracle socket.
+void cinterop_oracle_close(int32_t channel);
+
+/// Sends SIGKILL to `pid` if `kill_first`, then waits for it (EINTR retried). Returns the raw wait
+/// status, or -errno (e.g. -ECHILD for a process that is not our child).
+int32_t cinterop_oracle_reap(int32_t pid, bool kill_first);
+
+/// Reads the whole of a (proc) file into `buffer`. Returns the byte count, -errno on failure, or
+/// -EFBIG if it does not fit in `capacity` (grow the buffer and retry).
+int64_t cinterop_read_file(const char *_Nonnull path, void *_Nonnull buffer, size_t capacity);
+
+/// One mapping found by `cinterop_smaps_scan`: its range, and where its fields are in the text.
+typedef struct {
+    uint64_t start;
+    uint64_t end;
+    /// Offset of the four permission letters.
+    uint32_t permissions;
+    /// Offset and length of the name (path or `[heap]`…; length 0 for none).
+    uint32_t name;
+    uint32_t name_length;
+    /// Offset and length of the text after `VmFlags:` (length 0 if the line is absent).
+    uint32_t flags;
+    uint32_t flags_length;
+    /// `THPeligible:` value, or -1 if absent.
+    int32_t transparent_huge_page_eligible;
+    uint64_t rss_kib;
+    uint64_t anonymous_huge_kib;
+} cinterop_smaps_record;
+
+/// Splits the text of `/proc/PID/smaps` (or `maps`) into one record per mapping: a mapping starts
+/// at a line beginning with a lower-case hex digit; the `Key: value` lines after it belong to it.
+/// The interpretation (letters, flags) is the Swift side's; this only finds things, at C speed,
+/// because the harness scans smaps after every operation in debug builds too. Returns the number of
+/// mappings (if more than `capacity`, only the first `capacity` were stored: call again with more
+/// room), or -1 for a malformed text, with the offending line's offset in `*error_offset`.
+int64_t cinterop_smaps_scan(const char *_Nonnull text, size_t length, cinterop_smaps_record *_Nullable records,
+                            size_t capacity, size_t *_Nonnull error_offset);
+
+/// The kernel release (`uname -r`) into `buffer`; returns false on failure.
+bool cinterop_kernel_release(char *_Nonnull buffer, size_t capacity);
+
+/// The real uid of the calling process.
+uint32_t cinterop_real_uid(void);
 
 #endif

@@ -10,7 +10,7 @@ struct ShootdownCommand: ParsableCommand {
             Without a subcommand, runs the headline suite (about 10 seconds) and prints each key \
             figure beside its target. `shootdown bench WORKLOAD` runs one workload with every knob.
             """,
-        subcommands: [Headline.self, Bench.self, Replay.self, Torture.self, PerfProbe.self],
+        subcommands: [Headline.self, Bench.self, Replay.self, Torture.self, VerifyKernel.self, PerfProbe.self],
         defaultSubcommand: Headline.self)
 }
 

@@ -14,6 +14,11 @@ extension AddressSpace {
     /// shared (`copy_present_page`): the parent keeps the pinned frame, writable as it was, so the
     /// device and the parent keep seeing one page.
     ///
+    /// Linux rules (measured on 6.18): `dc` (`MADV_DONTFORK`) VMAs are not copied; `wf`
+    /// (`MADV_WIPEONFORK`) VMAs are copied empty (the child reads zeros; the flag stays); `lo` and
+    /// `lf` are cleared in the child, whose pages stay mapped copy-on-write; `mlockall(MCL_FUTURE)`
+    /// is not inherited; guard markers are copied; VMAs are copied one for one, never merged.
+    ///
     /// - Throws: ``MemoryError/addressSpaceDead``; ``MemoryError/outOfMemory`` if the child's
     ///   page-table root or a copy of a pinned page cannot be allocated (the child is discarded).
     public func fork() throws(MemoryError) -> AddressSpace {
@@ -21,13 +26,20 @@ extension AddressSpace {
             try checkAlive()
             let child = try AddressSpace(configuration: configuration, memory: memory)
             child.freeAreaCache = freeAreaCache
+            child.programBreak = programBreak
             let childEdit = VMAEdit(child)
-            for vma in index.all {
+            for vma in index.all where !vma.flags.contains(.dontCopy) {
                 let cow = vma.isAnonymousPrivate
-                if cow { splitHugeMappings(vma.start, vma.end) }
+                let wipe = cow && vma.flags.contains(.wipeOnFork)
+                if cow && !wipe { splitHugeMappings(vma.start, vma.end) }
+                // `anon_vma_fork`: every child VMA gets an anon_vma of its own, even parts of one
+                // parent VMA that share theirs (measured: the child's parts then never merge).
+                let anon: UInt64 = vma.anonVMA != 0 && !wipe ? AnonVMA.make(inherited: true) : 0
                 childEdit.insert(
-                    VMA(start: vma.start, end: vma.end, protection: vma.protection, flags: vma.flags,
-                        sharedObject: vma.sharedObject, pageOffset: vma.pageOffset))
+                    VMA(start: vma.start, end: vma.end, protection: vma.protection,
+                        flags: vma.flags.subtracting([.locked, .lockOnFault]),
+                        sharedObject: vma.sharedObject, pageOffset: vma.pageOffset, anonVMA: anon))
+                if wipe { continue }
                 var copied = true
                 if cow {
                     let scope = beginInvalidation(vma.start, vma.end, .protectionPage, vma: snapshot(vma))
@@ -74,7 +86,9 @@ extension AddressSpace {
                         let raw = table[index].pointee.load(ordering: .relaxed)
                         if raw == 0 { continue }
                         var entry = PageTableEntry(rawValue: raw)
-                        if entry.isSwap {
+                        if entry.isGuard {
+                            // Nothing to reference.
+                        } else if entry.isSwap {
                             memory.swap.duplicate(UInt32(truncatingIfNeeded: entry.number))
                         } else if copyOnWrite && memory.isPinned(entry.number) {
                             // The device writes the parent's frame: the child gets its own copy

@@ -1,23 +1,47 @@
 import Synchronization
 
-/// One VMA as seen from outside.
+/// One VMA as seen from outside (a line of `/proc/PID/maps` plus its smaps `VmFlags`).
 public struct Mapping: Hashable, Sendable, CustomStringConvertible {
     public var start: UInt64
     public var end: UInt64
-    public var protection: Protection
-    public var flags: MappingFlags
+    /// The access bits (`PROT_READ`, `PROT_WRITE`, `PROT_EXEC`).
+    public var protection: Protection {
+        didSet { vmFlags = vmFlags.with(protection) }
+    }
+    /// The VMA's flags, including `rd wr ex` mirroring ``protection``.
+    public var vmFlags: VMFlags
 
-    public init(start: UInt64, end: UInt64, protection: Protection, flags: MappingFlags) {
+    /// The flags (``vmFlags``; the former name).
+    public var flags: VMFlags {
+        get { vmFlags }
+        set { vmFlags = newValue.with(protection) }
+    }
+
+    /// - Parameter flags: the VMA's flags; the access bits are taken from `protection`.
+    public init(start: UInt64, end: UInt64, protection: Protection, flags: VMFlags) {
+        self.start = start
+        self.end = end
+        self.protection = protection.access
+        vmFlags = flags.with(protection.access)
+    }
+
+    /// Fields as they are (`vmFlags` already carrying `protection`'s access bits).
+    @inlinable
+    init(start: UInt64, end: UInt64, access protection: Protection, vmFlags: VMFlags) {
         self.start = start
         self.end = end
         self.protection = protection
-        self.flags = flags
+        self.vmFlags = vmFlags
     }
+
+    /// The `VmFlags:` field of `/proc/PID/smaps` for this VMA, exactly as this kernel prints it
+    /// (two-letter names in its order, each followed by a space), e.g. `"rd wr mr mw me ac "`.
+    public var smapsFlags: String { vmFlags.smapsLetters }
 
     /// A `/proc/self/maps` line: `start-end perms`, `p` or `s`.
     public var description: String {
         String(start, radix: 16) + "-" + String(end, radix: 16) + " " + protection.description
-            + (flags.contains(.shared) ? "s" : "p")
+            + (vmFlags.contains(.shared) ? "s" : "p")
     }
 }
 
@@ -25,7 +49,13 @@ extension VMA {
     /// The VMA's public description. Fields are read relaxed: hold the mmap lock, or validate
     /// with `sequence` (as ``AddressSpace/mapping(containing:)`` does).
     @inlinable
-    var mapping: Mapping { Mapping(start: start, end: end, protection: protection, flags: flags) }
+    var mapping: Mapping {
+        // One load of the attribute word: protection in the low byte (its access bits), flags above.
+        let attributes = attributeWord.load(ordering: .relaxed)
+        return Mapping(
+            start: start, end: end, access: Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 7)),
+            vmFlags: VMFlags(rawValue: (attributes >> 8) | (attributes & 7)))
+    }
 }
 
 extension AddressSpace {

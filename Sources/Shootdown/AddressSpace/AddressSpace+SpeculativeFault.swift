@@ -66,8 +66,8 @@ extension AddressSpace {
             let sequence = vma.sequence.readBegin()
             if sequence & 1 != 0 { return .abortSequenceOdd }
             let attributes = vma.attributeWord.load(ordering: .relaxed)
-            let protection = Protection(rawValue: UInt8(truncatingIfNeeded: attributes))
-            let flags = MappingFlags(rawValue: UInt16(truncatingIfNeeded: attributes >> 8))
+            let protection = Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 0xFF))
+            let flags = VMFlags(rawValue: attributes >> 8)
             if address < vma.start || address >= vma.end { return .abortVMAChanged }
             if !Self.accessAllowed(protection, access) {
                 // A real violation only if the snapshot was consistent.
@@ -106,6 +106,11 @@ extension AddressSpace {
             } else if !entry.isNone {
                 return .abortNotSupported  // swap or PROT_NONE entry
             } else if write {
+                // The first anonymous page needs the VMA's anon_vma identity, which only the classic
+                // path assigns (as the kernel retries a per-VMA-lock fault without an anon_vma under
+                // the mmap lock). Relaxed: a stale zero only sends the fault to the classic path, and
+                // a non-zero identity is never cleared while the VMA's sequence stays unchanged.
+                if vma.anonVMAWord.load(ordering: .relaxed) == 0 { return .abortNotSupported }
                 guard let fresh = memory.allocate() else { return .abortNoMemory }
                 frame = fresh
             }

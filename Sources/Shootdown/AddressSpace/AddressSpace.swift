@@ -13,8 +13,9 @@ import Synchronization
 /// page-level operations (madvise, reclaim, migration, aging) take it for reading; the speculative
 /// fault path takes no lock but an RCU read section and one split lock.
 ///
-/// Every public operation validates its input first and throws a ``MemoryError`` without changing
-/// anything.
+/// Every public operation validates its input and throws a ``MemoryError``; where Linux has
+/// partial effects before an error (mprotect, madvise, mlock over holes; mremap's fixed target) the
+/// engine has the same, as each operation documents.
 public final class AddressSpace: @unchecked Sendable {
     /// Which fault path serves faults (a design knob).
     public enum FaultPath: String, Sendable, CaseIterable {
@@ -31,29 +32,61 @@ public final class AddressSpace: @unchecked Sendable {
         case write
     }
 
-    /// Settings fixed when a space is created.
+    /// Capabilities of the modelled process that change what the memory syscalls allow.
+    public struct Capabilities: OptionSet, Hashable, Sendable {
+        public let rawValue: UInt8
+        public init(rawValue: UInt8) { self.rawValue = rawValue }
+
+        /// `CAP_IPC_LOCK`: mlock ignores `RLIMIT_MEMLOCK`.
+        public static let ipcLock = Capabilities(rawValue: 1 << 0)
+        /// `CAP_SYS_RAWIO`: mappings may go below `mmapMinAddress` (down to 0).
+        public static let sysRawIO = Capabilities(rawValue: 1 << 1)
+    }
+
+    /// Settings fixed when a space is created. The defaults are those of an unprivileged process
+    /// on the reference machine (Linux 6.18 x86-64).
     public struct Configuration: Sendable, Hashable {
         public var faultPath: FaultPath
         public var notifierList: NotifierListProtection
         public var pageTableLocking: PageTableLocking
         /// Top of the area searched top-down for non-fixed mappings (`mm->mmap_base`).
         public var mmapBase: UInt64
-        /// Lowest address a mapping may use (`vm.mmap_min_addr`).
+        /// Lowest address a mapping may use without ``Capabilities/sysRawIO``
+        /// (`vm.mmap_min_addr`, 4096): below it mmap fails with `EPERM`.
         public var mmapMinAddress: UInt64
-        /// Maximum number of VMAs (`vm.max_map_count`); more fail with `ENOMEM`.
+        /// Lowest address a non-fixed hint is raised to (the security module's floor,
+        /// `CONFIG_LSM_MMAP_MIN_ADDR`, 65536 here): a nonzero hint below it becomes it.
+        public var hintMinAddress: UInt64
+        /// Maximum number of VMAs (`vm.max_map_count`, 65530); more fail with `ENOMEM`.
         public var maxMapCount: Int
+        /// `RLIMIT_MEMLOCK` in bytes (8 MiB); `nil` is unlimited.
+        public var lockedMemoryLimit: UInt64?
+        /// The process's capabilities (none).
+        public var capabilities: Capabilities
+        /// `RLIMIT_STACK` in bytes (8 MiB): how far a growsdown VMA may grow.
+        public var stackLimit: UInt64
+        /// `mm->start_brk`: where the program break starts (page-aligned); `nil` for a space
+        /// without a brk area (brk then always returns 0, refusing).
+        public var programBreakStart: UInt64?
 
         public init(
             faultPath: FaultPath = .speculative, notifierList: NotifierListProtection = .rcu,
             pageTableLocking: PageTableLocking = .split, mmapBase: UInt64 = 0x7F00_0000_0000,
-            mmapMinAddress: UInt64 = 0x10000, maxMapCount: Int = 1 << 20
+            mmapMinAddress: UInt64 = 4096, hintMinAddress: UInt64 = 65536, maxMapCount: Int = 65530,
+            lockedMemoryLimit: UInt64? = 8 << 20, capabilities: Capabilities = [], stackLimit: UInt64 = 8 << 20,
+            programBreakStart: UInt64? = nil
         ) {
             self.faultPath = faultPath
             self.notifierList = notifierList
             self.pageTableLocking = pageTableLocking
             self.mmapBase = mmapBase
             self.mmapMinAddress = mmapMinAddress
+            self.hintMinAddress = hintMinAddress
             self.maxMapCount = maxMapCount
+            self.lockedMemoryLimit = lockedMemoryLimit
+            self.capabilities = capabilities
+            self.stackLimit = stackLimit
+            self.programBreakStart = programBreakStart
         }
     }
 
@@ -61,7 +94,8 @@ public final class AddressSpace: @unchecked Sendable {
     public static let pageSize: UInt64 = PageTable.pageSize
     /// Huge page size (2 MiB).
     public static let hugePageSize: UInt64 = PageTable.hugePageSize
-    /// End of the 48-bit user address space (`TASK_SIZE`, rounded to 2^47).
+    /// End of the user address space with 4-level paging (`TASK_SIZE`, `0x7ffffffff000`: one
+    /// page below 2^47, the guard page x86 keeps under the non-canonical hole).
     public static let userLimit: UInt64 = PageTable.userLimit
 
     private static let nextID = Atomic<UInt64>(1)
@@ -87,6 +121,14 @@ public final class AddressSpace: @unchecked Sendable {
     private let writerPadding = CacheLinePadding()
     /// Where the last top-down search ended (`free_area_cache`; mmap write lock).
     var freeAreaCache: UInt64
+    /// `mm->def_flags`: ``VMFlags/locked`` (and ``VMFlags/lockOnFault``) after
+    /// `mlockall(MCL_FUTURE)`; every new mapping gets them (mmap write lock).
+    var defaultFlags: VMFlags = []
+    /// `mm->brk`: the current program break (mmap write lock); `start_brk` is in the
+    /// configuration.
+    var programBreak: UInt64
+    /// Serialises the first `anon_vma` assignment of VMAs under the mmap read lock.
+    let anonVMALock = SpinLock()
 
     /// Creates an empty address space.
     ///
@@ -96,8 +138,10 @@ public final class AddressSpace: @unchecked Sendable {
         throws(MemoryError)
     {
         guard configuration.mmapBase % Self.pageSize == 0, configuration.mmapMinAddress % Self.pageSize == 0,
+            configuration.hintMinAddress % Self.pageSize == 0,
             configuration.mmapMinAddress < configuration.mmapBase, configuration.mmapBase <= Self.userLimit,
-            configuration.maxMapCount > 0
+            configuration.maxMapCount > 0,
+            configuration.programBreakStart.map { $0 % Self.pageSize == 0 && $0 < Self.userLimit } ?? true
         else { throw .invalidArgument }
         guard let pageTable = PageTable(locking: configuration.pageTableLocking) else { throw .outOfMemory }
         id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
@@ -106,6 +150,7 @@ public final class AddressSpace: @unchecked Sendable {
         self.pageTable = pageTable
         speculativeEnabled = configuration.faultPath == .speculative
         freeAreaCache = configuration.mmapBase
+        programBreak = configuration.programBreakStart ?? 0
     }
 
     deinit {
@@ -170,10 +215,12 @@ public final class AddressSpace: @unchecked Sendable {
     /// frame recycled while it may still translate to it. Returns the number of frames freed.
     /// Caller: the mmap lock plus whatever excludes other writers of the range.
     @discardableResult
-    func zapAndEnd(_ scope: consuming InvalidationScope, _ start: UInt64, _ end: UInt64) -> Int {
+    func zapAndEnd(
+        _ scope: consuming InvalidationScope, _ start: UInt64, _ end: UInt64, keepGuards: Bool = false
+    ) -> Int {
         var chain = FrameChain()
         let result = withSecondaryTLBHook { hook in
-            pageTable.zap(from: start, to: end, memory: memory, chain: &chain, flush: hook)
+            pageTable.zap(from: start, to: end, memory: memory, chain: &chain, keepGuards: keepGuards, flush: hook)
         }
         scope.end()
         let frames = chain.frameCount
@@ -223,7 +270,7 @@ public final class AddressSpace: @unchecked Sendable {
 
     /// A snapshot of `vma` for an invalidation range.
     func snapshot(_ vma: VMA) -> VMASnapshot {
-        VMASnapshot(start: vma.start, end: vma.end, protection: vma.protection, flags: vma.flags)
+        VMASnapshot(start: vma.start, end: vma.end, protection: vma.protection, flags: vma.flags.with(vma.protection))
     }
 
     /// Adds `delta` to counter `counter`.

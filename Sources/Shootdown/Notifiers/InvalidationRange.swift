@@ -60,13 +60,16 @@ public struct VMASnapshot: Hashable, Sendable {
     public var start: UInt64
     public var end: UInt64
     public var protection: Protection
+    /// The VMA's flags; their access bits (`rd wr ex`) always mirror ``protection``.
     public var flags: MappingFlags
 
+    /// - Parameter flags: the VMA's flags; the access bits are taken from `protection`, as in
+    ///   ``Mapping/init(start:end:protection:flags:)``.
     public init(start: UInt64, end: UInt64, protection: Protection, flags: MappingFlags) {
         self.start = start
         self.end = end
         self.protection = protection
-        self.flags = flags
+        self.flags = flags.with(protection)
     }
 }
 

@@ -25,8 +25,8 @@ public enum PageTableLocking: String, Sendable, CaseIterable {
 final class PageTable: @unchecked Sendable {
     @usableFromInline static let pageSize: UInt64 = 4096
     @usableFromInline static let hugePageSize: UInt64 = 2 << 20
-    /// End of the 48-bit user address space.
-    @usableFromInline static let userLimit: UInt64 = 1 << 47
+    /// `TASK_SIZE` with 4-level paging: one page below 2^47.
+    @usableFromInline static let userLimit: UInt64 = (1 << 47) - 4096
 
     /// Keeps the fields every walk reads off the line of the object header (writers retain it).
     private let headerPadding = CacheLinePadding()

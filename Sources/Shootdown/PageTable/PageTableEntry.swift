@@ -24,9 +24,16 @@ public struct PageTableEntry: Hashable, Sendable, CustomStringConvertible {
     public static let protNone: UInt64 = 1 << 8
     /// Not present, the number is a swap slot.
     public static let swap: UInt64 = 1 << 9
+    /// With ``swap`` and no slot: a guard-region marker (`MADV_GUARD_INSTALL`'s PTE marker). Any
+    /// access faults with SIGSEGV; zaps by madvise keep it, munmap and `MADV_GUARD_REMOVE` clear
+    /// it, fork and mremap carry it.
+    public static let guardMarker: UInt64 = 1 << 10
     public static let softDirty: UInt64 = 1 << 11
     /// Bits 12–51: frame number, table address, or swap slot.
     public static let numberMask: UInt64 = ((1 << 40) - 1) << 12
+
+    /// The guard-region marker entry.
+    public static let guardEntry = PageTableEntry(rawValue: swap | guardMarker)
 
     /// The empty entry.
     public static let none = PageTableEntry(rawValue: 0)
@@ -66,7 +73,11 @@ public struct PageTableEntry: Hashable, Sendable, CustomStringConvertible {
     @inlinable public var isSoftDirty: Bool { rawValue & Self.softDirty != 0 }
     @inlinable public var isHuge: Bool { rawValue & Self.huge != 0 }
     @inlinable public var isProtNone: Bool { rawValue & (Self.present | Self.protNone) == Self.protNone }
-    @inlinable public var isSwap: Bool { rawValue & (Self.present | Self.swap) == Self.swap }
+    @inlinable public var isSwap: Bool { rawValue & (Self.present | Self.swap | Self.guardMarker) == Self.swap }
+    /// A guard-region marker.
+    @inlinable public var isGuard: Bool {
+        rawValue & (Self.present | Self.swap | Self.guardMarker) == Self.swap | Self.guardMarker
+    }
 
     /// The number field: a frame, a table address >> 12, or a swap slot.
     @inlinable var number: UInt64 { (rawValue & Self.numberMask) >> 12 }
@@ -96,6 +107,7 @@ public struct PageTableEntry: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String {
         if isNone { return "none" }
+        if isGuard { return "guard" }
         if isSwap { return "swap(slot: \(number)\(isSoftDirty ? ", soft-dirty" : ""))" }
         var parts: [String] = []
         parts.append(isProtNone ? "protnone" : "present")
