@@ -87,6 +87,8 @@ extension OracleSession {
                         let engineResident = engine[index]
                         if linuxResident && engineResident && readable { residentBoth.insert(address) }
                         if pair.unsettled.contains(address) {
+                            unsettledPagesScanned += 1
+                            if linuxResident != engineResident { unsettledPagesDiffering += 1 }
                             if !linuxResident && !engineResident { settledNow.append(address) }
                             continue
                         }
