@@ -2,8 +2,11 @@ import Testing
 @testable import Shootdown
 
 /// Bad input for every public operation: each call must throw exactly the documented
-/// ``MemoryError`` and leave the space exactly as it was (VMAs, the entries and contents of every
-/// page around them, frames and swap slots in use, subscribers).
+/// ``MemoryError``. Calls checked with `rejects` must also leave the space exactly as it was (VMAs,
+/// the entries and contents of every page around them, frames and swap slots in use,
+/// subscribers); those checked with `failsWith` are ones where Linux has a partial effect (mprotect,
+/// madvise, mlock and mremap change the VMAs before the failure point), so only the error is
+/// checked there (the `Syscalls` suites check the partial effects against the kernel).
 @Suite struct BadInputTests {
     static let page: UInt64 = 4096
     static let limit = AddressSpace.userLimit

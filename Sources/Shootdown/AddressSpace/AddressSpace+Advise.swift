@@ -57,8 +57,8 @@ extension AddressSpace {
         case populateWrite
         /// `MADV_DONTNEED_LOCKED`: ``dontNeed`` that also zaps locked VMAs.
         case dontNeedLocked
-        /// `MADV_COLLAPSE`: collapse whole 2 MiB blocks into huge mappings; `EINVAL` when no
-        /// whole aligned 2 MiB block of an eligible private VMA is in the range.
+        /// `MADV_COLLAPSE`: collapse the whole 2 MiB blocks of the range into huge mappings now,
+        /// whatever `hg` says (the measured rules are on the internal `adviseCollapse`).
         case collapse
         /// `MADV_GUARD_INSTALL`: replace the range's pages with guard markers (accesses fault with
         /// SIGSEGV, mincore reports them absent); sets `gu` on the VMA. `EINVAL` on locked VMAs.
@@ -242,16 +242,7 @@ extension AddressSpace {
                 }
             }
         case .collapse:
-            try mmapLock.withReadLock { () throws(MemoryError) in
-                try checkAlive()
-                try walkVMAs(address, end, stopAtHole: false) { vma, start, stop throws(MemoryError) in
-                    let first = (start + Self.hugePageSize - 1) & ~(Self.hugePageSize - 1)
-                    if vma.isShared || vma.flags.contains(.noHugePage) || first + Self.hugePageSize > stop {
-                        throw .invalidArgument
-                    }
-                }
-            }
-            _ = try collapse(address: address, length: length)
+            try adviseCollapse(address, end)
         case .guardInstall:
             try mmapLock.withReadLock { () throws(MemoryError) in
                 try checkAlive()

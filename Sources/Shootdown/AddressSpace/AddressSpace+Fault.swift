@@ -9,7 +9,12 @@ extension AddressSpace {
         defer { mmapLock.readUnlock() }
         // Unretained: no VMA can be freed while the mmap read lock is held (removal needs the
         // write lock), so the fault path does no reference counting.
-        guard address < Self.userLimit, !dead.load(ordering: .relaxed), let found = index.lookup(address) else {
+        var lookedUp: Unmanaged<VMA>? = nil
+        if address < Self.userLimit && !dead.load(ordering: .relaxed) {
+            lookedUp = index.lookup(address)
+            if lookedUp == nil { lookedUp = lookupAfterGrowingStack(address) }
+        }
+        guard let found = lookedUp else {
             count(.segmentationFaults)
             throw .segmentationFault
         }
@@ -28,6 +33,19 @@ extension AddressSpace {
             throw failure
         }
         count(.classicFaults)
+    }
+
+    /// No VMA at `address`: if the next VMA above grows down, grow it (``expandStack(to:)``, which
+    /// takes the mmap write lock: the read lock is dropped and retaken) and look again. Cold.
+    ///
+    /// - Precondition: the mmap read lock (held again on return).
+    @inline(never)
+    func lookupAfterGrowingStack(_ address: UInt64) -> Unmanaged<VMA>? {
+        guard let above = index.findFirst(endingAfter: address), above.flags.contains(.growsDown) else { return nil }
+        mmapLock.readUnlock()
+        let grew = expandStack(to: address)
+        mmapLock.readLock()
+        return grew && !dead.load(ordering: .relaxed) ? index.lookup(address) : nil
     }
 
     /// Handles a fault at `address` in `vma` (mmap read lock held, access already checked).
@@ -268,24 +286,27 @@ extension AddressSpace {
     /// Gives `vma` an `anon_vma` before its first anonymous page (`anon_vma_prepare`): an
     /// adjacent neighbour's when compatible (``AnonVMA``), else a new one. Caller: the mmap lock
     /// (read suffices: the space's anon lock serialises first assignments).
+    /// `other`'s `anon_vma` identity if `vma` may take it: `other` is an adjacent anonymous VMA
+    /// whose identity was not inherited from a fork, with the same flags but for the access bits
+    /// (which `flags` never carry) and contiguous page offsets; else 0.
+    static func reusableIdentity(of other: VMA, for vma: VMA) -> UInt64 {
+        let identity = other.anonVMA
+        guard identity != 0, !AnonVMA.isInherited(identity), other.sharedObject == nil else { return 0 }
+        let (lower, upper) = other.start < vma.start ? (other, vma) : (vma, other)
+        let ignored = VMFlags.ignoredByMerge
+        guard lower.end == upper.start, lower.flags.subtracting(ignored) == upper.flags.subtracting(ignored),
+            lower.pageOffset + (lower.end - lower.start) / pageSize == upper.pageOffset
+        else { return 0 }
+        return identity
+    }
+
     func prepareAnonVMA(_ vma: VMA) {
         anonVMALock.withLock {
             if vma.anonVMA != 0 { return }
+            // The next VMA's identity, else the previous one's (`find_mergeable_anon_vma`).
             var chosen: UInt64 = 0
-            for neighbour in [vma.next, vma.previous] {
-                guard let other = neighbour, other.anonVMA != 0, !AnonVMA.isInherited(other.anonVMA),
-                    other.sharedObject == nil
-                else { continue }
-                let (lower, upper) = other.start < vma.start ? (other, vma) : (vma, other)
-                let ignored = VMFlags.ignoredByMerge
-                if lower.end == upper.start,
-                    lower.flags.subtracting(ignored) == upper.flags.subtracting(ignored),
-                    lower.pageOffset + (lower.end - lower.start) / Self.pageSize == upper.pageOffset
-                {
-                    chosen = other.anonVMA
-                    break
-                }
-            }
+            if let next = vma.next { chosen = Self.reusableIdentity(of: next, for: vma) }
+            if chosen == 0, let previous = vma.previous { chosen = Self.reusableIdentity(of: previous, for: vma) }
             // Relaxed: readers without the lock only test it for zero (the speculative path).
             vma.anonVMAWord.store(chosen != 0 ? chosen : AnonVMA.make(), ordering: .relaxed)
         }

@@ -25,6 +25,15 @@ public struct Mapping: Hashable, Sendable, CustomStringConvertible {
         vmFlags = flags.with(protection.access)
     }
 
+    /// Fields as they are (`vmFlags` already carrying `protection`'s access bits).
+    @inlinable
+    init(start: UInt64, end: UInt64, access protection: Protection, vmFlags: VMFlags) {
+        self.start = start
+        self.end = end
+        self.protection = protection
+        self.vmFlags = vmFlags
+    }
+
     /// The `VmFlags:` field of `/proc/PID/smaps` for this VMA, exactly as this kernel prints it
     /// (two-letter names in its order, each followed by a space), e.g. `"rd wr mr mw me ac "`.
     public var smapsFlags: String { vmFlags.smapsLetters }
@@ -40,7 +49,13 @@ extension VMA {
     /// The VMA's public description. Fields are read relaxed: hold the mmap lock, or validate
     /// with `sequence` (as ``AddressSpace/mapping(containing:)`` does).
     @inlinable
-    var mapping: Mapping { Mapping(start: start, end: end, protection: protection, flags: flags) }
+    var mapping: Mapping {
+        // One load of the attribute word: protection in the low byte (its access bits), flags above.
+        let attributes = attributeWord.load(ordering: .relaxed)
+        return Mapping(
+            start: start, end: end, access: Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 7)),
+            vmFlags: VMFlags(rawValue: (attributes >> 8) | (attributes & 7)))
+    }
 }
 
 extension AddressSpace {

@@ -200,8 +200,7 @@ extension AddressSpace {
         let low = configuration.mmapMinAddress
         let high = configuration.mmapBase
         if let found = searchDown(length: length, alignment: alignment, low: low, high: min(freeAreaCache, high)) {
-            if found + length == freeAreaCache { freeAreaCache = found }
-            return found
+            return found  // the cache is lowered when the VMA is inserted (`VMAEdit.insert`)
         }
         // Bottom-up above the base.
         var candidate = (high + alignment - 1) & ~(alignment - 1)
@@ -311,7 +310,8 @@ extension AddressSpace {
 
     /// `EPERM` if a sealed VMA intersects `[start, end)`.
     func checkNotSealed(_ start: UInt64, _ end: UInt64) throws(MemoryError) {
-        if index.intersecting(start, end).contains(where: { $0.isSealed }) { throw .permissionDenied }
+        // No array and no reference counting: munmap calls this before every zap.
+        if index.contains(intersecting: start, end, where: { $0.isSealed }) { throw .permissionDenied }
     }
 
     func recordZap(_ result: ZapResult) {
