@@ -131,17 +131,17 @@ extension KnownDivergence {
             note: "MADV_REMOVE over a writable shared VMA followed by a PROT_NONE part of the same object succeeds"
                 + " in Linux (the write check is made on the first VMA); the engine fails with EACCES.",
             owner: "surface"),
-        // MADV_COLLAPSE of memory without anonymous pages
+        // MADV_COLLAPSE of untouched memory
         KnownDivergence(
             signatures: [
                 "madvise(MADV_COLLAPSE) outcome: Linux EINVAL, engine success",
             ],
             reproducer: [
-                .mmap(.absolute(0x0), length: 0x400000, protection: 0x5, flags: 0x8022),  // PROT_READ|PROT_EXEC, MAP_PRIVATE|MAP_ANONYMOUS|MAP_POPULATE
-                .madvise(.window(-0x59f000), length: 0x400000, advice: 25),  // MADV_COLLAPSE
+                .mmap(.absolute(0x0), length: 0x400000, protection: 0x3, flags: 0x4022),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE
+                .madvise(.window(-0x4de000), length: 0x179000, advice: 25),  // MADV_COLLAPSE
             ],
-            note: "MADV_COLLAPSE over a populated read-only private mapping (zero pages only, no anon_vma) is"
-                + " EINVAL in Linux; the engine collapses and succeeds.",
+            note: "MADV_COLLAPSE over untouched private memory (no page to collapse, here not even a whole aligned"
+                + " 2 MiB block in the range) is EINVAL in Linux; the engine succeeds.",
             owner: "surface"),
         // mlock: a wrapping range
         KnownDivergence(
@@ -196,8 +196,6 @@ extension KnownDivergence {
             signatures: [
                 "mlock mappings after ENOMEM: layout",
                 "mprotect mappings after success: layout",
-                "mremap mappings after success: layout",
-                "munlockall mappings after success: layout",
             ],
             reproducer: [
                 .mmap(.absolute(0x0), length: 0x1d000, protection: 0x1, flags: 0x22),  // PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS
@@ -268,18 +266,6 @@ extension KnownDivergence {
             ],
             note: "Growing a locked (populated) VMA with a move populates the new pages in Linux; the engine leaves"
                 + " them unpopulated.",
-            owner: "surface"),
-        // growsdown VMAs grow on faults
-        KnownDivergence(
-            signatures: [
-                "read outcome: Linux loaded, engine SIGSEGV",
-            ],
-            reproducer: [
-                .mmap(.absolute(0x0), length: 0x2000, protection: 0x3, flags: 0x4122),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_GROWSDOWN|MAP_NORESERVE
-                .read(.window(-0x39f000)),
-            ],
-            note: "A fault below a MAP_GROWSDOWN VMA (within the stack limit and the guard gap) extends the VMA and"
-                + " succeeds; the engine raises SIGSEGV.",
             owner: "surface"),
     ]
 }
