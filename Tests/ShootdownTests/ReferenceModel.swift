@@ -305,14 +305,11 @@ final class ReferenceModel {
         if options.contains(.noReserve) { flags.insert(.noReserve) }
         if options.contains(.hugePage) { flags.insert(.hugePage) }
         flags.formUnion(defaultFlags)
-        if options.contains(.locked) {
-            flags.insert(.locked)
-            flags.remove(.lockOnFault)
-        }
+        if options.contains(.locked) { flags.insert(.locked) }
         insert(Area(start: address, end: address + length, protection: protection, flags: flags,
                     object: object, objectPage: object == nil ? address / Self.pageSize : 0))
         mergeAll()
-        if (options.contains(.populate) || (flags.contains(.locked) && !flags.contains(.lockOnFault))) && !protection.isEmpty {
+        if (options.contains(.populate) || flags.contains(.locked)) && !flags.contains(.lockOnFault) && !protection.isEmpty {
             // Best effort, like Linux's mm_populate: the mapping stands whatever happens.
             let write = object == nil && protection.contains(.write)
             for address in eachPage(address, address + length) {
@@ -454,18 +451,18 @@ final class ReferenceModel {
     ) throws(MemoryError) -> UInt64 {
         guard flags.isSubset(of: [.mayMove, .fixed, .dontUnmap]), isAligned(address) else { throw .invalidArgument }
         if (flags.contains(.fixed) || flags.contains(.dontUnmap)) && !flags.contains(.mayMove) { throw .invalidArgument }
+        let oldLength = (oldLength &+ (Self.pageSize - 1)) / Self.pageSize * Self.pageSize  // wraps like PAGE_ALIGN
+        let newLength = (newLength &+ (Self.pageSize - 1)) / Self.pageSize * Self.pageSize
+        guard newLength != 0, newLength <= limit else { throw .invalidArgument }
         if flags.contains(.dontUnmap) && oldLength != newLength { throw .invalidArgument }
-        guard let oldLength = roundUp(oldLength), let newLength = roundUp(newLength), newLength != 0
-        else { throw .invalidArgument }
         var fixedTarget: UInt64? = nil
-        if flags.contains(.fixed) {
-            guard isAligned(newAddress), newLength <= limit, newAddress <= limit - newLength else { throw .invalidArgument }
+        if flags.contains(.fixed) || flags.contains(.dontUnmap) {
+            guard isAligned(newAddress), newAddress <= limit - newLength else { throw .invalidArgument }
             if newAddress < address &+ oldLength && address < newAddress + newLength { throw .invalidArgument }
-            fixedTarget = newAddress
+            if flags.contains(.fixed) { fixedTarget = newAddress }
         }
         let dontUnmap = flags.contains(.dontUnmap)
         guard !dead else { throw .addressSpaceDead }
-        if let target = fixedTarget, target < configuration.mmapMinAddress { throw .permissionDenied }
         guard let source = area(containing: address) else { throw .badAddress }
         if source.flags.contains(.sealed) { throw .permissionDenied }
         let mayMove = flags.contains(.mayMove)
@@ -473,6 +470,7 @@ final class ReferenceModel {
             guard source.isShared else { throw .invalidArgument }
             if !mayMove { throw .noMemory }
         }
+        if let target = fixedTarget, target < configuration.mmapMinAddress { throw .permissionDenied }
         let (oldEnd, overflow) = address.addingReportingOverflow(oldLength)
         if fixedTarget == nil && !dontUnmap && newLength <= oldLength {
             if newLength < oldLength {
@@ -505,6 +503,9 @@ final class ReferenceModel {
         guard oldLength == 0 || (!overflow && address + moveLength <= source.end && (fixedShrink || oldEnd <= source.end))
         else { throw .badAddress }
         if fixedShrink && isSealed(address + newLength, oldEnd) { throw .permissionDenied }
+        if source.flags.contains(.locked) && newLength > oldLength && oldLength != 0 {
+            try checkLockLimit(adding: newLength - oldLength, mapping: false)
+        }
         if fixedTarget == nil && !dontUnmap && oldLength != 0 {
             let (newEnd, newOverflow) = address.addingReportingOverflow(newLength)
             if oldEnd == source.end, !newOverflow, newEnd <= limit, overlapping(source.end, newEnd).isEmpty {
@@ -548,6 +549,12 @@ final class ReferenceModel {
         }
         if fixedTarget != nil && oldLength > newLength { removeRange(address + newLength, address + oldLength) }
         moveArea(address, moveLength, to: target, newLength: newLength, keepSource: dontUnmap)
+        if source.flags.contains(.locked) && !source.flags.contains(.lockOnFault) && newLength > moveLength
+            && !source.protection.isEmpty
+        {
+            let write = !source.isShared && source.protection.contains(.write)
+            for page in eachPage(target + moveLength, target + newLength) { try? fault(at: page, access: write ? .write : .read) }
+        }
         return target
     }
 
@@ -572,6 +579,7 @@ final class ReferenceModel {
             dropPages(source, source + length)
             let i = index(containing: source)!
             areas[i].flags.subtract([.locked, .lockOnFault])
+            if areas[i].start == source && areas[i].end == source + length && areas[i].object == nil { areas[i].anon = 0 }
         } else {
             removeRange(source, source + length)
         }
@@ -625,8 +633,7 @@ final class ReferenceModel {
                 switch advice {
                 case .free: if area.isShared { throw .invalidArgument }
                 case .remove:
-                    guard area.isShared else { throw .invalidArgument }
-                    guard area.protection.contains(.write) else { throw .accessDenied }
+                    guard area.isShared else { throw .invalidArgument }  // shared anonymous memory is always may-write
                 default: break
                 }
                 switch advice {
@@ -868,7 +875,7 @@ extension ReferenceModel {
         let start = pageOf(address)
         guard let rounded = roundUp(length &+ (address - start)), rounded != 0 else { return }
         let (end, overflow) = start.addingReportingOverflow(rounded)
-        guard !overflow else { throw .noMemory }
+        guard !overflow else { throw .invalidArgument }
         guard !dead else { throw .addressSpaceDead }
         if !canLockFreely {
             let limit = configuration.lockedMemoryLimit!
@@ -888,7 +895,7 @@ extension ReferenceModel {
         let start = pageOf(address)
         guard let rounded = roundUp(length &+ (address - start)), rounded != 0 else { return }
         let (end, overflow) = start.addingReportingOverflow(rounded)
-        guard !overflow else { throw .noMemory }
+        guard !overflow else { throw .invalidArgument }
         guard !dead else { throw .addressSpaceDead }
         try walk(start, end, stopAtHole: true) { area, pieceStart, pieceEnd throws(MemoryError) in
             try modify(area, pieceStart, pieceEnd, protection: area.protection, flags: area.flags.subtracting([.locked, .lockOnFault]))

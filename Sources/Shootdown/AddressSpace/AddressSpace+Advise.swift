@@ -204,7 +204,9 @@ extension AddressSpace {
                     case .free: if vma.isShared { throw .invalidArgument }
                     case .remove:
                         guard vma.isShared else { throw .invalidArgument }
-                        guard vma.protection.contains(.write) else { throw .accessDenied }
+                        // `VM_MAYWRITE`, not the current protection (oracle: a PROT_NONE part of a
+                        // writable shared mapping is punched too).
+                        guard vma.flags.contains(.mayWrite) else { throw .accessDenied }
                     default: break
                     }
                     edit.touch(vma)

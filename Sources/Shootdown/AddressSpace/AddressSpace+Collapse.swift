@@ -33,8 +33,9 @@ extension AddressSpace {
     /// like every advice (holes are `ENOMEM` at the end), each 2 MiB-aligned block inside both the
     /// range and the VMA collapsed synchronously, whatever the VMA's `hg` (a forced collapse).
     ///
-    /// Linux rules (measured on 6.18): a VMA with `nh` or too small to hold an aligned block, and a
-    /// private one without write access (read-only or `PROT_NONE`), is `EINVAL`, stopping the walk; a
+    /// Linux rules (measured on 6.18, and by the oracle): a VMA with `nh`, too small to hold an
+    /// aligned block or without write access, and a private one that never had a page written (no
+    /// `anon_vma`), is `EINVAL`, stopping the walk; a
     /// range holding no whole block of an eligible VMA succeeds doing nothing; a block already
     /// huge succeeds; a block that cannot be collapsed (no page table: nothing was ever touched
     /// there; a guard marker; a swap entry; a frame shared with a fork) makes the call `EINVAL`
@@ -51,9 +52,13 @@ extension AddressSpace {
             defer { count(.hugePagesCollapsed, collapsed) }
             try walkVMAs(address, end, stopAtHole: false) { vma, start, stop throws(MemoryError) in
                 let vmaFirst = (vma.start + huge - 1) & ~(huge - 1)
-                if vma.flags.contains(.noHugePage) || vmaFirst + huge > vma.end { throw .invalidArgument }
+                // Without write access (read-only or PROT_NONE, shared memory too: oracle) or, for
+                // private memory, without anonymous pages (no anon_vma: oracle) nothing collapses.
+                if vma.flags.contains(.noHugePage) || vmaFirst + huge > vma.end || !vma.protection.contains(.write) {
+                    throw .invalidArgument
+                }
                 if vma.isShared { return }
-                if !vma.protection.contains(.write) { throw .invalidArgument }
+                if vma.anonVMA == 0 { throw .invalidArgument }
                 var failed = false
                 var block = (start + huge - 1) & ~(huge - 1)
                 while block + huge <= stop {

@@ -24,20 +24,13 @@ extension AddressSpace {
             child.freeAreaCache = freeAreaCache
             child.programBreak = programBreak
             let childEdit = VMAEdit(child)
-            var childAnon: [UInt64: UInt64] = [:]
             for vma in index.all where !vma.flags.contains(.dontCopy) {
                 let cow = vma.isAnonymousPrivate
                 let wipe = cow && vma.flags.contains(.wipeOnFork)
                 if cow && !wipe { splitHugeMappings(vma.start, vma.end) }
-                var anon: UInt64 = 0
-                if vma.anonVMA != 0 && !wipe {
-                    if let known = childAnon[vma.anonVMA] {
-                        anon = known
-                    } else {
-                        anon = AnonVMA.make(inherited: true)
-                        childAnon[vma.anonVMA] = anon
-                    }
-                }
+                // `anon_vma_fork`: every child VMA gets an anon_vma of its own, even parts of one
+                // parent VMA that share theirs (measured: the child's parts then never merge).
+                let anon: UInt64 = vma.anonVMA != 0 && !wipe ? AnonVMA.make(inherited: true) : 0
                 childEdit.insert(
                     VMA(start: vma.start, end: vma.end, protection: vma.protection,
                         flags: vma.flags.subtracting([.locked, .lockOnFault]),

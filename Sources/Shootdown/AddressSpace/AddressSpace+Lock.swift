@@ -69,7 +69,7 @@ extension AddressSpace {
         let start = address & ~(Self.pageSize - 1)
         guard let rounded = Self.pageAlign(length &+ (address - start)), rounded != 0 else { return }
         let end = start.addingReportingOverflow(rounded)
-        guard !end.overflow else { throw .noMemory }
+        guard !end.overflow else { throw .invalidArgument }  // the range wraps past 2^64 (oracle)
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
             if let limit = configuration.lockedMemoryLimit, !configuration.capabilities.contains(.ipcLock) {
@@ -137,7 +137,7 @@ extension AddressSpace {
         let start = address & ~(Self.pageSize - 1)
         guard let rounded = Self.pageAlign(length &+ (address - start)), rounded != 0 else { return }
         let end = start.addingReportingOverflow(rounded)
-        guard !end.overflow else { throw .noMemory }
+        guard !end.overflow else { throw .invalidArgument }  // the range wraps past 2^64 (oracle)
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
             let edit = VMAEdit(self)

@@ -73,7 +73,6 @@ extension AddressSpace {
         options: MapOptions = []
     ) throws(MemoryError) -> UInt64 {
         guard length != 0 else { throw .invalidArgument }
-        if options.contains(.shared) && options.contains(.growsDown) { throw .invalidArgument }
         guard let length = Self.pageAlign(length), length != 0 else { throw .noMemory }
         guard length <= Self.userLimit else { throw .noMemory }
         let protection = protection.access
@@ -91,12 +90,12 @@ extension AddressSpace {
             }
             if options.contains(.growsDown) { flags.insert(.growsDown) }
             if options.contains(.hugePage) { flags.insert(.hugePage) }
-            if options.contains(.locked) {
-                flags.insert(.locked)
-                flags.remove(.lockOnFault)
-            }
-            let address = try placementAddress(length: length, placement: placement)
+            // `MAP_LOCKED` adds `lo`; `lf` from `mlockall(MCL_FUTURE|MCL_ONFAULT)` stays (oracle).
+            if options.contains(.locked) { flags.insert(.locked) }
+            let address = try placementAddress(length: length, placement: placement, shared: options.contains(.shared))
             if flags.contains(.locked) { try checkLockLimit(adding: length, mapping: options.contains(.locked)) }
+            // Shared and growsdown: EINVAL only now, after placement (EEXIST) and the lock checks.
+            if options.contains(.shared) && options.contains(.growsDown) { throw .invalidArgument }
             let end = address + length
             if case .fixed = placement {
                 try checkNotSealed(address, end)
@@ -110,8 +109,10 @@ extension AddressSpace {
             edit.insert(vma)
             edit.mergeNeighbours(vma)
             edit.finish()
-            if !protection.isEmpty
-                && (options.contains(.populate) || (flags.contains(.locked) && !flags.contains(.lockOnFault)))
+            // Populate (`MAP_POPULATE`, or locked): never a lock-on-fault VMA, whose population
+            // `populate_vma_page_range` skips.
+            if !protection.isEmpty && !flags.contains(.lockOnFault)
+                && (options.contains(.populate) || flags.contains(.locked))
             {
                 populateLength = length
                 populateWrite = !flags.contains(.shared) && protection.contains(.write)
@@ -136,7 +137,10 @@ extension AddressSpace {
 
     /// Chooses the address of a new mapping of `length` bytes (`get_unmapped_area` and the checks
     /// around it). Caller: mmap write lock.
-    private func placementAddress(length: UInt64, placement: Placement) throws(MemoryError) -> UInt64 {
+    private func placementAddress(length: UInt64, placement: Placement, shared: Bool) throws(MemoryError) -> UInt64 {
+        // THP alignment is for private anonymous memory: shared anonymous memory is shmem, which
+        // does not align with shmem THP off (oracle).
+        let alignment = shared ? Self.pageSize : Self.placementAlignment(length)
         switch placement {
         case .fixed(let address), .fixedNoReplace(let address):
             guard address <= Self.userLimit - length else { throw .noMemory }
@@ -154,9 +158,10 @@ extension AddressSpace {
                 try checkMinAddress(aligned)
                 return aligned
             }
-            return try findFreeArea(length: length, alignment: Self.placementAlignment(length))
+            // Only without a hint: a nonzero hint that cannot be taken searches unaligned (oracle).
+            return try findFreeArea(length: length, alignment: aligned != 0 ? Self.pageSize : alignment)
         case .anywhere:
-            return try findFreeArea(length: length, alignment: Self.placementAlignment(length))
+            return try findFreeArea(length: length, alignment: alignment)
         }
     }
 
@@ -197,6 +202,20 @@ extension AddressSpace {
     /// above it, so it does not lower the cache.)
     func findFreeArea(length: UInt64, alignment: UInt64 = pageSize) throws(MemoryError) -> UInt64 {
         guard length <= Self.userLimit else { throw .noMemory }
+        if alignment > Self.pageSize {
+            // `__thp_get_unmapped_area`: search for `length + alignment` unaligned, then align the
+            // start up inside that padding (top-down: an already aligned start moves to the top of
+            // the padding); no such room falls back to an unaligned search (oracle: the aligned slot
+            // must come from a padded gap).
+            if length <= Self.userLimit - alignment,
+                let padded = try? findFreeArea(length: length + alignment, alignment: Self.pageSize)
+            {
+                let offset = (alignment - padded % alignment) % alignment
+                if offset == 0 { return padded + alignment }
+                return padded + offset
+            }
+            return try findFreeArea(length: length, alignment: Self.pageSize)
+        }
         let low = configuration.mmapMinAddress
         let high = configuration.mmapBase
         if let found = searchDown(length: length, alignment: alignment, low: low, high: min(freeAreaCache, high)) {
@@ -220,34 +239,45 @@ extension AddressSpace {
         if start < base && end > freeAreaCache { freeAreaCache = min(end, base) }
     }
 
-    /// The highest `alignment`-aligned `length`-sized gap in `[low, high)` (growsdown VMAs keep
-    /// the stack guard gap below them).
+    /// The highest `alignment`-aligned `length`-sized gap in `[low, high)`, as
+    /// `unmapped_area_topdown` finds it: gaps are tried from the top, sized without guard gaps; the
+    /// first that fits is taken unless the VMA right above it grows down and its stack guard gap
+    /// reaches into the gap, in which case the search starts again below that guard gap (so every
+    /// gap above it is passed over). A guard gap above a gap too small to fit plays no part
+    /// (measured by the oracle both ways).
     private func searchDown(length: UInt64, alignment: UInt64, low: UInt64, high: UInt64) -> UInt64? {
-        guard high >= low + length else { return nil }
-        var ceiling = high
-        // The VMA at or below `high`, then walk down through the gaps.
-        var cursor = index.floor(high &- 1)
-        // A growsdown VMA above `high` may still reach below it with its gap.
-        if let above = cursor?.next ?? (cursor == nil ? index.findFirst(endingAfter: high) : nil) {
-            ceiling = min(ceiling, max(gapStart(above), low))
-        }
-        while true {
-            let floorAddress = max(low, cursor.map { $0.end } ?? low)
-            if let vma = cursor, vma.end > ceiling {
-                // Overlaps the ceiling: the gap ends below its start (and its guard gap).
-                ceiling = min(ceiling, gapStart(vma))
-                cursor = vma.previous
-                continue
+        var limit = high
+        restart: while limit >= low &+ length {
+            // The VMA above the first gap (containing `limit - 1`, or the first one above it).
+            var upper = index.findFirst(endingAfter: limit &- 1)
+            var gapTop = limit
+            var lower: VMA?
+            if let vma = upper, vma.start < limit {
+                gapTop = vma.start
+                lower = vma.previous
+            } else {
+                lower = upper.map { $0.previous } ?? index.last
             }
-            if ceiling >= floorAddress + length {
-                let candidate = (ceiling - length) & ~(alignment - 1)
-                if candidate >= floorAddress { return candidate }
+            while true {
+                let gapBottom = max(low, lower?.end ?? low)
+                if gapTop >= gapBottom &+ length {
+                    let candidate = (gapTop - length) & ~(alignment - 1)
+                    if candidate >= gapBottom {
+                        if let vma = upper, vma.flags.contains(.growsDown), gapStart(vma) < gapTop {
+                            limit = gapStart(vma)
+                            continue restart
+                        }
+                        return candidate
+                    }
+                }
+                guard let vma = lower else { return nil }
+                upper = vma
+                gapTop = vma.start
+                lower = vma.previous
+                if gapTop < low &+ length { return nil }
             }
-            guard let vma = cursor else { return nil }
-            ceiling = gapStart(vma)
-            if ceiling < low + length { return nil }
-            cursor = vma.previous
         }
+        return nil
     }
 
     /// Whether `splits` more VMAs would exceed `maxMapCount`. Linux checks only inside

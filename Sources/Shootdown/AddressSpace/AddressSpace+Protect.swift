@@ -47,6 +47,8 @@ extension AddressSpace {
                 start = first.start
                 if !first.flags.contains(.growsDown) { throw .invalidArgument }
             } else if protection.contains(.growsUp) {
+                // The VMA lookup first (ENOMEM), then EINVAL: x86 has no growsup VMAs.
+                if first.start > start { throw .noMemory }
                 throw .invalidArgument
             } else if first.start > start {
                 throw .noMemory

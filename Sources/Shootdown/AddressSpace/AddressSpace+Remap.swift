@@ -80,19 +80,21 @@ extension AddressSpace {
         let known: RemapFlags = [.mayMove, .fixed, .dontUnmap]
         guard flags.isSubset(of: known), Self.isPageAligned(address) else { throw .invalidArgument }
         if flags.contains(.fixed) || flags.contains(.dontUnmap), !flags.contains(.mayMove) { throw .invalidArgument }
+        // `PAGE_ALIGN`, wrapping like Linux's: a length within a page of 2^64 becomes 0.
+        let oldLength = (oldLength &+ (Self.pageSize - 1)) & ~(Self.pageSize - 1)
+        let newLength = (newLength &+ (Self.pageSize - 1)) & ~(Self.pageSize - 1)
+        guard newLength != 0, newLength <= Self.userLimit else { throw .invalidArgument }
         if flags.contains(.dontUnmap) && oldLength != newLength { throw .invalidArgument }
-        guard let oldLength = Self.pageAlign(oldLength), let newLength = Self.pageAlign(newLength), newLength != 0
-        else { throw .invalidArgument }
-        if flags.contains(.fixed) {
-            guard Self.isPageAligned(newAddress), newLength <= Self.userLimit, newAddress <= Self.userLimit - newLength
-            else { throw .invalidArgument }
+        if flags.contains(.fixed) || flags.contains(.dontUnmap) {
+            // A new address is implied (with DONTUNMAP alone it is a hint, 0 included): aligned,
+            // inside the user space, not overlapping the source (oracle).
+            guard Self.isPageAligned(newAddress), newAddress <= Self.userLimit - newLength else { throw .invalidArgument }
             if newAddress < address &+ oldLength && address < newAddress + newLength { throw .invalidArgument }
         }
         var populate: (UInt64, UInt64, Bool)? = nil
         defer { if let (start, length, write) = populate { try? self.populate(start, length: length, write: write) } }
         return try mmapLock.withWriteLock { () throws(MemoryError) -> UInt64 in
             try checkAlive()
-            if flags.contains(.fixed) { try checkMinAddress(newAddress) }
             let oldEnd = address.addingReportingOverflow(oldLength)
             // The VMA at `address` first (EFAULT), then its seal (EPERM, even for a call that
             // would change nothing); sealed VMAs further on only matter where they are unmapped
@@ -103,6 +105,9 @@ extension AddressSpace {
                 guard vma.isShared else { throw .invalidArgument }
                 if !flags.contains(.mayMove) { throw .noMemory }
             }
+            // A fixed target below `mmap_min_addr`: after the source checks (oracle: EFAULT for no
+            // VMA, EINVAL for duplicating private memory, both come first).
+            if flags.contains(.fixed) { try checkMinAddress(newAddress) }
             let edit = VMAEdit(self)
             defer { edit.finish() }
             if !flags.contains(.fixed) && !flags.contains(.dontUnmap) && newLength <= oldLength {
@@ -124,10 +129,16 @@ extension AddressSpace {
                 || (!oldEnd.overflow && address + moveLength <= vma.end && (fixedShrink || oldEnd.partialValue <= vma.end))
             else { throw .badAddress }
             if fixedShrink { try checkNotSealed(address + newLength, oldEnd.partialValue) }
+            // Growing a locked VMA: the locked-memory limit before any search for room (EAGAIN).
+            if vma.isLocked && newLength > oldLength && oldLength != 0 {
+                try checkLockLimit(adding: newLength - oldLength, mapping: false)
+            }
             if !flags.contains(.fixed) && !flags.contains(.dontUnmap) && oldLength != 0 {
                 let newEnd = address.addingReportingOverflow(newLength)
+                // Growth in place needs only that no VMA is in the way (`vma_expandable`: a fixed
+                // range check, no stack guard gap; oracle).
                 if address + oldLength == vma.end, !newEnd.overflow, newEnd.partialValue <= Self.userLimit,
-                    isFreeForPlacement(vma.end, newEnd.partialValue)
+                    !index.contains(intersecting: vma.end, newEnd.partialValue, where: { _ in true })
                 {
                     // Grow in place (`vma_expand`), merging with the next VMA if compatible.
                     let oldVMAEnd = vma.end
@@ -153,10 +164,11 @@ extension AddressSpace {
                 if hint <= Self.userLimit - newLength && isFreeForPlacement(hint, hint + newLength) {
                     target = hint
                 } else {
-                    target = try findFreeArea(length: newLength)
+                    target = try findFreeArea(length: newLength)  // a hint was given: no THP alignment
                 }
             } else {
-                target = try findFreeArea(length: newLength)
+                // Private memory moves 2 MiB-aligned when the length is a 2 MiB multiple, as mmap places it.
+                target = try findFreeArea(length: newLength, alignment: vma.isShared ? Self.pageSize : Self.placementAlignment(newLength))
             }
             if oldLength == 0 {
                 // Duplicate a shared mapping: a new VMA over the same object pages.
@@ -172,6 +184,10 @@ extension AddressSpace {
             }
             moveMapping(address, moveLength, to: target, newLength: newLength, edit: edit,
                         keepSource: flags.contains(.dontUnmap))
+            if vma.isLocked && !vma.flags.contains(.lockOnFault) && newLength > moveLength && !vma.protection.isEmpty {
+                // A locked VMA grown by a move: its new pages are populated, as growth in place does.
+                populate = (target + moveLength, newLength - moveLength, !vma.isShared && vma.protection.contains(.write))
+            }
             return target
         }
     }
@@ -245,6 +261,11 @@ extension AddressSpace {
             // (measured: the parts outside the moved range are unlocked too).
             if vma.flags.contains(.locked) || vma.flags.contains(.lockOnFault) {
                 vma.setAttributes(protection: vma.protection, flags: vma.flags.subtracting([.locked, .lockOnFault]))
+            }
+            // The whole VMA moved: it gives up its anon_vma (`unlink_anon_vmas`; oracle: a
+            // read-only mprotect then drops `ac`).
+            if vma.start == source && vma.end == source + length && vma.sharedObject == nil {
+                vma.anonVMAWord.store(0, ordering: .relaxed)
             }
         } else {
             unmapLocked(source, source + length, edit: edit)

@@ -20,6 +20,9 @@ extension AddressSpace {
         let end = address + rounded
         return try mmapLock.withReadLock { () throws(MemoryError) -> [Bool] in
             try checkAlive()
+            // Holes first, without allocating: a huge range with a hole is ENOMEM, not a vector
+            // of billions of entries (oracle: mincore(0x10000, 0x7ffff3b88000) aborted).
+            try walkVMAs(address, end, stopAtHole: true) { _, _, _ throws(MemoryError) in }
             var result: [Bool] = []
             result.reserveCapacity(Int(rounded / Self.pageSize))
             try walkVMAs(address, end, stopAtHole: true) { vma, start, stop throws(MemoryError) in

@@ -149,4 +149,23 @@ import Testing
         try cleanChild.map(length: 2 * page, placement: .fixed(b + 6 * page))
         #expect(cleanChild.kernelView() == ["200000000-200008000 rw-p rd wr mr mw me ac "])
     }
+
+    /// Kernel: a parent VMA written, then split by mprotect (both parts share one anon_vma);
+    /// after fork, the child's parts each have an anon_vma of their own: restoring the protection
+    /// in the child, mlock and munlockall leave them apart, while the parent merges back.
+    @Test func forkGivesEachChildVMAItsOwnIdentity() throws {
+        let parent = try kernelLikeSpace()
+        try parent.map(length: 4 * page, placement: .fixed(b))
+        try parent.touch(b, pages: 4)
+        try parent.protect(address: b + 2 * page, length: 2 * page, protection: .read)
+        let child = try parent.fork()
+        try child.protect(address: b + 2 * page, length: 2 * page, protection: .readWrite)
+        #expect(child.kernelView() == ["200000000-200002000 rw-p rd wr mr mw me ac ", "200002000-200004000 rw-p rd wr mr mw me ac "])
+        try child.lock(address: b, length: 4 * page)
+        #expect(child.kernelView() == ["200000000-200002000 rw-p rd wr mr mw me lo ac ", "200002000-200004000 rw-p rd wr mr mw me lo ac "])
+        try child.unlockAll()
+        #expect(child.kernelView() == ["200000000-200002000 rw-p rd wr mr mw me ac ", "200002000-200004000 rw-p rd wr mr mw me ac "])
+        try parent.protect(address: b + 2 * page, length: 2 * page, protection: .readWrite)
+        #expect(parent.kernelView() == ["200000000-200004000 rw-p rd wr mr mw me ac "])
+    }
 }
