@@ -15,6 +15,9 @@ public struct LinuxFacts: Sendable, Hashable {
     public var maxMapCount: Int
     /// `/proc/sys/vm/overcommit_memory` (0 heuristic, 1 always, 2 never).
     public var overcommitMemory: Int
+    /// Swap pages (`SwapTotal` in `/proc/meminfo`, capped at 2^20): the engine gets as many
+    /// swap slots.
+    public var swapPages: Int
     /// `/sys/kernel/mm/transparent_hugepage/enabled` (the selected word), `nil` without THP.
     public var transparentHugePages: String?
     /// Sizes of transparent huge pages the kernel may use for anonymous memory (PMD size, and any
@@ -116,10 +119,20 @@ public struct LinuxFacts: Sendable, Hashable {
         return LinuxFacts(
             kernelRelease: kernel, mmapMinAddress: try number("/proc/sys/vm/mmap_min_addr"), hintMinAddress: hintFloor,
             maxMapCount: Int(try number("/proc/sys/vm/max_map_count")),
-            overcommitMemory: Int(try number("/proc/sys/vm/overcommit_memory")), transparentHugePages: huge,
+            overcommitMemory: Int(try number("/proc/sys/vm/overcommit_memory")), swapPages: try swapPages(),
+            transparentHugePages: huge,
             transparentHugePageSizes: sizes, uid: uid, effectiveCapabilities: capabilities, stackLimit: stackLimit,
             lockedMemoryLimit: try limit("Max locked memory"), programBreakStart: startBreak,
             programBreak: UInt64(bitPattern: currentBreak), mmapBase: mmapBase, threads: threads)
+    }
+
+    /// `SwapTotal` of `/proc/meminfo` in pages (at most 2^20).
+    static func swapPages() throws(OracleError) -> Int {
+        let meminfo = try ProcFile.text(of: "/proc/meminfo")
+        guard let line = meminfo.split(separator: "\n").first(where: { $0.hasPrefix("SwapTotal:") }),
+            let kib = UInt64(line.dropFirst("SwapTotal:".count).split(separator: " ").first ?? "")
+        else { throw .procfs(path: "/proc/meminfo", reason: "no SwapTotal") }
+        return Int(min(kib / 4, 1 << 20))
     }
 
     /// `mm->start_brk` of `process` (`/proc/PID/stat` field 47).

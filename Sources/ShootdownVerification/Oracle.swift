@@ -40,6 +40,10 @@ public enum Oracle {
         public var divergences: [Divergence] = []
         /// Divergences whose signature was already reported.
         public var repeats = 0
+        /// Residency left uncompared on THP-unsettled pages: pages scanned, and pages where the
+        /// two sides differed (``OracleSession/unsettledPagesScanned``).
+        public var unsettledPagesScanned = 0
+        public var unsettledPagesDiffering = 0
         public var nanoseconds: UInt64 = 0
     }
 
@@ -84,6 +88,8 @@ public enum Oracle {
                 }
                 break
             }
+            report.unsettledPagesScanned += session.unsettledPagesScanned
+            report.unsettledPagesDiffering += session.unsettledPagesDiffering
             options.sessionEnded?(report)
             if options.stopAtFirstDivergence && !report.divergences.isEmpty { break }
         }

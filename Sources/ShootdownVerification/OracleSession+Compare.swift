@@ -87,6 +87,8 @@ extension OracleSession {
                         let engineResident = engine[index]
                         if linuxResident && engineResident && readable { residentBoth.insert(address) }
                         if pair.unsettled.contains(address) {
+                            unsettledPagesScanned += 1
+                            if linuxResident != engineResident { unsettledPagesDiffering += 1 }
                             if !linuxResident && !engineResident { settledNow.append(address) }
                             continue
                         }
@@ -127,7 +129,9 @@ extension OracleSession {
             linuxMappings: linuxMappings, engineMappings: engineMappings)
     }
 
-    /// Whether two outcomes agree; mincore vectors are compared on settled pages only.
+    /// Whether two outcomes agree. mincore vectors are compared on settled pages outside the
+    /// child's initial mappings only: a vector may run on into the child's own memory (mincore only
+    /// reads, so the range is allowed), whose pages the engine's mirror does not have.
     private func outcomesAgree(_ op: KernelOp, _ linux: KernelOutcome, _ engine: KernelOutcome, unsettled: Set<UInt64>)
         -> Bool
     {
@@ -136,7 +140,11 @@ extension OracleSession {
         else { return linux == engine }
         let start = address.resolved(in: layout) & ~(LinuxABI.pageSize - 1)
         for index in 0..<linuxPages.count where linuxPages[index] != enginePages[index] {
-            if !unsettled.contains(start &+ UInt64(index) &* LinuxABI.pageSize) { return false }
+            let page = start &+ UInt64(index) &* LinuxABI.pageSize
+            if unsettled.contains(page) || layout.overlapsInitial(start: page, end: page &+ LinuxABI.pageSize) {
+                continue
+            }
+            return false
         }
         return true
     }

@@ -5,10 +5,11 @@ import Shootdown
 ///
 /// After every operation the session compares, in the current process: the outcome; the mappings
 /// outside the child's initial ones (range, permissions, ``ModelledVmFlags``); the residency of
-/// every page of those mappings (mincore against the engine's page table), except pages where
-/// Linux is not deterministic (see ``ProcessPair/unsettled``); and the contents of pages the
-/// operations touched that are resident and readable on both sides, where a load changes nothing
-/// either side compares.
+/// the pages the operation may have changed (every page after a fork, a switch, brk, mlockall and
+/// every ``OracleOptions/fullContentCheckInterval`` operations), mincore against the engine's
+/// `residency`, except pages where Linux is not deterministic (see ``ProcessPair/unsettled``);
+/// and the contents of pages the operations touched that are resident and readable on both sides,
+/// where a load changes nothing either side compares.
 public final class OracleSession {
     public let facts: LinuxFacts
     public let layout: OracleLayout
@@ -18,6 +19,11 @@ public final class OracleSession {
     var processes: [ProcessPair] = []
     /// Index of the process operations go to.
     public private(set) var current = 0
+    /// Pages whose residency was scanned but not compared because a transparent huge page may
+    /// back them (see ``ProcessPair/unsettled``), and how many of those differed: how much the
+    /// THP exclusion hides.
+    public internal(set) var unsettledPagesScanned = 0
+    public internal(set) var unsettledPagesDiffering = 0
     private var steps = 0
 
     /// Spawns the kernel child, reads its facts and layout, and builds the engine side (in physical
@@ -45,8 +51,8 @@ public final class OracleSession {
         var configuration = Self.configuration(facts)
         options.engineAdjustment?(&configuration)
         self.configuration = configuration
-        // No swap: this machine has none, so MADV_PAGEOUT cannot move anonymous pages anywhere.
-        memory = PhysicalMemory(capacity: options.frames, swapSlots: 0)
+        // As much swap as the machine has (none here: MADV_PAGEOUT cannot move anonymous pages).
+        memory = PhysicalMemory(capacity: options.frames, swapSlots: facts.swapPages)
         let engine = try EngineProcess.mirroring(layout, configuration: configuration, memory: memory)
         processes = [ProcessPair(linux: linux, engine: engine, parent: nil)]
     }

@@ -77,6 +77,24 @@ import Testing
         #expect(try Oracle.replay(operations).divergence == nil)
     }
 
+    /// mincore may run on from the window into the child's own memory (it only reads); the pages
+    /// of the initial mappings, which the engine's mirror does not have, are not compared, the
+    /// window's are.
+    @Test func mincoreIntoTheChildsOwnMappingsComparesTheWindowOnly() throws {
+        let session = try OracleSession()
+        defer { session.close() }
+        _ = try session.step(.mmap(.absolute(0), length: 0x4000, protection: 3, flags: 0x22))
+        _ = try session.step(.write(.window(-0x4000), value: 1))
+        let step = try session.step(.mincore(.window(-0x4000), length: 0x40_0000))
+        guard case .residency(let pages) = step.linux else {
+            Issue.record("mincore failed: \(step.linux)")
+            return
+        }
+        #expect(pages.prefix(4) == [true, false, false, false])
+        #expect(pages.dropFirst(4).contains(true))  // the child's own pages
+        #expect(step.differences.isEmpty)
+    }
+
     /// A content difference is caught too: the engine forgets what a page held.
     @Test func catchesLostContents() throws {
         let session = try OracleSession()

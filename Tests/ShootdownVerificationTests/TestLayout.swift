@@ -14,6 +14,7 @@ enum TestLayout {
         ])
     static let facts = LinuxFacts(
         kernelRelease: "test", mmapMinAddress: 4096, hintMinAddress: 65536, maxMapCount: 65530, overcommitMemory: 0,
+        swapPages: 0,
         transparentHugePages: "madvise", transparentHugePageSizes: [2 << 20], uid: 65534, effectiveCapabilities: 0,
         stackLimit: 8 << 20, lockedMemoryLimit: 8 << 20, programBreakStart: 0x5555_5556_0000,
         programBreak: 0x5555_5556_0000, mmapBase: 0x7fff_f7ff_f000, threads: 1)

@@ -251,6 +251,8 @@ struct VerifyKernel: ParsableCommand {
         var divergences: [Entry]
         var failures: [String] = []
         var crashes: [CrashEntry] = []
+        var unsettledPagesScanned = 0
+        var unsettledPagesDiffering = 0
 
         init(
             seed: UInt64, operations: Int, sessions: Int, nanoseconds: UInt64, coverage: OracleCoverage,
@@ -268,6 +270,8 @@ struct VerifyKernel: ParsableCommand {
             self.init(
                 seed: report.seed, operations: report.operations, sessions: report.sessions,
                 nanoseconds: report.nanoseconds, coverage: report.coverage, divergences: report.divergences.map(Entry.init))
+            unsettledPagesScanned = report.unsettledPagesScanned
+            unsettledPagesDiffering = report.unsettledPagesDiffering
         }
     }
 
@@ -280,6 +284,8 @@ struct VerifyKernel: ParsableCommand {
             var failures: [String] = []
             var crashes: [CrashEntry] = []
             var crashCount = 0
+            var unsettledPagesScanned = 0
+            var unsettledPagesDiffering = 0
         }
         private let lock = NSLock()
         private var result = Result()
@@ -291,13 +297,16 @@ struct VerifyKernel: ParsableCommand {
                 result.coverage.merge(report.coverage)
                 result.operations += report.operations
                 result.failures += report.failures
+                result.unsettledPagesScanned += report.unsettledPagesScanned
+                result.unsettledPagesDiffering += report.unsettledPagesDiffering
                 for entry in report.divergences {
                     if let kept = bySignature[entry.signature], kept.reproducer.count <= entry.reproducer.count { continue }
                     bySignature[entry.signature] = entry
                 }
                 for crash in report.crashes {
                     result.crashCount += 1
-                    let key = crash.key + ": " + crash.message
+                    // The message without its numbers (allocation sizes, addresses) names the kind.
+                    let key = crash.key + ": " + String(crash.message.filter { !$0.isNumber })
                     if let kept = byCrash[key], kept.length <= crash.length { continue }
                     byCrash[key] = crash
                 }
@@ -343,6 +352,9 @@ struct VerifyKernel: ParsableCommand {
             "run       \(result.operations) operations in \(String(format: "%.1f", Double(elapsed) / 1e9)) s, "
                 + "\(result.coverage.totalMismatches) mismatching, \(result.divergences.count) kinds of divergence, "
                 + "\(result.crashCount) engine crashes (\(result.crashes.count) kinds)")
+        lines.append(
+            "THP       residency not compared on \(result.unsettledPagesScanned) page scans of THP-eligible blocks, "
+                + "\(result.unsettledPagesDiffering) of them differing")
         lines.append("")
         lines.append(result.coverage.table)
         for failure in result.failures { lines.append("\nFAILED: " + failure) }
@@ -371,6 +383,8 @@ struct VerifyKernel: ParsableCommand {
             var failures: [String]
             var crashes: [CrashEntry]
             var crashCount: Int
+            var unsettledPagesScanned: Int
+            var unsettledPagesDiffering: Int
         }
         let document = Document(
             kernel: facts.kernelRelease,
@@ -382,7 +396,8 @@ struct VerifyKernel: ParsableCommand {
                     errors: Dictionary(uniqueKeysWithValues: row.errors.map { (OracleCoverage.errorName($0.key), $0.value) }))
             }.sorted { $0.operation < $1.operation },
             divergences: result.divergences, failures: result.failures, crashes: result.crashes,
-            crashCount: result.crashCount)
+            crashCount: result.crashCount, unsettledPagesScanned: result.unsettledPagesScanned,
+            unsettledPagesDiffering: result.unsettledPagesDiffering)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         guard let data = try? encoder.encode(document) else { return "{}" }
