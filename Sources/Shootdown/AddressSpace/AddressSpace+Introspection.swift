@@ -2,11 +2,16 @@ import Synchronization
 
 /// One VMA as seen from outside.
 public struct Mapping: Hashable, Sendable, CustomStringConvertible {
+    /// First address of the mapping.
     public var start: UInt64
+    /// End of the mapping (exclusive).
     public var end: UInt64
+    /// Access allowed (`rwx`).
     public var protection: Protection
+    /// Shared, huge-page, locked and soft-dirty flags.
     public var flags: MappingFlags
 
+    /// A mapping of `[start, end)` (for comparisons in tests).
     public init(start: UInt64, end: UInt64, protection: Protection, flags: MappingFlags) {
         self.start = start
         self.end = end
@@ -82,13 +87,16 @@ extension AddressSpace {
         public var tablesInHoles = 0
         /// Present 4 KiB entries (huge mappings count 512).
         public var presentPages = 0
+        /// Swap entries (pages evicted to ``PhysicalMemory/swap``).
         public var swapEntries = 0
+        /// 2 MiB mappings.
         public var hugeMappings = 0
         /// Entries outside every VMA: must be 0.
         public var entriesOutsideVMAs = 0
         /// Writable entries in VMAs without write permission, or accessible entries in PROT_NONE
         /// VMAs: must be 0.
         public var entriesExceedingProtection = 0
+        /// VMAs in the index.
         public var vmas = 0
         /// Adjacent VMAs that should have been merged: must be 0.
         public var unmergedNeighbours = 0

@@ -27,14 +27,19 @@ public final class AddressSpace: @unchecked Sendable {
 
     /// The kind of access that faulted.
     public enum Access: Sendable, Hashable {
+        /// A load.
         case read
+        /// A store.
         case write
     }
 
     /// Settings fixed when a space is created.
     public struct Configuration: Sendable, Hashable {
+        /// Which fault path serves faults (default ``FaultPath/speculative``).
         public var faultPath: FaultPath
+        /// How the subscriber list is protected (default ``NotifierListProtection/rcu``).
         public var notifierList: NotifierListProtection
+        /// How PTE tables are locked (default ``PageTableLocking/split``).
         public var pageTableLocking: PageTableLocking
         /// Top of the area searched top-down for non-fixed mappings (`mm->mmap_base`).
         public var mmapBase: UInt64
@@ -43,6 +48,7 @@ public final class AddressSpace: @unchecked Sendable {
         /// Maximum number of VMAs (`vm.max_map_count`); more fail with `ENOMEM`.
         public var maxMapCount: Int
 
+        /// A configuration; the defaults are the engine's normal settings.
         public init(
             faultPath: FaultPath = .speculative, notifierList: NotifierListProtection = .rcu,
             pageTableLocking: PageTableLocking = .split, mmapBase: UInt64 = 0x7F00_0000_0000,
@@ -70,6 +76,7 @@ public final class AddressSpace: @unchecked Sendable {
     private let headerPadding = CacheLinePadding()
     /// A process-unique identifier, carried by every ``InvalidationRange``.
     public let id: UInt64
+    /// The settings the space was created with.
     public let configuration: Configuration
     /// The frames this space maps (shared with its forks).
     public let memory: PhysicalMemory

@@ -5,10 +5,15 @@ public struct Protection: OptionSet, Hashable, Sendable, CustomStringConvertible
     public let rawValue: UInt8
     public init(rawValue: UInt8) { self.rawValue = rawValue }
 
+    /// `PROT_READ`.
     public static let read = Protection(rawValue: 1)
+    /// `PROT_WRITE`.
     public static let write = Protection(rawValue: 2)
+    /// `PROT_EXEC`.
     public static let exec = Protection(rawValue: 4)
+    /// `PROT_NONE`: no access.
     public static let none: Protection = []
+    /// `PROT_READ | PROT_WRITE`.
     public static let readWrite: Protection = [.read, .write]
 
     /// `rwx` letters as in `/proc/self/maps`.
