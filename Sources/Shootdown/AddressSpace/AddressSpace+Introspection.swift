@@ -2,7 +2,9 @@ import Synchronization
 
 /// One VMA as seen from outside (a line of `/proc/PID/maps` plus its smaps `VmFlags`).
 public struct Mapping: Hashable, Sendable, CustomStringConvertible {
+    /// First address of the mapping.
     public var start: UInt64
+    /// End of the mapping (exclusive).
     public var end: UInt64
     /// The access bits (`PROT_READ`, `PROT_WRITE`, `PROT_EXEC`).
     public var protection: Protection {
@@ -112,13 +114,16 @@ extension AddressSpace {
         public var tablesInHoles = 0
         /// Present 4 KiB entries (huge mappings count 512).
         public var presentPages = 0
+        /// Swap entries (pages evicted to ``PhysicalMemory/swap``).
         public var swapEntries = 0
+        /// 2 MiB mappings.
         public var hugeMappings = 0
         /// Entries outside every VMA: must be 0.
         public var entriesOutsideVMAs = 0
         /// Writable entries in VMAs without write permission, or accessible entries in PROT_NONE
         /// VMAs: must be 0.
         public var entriesExceedingProtection = 0
+        /// VMAs in the index.
         public var vmas = 0
         /// Adjacent VMAs that should have been merged: must be 0.
         public var unmergedNeighbours = 0

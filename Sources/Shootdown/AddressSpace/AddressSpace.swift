@@ -28,7 +28,9 @@ public final class AddressSpace: @unchecked Sendable {
 
     /// The kind of access that faulted.
     public enum Access: Sendable, Hashable {
+        /// A load.
         case read
+        /// A store.
         case write
     }
 
@@ -46,8 +48,11 @@ public final class AddressSpace: @unchecked Sendable {
     /// Settings fixed when a space is created. The defaults are those of an unprivileged process
     /// on the reference machine (Linux 6.18 x86-64).
     public struct Configuration: Sendable, Hashable {
+        /// Which fault path serves faults (default ``FaultPath/speculative``).
         public var faultPath: FaultPath
+        /// How the subscriber list is protected (default ``NotifierListProtection/rcu``).
         public var notifierList: NotifierListProtection
+        /// How PTE tables are locked (default ``PageTableLocking/split``).
         public var pageTableLocking: PageTableLocking
         /// Top of the area searched top-down for non-fixed mappings (`mm->mmap_base`).
         public var mmapBase: UInt64
@@ -69,6 +74,7 @@ public final class AddressSpace: @unchecked Sendable {
         /// without a brk area (brk then always returns 0, refusing).
         public var programBreakStart: UInt64?
 
+        /// A configuration; the defaults are the engine's normal settings.
         public init(
             faultPath: FaultPath = .speculative, notifierList: NotifierListProtection = .rcu,
             pageTableLocking: PageTableLocking = .split, mmapBase: UInt64 = 0x7F00_0000_0000,
@@ -104,6 +110,7 @@ public final class AddressSpace: @unchecked Sendable {
     private let headerPadding = CacheLinePadding()
     /// A process-unique identifier, carried by every ``InvalidationRange``.
     public let id: UInt64
+    /// The settings the space was created with.
     public let configuration: Configuration
     /// The frames this space maps (shared with its forks).
     public let memory: PhysicalMemory
