@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -146,6 +147,27 @@ void cinterop_rcu_barrier(void) {
 }
 
 bool cinterop_rcu_has_sys_membarrier(void) { return urcu_memb_has_sys_membarrier != 0; }
+
+// MARK: - Software TLB shootdown
+
+static int cinterop_membarrier_state;  // 0: unknown, 1: available, 2: unavailable
+static pthread_once_t cinterop_membarrier_once = PTHREAD_ONCE_INIT;
+
+static void cinterop_membarrier_probe(void) {
+    long commands = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    int available = commands >= 0 && (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED)
+        && syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+    __atomic_store_n(&cinterop_membarrier_state, available ? 1 : 2, __ATOMIC_RELEASE);
+}
+
+bool cinterop_membarrier_expedited_available(void) {
+    pthread_once(&cinterop_membarrier_once, cinterop_membarrier_probe);
+    return __atomic_load_n(&cinterop_membarrier_state, __ATOMIC_ACQUIRE) == 1;
+}
+
+void cinterop_membarrier_expedited(void) {
+    if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) abort();
+}
 
 // MARK: - Futex
 

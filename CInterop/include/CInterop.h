@@ -129,6 +129,27 @@ void cinterop_rcu_barrier(void);
 /// to full fences (~70 ns per section).
 bool cinterop_rcu_has_sys_membarrier(void);
 
+// MARK: - Software TLB shootdown (docs/tlb.md)
+
+/// A compiler-only barrier: the compiler may not move memory accesses across it; the CPU may (a
+/// store may still be overtaken by a later load). An access to a software TLB marks itself "in
+/// access" with a plain store and this barrier; the shootdown's membarrier supplies the CPU
+/// barrier only when a shootdown needs it, the way liburcu's memb read side pairs
+/// `cmm_barrier()` with `membarrier` in `synchronize_rcu`.
+static inline __attribute__((always_inline)) void cinterop_compiler_barrier(void) {
+    __asm__ __volatile__("" ::: "memory");
+}
+
+/// Whether `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` works in this process: the kernel
+/// supports it and the process is registered (liburcu-memb registers at start-up; this registers
+/// again if needed, which is idempotent). Computed once.
+bool cinterop_membarrier_expedited_available(void);
+
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`: when it returns, every CPU that was running a
+/// thread of this process during the call has executed a full memory barrier (an IPI), and every
+/// other thread has passed a context switch, which is one. Precondition: available.
+void cinterop_membarrier_expedited(void);
+
 // MARK: - Futex
 
 /// Sleeps while `*word == expected`. Returns early on wake-up, signal, or spuriously.

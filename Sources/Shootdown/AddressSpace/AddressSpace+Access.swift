@@ -2,17 +2,35 @@ import Synchronization
 
 extension AddressSpace {
     /// Reads the content token of the page at `address`, faulting it in if needed (the model of a
-    /// load instruction; marks the entry accessed, as the hardware would).
+    /// load instruction; marks the entry accessed, as the hardware would). With software TLBs
+    /// (``Configuration/tlb``) a hit costs no walk and no lock (docs/tlb.md).
+    @inlinable
     public func read(at address: UInt64) throws(MemoryError) -> UInt64 {
+        if let tlb, let token = tlb.access(address, write: false, token: 0) { return token }
+        return try readWalking(address)
+    }
+
+    /// Writes `token` as the content of the page at `address`, faulting it in (and breaking
+    /// copy-on-write) if needed (the model of a store instruction; marks the entry dirty). With
+    /// software TLBs a hit on a writable, dirty entry costs no walk and no lock.
+    @inlinable
+    public func write(_ token: UInt64, at address: UInt64) throws(MemoryError) {
+        if let tlb, tlb.access(address, write: true, token: token) != nil { return }
+        try writeWalking(token, address)
+    }
+
+    /// ``read(at:)`` by walking the page table (and filling the calling thread's TLB, if any).
+    @usableFromInline
+    func readWalking(_ address: UInt64) throws(MemoryError) -> UInt64 {
         while true {
             if let token = accessPresent(address, write: false, token: 0) { return token }
             try fault(at: address, access: .read)
         }
     }
 
-    /// Writes `token` as the content of the page at `address`, faulting it in (and breaking
-    /// copy-on-write) if needed (the model of a store instruction; marks the entry dirty).
-    public func write(_ token: UInt64, at address: UInt64) throws(MemoryError) {
+    /// ``write(_:at:)`` by walking the page table (and filling the calling thread's TLB, if any).
+    @usableFromInline
+    func writeWalking(_ token: UInt64, _ address: UInt64) throws(MemoryError) {
         while true {
             if accessPresent(address, write: true, token: token) != nil { return }
             try fault(at: address, access: .write)
@@ -21,7 +39,8 @@ extension AddressSpace {
 
     /// Performs the access under the entry's lock if the entry allows it; `nil` if a fault is
     /// needed. Taking the split lock orders the access against fork's write-protection and
-    /// copy-on-write replacement, like a TLB flush would.
+    /// copy-on-write replacement, like a TLB flush would. With software TLBs the translation is
+    /// also loaded into the calling thread's TLB, under the same lock (docs/tlb.md, "Filling").
     private func accessPresent(_ address: UInt64, write: Bool, token: UInt64) -> UInt64? {
         guard address < Self.userLimit else { return nil }
         return RCU.withReadSection { () -> UInt64? in
@@ -43,6 +62,11 @@ extension AddressSpace {
                 let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
                 if entry.rawValue & wanted != wanted {
                     leaf.table[leaf.index].pointee.store(entry.rawValue | wanted, ordering: .relaxed)
+                }
+                if let tlb {
+                    tlb.fill(
+                        address, token: memory.tokens + Int(truncatingIfNeeded: frame),
+                        writeThrough: entry.isWritable && (write || entry.isDirty))
                 }
                 if write {
                     memory.setToken(token, of: frame)

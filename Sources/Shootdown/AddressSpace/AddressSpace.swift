@@ -42,11 +42,13 @@ public final class AddressSpace: @unchecked Sendable {
         public var mmapMinAddress: UInt64
         /// Maximum number of VMAs (`vm.max_map_count`); more fail with `ENOMEM`.
         public var maxMapCount: Int
+        /// Whether loads and stores go through per-thread software TLBs (docs/tlb.md).
+        public var tlb: TLBMode
 
         public init(
             faultPath: FaultPath = .speculative, notifierList: NotifierListProtection = .rcu,
             pageTableLocking: PageTableLocking = .split, mmapBase: UInt64 = 0x7F00_0000_0000,
-            mmapMinAddress: UInt64 = 0x10000, maxMapCount: Int = 1 << 20
+            mmapMinAddress: UInt64 = 0x10000, maxMapCount: Int = 1 << 20, tlb: TLBMode = .none
         ) {
             self.faultPath = faultPath
             self.notifierList = notifierList
@@ -54,6 +56,7 @@ public final class AddressSpace: @unchecked Sendable {
             self.mmapBase = mmapBase
             self.mmapMinAddress = mmapMinAddress
             self.maxMapCount = maxMapCount
+            self.tlb = tlb
         }
     }
 
@@ -83,6 +86,8 @@ public final class AddressSpace: @unchecked Sendable {
     @usableFromInline let speculativeEnabled: Bool
     /// Set by teardown (read without the lock by accessors; written under the mmap write lock).
     @usableFromInline let dead = Atomic<Bool>(false)
+    /// The per-thread software TLBs, with ``TLBMode/perThread`` (owned: unmapped in `deinit`).
+    @usableFromInline let tlb: SoftwareTLB?
     /// Keeps the writer-owned fields below off the lines the fault path reads.
     private let writerPadding = CacheLinePadding()
     /// Where the last top-down search ended (`free_area_cache`; mmap write lock).
@@ -99,18 +104,29 @@ public final class AddressSpace: @unchecked Sendable {
             configuration.mmapMinAddress < configuration.mmapBase, configuration.mmapBase <= Self.userLimit,
             configuration.maxMapCount > 0
         else { throw .invalidArgument }
-        guard let pageTable = PageTable(locking: configuration.pageTableLocking) else { throw .outOfMemory }
+        var tlb: SoftwareTLB? = nil
+        if configuration.tlb != .none {
+            tlb = SoftwareTLB.allocate(membarrier: configuration.tlb == .perThread && Membarrier.available)
+            if tlb == nil { throw .outOfMemory }
+        }
+        guard let pageTable = PageTable(locking: configuration.pageTableLocking) else {
+            tlb?.deallocate()
+            throw .outOfMemory
+        }
+        self.tlb = tlb
         id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
         self.configuration = configuration
         self.memory = memory
         self.pageTable = pageTable
         speculativeEnabled = configuration.faultPath == .speculative
         freeAreaCache = configuration.mmapBase
+        if let tlb { installTLBShootdown(tlb) }
     }
 
     deinit {
         if !dead.load(ordering: .relaxed) { teardown() }
         if let subscriptions = subscriptionsPointer { subscriptions.release() }
+        tlb?.deallocate()
     }
 
     // MARK: - Notifier plumbing
@@ -122,11 +138,16 @@ public final class AddressSpace: @unchecked Sendable {
         return bits == 0 ? nil : Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: bits).unsafelyUnwrapped)
     }
 
-    /// The subscriptions, created if needed. Caller holds the mmap write lock.
+    /// The subscriptions, created if needed, marked as having had a registration. Caller holds
+    /// the mmap write lock.
     func ensureSubscriptions() -> NotifierSubscriptions {
-        if let existing = subscriptionsPointer { return existing.takeUnretainedValue() }
+        if let existing = subscriptionsPointer?.takeUnretainedValue() {
+            existing.registered.store(true, ordering: .relaxed)
+            return existing
+        }
         let created = NotifierSubscriptions(
             space: id, protection: configuration.notifierList, domain: SleepableRCU.notifiers, counters: counters)
+        created.registered.store(true, ordering: .relaxed)
         // Releasing: the object is complete before any dispatcher sees it.
         subscriptionsWord.store(UInt(bitPattern: Unmanaged.passRetained(created).toOpaque()), ordering: .releasing)
         return created

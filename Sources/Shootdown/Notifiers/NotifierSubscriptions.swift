@@ -14,12 +14,24 @@ final class NotifierSubscriptions: @unchecked Sendable {
     /// `has_itree`: set (under the mmap write lock) by the first interval insertion, never cleared.
     @usableFromInline let hasIntervals = Atomic<Bool>(false)
     @usableFromInline let counters: SlotCounters
+    /// The space's software TLBs, shot down at the end of every invalidation (docs/tlb.md). A
+    /// space with TLBs creates its subscriptions at once for this, so the end of every change is
+    /// the one choke point; without TLBs nothing here changes.
+    let tlb: SoftwareTLB?
+    /// Whether a subscriber or interval notifier was ever registered (set under the mmap write
+    /// lock). Teardown releases subscribers only then: subscriptions that exist only for the TLBs
+    /// have nothing to release and must not wait for a notifier-domain grace period.
+    let registered = Atomic<Bool>(false)
 
-    init(space: UInt64, protection: NotifierListProtection, domain: SleepableRCU, counters: SlotCounters) {
+    init(
+        space: UInt64, protection: NotifierListProtection, domain: SleepableRCU, counters: SlotCounters,
+        tlb: SoftwareTLB? = nil
+    ) {
         self.space = space
         list = NotifierList(protection: protection, domain: domain)
         intervals = IntervalNotifierState(counters: counters)
         self.counters = counters
+        self.tlb = tlb
     }
 
     // MARK: Invalidation
@@ -59,8 +71,11 @@ final class NotifierSubscriptions: @unchecked Sendable {
         return accepted
     }
 
-    /// Ends an invalidation (`__mmu_notifier_invalidate_range_end`).
-    func invalidateRangeEnd(_ range: InvalidationRange) {
+    /// Ends an invalidation (`__mmu_notifier_invalidate_range_end`). With software TLBs, first
+    /// shoots them down over the range (unless `shootDownTLBs` is false: the caller did, under the
+    /// split lock): the page-table change is complete, and the caller frees frames only after this.
+    func invalidateRangeEnd(_ range: InvalidationRange, shootDownTLBs: Bool = true) {
+        if shootDownTLBs, let tlb { tlb.shootDown(range.start, range.end, counters: counters) }
         if hasIntervals.load(ordering: .acquiring) { intervals.invalidateEnd() }
         if !list.populated.load(ordering: .relaxed) { return }
         list.withSnapshot { snapshot in
@@ -173,11 +188,23 @@ struct InvalidationScope: ~Copyable {
         self.subscriptions = subscriptions
     }
 
-    /// Calls every end owed and consumes the scope.
+    /// Calls every end owed and consumes the scope. In a space with software TLBs this is where
+    /// they are shot down (docs/tlb.md), before the caller frees the frames it unmapped.
     consuming func end() {
         if let subscriptions {
             let range = self.range
             subscriptions._withUnsafeGuaranteedRef { $0.invalidateRangeEnd(range) }
+        }
+        discard self
+    }
+
+    /// ``end()`` without the TLB shootdown, for a change whose caller shot the TLBs down itself
+    /// under the split lock, before copying content out of the old frames (copy-on-write,
+    /// page-out, migration, collapse), or that changed no entry.
+    consuming func endWithoutTLBShootdown() {
+        if let subscriptions {
+            let range = self.range
+            subscriptions._withUnsafeGuaranteedRef { $0.invalidateRangeEnd(range, shootDownTLBs: false) }
         }
         discard self
     }
