@@ -40,6 +40,7 @@ char cinterop_rcu_tsan_grace_period;
 
 __thread uint32_t cinterop_thread_state;
 __thread uint32_t cinterop_spin_depth;
+__thread uint64_t cinterop_thread_block_offset;
 
 // MARK: - Thread slots and automatic liburcu registration
 
@@ -62,6 +63,7 @@ static void cinterop_thread_exit(void *value) {
         __atomic_fetch_and(&cinterop_slot_bitmap, ~(1ull << slot), __ATOMIC_RELEASE);
     }
     cinterop_thread_state = 0;
+    cinterop_thread_block_offset = 0;
 }
 
 static void cinterop_make_key(void) {
@@ -98,6 +100,7 @@ void cinterop_thread_attach_slow(void) {
     uint32_t slot = cinterop_claim_slot(&owned);
     if (owned) what |= CINTEROP_OWNS_SLOT;
     cinterop_thread_state = 1u | ((slot + 1u) << 8);
+    cinterop_thread_block_offset = owned ? (uint64_t)(slot + 1u) << CINTEROP_SLOT_BLOCK_SHIFT : 0;
     // A non-NULL value makes the destructor run at thread exit.
     pthread_setspecific(cinterop_thread_key, (void *)(what | 4u));
 }

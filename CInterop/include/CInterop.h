@@ -64,6 +64,19 @@ static inline __attribute__((always_inline)) uint32_t cinterop_thread_slot(void)
     return (state >> 8) - 1u;
 }
 
+/// log2 of the bytes per slot in per-slot tables indexed by ``cinterop_thread_block_offset``.
+#define CINTEROP_SLOT_BLOCK_SHIFT 13u
+
+/// The byte offset of the calling thread's block in a table of `CINTEROP_THREAD_SLOTS` blocks of
+/// `1 << CINTEROP_SLOT_BLOCK_SHIFT` bytes whose block 0 is not a slot's: `(slot + 1) << SHIFT` for
+/// a thread that owns its slot, 0 for one that shares the overflow slot or has no slot yet. One TLS
+/// load and a test find a thread's own block (the software TLBs use it; docs/tlb.md).
+extern __thread uint64_t cinterop_thread_block_offset;
+
+static inline __attribute__((always_inline)) uint64_t cinterop_thread_block(void) {
+    return cinterop_thread_block_offset;
+}
+
 /// Spin locks (split page-table locks and other non-sleeping locks) the calling thread holds.
 /// Maintained only by debug builds of the engine, which check it before every operation that may
 /// sleep (the kernel's `might_sleep()` debug check).

@@ -30,7 +30,9 @@ extension AddressSpace {
                             let scope = beginInvalidation(vma.start, vma.end, .protectionVMA, vma: snapshot(vma))
                             let changed = pageTable.changeProtection(
                                 from: vma.start, to: vma.end, protection: protection, flush: hook)
-                            scope.end()
+                            // No entry changed, no TLB can hold a stale one (`tlb_flush_pte_range`
+                            // is only called for entries that changed).
+                            if changed == 0 { scope.endWithoutTLBShootdown() } else { scope.end() }
                             count(.pagesWriteProtected, changed)
                         }
                     }

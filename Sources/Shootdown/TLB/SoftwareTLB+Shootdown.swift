@@ -35,7 +35,7 @@ extension SoftwareTLB {
         let me = ThreadSlot.current
         if me != ThreadSlot.shared { others &= ~(1 &<< UInt64(me)) }
         if others == 0 { return }
-        if space(Self.spaceBarrierMode).pointee.load(ordering: .relaxed) != 0 {
+        if membarrier {
             Membarrier.run()
             counters.increment(SpaceCounter.tlbShootdownBarriers.rawValue)
         } else {

@@ -25,28 +25,30 @@ public enum TLBMode: String, Sendable, CaseIterable {
 ///
 /// A non-owning handle to one zero-filled mapping of 8-byte words; the space allocates it and
 /// frees it in its `deinit`. Pages are populated on first touch, so a slot that never accesses the
-/// space costs no memory. Layout, in blocks of ``blockWords`` words (8 KiB):
-/// - block `s` for each owned slot `s` (`s < ThreadSlot.shared`): a 128-byte header written only
-///   by the slot's thread (``sequence``, ``caughtUp``, ``barrierMode`` and its counters), then
-///   ``entries`` pairs (tag, token address). The sequence word is the only one other threads read.
-/// - block ``ThreadSlot/shared`` (threads sharing the overflow slot never use a TLB: they walk):
-///   the space-wide words — ``generation`` and ``record`` on one line, read by every access and
-///   written by every shootdown; ``slotMask`` on the next line, written once per joining slot.
+/// space costs no memory. Layout, in blocks of ``blockWords`` words (8 KiB), found from the
+/// thread's ``ThreadSlot/blockOffset`` with one TLS load:
+/// - block 0: the space-wide words — ``generation`` and ``record`` on one line, read by every
+///   access and written by every shootdown; ``slotMask`` on the next line, written once per
+///   joining slot.
+/// - block `s + 1` for each owned slot `s` (threads sharing the overflow slot never use a TLB:
+///   they walk): a 128-byte header written only by the slot's thread (``sequence``, ``caughtUp``
+///   and its counters), then ``entries`` pairs (tag, token address). The sequence word is the
+///   only one other threads read.
 ///
-/// An entry's tag is the page address with ``valid`` and, when the entry is writable and already
-/// dirty in the page table, ``writeThrough`` (a write through a clean entry must walk to set the
-/// dirty bit, as an x86 TLB takes a micro-fault for it). The second word is the address of the
-/// frame's content token.
+/// An entry's tag is the page address with its low 12 bits set (``tagWritable``) when the entry is
+/// writable and already dirty in the page table, or all but bit 1 (``tagReadable``): a write
+/// through a clean entry must walk to set the dirty bit, as an x86 TLB takes a micro-fault for it.
+/// An empty entry's tag is 0. The second word is the address of the frame's content token.
 @frozen @usableFromInline
 struct SoftwareTLB {
     /// Entries per TLB (direct-mapped by page number: 1 MiB of reach).
     @usableFromInline static let entries = 256
-    /// log2 of the words per block.
-    @usableFromInline static let blockShift = 10
+    /// log2 of the words per block (the blocks of ``ThreadSlot/blockOffset``).
+    @usableFromInline static let blockShift = Int(CINTEROP_SLOT_BLOCK_SHIFT) - 3
     @usableFromInline static let blockWords = 1 << blockShift
     /// Header words before the entries (one 128-byte line pair).
     @usableFromInline static let headerWords = cacheLineSize / 8
-    /// Bytes of the mapping: a block per slot, the shared slot's block holding the space's words.
+    /// Bytes of the mapping: the space's block, then one per owned slot.
     static let byteCount = ThreadSlot.count * blockWords * 8
 
     // Header words of a slot's block.
@@ -54,31 +56,29 @@ struct SoftwareTLB {
     @usableFromInline static let sequence = 0
     /// The generation this slot has caught up to; 0 until the slot first accessed the space.
     @usableFromInline static let caughtUp = 1
-    /// 1 when the space's shootdowns issue `membarrier` (an access needs only a compiler barrier),
-    /// 0 for a full fence. Copied from the space when the slot joins; 0 before (the safe choice).
-    @usableFromInline static let barrierMode = 2
-    @usableFromInline static let misses = 3
-    static let partialFlushes = 4
-    static let fullFlushes = 5
-    static let pagesFlushed = 6
+    @usableFromInline static let misses = 2
+    static let partialFlushes = 3
+    static let fullFlushes = 4
+    static let pagesFlushed = 5
+    /// Accesses that left the inlined path for ``accessSlow(_:write:token:)`` (each counted twice
+    /// by the sequence).
+    static let slowAccesses = 6
 
-    // Space-wide words, in the shared slot's block.
+    // Space-wide words, in block 0.
     /// `tlb_gen`: incremented by every change that removes or downgrades a translation. Starts at
     /// 1, so a slot's `caughtUp` of 0 always differs.
     @usableFromInline static let generation = 0
     /// The last flush: the generation's low ``recordGenerationBits`` bits, the first page and the
     /// number of pages (0: flush everything).
     static let record = 1
-    /// 1 when shootdowns use `membarrier`.
-    static let spaceBarrierMode = 2
     /// `mm_cpumask`: bit `s` set once slot `s` accessed the space (never cleared: a lazy slot is
     /// skipped by the in-access test, not by the mask).
     static let slotMask = cacheLineSize / 8
 
-    /// Tag bit: the entry holds a translation.
-    @usableFromInline static let valid: UInt64 = 1
-    /// Tag bit: a write may go through without a walk (writable, dirty bit already set).
-    @usableFromInline static let writeThrough: UInt64 = 2
+    /// Low tag bits of an entry that loads and stores may use (writable, dirty bit already set).
+    @usableFromInline static let tagWritable: UInt64 = 0xFFF
+    /// Low tag bits of an entry only loads may use.
+    @usableFromInline static let tagReadable: UInt64 = 0xFFD
 
     /// A range of at most this many pages is flushed page by page, anything larger whole (the
     /// kernel's `tlb_single_page_flush_ceiling`).
@@ -86,19 +86,24 @@ struct SoftwareTLB {
     static let recordGenerationBits: UInt64 = 23
 
     @usableFromInline let words: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Shootdowns force barriers with `membarrier` and an access needs only a compiler barrier;
+    /// otherwise every access fences. Fixed for the space's life (a `let` of a `let`: a loop of
+    /// accesses tests it once).
+    @usableFromInline let membarrier: Bool
 
     @inlinable
-    init(words: UnsafeMutablePointer<Atomic<UInt64>>) { self.words = words }
+    init(words: UnsafeMutablePointer<Atomic<UInt64>>, membarrier: Bool) {
+        self.words = words
+        self.membarrier = membarrier
+    }
 
-    /// Maps the TLBs of a new space. `membarrier`: shootdowns force barriers with `membarrier` and
-    /// accesses need only a compiler barrier (otherwise every access fences). `nil` if the system
-    /// refuses the mapping.
+    /// Maps the TLBs of a new space (see ``membarrier``). `nil` if the system refuses the mapping.
     static func allocate(membarrier: Bool) -> SoftwareTLB? {
         guard let raw = cinterop_map_aligned(byteCount, 4096) else { return nil }
         // Zero-filled: every atomic starts at 0 (as the page-table allocator's blocks do).
-        let tlb = SoftwareTLB(words: raw.bindMemory(to: Atomic<UInt64>.self, capacity: byteCount / 8))
+        let tlb = SoftwareTLB(
+            words: raw.bindMemory(to: Atomic<UInt64>.self, capacity: byteCount / 8), membarrier: membarrier)
         tlb.space(generation).pointee.store(1, ordering: .relaxed)
-        tlb.space(spaceBarrierMode).pointee.store(membarrier ? 1 : 0, ordering: .relaxed)
         return tlb
     }
 
@@ -107,13 +112,21 @@ struct SoftwareTLB {
 
     /// The block of slot `slot`.
     @inlinable @inline(__always)
-    func block(_ slot: Int) -> UnsafeMutablePointer<Atomic<UInt64>> { words + (slot &<< Self.blockShift) }
+    func block(_ slot: Int) -> UnsafeMutablePointer<Atomic<UInt64>> { words + ((slot &+ 1) &<< Self.blockShift) }
+
+    /// The block at byte offset `offset` (a ``ThreadSlot/blockOffset``).
+    @inlinable @inline(__always)
+    func block(atByteOffset offset: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
+        UnsafeMutableRawPointer(words).advanced(by: offset).assumingMemoryBound(to: Atomic<UInt64>.self)
+    }
+
+    /// The slot whose block is `block`.
+    @inlinable
+    func slot(of block: UnsafeMutablePointer<Atomic<UInt64>>) -> Int { (block - words) &>> Self.blockShift &- 1 }
 
     /// Space-wide word `index`.
     @inlinable @inline(__always)
-    func space(_ index: Int) -> UnsafeMutablePointer<Atomic<UInt64>> {
-        words + (ThreadSlot.shared &<< Self.blockShift &+ index)
-    }
+    func space(_ index: Int) -> UnsafeMutablePointer<Atomic<UInt64>> { words + index }
 
     /// The entry (tag word, then token-address word) that `address` maps to in `block`.
     @inlinable @inline(__always)
@@ -131,48 +144,87 @@ struct SoftwareTLB {
     ///
     /// The access is bracketed as "in access" for shootdowns: the slot's sequence becomes odd
     /// (a plain store and a compiler barrier, or a full fence in fenced mode), the generation is
-    /// compared with the one the slot caught up to (flushing what changed since), the entry is
-    /// used, and the sequence becomes even again with a releasing store. No lock, no read-modify-
-    /// write, no write to any line another thread writes.
+    /// compared with the one the slot caught up to, the entry is used, and the sequence becomes
+    /// even again with a releasing store. No lock, no read-modify-write, no write to any line
+    /// another thread writes. Anything but a hit of a caught-up slot leaves the access and takes
+    /// ``accessSlow(_:write:token:)`` (which catches up and counts misses), so the inlined part
+    /// calls nothing on its way.
     @inlinable @inline(__always)
     func access(_ address: UInt64, write: Bool, token: UInt64) -> UInt64? {
-        let slot = ThreadSlot.current
-        if slot == ThreadSlot.shared { return nil }
-        let block = self.block(slot)
+        let offset = ThreadSlot.blockOffset
+        if offset == 0 { return nil }
+        let block = self.block(atByteOffset: offset)
+        let sequence = enter(block)
+        // Acquiring: pairs with the initiator's bump, which follows its page-table changes.
+        let generation = space(Self.generation).pointee.load(ordering: .acquiring)
+        let entry = Self.entry(block, address)
+        let tag = entry[0].load(ordering: .relaxed)
+        if generation == block[Self.caughtUp].load(ordering: .relaxed) && Self.allows(tag, address, write: write) {
+            let result = Self.use(entry, write: write, token: token)
+            // Releasing: the access happens before any initiator that sees the sequence move on.
+            block[Self.sequence].store(sequence &+ 2, ordering: .releasing)
+            return result
+        }
+        block[Self.sequence].store(sequence &+ 2, ordering: .releasing)
+        return accessSlow(address, write: write, token: token)
+    }
+
+    /// ``access(_:write:token:)`` after the generation moved or the entry did not match: a new
+    /// access that catches up first, then uses the entry or counts a miss.
+    @usableFromInline @inline(never)
+    func accessSlow(_ address: UInt64, write: Bool, token: UInt64) -> UInt64? {
+        let block = self.block(atByteOffset: ThreadSlot.blockOffset)
+        Self.bump(block + Self.slowAccesses)
+        let sequence = enter(block)
+        let generation = space(Self.generation).pointee.load(ordering: .acquiring)
+        if generation != block[Self.caughtUp].load(ordering: .relaxed) { catchUp(block, generation) }
+        let entry = Self.entry(block, address)
+        var result: UInt64? = nil
+        if Self.allows(entry[0].load(ordering: .relaxed), address, write: write) {
+            result = Self.use(entry, write: write, token: token)
+        } else {
+            Self.bump(block + Self.misses)
+        }
+        block[Self.sequence].store(sequence &+ 2, ordering: .releasing)
+        return result
+    }
+
+    /// Marks the slot of `block` inside an access (odd sequence) and orders that store before the
+    /// access's load of the generation; returns the even sequence it started from.
+    @inlinable @inline(__always)
+    func enter(_ block: UnsafeMutablePointer<Atomic<UInt64>>) -> UInt64 {
         let sequence = block[Self.sequence].load(ordering: .relaxed)
         block[Self.sequence].store(sequence | 1, ordering: .relaxed)
-        if block[Self.barrierMode].load(ordering: .relaxed) != 0 {
+        if membarrier {
             // The initiator's membarrier supplies the CPU barrier between the store above and the
-            // load below when a shootdown needs it; only the compiler must keep them in order.
+            // generation load after it when a shootdown needs one; only the compiler must keep
+            // them in order.
             cinterop_compiler_barrier()
         } else {
             // Sequentially consistent: the store-buffering pair with the initiator's fence after
             // its generation bump (docs/tlb.md, "Why the protocol is correct").
             atomicMemoryFence(ordering: .sequentiallyConsistent)
         }
-        // Acquiring: pairs with the initiator's bump, which follows its page-table changes.
-        let generation = space(Self.generation).pointee.load(ordering: .acquiring)
-        if generation != block[Self.caughtUp].load(ordering: .relaxed) { catchUp(block, slot, generation) }
-        let entry = Self.entry(block, address)
-        let tag = entry[0].load(ordering: .relaxed)
-        let wanted = address & ~(PageTable.pageSize &- 1) | Self.valid | Self.writeThrough
-        var result: UInt64? = nil
-        if (write ? tag : tag | Self.writeThrough) == wanted {
-            testHook(.tlbHitBeforeAccess)
-            let frame = UnsafeMutablePointer<Atomic<UInt64>>(bitPattern: UInt(truncatingIfNeeded: entry[1].load(
-                ordering: .relaxed))).unsafelyUnwrapped
-            if write {
-                frame.pointee.store(token, ordering: .relaxed)
-                result = token
-            } else {
-                result = frame.pointee.load(ordering: .relaxed)
-            }
-        } else {
-            Self.bump(block + Self.misses)
+        return sequence
+    }
+
+    /// Whether an entry tagged `tag` translates `address` for a load (or, `write`, a store).
+    @inlinable @inline(__always)
+    static func allows(_ tag: UInt64, _ address: UInt64, write: Bool) -> Bool {
+        (write ? tag : tag | (tagWritable ^ tagReadable)) == address | tagWritable
+    }
+
+    /// The load or store through `entry` (inside an access).
+    @inlinable @inline(__always)
+    static func use(_ entry: UnsafeMutablePointer<Atomic<UInt64>>, write: Bool, token: UInt64) -> UInt64 {
+        testHook(.tlbHitBeforeAccess)
+        let frame = UnsafeMutablePointer<Atomic<UInt64>>(
+            bitPattern: UInt(truncatingIfNeeded: entry[1].load(ordering: .relaxed))).unsafelyUnwrapped
+        if write {
+            frame.pointee.store(token, ordering: .relaxed)
+            return token
         }
-        // Releasing: the access happens before any initiator that sees the sequence move on.
-        block[Self.sequence].store(sequence &+ 2, ordering: .releasing)
-        return result
+        return frame.pointee.load(ordering: .relaxed)
     }
 
     // MARK: - Catching up (the receiving side of a shootdown)
@@ -182,16 +234,16 @@ struct SoftwareTLB {
     /// everything. A slot's first access joins the space's slot mask instead (its TLB is empty).
     /// Runs inside the access, on the slot's own thread; takes no lock.
     @usableFromInline @inline(never)
-    func catchUp(_ block: UnsafeMutablePointer<Atomic<UInt64>>, _ slot: Int, _ generation: UInt64) {
+    func catchUp(_ block: UnsafeMutablePointer<Atomic<UInt64>>, _ generation: UInt64) {
         let caughtUp = block[Self.caughtUp].load(ordering: .relaxed)
         var reached = generation
         if caughtUp == 0 {
             // Sequentially consistent, with the load below: an initiator whose mask load missed
             // this bit bumped the generation earlier in the single total order, so the load sees
-            // that bump and every change before it (docs/tlb.md).
-            space(Self.slotMask).pointee.bitwiseOr(1 &<< UInt64(slot), ordering: .sequentiallyConsistent)
+            // that bump and every change before it (docs/tlb.md). Until then the slot was in no
+            // mask and no access of it used the barrier it may have lacked: it had no entries.
+            space(Self.slotMask).pointee.bitwiseOr(1 &<< UInt64(slot(of: block)), ordering: .sequentiallyConsistent)
             reached = space(Self.generation).pointee.load(ordering: .sequentiallyConsistent)
-            block[Self.barrierMode].store(space(Self.spaceBarrierMode).pointee.load(ordering: .relaxed), ordering: .relaxed)
         } else if generation == caughtUp &+ 1, let (first, count) = recordedRange(of: generation) {
             for page in first..<(first &+ count) {
                 let entry = Self.entry(block, page &<< 12)
@@ -246,16 +298,14 @@ struct SoftwareTLB {
     /// bumps past it and will flush this entry). Does nothing on a thread without a TLB.
     @usableFromInline
     func fill(_ address: UInt64, token: UnsafeMutablePointer<Atomic<UInt64>>, writeThrough: Bool) {
-        let slot = ThreadSlot.current
-        if slot == ThreadSlot.shared { return }
-        let block = self.block(slot)
+        let offset = ThreadSlot.blockOffset
+        if offset == 0 { return }
+        let block = self.block(atByteOffset: offset)
         // A slot that never accessed the space is not in the mask: it must not hold entries.
         if block[Self.caughtUp].load(ordering: .relaxed) == 0 { return }
         let entry = Self.entry(block, address)
         entry[1].store(UInt64(UInt(bitPattern: token)), ordering: .relaxed)
-        entry[0].store(
-            address & ~(PageTable.pageSize &- 1) | Self.valid | (writeThrough ? Self.writeThrough : 0),
-            ordering: .relaxed)
+        entry[0].store(address | (writeThrough ? Self.tagWritable : Self.tagReadable), ordering: .relaxed)
     }
 
     // MARK: - Statistics
@@ -267,7 +317,7 @@ struct SoftwareTLB {
         for slot in 0..<ThreadSlot.shared {
             let block = self.block(slot)
             func value(_ index: Int) -> Int64 { Int64(bitPattern: block[index].load(ordering: .relaxed)) }
-            sums.accesses += value(Self.sequence) >> 1
+            sums.accesses += value(Self.sequence) >> 1 - value(Self.slowAccesses)
             sums.misses += value(Self.misses)
             sums.partial += value(Self.partialFlushes)
             sums.full += value(Self.fullFlushes)
