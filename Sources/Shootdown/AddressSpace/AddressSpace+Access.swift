@@ -6,7 +6,10 @@ extension AddressSpace {
     /// (``Configuration/tlb``) a hit costs no walk and no lock (docs/tlb.md).
     @inlinable
     public func read(at address: UInt64) throws(MemoryError) -> UInt64 {
-        if let tlb, let token = tlb.access(address, write: false, token: 0) { return token }
+        if let tlb {
+            if let token = tlb.access(address, write: false, token: 0) { return token }
+            return try readWalking(address, filling: tlb)
+        }
         return try readWalking(address)
     }
 
@@ -15,33 +18,57 @@ extension AddressSpace {
     /// software TLBs a hit on a writable, dirty entry costs no walk and no lock.
     @inlinable
     public func write(_ token: UInt64, at address: UInt64) throws(MemoryError) {
-        if let tlb, tlb.access(address, write: true, token: token) != nil { return }
+        if let tlb {
+            if tlb.access(address, write: true, token: token) != nil { return }
+            return try writeWalking(token, address, filling: tlb)
+        }
         try writeWalking(token, address)
     }
 
-    /// ``read(at:)`` by walking the page table (and filling the calling thread's TLB, if any).
+    /// ``read(at:)`` by walking the page table (a space without TLBs: exactly what it always was).
     @usableFromInline
     func readWalking(_ address: UInt64) throws(MemoryError) -> UInt64 {
         while true {
-            if let token = accessPresent(address, write: false, token: 0) { return token }
+            if let token = accessPresent(address, write: false, token: 0, filling: nil) { return token }
             try fault(at: address, access: .read)
         }
     }
 
-    /// ``write(_:at:)`` by walking the page table (and filling the calling thread's TLB, if any).
+    /// ``read(at:)`` after a TLB miss: the walk, loading the translation into the calling thread's
+    /// TLB.
+    @usableFromInline
+    func readWalking(_ address: UInt64, filling tlb: SoftwareTLB) throws(MemoryError) -> UInt64 {
+        while true {
+            if let token = accessPresent(address, write: false, token: 0, filling: tlb) { return token }
+            try fault(at: address, access: .read)
+        }
+    }
+
+    /// ``write(_:at:)`` by walking the page table (a space without TLBs).
     @usableFromInline
     func writeWalking(_ token: UInt64, _ address: UInt64) throws(MemoryError) {
         while true {
-            if accessPresent(address, write: true, token: token) != nil { return }
+            if accessPresent(address, write: true, token: token, filling: nil) != nil { return }
+            try fault(at: address, access: .write)
+        }
+    }
+
+    /// ``write(_:at:)`` after a TLB miss, loading the translation into the calling thread's TLB.
+    @usableFromInline
+    func writeWalking(_ token: UInt64, _ address: UInt64, filling tlb: SoftwareTLB) throws(MemoryError) {
+        while true {
+            if accessPresent(address, write: true, token: token, filling: tlb) != nil { return }
             try fault(at: address, access: .write)
         }
     }
 
     /// Performs the access under the entry's lock if the entry allows it; `nil` if a fault is
     /// needed. Taking the split lock orders the access against fork's write-protection and
-    /// copy-on-write replacement, like a TLB flush would. With software TLBs the translation is
-    /// also loaded into the calling thread's TLB, under the same lock (docs/tlb.md, "Filling").
-    private func accessPresent(_ address: UInt64, write: Bool, token: UInt64) -> UInt64? {
+    /// copy-on-write replacement, like a TLB flush would. With `tlb` the translation is also
+    /// loaded into the calling thread's TLB, under the same lock (docs/tlb.md, "Filling"); inlined
+    /// into each caller, so a space without TLBs runs no code for it.
+    @inline(__always)
+    private func accessPresent(_ address: UInt64, write: Bool, token: UInt64, filling tlb: SoftwareTLB?) -> UInt64? {
         guard address < Self.userLimit else { return nil }
         return RCU.withReadSection { () -> UInt64? in
             // After teardown the tables are retired (see `translate`): fault, which fails.

@@ -1,15 +1,17 @@
 import Synchronization
 
 extension AddressSpace {
-    /// Creates the space's subscriptions at once, carrying the TLBs, so that every invalidation's
-    /// end shoots them down (the one choke point every source of change already passes; see
-    /// ``NotifierSubscriptions/tlb``). Called at the end of `init`, before the space is shared.
-    func installTLBShootdown(_ tlb: SoftwareTLB) {
+    /// The bits of the subscriptions a space with TLBs gets at once (``subscriptionsWord``), carrying
+    /// the TLBs, so that every invalidation's end shoots them down: the one choke point every source
+    /// of change already passes (see ``NotifierSubscriptions/tlb``). Called by `init` (no method of
+    /// the space is called there: that would cost a retain and a release of every new space).
+    static func tlbSubscriptions(
+        _ tlb: SoftwareTLB, space id: UInt64, _ configuration: Configuration, _ counters: SlotCounters
+    ) -> UInt {
         let created = NotifierSubscriptions(
             space: id, protection: configuration.notifierList, domain: SleepableRCU.notifiers, counters: counters,
             tlb: tlb)
-        // Releasing: the object is complete before any dispatcher sees it.
-        subscriptionsWord.store(UInt(bitPattern: Unmanaged.passRetained(created).toOpaque()), ordering: .releasing)
+        return UInt(bitPattern: Unmanaged.passRetained(created).toOpaque())
     }
 
     /// Shoots the TLBs down over `[start, end)` now, for a change that copies content out of the

@@ -80,8 +80,9 @@ public final class AddressSpace: @unchecked Sendable {
     @usableFromInline let mmapLock = MmapLock()
     @usableFromInline let pageTable: PageTable
     @usableFromInline let index = VMAIndex()
-    /// `Unmanaged<NotifierSubscriptions>` bits, 0 until the first subscriber.
-    @usableFromInline let subscriptionsWord = Atomic<UInt>(0)
+    /// `Unmanaged<NotifierSubscriptions>` bits, 0 until the first subscriber (with software TLBs,
+    /// set from the start: see ``tlbSubscriptions(_:)``).
+    @usableFromInline let subscriptionsWord: Atomic<UInt>
     @usableFromInline let counters = SlotCounters(width: SpaceCounter.allCases.count)
     @usableFromInline let speculativeEnabled: Bool
     /// Set by teardown (read without the lock by accessors; written under the mmap write lock).
@@ -115,12 +116,14 @@ public final class AddressSpace: @unchecked Sendable {
         }
         self.tlb = tlb
         id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        var subscriptions: UInt = 0
+        if let tlb { subscriptions = Self.tlbSubscriptions(tlb, space: id, configuration, counters) }
+        subscriptionsWord = Atomic(subscriptions)
         self.configuration = configuration
         self.memory = memory
         self.pageTable = pageTable
         speculativeEnabled = configuration.faultPath == .speculative
         freeAreaCache = configuration.mmapBase
-        if let tlb { installTLBShootdown(tlb) }
     }
 
     deinit {

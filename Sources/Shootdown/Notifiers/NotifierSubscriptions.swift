@@ -71,11 +71,16 @@ final class NotifierSubscriptions: @unchecked Sendable {
         return accepted
     }
 
-    /// Ends an invalidation (`__mmu_notifier_invalidate_range_end`). With software TLBs, first
-    /// shoots them down over the range (unless `shootDownTLBs` is false: the caller did, under the
-    /// split lock): the page-table change is complete, and the caller frees frames only after this.
-    func invalidateRangeEnd(_ range: InvalidationRange, shootDownTLBs: Bool = true) {
-        if shootDownTLBs, let tlb { tlb.shootDown(range.start, range.end, counters: counters) }
+    /// Shoots the space's software TLBs down over `range`, if it has any (``InvalidationScope/end()``
+    /// calls this before ``invalidateRangeEnd(_:)``: the page-table change is complete, and the
+    /// caller frees frames only after both).
+    @inline(__always)
+    func shootDownTLBs(_ range: InvalidationRange) {
+        if let tlb { tlb.shootDown(range.start, range.end, counters: counters) }
+    }
+
+    /// Ends an invalidation (`__mmu_notifier_invalidate_range_end`).
+    func invalidateRangeEnd(_ range: InvalidationRange) {
         if hasIntervals.load(ordering: .acquiring) { intervals.invalidateEnd() }
         if !list.populated.load(ordering: .relaxed) { return }
         list.withSnapshot { snapshot in
@@ -190,21 +195,37 @@ struct InvalidationScope: ~Copyable {
 
     /// Calls every end owed and consumes the scope. In a space with software TLBs this is where
     /// they are shot down (docs/tlb.md), before the caller frees the frames it unmapped.
+    @inline(__always)
     consuming func end() {
-        if let subscriptions {
-            let range = self.range
-            subscriptions._withUnsafeGuaranteedRef { $0.invalidateRangeEnd(range) }
+        if subscriptions == nil {
+            discard self
+            return
         }
-        discard self
+        finish(shootingDownTLBs: true)
     }
 
     /// ``end()`` without the TLB shootdown, for a change whose caller shot the TLBs down itself
     /// under the split lock, before copying content out of the old frames (copy-on-write,
     /// page-out, migration, collapse), or that changed no entry.
+    @inline(__always)
     consuming func endWithoutTLBShootdown() {
+        if subscriptions == nil {
+            discard self
+            return
+        }
+        finish(shootingDownTLBs: false)
+    }
+
+    /// Both ends, out of line: one call site of the end dispatch (two cost every end a
+    /// reabstraction thunk).
+    @inline(never)
+    consuming func finish(shootingDownTLBs: Bool) {
         if let subscriptions {
             let range = self.range
-            subscriptions._withUnsafeGuaranteedRef { $0.invalidateRangeEnd(range, shootDownTLBs: false) }
+            subscriptions._withUnsafeGuaranteedRef {
+                if shootingDownTLBs { $0.shootDownTLBs(range) }
+                $0.invalidateRangeEnd(range)
+            }
         }
         discard self
     }
