@@ -378,6 +378,9 @@ struct DifferentialRun {
             mmapBase: Self.window + Self.baseOffset * Self.page,
             mmapMinAddress: Self.window)
         if rng.chance(25) { configuration.maxMapCount = rng.int(3...12) }
+        // Half of the seeds load and store through per-thread TLBs (chosen by the seed, not the
+        // generator, so every seed's operation sequence stays what it was).
+        configuration.tlb = seed % 2 == 0 ? .perThread : .none
         let memory = PhysicalMemory(capacity: max(8192, steps * 80), swapSlots: max(8192, steps * 80))
         let space = try AddressSpace(configuration: configuration, memory: memory)
         let model = ReferenceModel(configuration: configuration)
@@ -385,6 +388,7 @@ struct DifferentialRun {
             ? try SoftwareMirror(space: space, start: Self.window, length: Self.windowPages * Self.page) : nil
         history.append(
             "config: \(configuration.faultPath), \(configuration.notifierList), \(configuration.pageTableLocking), "
+                + "tlb \(configuration.tlb), "
                 + "maxMapCount \(configuration.maxMapCount)\(mirror != nil ? ", mirror" : "")")
 
         for step in 0..<steps {

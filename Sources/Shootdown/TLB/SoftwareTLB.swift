@@ -305,7 +305,10 @@ struct SoftwareTLB {
         if block[Self.caughtUp].load(ordering: .relaxed) == 0 { return }
         let entry = Self.entry(block, address)
         entry[1].store(UInt64(UInt(bitPattern: token)), ordering: .relaxed)
-        entry[0].store(address | (writeThrough ? Self.tagWritable : Self.tagReadable), ordering: .relaxed)
+        // The page's address, not the access's: an offset with bit 1 set would turn a read-only
+        // tag into a writable one.
+        let page = address & ~(PageTable.pageSize &- 1)
+        entry[0].store(page | (writeThrough ? Self.tagWritable : Self.tagReadable), ordering: .relaxed)
     }
 
     // MARK: - Statistics

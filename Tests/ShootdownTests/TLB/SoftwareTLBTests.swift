@@ -23,6 +23,7 @@ private func tlbSpace(_ memory: PhysicalMemory, mode: TLBMode = .perThread) thro
         let memory = PhysicalMemory(capacity: 1024, swapSlots: 0)
         let space = try tlbSpace(memory, mode: mode)
         try space.map(length: 16 * p, placement: .fixed(base))
+        _ = space.translate(base)  // registers this thread (its first access would otherwise walk)
         let before = space.statistics
         for index in 0..<16 { try space.write(UInt64(index) + 100, at: base + UInt64(index) * p) }
         var stats = space.statistics.since(before)
@@ -51,6 +52,23 @@ private func tlbSpace(_ memory: PhysicalMemory, mode: TLBMode = .perThread) thro
         #expect(space.translate(base)?.frame != PhysicalMemory.zeroFrame)
         #expect(try space.read(at: base) == 5)
         #expect(space.statistics[.zeroPageFaults] == 1)
+        space.teardown()
+    }
+
+    /// Found by the differential run: a fill tagged the entry with the access's address instead of
+    /// its page's, so a load at an offset with bit 1 set made a read-only entry (here the zero
+    /// page) writable, and a later store wrote the zero page.
+    @Test func unalignedLoadsDoNotMakeEntriesWritable() throws {
+        let memory = PhysicalMemory(capacity: 1024, swapSlots: 0)
+        let space = try tlbSpace(memory)
+        try space.map(length: 2 * p, protection: .read, placement: .fixed(base))
+        #expect(try space.read(at: base + 0xB72) == 0)
+        #expect(throws: MemoryError.segmentationFault) { try space.write(7, at: base + 0x638) }
+        try space.map(length: p, placement: .fixed(base + 8 * p))
+        #expect(try space.read(at: base + 8 * p + 0xB72) == 0)  // zero page, read-only entry
+        try space.write(7, at: base + 8 * p + 0x638)  // must fault: a new frame
+        #expect(memory.token(of: PhysicalMemory.zeroFrame) == 0)
+        #expect(try space.read(at: base + p) == 0)
         space.teardown()
     }
 
