@@ -78,6 +78,9 @@ struct ConcurrentTLBShootdownTests {
     static let writers = 2
 
     static func stableAddress(_ index: Int) -> UInt64 { stableBase + UInt64(index) * page }
+    /// A byte offset into a page: accesses use every offset (a TLB fill once tagged an entry with
+    /// the access's low bits; a token is a page's whole content, so any address in it works).
+    static func offset(_ random: inout SplitMix64) -> UInt64 { random.below(page) }
     static func churnAddress(_ index: Int) -> UInt64 { churnBase + UInt64(index) * 2 * page }
     /// Page identities in tokens: stable pages 1..., churning pages after them.
     static func stableToken(_ index: Int, _ sequence: UInt64) -> UInt64 { UInt64(index + 1) << 40 | sequence }
@@ -131,8 +134,10 @@ struct ConcurrentTLBShootdownTests {
         }
 
         /// One access to churning page `index` (a load, or a store of a token of `thread`).
-        @Sendable func churnAccess(_ index: Int, thread: Int, counter: UInt64, store: Bool, _ who: String) {
-            let address = Self.churnAddress(index)
+        @Sendable func churnAccess(
+            _ index: Int, at offset: UInt64, thread: Int, counter: UInt64, store: Bool, _ who: String
+        ) {
+            let address = Self.churnAddress(index) + offset
             let before = churnState.load(index)
             var value: UInt64? = nil
             do {
@@ -173,7 +178,7 @@ struct ConcurrentTLBShootdownTests {
                     let sequence = sequences[index] + 1
                     var stored = false
                     do {
-                        try space.write(Self.stableToken(index, sequence), at: Self.stableAddress(index))
+                        try space.write(Self.stableToken(index, sequence), at: Self.stableAddress(index) + Self.offset(&random))
                         stored = true
                     } catch MemoryError.segmentationFault {
                     } catch {
@@ -194,12 +199,12 @@ struct ConcurrentTLBShootdownTests {
                     let index = random.index(below: Self.stablePages)
                     let published = lastWritten.load(index)
                     do {
-                        checkStableRead(index, try space.read(at: Self.stableAddress(index)), atLeast: published, who)
+                        checkStableRead(index, try space.read(at: Self.stableAddress(index) + Self.offset(&random)), atLeast: published, who)
                     } catch {
                         violations.record("\(who): load from stable page \(index): \(error)")
                     }
                 default:
-                    churnAccess(random.index(below: Self.churnPages), thread: thread + 1, counter: counter,
+                    churnAccess(random.index(below: Self.churnPages), at: Self.offset(&random), thread: thread + 1, counter: counter,
                                 store: random.chance(50), who)
                 }
             }
@@ -213,12 +218,12 @@ struct ConcurrentTLBShootdownTests {
                     let index = random.index(below: Self.stablePages)
                     let published = lastWritten.load(index)
                     do {
-                        checkStableRead(index, try space.read(at: Self.stableAddress(index)), atLeast: published, "reader")
+                        checkStableRead(index, try space.read(at: Self.stableAddress(index) + Self.offset(&random)), atLeast: published, "reader")
                     } catch {
                         violations.record("reader: load from stable page \(index): \(error)")
                     }
                 } else {
-                    churnAccess(random.index(below: Self.churnPages), thread: 0, counter: 0, store: false, "reader")
+                    churnAccess(random.index(below: Self.churnPages), at: Self.offset(&random), thread: 0, counter: 0, store: false, "reader")
                 }
             }
         }
