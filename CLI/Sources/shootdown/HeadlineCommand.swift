@@ -106,6 +106,18 @@ struct Headline: ParsableCommand {
                                   pass: nil, command: command))
         }
 
+        if let (run, command) = try bench("access --compare tlb") {
+            let value = run.metric("per-thread.sequential_read_ns") ?? .nan
+            let walk = run.metric("none.sequential_read_ns") ?? .nan
+            figures.append(Figure(name: "load through a TLB hit (page walk: \(String(format: "%.1f", walk)) ns)", value: value,
+                                  unit: "ns", target: "≈ 2 ns", pass: value < 3, command: command))
+        }
+        if let (run, command) = try bench("shootdown --threads 2") {
+            let value = (run.metric("munmap_1_others_ns") ?? .nan) / 1000
+            figures.append(Figure(name: "munmap of 16 pages, 1 other thread in the TLBs", value: value, unit: "µs",
+                                  target: "—", pass: nil, command: command))
+        }
+
         if json {
             for run in runs { print(Render.json(run)) }
             return

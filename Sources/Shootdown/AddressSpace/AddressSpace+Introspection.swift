@@ -96,7 +96,9 @@ extension AddressSpace {
 
     /// A snapshot of the counters.
     public var statistics: SpaceStatistics {
-        SpaceStatistics(values: SpaceCounter.allCases.map { counters.sum($0.rawValue) })
+        var values = SpaceCounter.allCases.map { counters.sum($0.rawValue) }
+        addTLBCounters(to: &values)
+        return SpaceStatistics(values: values)
     }
 
     /// Times a thread waited for the mmap lock.

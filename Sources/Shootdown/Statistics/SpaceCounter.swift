@@ -88,6 +88,25 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
     // Grace periods this space waited for (notifier domain).
     /// Grace periods of the notifier domain this space waited for (unregistration, teardown).
     case notifierGracePeriods
+    // Software TLBs (``AddressSpace/Configuration/tlb``; docs/tlb.md).
+    /// Accesses served by a thread's TLB.
+    case tlbHits
+    /// Accesses through a TLB that walked the page table (and filled the entry).
+    case tlbMisses
+    /// Catch-ups one generation behind a small recorded range: those pages flushed.
+    case tlbPartialFlushes
+    /// Catch-ups that flushed a whole TLB.
+    case tlbFullFlushes
+    /// Pages flushed by partial flushes.
+    case tlbPagesFlushed
+    /// Changes that bumped the TLB generation (every invalidation of a space with TLBs).
+    case tlbShootdowns
+    /// Shootdowns that forced barriers with `membarrier` (another slot held entries).
+    case tlbShootdownBarriers
+    /// Slots a shootdown found inside an access and waited for.
+    case tlbShootdownWaits
+    /// Time initiators spent waiting for those accesses.
+    case tlbShootdownWaitNanoseconds
 
     /// The case name. (Spelled out: `String(describing: self)` would call this property again and
     /// recurse until the stack overflows.)
@@ -133,6 +152,15 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .intervalCollisions: "intervalCollisions"
         case .intervalReadWaits: "intervalReadWaits"
         case .notifierGracePeriods: "notifierGracePeriods"
+        case .tlbHits: "tlbHits"
+        case .tlbMisses: "tlbMisses"
+        case .tlbPartialFlushes: "tlbPartialFlushes"
+        case .tlbFullFlushes: "tlbFullFlushes"
+        case .tlbPagesFlushed: "tlbPagesFlushed"
+        case .tlbShootdowns: "tlbShootdowns"
+        case .tlbShootdownBarriers: "tlbShootdownBarriers"
+        case .tlbShootdownWaits: "tlbShootdownWaits"
+        case .tlbShootdownWaitNanoseconds: "tlbShootdownWaitNanoseconds"
         }
     }
 
