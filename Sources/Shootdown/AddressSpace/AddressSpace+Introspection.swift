@@ -19,7 +19,13 @@ public struct Mapping: Hashable, Sendable, CustomStringConvertible {
         set { vmFlags = newValue.with(protection) }
     }
 
-    /// - Parameter flags: the VMA's flags; the access bits are taken from `protection`.
+    /// A mapping with these fields.
+    ///
+    /// - Parameters:
+    ///   - start: the first address.
+    ///   - end: the end address (exclusive).
+    ///   - protection: the access bits (others are dropped).
+    ///   - flags: the VMA's flags; the access bits are taken from `protection`.
     public init(start: UInt64, end: UInt64, protection: Protection, flags: VMFlags) {
         self.start = start
         self.end = end

@@ -72,8 +72,14 @@ public struct VMASnapshot: Hashable, Sendable {
     /// The VMA's flags; their access bits (`rd wr ex`) always mirror ``protection``.
     public var flags: MappingFlags
 
-    /// - Parameter flags: the VMA's flags; the access bits are taken from `protection`, as in
-    ///   ``Mapping/init(start:end:protection:flags:)``.
+    /// A snapshot with these fields.
+    ///
+    /// - Parameters:
+    ///   - start: the VMA's first address.
+    ///   - end: the VMA's end address (exclusive).
+    ///   - protection: its protection (for mprotect, the new one).
+    ///   - flags: the VMA's flags; the access bits are taken from `protection`, as in
+    ///     ``Mapping/init(start:end:protection:flags:)``.
     public init(start: UInt64, end: UInt64, protection: Protection, flags: MappingFlags) {
         self.start = start
         self.end = end
