@@ -14,6 +14,9 @@ enum TestHookPoint: Int, CaseIterable, Sendable {
     /// A software-TLB access found its entry and is about to load or store through it (inside the
     /// access: the closure must not wait for a TLB shootdown of this space to return).
     case tlbHitBeforeAccess
+    /// A device access (`deviceRead`/`deviceWrite`) checked that the space is alive and is about to
+    /// validate the translation under the split lock (no lock held).
+    case deviceAccessAfterAliveCheck
 }
 
 #if SHOOTDOWN_INTERNAL_CHECKS
