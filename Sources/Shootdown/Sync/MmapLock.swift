@@ -7,6 +7,10 @@ import Synchronization
 /// One 32-bit state word: bits 0–29 count readers, bit 30 says a writer waits, bit 31 says a writer
 /// holds the lock. Writers are preferred (new readers wait while a writer waits), like rwsem.
 /// Waiters spin briefly, then sleep on the state word's futex.
+///
+/// It also carries what the per-VMA locks (VMA+Lock.swift) need from the space: `mm_lock_seq`
+/// (``sequence``), odd while a writer holds the lock, and the wait queue a VMA writer
+/// sleeps on while readers drain (`mm->vma_writer_wait`).
 @usableFromInline
 final class MmapLock: @unchecked Sendable {
     @usableFromInline static let writerHeld: UInt32 = 1 << 31
@@ -19,11 +23,70 @@ final class MmapLock: @unchecked Sendable {
     @usableFromInline var state: UnsafeMutablePointer<Atomic<UInt32>> { words }
     @usableFromInline var sleepers: UnsafeMutablePointer<Atomic<UInt32>> { words + Self.sleepersOffset }
 
+    /// `mm_lock_seq`, alone on its line: per-VMA-lock faults read it on every fault, and neither
+    /// the state word (written by every mmap read lock) nor anything else may share it. Even when
+    /// no writer holds the lock; made odd by ``writeLock()`` and even again by ``writeUnlock()``,
+    /// which unlocks every VMA write-locked during the hold. 64 bits: it never wraps.
+    @usableFromInline let sequenceWord: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Where a VMA writer sleeps until the last reader of the VMA leaves (`vma_writer_wait`).
+    let vmaWriterWait = WaitQueue()
+
     /// Times a reader or writer had to wait (statistics).
     let contended = Atomic<UInt64>(0)
 
-    init() { words = RawMemory.allocateAtomics(UInt32.self, count: 2 * Self.sleepersOffset, initial: 0) }
-    deinit { RawMemory.deallocateAtomics(words, count: 2 * Self.sleepersOffset) }
+    init() {
+        words = RawMemory.allocateAtomics(UInt32.self, count: 2 * Self.sleepersOffset, initial: 0)
+        sequenceWord = RawMemory.allocateAtomics(UInt64.self, count: cacheLineSize / 8, initial: 0)
+    }
+
+    deinit {
+        RawMemory.deallocateAtomics(words, count: 2 * Self.sleepersOffset)
+        RawMemory.deallocateAtomics(sequenceWord, count: cacheLineSize / 8)
+    }
+
+    // MARK: mm_lock_seq
+
+    /// `mm_lock_seq`, loaded relaxed: odd while a writer holds the lock. A VMA whose `vm_lock_seq`
+    /// equals it is write-locked.
+    @inlinable @inline(__always)
+    var sequence: UInt64 { sequenceWord.pointee.load(ordering: .relaxed) }
+
+    /// `mm_lock_seq`, loaded with acquire (`raw_read_seqcount`): pairs with the releasing store of
+    /// ``writeUnlock()``, so a reader that sees a hold ended sees what it changed.
+    @inlinable @inline(__always)
+    func sequenceAcquiring() -> UInt64 { sequenceWord.pointee.load(ordering: .acquiring) }
+
+    /// `mm_lock_seqcount_begin`: makes the sequence odd. Writer only.
+    @inlinable @inline(__always)
+    func beginWriteSequence() {
+        let value = sequenceWord.pointee.load(ordering: .relaxed)
+        checkInvariant(value & 1 == 0, "mm_lock_seq odd at mmap write lock")
+        // Relaxed: readers compare it with `vm_lock_seq`, which a writer publishes with a releasing
+        // RMW of the VMA's count after this store; nothing needs this store to be seen earlier.
+        sequenceWord.pointee.store(value &+ 1, ordering: .relaxed)
+    }
+
+    /// `vma_end_write_all` (`mm_lock_seqcount_end`): makes the sequence even, which write-unlocks
+    /// every VMA write-locked in this hold. Writer only, before the lock itself is released.
+    @inlinable @inline(__always)
+    func endWriteSequence() {
+        let value = sequenceWord.pointee.load(ordering: .relaxed)
+        checkInvariant(value & 1 == 1, "mm_lock_seq even at mmap write unlock")
+        // Releasing: a per-VMA-lock reader that sees the new value (acquiring re-check) sees every
+        // change of the hold.
+        sequenceWord.pointee.store(value &+ 1, ordering: .releasing)
+    }
+
+    /// Sleeps until `drained()` holds (a VMA writer waiting for its readers).
+    func waitForVMAReaders(until drained: () -> Bool) {
+        vmaWriterWait.wait(until: drained)
+    }
+
+    /// Wakes the VMA writer (the last reader of the VMA it waits for just left).
+    @usableFromInline
+    func wakeVMAWriter() {
+        vmaWriterWait.wakeAll()
+    }
 
     // MARK: Readers
 
@@ -84,17 +147,20 @@ final class MmapLock: @unchecked Sendable {
 
     // MARK: Writers
 
+    /// Takes the lock for writing and makes `mm_lock_seq` odd.
     @inlinable @inline(__always)
     func writeLock() {
-        if state.pointee.compareExchange(expected: 0, desired: Self.writerHeld, ordering: .acquiring).exchanged {
-            return
+        if !state.pointee.compareExchange(expected: 0, desired: Self.writerHeld, ordering: .acquiring).exchanged {
+            writeLockSlow()
         }
-        writeLockSlow()
+        beginWriteSequence()
     }
 
+    /// Makes `mm_lock_seq` even (unlocking every VMA write-locked in this hold) and releases the lock.
     @inlinable @inline(__always)
     func writeUnlock() {
         checkInvariant(state.pointee.load(ordering: .relaxed) & Self.writerHeld != 0, "mmap write unlock without lock")
+        endWriteSequence()
         // Sequentially consistent (xchg is locked on x86 either way): pairs with the sleeper's
         // increment-then-recheck in `sleep(expecting:)`, so a sleeping reader or writer is woken.
         state.pointee.store(0, ordering: .sequentiallyConsistent)
