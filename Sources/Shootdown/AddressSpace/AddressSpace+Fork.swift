@@ -19,6 +19,9 @@ extension AddressSpace {
             child.freeAreaCache = freeAreaCache
             let childEdit = VMAEdit(child)
             for vma in index.all {
+                // Faults under the VMA lock must not change the parent's entries (or install a
+                // huge mapping after the split below) while they are copied (`dup_mmap` does this).
+                writeLockVMA(vma)
                 let cow = vma.isAnonymousPrivate
                 if cow { splitHugeMappings(vma.start, vma.end) }
                 childEdit.insert(
