@@ -16,22 +16,28 @@ final class VMAEdit {
     private var touched: [VMA] = []
     private var touchedSet: Set<ObjectIdentifier> = []
     private let holdsWriterLocks: Bool
+    /// The space's mmap lock when its faults use per-VMA locks and this edit holds the mmap write
+    /// lock (touched VMAs are then write-locked); `nil` otherwise.
+    private let vmaLocks: Unmanaged<MmapLock>?  // unretained: the space owns it and outlives the edit
 
     /// - Parameter writerLocks: `true` when the caller holds only the mmap read lock, so VMA
     ///   writers must also take each VMA's writer lock. Such edits (zaps of madvise, reclaim,
     ///   migration) change entries, never a VMA, and take no VMA write lock: like the classic
     ///   faults they run beside, faults under a VMA read lock are ordered against them by the split
     ///   locks (the kernel's choice too).
+    @inline(__always)  // so callers can keep the edit on the stack and destroy it in place
     init(_ space: AddressSpace, writerLocks: Bool = false) {
         self.space = space
         holdsWriterLocks = writerLocks
+        vmaLocks = space.vmaLocksEnabled && !writerLocks ? Unmanaged.passUnretained(space.mmapLock) : nil
     }
 
-    /// Enters `vma`'s write section (once per edit); under the mmap write lock, write-locks it
-    /// first (``AddressSpace/writeLockVMA(_:)``).
+    /// Enters `vma`'s write section (once per edit); with per-VMA locks, write-locks it first
+    /// (`vma_start_write`: waits for its readers).
     func touch(_ vma: VMA) {
         if !touchedSet.insert(ObjectIdentifier(vma)).inserted { return }
-        if holdsWriterLocks { vma.writerLock.handle.lock() } else { space.writeLockVMA(vma) }
+        if holdsWriterLocks { vma.writerLock.handle.lock() }
+        if let vmaLocks { vmaLocks._withUnsafeGuaranteedRef { vma.startWrite($0) } }
         vma.beginWrite()
         touched.append(vma)
     }
@@ -114,7 +120,11 @@ final class VMAEdit {
     func publish() {
         if holdsWriterLocks { return }
         space.index.commit(retire: retire)
-        space.detachRemovedVMAs(touched)
+        if let vmaLocks {
+            vmaLocks._withUnsafeGuaranteedRef { lock in
+                for vma in touched where vma.isRemoved { vma.markDetached(lock) }
+            }
+        }
     }
 
     /// Publishes (again, if needed), leaves every write section and queues reclamation.

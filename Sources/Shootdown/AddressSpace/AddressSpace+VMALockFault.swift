@@ -105,13 +105,4 @@ extension AddressSpace {
             cursor = vma.next
         }
     }
-
-    /// Detaches the removed VMAs among `vmas` (after the index commit that unlinked them), so
-    /// readers that still find them through an older index version retry their lookup.
-    ///
-    /// - Precondition: the mmap write lock; each removed VMA write-locked.
-    func detachRemovedVMAs(_ vmas: [VMA]) {
-        guard vmaLocksEnabled else { return }
-        for vma in vmas where vma.isRemoved { vma.markDetached(mmapLock) }
-    }
 }

@@ -111,6 +111,7 @@ extension VMA {
     /// hold.
     ///
     /// - Precondition: the mmap write lock (`mm_lock_seq` odd); the VMA attached.
+    @inline(never)  // keeps the waiting out of its callers (and their reference counting)
     func startWrite(_ mmapLock: MmapLock) {
         let sequence = mmapLock.sequence
         checkInvariant(sequence & 1 == 1, "vma_start_write without the mmap write lock")
