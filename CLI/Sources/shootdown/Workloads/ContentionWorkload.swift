@@ -10,10 +10,11 @@ import Synchronization
 /// `--churn other-vma` (default): the churn maps, write-faults, mprotects and unmaps 16 pages of
 /// another VMA 1 GiB away, so the faulted VMA never changes: lockless paths never need the mmap
 /// lock. `--churn same-vma`: the churn mprotects the 16 pages just above the faulted range, which
-/// belong to the faulted VMA (read-only, which splits it, then read-write, which merges it back):
-/// every op changes the faulted VMA twice, so speculative faults abort and per-VMA-lock faults find
-/// it write-locked (and its writer waits for the faults holding it), and both fall back to the mmap
-/// lock for the duration of each write.
+/// belong to the faulted VMA and were written once before the measurement (read-only, which splits
+/// the VMA, then read-write, which merges it back): every op changes the faulted VMA twice, so
+/// speculative faults abort and per-VMA-lock faults find it write-locked (and its writer waits for
+/// the faults holding it), and both fall back to the mmap lock for the duration of each write. The
+/// churn thread faults nothing there, so every fault counted is the measured thread's.
 ///
 /// `--compare fault-path` runs every fault path interleaved and reports ratios over mmap-lock.
 func runContention(_ settings: BenchSettings) throws -> RunResult {
@@ -48,9 +49,9 @@ func runContention(_ settings: BenchSettings) throws -> RunResult {
     result.counters = statistics.map(counterPairs) ?? []
     switch settings.churn {
     case .otherVMA: result.notes.append("a churn op is mmap + one write fault + mprotect(read) + munmap of 16 pages of another VMA")
-    case .sameVMA: result.notes.append("a churn op is one write fault + mprotect(read) + mprotect(read-write) of 16 pages of the faulted VMA")
+    case .sameVMA: result.notes.append("a churn op is mprotect(read) + mprotect(read-write) of 16 written pages of the faulted VMA")
     }
-    result.notes.append("counters: the last round under churn, the churn thread's own faults included")
+    result.notes.append("counters: the last round under churn" + (settings.churn == .otherVMA ? ", the churn thread's own faults included" : ""))
     return result
 }
 
@@ -79,6 +80,7 @@ func measureFaultRate(_ settings: BenchSettings, churn: Bool) throws -> FaultRat
         churnAddress = (region - (1 << 30)) & ~UInt64(4095)
     case .sameVMA:
         churnAddress = region + UInt64(settings.pages) * 4096
+        try writePages(space, churnAddress, sameVMAChurnPages, token: 1)
     }
     let stop = Atomic<Bool>(false)
     let churnOps = Atomic<Int>(0)
@@ -130,13 +132,12 @@ func churnOtherVMA(_ space: AddressSpace, _ address: UInt64, _ stop: borrowing A
     return operations
 }
 
-/// `--churn same-vma`: write fault + mprotect(read) + mprotect(read-write) of the 16 pages of the
-/// faulted VMA at `address` until `stop`; returns the number of ops.
+/// `--churn same-vma`: mprotect(read) + mprotect(read-write) of the 16 pages of the faulted VMA at
+/// `address` until `stop`; returns the number of ops.
 func churnSameVMA(_ space: AddressSpace, _ address: UInt64, _ stop: borrowing Atomic<Bool>) -> Int {
     let length = UInt64(sameVMAChurnPages) * 4096
     var operations = 0
     while !stop.load(ordering: .relaxed) {
-        try? space.fault(at: address, access: .write)
         guard (try? space.protect(address: address, length: length, protection: .read)) != nil,
             (try? space.protect(address: address, length: length, protection: .readWrite)) != nil
         else { break }
