@@ -19,6 +19,7 @@ let package = Package(
             name: "ShootdownCLI",
             dependencies: [
                 .product(name: "Shootdown", package: "shootdown"),
+                .product(name: "ShootdownVerification", package: "shootdown"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],

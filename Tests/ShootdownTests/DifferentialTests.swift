@@ -13,6 +13,8 @@ import Testing
 /// - `SHOOTDOWN_SEED=n`: run only seed `n` (reproduces a failure).
 /// - `SHOOTDOWN_DIFF_SEEDS=n`: number of seeds (default 200).
 /// - `SHOOTDOWN_DIFF_STEPS=n`: steps per seed (default 60).
+/// - `SHOOTDOWN_DIFF_TRACE=1`: the reported history carries both VMA lists after every step.
+/// - `SHOOTDOWN_DIFF_STATS=1`: print how often each operation succeeded or failed.
 @Suite struct DifferentialTests {
     static let shards = 8
 
@@ -63,7 +65,7 @@ import Testing
         #expect(try space.read(at: base + 5 * 4096) == 7)
         let audit = space.audit()
         #expect(audit.entriesOutsideVMAs == 0 && audit.entriesExceedingProtection == 0)
-        #expect(audit.unmergedNeighbours == 0 && audit.deadTablesReached == 0)
+        #expect(audit.unmergedNeighbours == 0 && audit.deadTablesReached == 0 && audit.tablesInHoles == 0)
         space.teardown()
         RCU.barrier()
         #expect(memory.framesInUse == 0)
@@ -121,8 +123,9 @@ import Testing
         // The whole area below the base is too small: bottom-up from the base.
         #expect(try model.map(length: 128 * page, protection: .none, placement: .anywhere, options: []) == Self.base)
         // A hint that is free is taken (rounded up to a page); one that is not is ignored.
+        // Hints are rounded down (measured).
         #expect(try model.map(length: page, protection: .none, placement: .hint(Self.base + 200 * page + 1), options: [])
-            == Self.base + 201 * page)
+            == Self.base + 200 * page)
         #expect(try model.map(length: page, protection: .none, placement: .hint(Self.base), options: []) == Self.base - 7 * page)
     }
 
@@ -134,7 +137,9 @@ import Testing
         _ = try model.map(length: 2 * page, protection: .readWrite, placement: .fixed(a), options: [])
         try model.clearSoftDirty(address: a, length: 2 * page)
         _ = try model.map(length: 2 * page, protection: .readWrite, placement: .fixed(a + 2 * page), options: [])
-        #expect(model.mappings() == [Mapping(start: a, end: a + 4 * page, protection: .readWrite, flags: .softDirty)])
+        #expect(model.mappings() == [
+            Mapping(start: a, end: a + 4 * page, protection: .readWrite,
+                    flags: [.softDirty, .mayRead, .mayWrite, .mayExec, .account])])
         // Shared: split by protect, merged back when the protection returns.
         let s = a + 16 * page
         _ = try model.map(length: 4 * page, protection: .readWrite, placement: .fixed(s), options: [.shared])
@@ -181,7 +186,9 @@ import Testing
         _ = try model.map(length: 4 * page, protection: .readWrite, placement: .fixed(a), options: [])
         #expect(throws: MemoryError.noMemory) { try model.unmap(address: a + page, length: page) }  // would split
         #expect(throws: MemoryError.noMemory) { try model.protect(address: a, length: 5 * page, protection: .read) }
-        #expect(throws: MemoryError.badAddress) { try model.remap(address: a + 2 * page, oldLength: 4 * page, newLength: page, move: .inPlace) }
+        // Shrinking unmaps the tail whatever it spans (measured), here only a hole.
+        #expect(try model.remap(address: a + 2 * page, oldLength: 4 * page, newLength: page, move: .inPlace) == a + 2 * page)
+        #expect(throws: MemoryError.badAddress) { try model.remap(address: a + 2 * page, oldLength: 4 * page, newLength: 8 * page, move: .inPlace) }
         model.teardown()
         #expect(throws: MemoryError.invalidArgument) { try model.unmap(address: a + 1, length: page) }
         #expect(throws: MemoryError.addressSpaceDead) { try model.unmap(address: a, length: page) }
@@ -204,7 +211,16 @@ enum DifferentialOp: CustomStringConvertible {
     case clearSoftDirty(address: UInt64, length: UInt64)
     case softDirtyPages(address: UInt64, length: UInt64)
     /// `SoftwareMirror.populate` (only generated when the run has a mirror).
-    case mirrorPopulate(from: UInt64, to: UInt64, write: Bool)
+    case mirrorPopulate(address: UInt64, length: UInt64, write: Bool)
+    case remapFlags(address: UInt64, oldLength: UInt64, newLength: UInt64, flags: UInt32, newAddress: UInt64)
+    case lock(address: UInt64, length: UInt64, onFault: Bool)
+    case unlock(address: UInt64, length: UInt64)
+    case lockAll(flags: UInt32)
+    case unlockAll
+    case seal(address: UInt64, length: UInt64)
+    case residency(address: UInt64, length: UInt64)
+    case sync(address: UInt64, length: UInt64, flags: UInt32)
+    case setBreak(address: UInt64)
     case teardown
 
     var description: String {
@@ -249,10 +265,28 @@ enum DifferentialOp: CustomStringConvertible {
             return "clearSoftDirty(\(address.hex), \(length.hex))"
         case .softDirtyPages(let address, let length):
             return "softDirtyPages(\(address.hex), \(length.hex))"
-        case .mirrorPopulate(let from, let to, let write):
-            return "mirrorPopulate(\(from.hex), \(to.hex), write: \(write))"
+        case .mirrorPopulate(let address, let length, let write):
+            return "mirrorPopulate(\(address.hex), \(length.hex), write: \(write))"
         case .teardown:
             return "teardown()"
+        case .remapFlags(let address, let oldLength, let newLength, let flags, let newAddress):
+            return "remap(\(address.hex), old: \(oldLength.hex), new: \(newLength.hex), flags: \(flags), to: \(newAddress.hex))"
+        case .lock(let address, let length, let onFault):
+            return "lock(\(address.hex), \(length.hex)\(onFault ? ", onFault" : ""))"
+        case .unlock(let address, let length):
+            return "unlock(\(address.hex), \(length.hex))"
+        case .lockAll(let flags):
+            return "lockAll(\(flags))"
+        case .unlockAll:
+            return "unlockAll()"
+        case .seal(let address, let length):
+            return "seal(\(address.hex), \(length.hex))"
+        case .residency(let address, let length):
+            return "residency(\(address.hex), \(length.hex))"
+        case .sync(let address, let length, let flags):
+            return "sync(\(address.hex), \(length.hex), \(flags))"
+        case .setBreak(let address):
+            return "setBreak(\(address.hex))"
         }
     }
 }
@@ -265,6 +299,7 @@ enum DifferentialOutcome: Equatable, CustomStringConvertible {
     case count(Int)
     case token(UInt64)
     case pages([UInt64])
+    case residency([Bool])
 
     var description: String {
         switch self {
@@ -274,6 +309,7 @@ enum DifferentialOutcome: Equatable, CustomStringConvertible {
         case .count(let count): "count(\(count))"
         case .token(let token): "token(\(token.hex))"
         case .pages(let pages): "pages(\(pages.map(\.hex)))"
+        case .residency(let vector): "residency(\(vector.map { $0 ? "1" : "0" }.joined()))"
         }
     }
 }
@@ -354,6 +390,8 @@ struct DifferentialRun {
     /// placement fills `[window, base)` and then goes bottom-up above the base.
     static let windowPages: UInt64 = 320
     static let baseOffset: UInt64 = 192
+    /// Where the program break starts, in pages into the window.
+    static let breakOffset: UInt64 = 40
     /// The generator stops growing the mapped total beyond this (well below 512 pages, so no VMA
     /// can ever cover a whole 2 MiB block).
     static let mappedCap: UInt64 = 320
@@ -378,6 +416,15 @@ struct DifferentialRun {
             mmapBase: Self.window + Self.baseOffset * Self.page,
             mmapMinAddress: Self.window)
         if rng.chance(25) { configuration.maxMapCount = rng.int(3...12) }
+        configuration.programBreakStart = Self.window + Self.breakOffset * Self.page
+        switch rng.below(4) {
+        case 0: configuration.lockedMemoryLimit = UInt64(rng.int(0...24)) * Self.page
+        case 1: configuration.capabilities = .ipcLock
+        default: break
+        }
+        // Half of the seeds load and store through per-thread TLBs (chosen by the seed, not the
+        // generator, so every seed's operation sequence stays what it was).
+        configuration.tlb = seed % 2 == 0 ? .perThread : .none
         let memory = PhysicalMemory(capacity: max(8192, steps * 80), swapSlots: max(8192, steps * 80))
         let space = try AddressSpace(configuration: configuration, memory: memory)
         let model = ReferenceModel(configuration: configuration)
@@ -385,13 +432,19 @@ struct DifferentialRun {
             ? try SoftwareMirror(space: space, start: Self.window, length: Self.windowPages * Self.page) : nil
         history.append(
             "config: \(configuration.faultPath), \(configuration.notifierList), \(configuration.pageTableLocking), "
-                + "maxMapCount \(configuration.maxMapCount)\(mirror != nil ? ", mirror" : "")")
+                + "tlb \(configuration.tlb), "
+                + "maxMapCount \(configuration.maxMapCount), lock limit \(configuration.lockedMemoryLimit.map { String($0 / Self.page) } ?? "none") pages, "
+                + "capabilities \(configuration.capabilities.rawValue)\(mirror != nil ? ", mirror" : "")")
 
         for step in 0..<steps {
             let op = nextOperation(model, mirror: mirror != nil)
             let expected = Self.apply(op, to: model)
             let actual = Self.apply(op, to: space, mirror: mirror)
             history.append("\(step): \(op) -> \(actual)")
+            if Self.trace {
+                history.append("   library \(space.mappings())")
+                history.append("   model   \(model.areas)")
+            }
             if Self.collectStatistics { Self.tally(op, actual) }
             var problems: [String] = []
             if actual != expected { problems.append("outcome: library \(actual), model \(expected)") }
@@ -422,6 +475,8 @@ struct DifferentialRun {
     /// `SHOOTDOWN_DIFF_STATS=1` prints how often each operation succeeded or failed (how much of
     /// the state space the generator reaches).
     static let collectStatistics = DifferentialTests.environmentInt("SHOOTDOWN_DIFF_STATS") == 1
+    /// `SHOOTDOWN_DIFF_TRACE=1` adds both VMA lists after every step to the reported history.
+    static let trace = DifferentialTests.environmentInt("SHOOTDOWN_DIFF_TRACE") == 1
     static let statistics = Mutex<[String: Int]>([:])
 
     static func tally(_ op: DifferentialOp, _ outcome: DifferentialOutcome) {
@@ -485,6 +540,7 @@ struct DifferentialRun {
             problems.append("audit: \(audit.entriesExceedingProtection) entries exceed protection")
         }
         if audit.deadTablesReached != 0 { problems.append("audit: \(audit.deadTablesReached) dead tables reached") }
+        if audit.tablesInHoles != 0 { problems.append("audit: \(audit.tablesInHoles) page tables in holes") }
         if audit.unmergedNeighbours != 0 { problems.append("audit: \(audit.unmergedNeighbours) unmerged neighbours") }
         if audit.hugeMappings != 0 { problems.append("audit: \(audit.hugeMappings) huge mappings") }
         let modelPresent = model.pages.values.count { $0.residence == .mapped }
@@ -608,10 +664,29 @@ struct DifferentialRun {
                 try space.clearSoftDirty(address: address, length: length)
             case .softDirtyPages(let address, let length):
                 return .pages(try space.softDirtyPages(address: address, length: length))
-            case .mirrorPopulate(let from, let to, let write):
-                try mirror!.populate(from, to, write: write)
+            case .mirrorPopulate(let address, let length, let write):
+                try mirror!.populate(address: address, length: length, write: write)
             case .teardown:
                 space.teardown()
+            case .remapFlags(let address, let oldLength, let newLength, let flags, let newAddress):
+                return .address(try space.remap(
+                    address: address, oldLength: oldLength, newLength: newLength, flags: .init(rawValue: flags), newAddress: newAddress))
+            case .lock(let address, let length, let onFault):
+                try space.lock(address: address, length: length, onFault: onFault)
+            case .unlock(let address, let length):
+                try space.unlock(address: address, length: length)
+            case .lockAll(let flags):
+                try space.lockAll(.init(rawValue: flags))
+            case .unlockAll:
+                try space.unlockAll()
+            case .seal(let address, let length):
+                try space.seal(address: address, length: length)
+            case .residency(let address, let length):
+                return .residency(try space.residency(address: address, length: length))
+            case .sync(let address, let length, let flags):
+                try space.sync(address: address, length: length, flags: .init(rawValue: flags))
+            case .setBreak(let address):
+                return .address(try space.setBreak(address))
             }
             return .done
         } catch {
@@ -644,12 +719,36 @@ struct DifferentialRun {
                 try model.clearSoftDirty(address: address, length: length)
             case .softDirtyPages(let address, let length):
                 return .pages(try model.softDirtyPages(address: address, length: length))
-            case .mirrorPopulate(let from, let to, let write):
-                // SoftwareMirror.populate checks the bounds of its interval, then faults the range.
-                guard from >= window, to <= window + windowPages * page, from < to else { throw .invalidArgument }
-                try model.faultRange(from, to, write: write)
+            case .mirrorPopulate(let address, let length, let write):
+                // SoftwareMirror.populate checks the bounds of its interval (the length rounded up
+                // to pages), then faults the range.
+                let windowEnd = window + windowPages * page
+                let rounded = (length &+ page &- 1) & ~(page - 1)
+                guard address % page == 0, length != 0, rounded >= length, address >= window, address < windowEnd,
+                    rounded <= windowEnd - address
+                else { throw .invalidArgument }
+                try model.faultRange(address, address + rounded, write: write)
             case .teardown:
                 model.teardown()
+            case .remapFlags(let address, let oldLength, let newLength, let flags, let newAddress):
+                return .address(try model.remap(
+                    address: address, oldLength: oldLength, newLength: newLength, flags: .init(rawValue: flags), newAddress: newAddress))
+            case .lock(let address, let length, let onFault):
+                try model.lock(address: address, length: length, onFault: onFault)
+            case .unlock(let address, let length):
+                try model.unlock(address: address, length: length)
+            case .lockAll(let flags):
+                try model.lockAll(.init(rawValue: flags))
+            case .unlockAll:
+                try model.unlockAll()
+            case .seal(let address, let length):
+                try model.seal(address: address, length: length)
+            case .residency(let address, let length):
+                return .residency(try model.residency(address: address, length: length))
+            case .sync(let address, let length, let flags):
+                try model.sync(address: address, length: length, flags: .init(rawValue: flags))
+            case .setBreak(let address):
+                return .address(try model.setBreak(address))
             }
             return .done
         } catch {
@@ -726,12 +825,55 @@ struct DifferentialRun {
         return address(model)
     }
 
+    /// The calls beyond the original set: raw-flag mremap (DONTUNMAP, fixed moves across VMAs),
+    /// the mlock family, mseal, mincore, msync and brk.
+    mutating func extraSyscall(_ model: ReferenceModel) -> DifferentialOp {
+        switch rng.below(12) {
+        case 0, 1:
+            let (source, length) = range(model)
+            var flags: UInt32 = rng.pick([1, 1 | 2, 1 | 4, 1 | 2 | 4, 0, 2, 4, 8])
+            if rng.chance(5) { flags |= 8 }
+            let newLength = flags & 4 != 0 || rng.chance(60) ? length : pages(1...16)
+            let target = flags & 4 != 0 && flags & 2 == 0 && rng.chance(30) ? 0 : address(model)
+            // DONTUNMAP of a locked VMA unlocks the old VMA without merging it with neighbours it
+            // now matches (measured; MremapTests): a state this model's global merge pass cannot
+            // hold, so locked sources move without DONTUNMAP here.
+            if model.overlapping(source, source &+ length).contains(where: { $0.flags.contains(.locked) }) { flags &= ~4 }
+            return .remapFlags(address: source, oldLength: length, newLength: newLength, flags: flags, newAddress: target)
+        case 2, 3:
+            let (address, length) = range(model)
+            return .lock(address: address, length: length, onFault: rng.chance(40))
+        case 4:
+            let (address, length) = range(model)
+            return .unlock(address: address, length: length)
+        case 5:
+            if rng.chance(40) { return .unlockAll }
+            return .lockAll(flags: rng.pick([1, 2, 3, 5, 6, 7, 0, 4, 8]))
+        case 6:
+            let (address, length) = range(model)
+            return .seal(address: address, length: rng.chance(90) ? length : 0)
+        case 7, 8:
+            let (address, length) = range(model)
+            return .residency(address: address, length: length)
+        case 9:
+            let (address, length) = range(model)
+            return .sync(address: address, length: length, flags: rng.pick([1, 4, 2, 3, 6, 5, 0, 8]))
+        default:
+            let start = Self.window + Self.breakOffset * Self.page
+            switch rng.below(4) {
+            case 0: return .setBreak(address: 0)
+            case 1: return .setBreak(address: start &- rng.below(3 * Self.page))
+            default: return .setBreak(address: start + rng.below(24 * Self.page))
+            }
+        }
+    }
+
     mutating func nextOperation(_ model: ReferenceModel, mirror: Bool) -> DifferentialOp {
         if rng.below(1000) == 0 { return .teardown }
         if mirror && rng.chance(8) {
             var (from, length) = range(model)
             if rng.chance(10) { from &+= 1 }
-            return .mirrorPopulate(from: from, to: from &+ length, write: rng.chance(40))
+            return .mirrorPopulate(address: from, length: length, write: rng.chance(40))
         }
         let overCap = model.mappedPages > Self.mappedCap
         let roll = rng.below(100)
@@ -778,10 +920,15 @@ struct DifferentialRun {
             }
             return .remap(address: source, oldLength: oldLength, newLength: newLength, move: move)
         case 50..<60:
-            let advice = rng.pick([AddressSpace.Advice.dontNeed, .dontNeed, .pageOut, .pageOut, .hugePage, .noHugePage, .populateRead, .populateWrite])
+            // Every advice except COLLAPSE (no VMA here can hold a 2 MiB block) and the guard-region
+            // pair (their markers are checked by the focused Syscalls suites, not by this model).
+            let advice = rng.pick(AddressSpace.Advice.allCases.filter { ![.collapse, .guardInstall, .guardRemove].contains($0) }
+                + [.dontNeed, .pageOut, .populateRead, .populateWrite])
             let (address, length) = range(model)
             return .advise(address: address, length: length, advice: advice)
-        case 60..<68:
+        case 60..<64:
+            return extraSyscall(model)
+        case 64..<68:
             return .fault(address: accessAddress(model), access: rng.chance(50) ? .read : .write)
         case 68..<76:
             return .read(address: accessAddress(model))

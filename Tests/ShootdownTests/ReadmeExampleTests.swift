@@ -1,5 +1,6 @@
 import Testing
 import Shootdown  // not @testable: the README tour uses public API only
+import Synchronization
 
 /// The README's API tour, verbatim, so it stays true: `swift test --filter ReadmeExample`.
 @Suite struct ReadmeExampleTests {
@@ -18,12 +19,13 @@ import Shootdown  // not @testable: the README tour uses public API only
         #expect(try space.read(at: base) == 42)
         #expect(space.translate(base)?.isWritable == true)
 
-        // A subscriber sees every invalidation, with its reason (the event) and its range.
-        final class Logger: MMUNotifier, @unchecked Sendable {
-            var events: [InvalidationEvent] = []
+        // A subscriber sees every invalidation, with its reason (the event) and its range. Callbacks
+        // run on whichever thread changes the space, so its state sits behind a lock.
+        final class Logger: MMUNotifier {
+            let events = Mutex<[InvalidationEvent]>([])
             var callbacks: NotifierCallbacks { .invalidateRange }
             func invalidateRangeStart(_ range: InvalidationRange) -> Bool {
-                events.append(range.event)
+                events.withLock { $0.append(range.event) }
                 return true
             }
         }
@@ -33,7 +35,7 @@ import Shootdown  // not @testable: the README tour uses public API only
         // A secondary MMU kept coherent through an interval notifier: populate it, then watch
         // invalidations take translations away before the CPU page table changes.
         let mirror = try SoftwareMirror(space: space, start: base, length: 1 << 20)
-        try mirror.populate(base, base + 16 * 4096, write: true)
+        try mirror.populate(address: base, length: 16 * 4096, write: true)
         #expect(mirror.count == 16)
         try space.protect(address: base, length: 4096, protection: .read)  // protectionVMA: read-only now
         #expect(mirror.translation(for: base)?.writable == false)
@@ -51,7 +53,7 @@ import Shootdown  // not @testable: the README tour uses public API only
         #expect(throws: MemoryError.segmentationFault) { try space.write(1, at: base) }  // read-only page
 
         // mprotect split the mapping in two VMAs: fork write-protects each (one event per VMA).
-        #expect(logger.events == [.protectionVMA, .clear, .protectionPage, .protectionPage])
+        #expect(logger.events.withLock { $0 } == [.protectionVMA, .clear, .protectionPage, .protectionPage])
         print(space.mapsText())          // ["7efffff00000-7efffff01000 r--p", "7efffff01000-7f0000000000 rw-p"]
         print(space.statistics.nonZero)  // speculativeFaults, invalidationsClear, pagesZapped, ...
 

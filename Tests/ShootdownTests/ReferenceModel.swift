@@ -4,8 +4,8 @@
 ///
 /// It keeps a sorted array of areas (VMAs) and a dictionary from page address to page state, and
 /// implements the operations of the library with the semantics and error codes that the
-/// library's doc comments state (including where they deliberately differ from Linux: ranges with
-/// holes fail before anything changes, every `mremap` check runs before anything changes, ...).
+/// library's doc comments state, which follow what the kernel does (partial effects before holes
+/// in mprotect and madvise, `anon_vma` identity and page offsets deciding merges, `VM_ACCOUNT`, ...).
 /// Everything is done the slow, obvious way: linear scans, whole-array rewrites, a global merge
 /// pass after every structural change.
 ///
@@ -20,7 +20,11 @@ final class ReferenceModel {
         var protection: Protection
         var flags: MappingFlags
         var object: Int?
+        /// `vm_pgoff`: the object page at `start` for shared areas; for private ones the start
+        /// page at mmap, kept by splits and by moves of areas with anonymous pages.
         var objectPage: UInt64
+        /// The `anon_vma` identity (0: none).
+        var anon: UInt64 = 0
 
         var isShared: Bool { object != nil }
 
@@ -62,43 +66,51 @@ final class ReferenceModel {
     static let limit: UInt64 = AddressSpace.userLimit
 
     let configuration: AddressSpace.Configuration
-    private(set) var areas: [Area] = []
-    private(set) var pages: [UInt64: Page] = [:]
-    private(set) var dead = false
+    var areas: [Area] = []
+    var pages: [UInt64: Page] = [:]
+    var dead = false
     /// Content tokens of shared objects' pages (a page never written reads 0).
-    private var sharedTokens: [Int: [UInt64: UInt64]] = [:]
-    private var nextObject = 1
+    var sharedTokens: [Int: [UInt64: UInt64]] = [:]
+    var nextObject = 1
+    var nextAnon: UInt64 = 2
+    /// Pages of shared objects in their page cache (faulted in through any mapping).
+    var sharedResident: [Int: Set<UInt64>] = [:]
+    /// `mm->def_flags` after `mlockall(MCL_FUTURE)`.
+    var defaultFlags: MappingFlags = []
+    /// The program break (`start_brk` is `configuration.programBreakStart`).
+    var programBreak: UInt64 = 0
 
     init(configuration: AddressSpace.Configuration) {
         self.configuration = configuration
+        programBreak = configuration.programBreakStart ?? 0
     }
 
     // MARK: - Small helpers
 
-    private var limit: UInt64 { Self.limit }
+    var limit: UInt64 { Self.limit }
 
-    private func isAligned(_ value: UInt64) -> Bool { value % Self.pageSize == 0 }
+    func isAligned(_ value: UInt64) -> Bool { value % Self.pageSize == 0 }
 
     /// `length` rounded up to whole pages, or `nil` if that overflows.
-    private func roundUp(_ length: UInt64) -> UInt64? {
+    func roundUp(_ length: UInt64) -> UInt64? {
         let (sum, overflow) = length.addingReportingOverflow(Self.pageSize - 1)
         return overflow ? nil : sum / Self.pageSize * Self.pageSize
     }
 
-    private func pageOf(_ address: UInt64) -> UInt64 { address / Self.pageSize * Self.pageSize }
+    func pageOf(_ address: UInt64) -> UInt64 { address / Self.pageSize * Self.pageSize }
 
-    private func index(containing address: UInt64) -> Int? {
+    func index(containing address: UInt64) -> Int? {
         areas.firstIndex { $0.start <= address && address < $0.end }
     }
 
     func area(containing address: UInt64) -> Area? { index(containing: address).map { areas[$0] } }
 
-    private func overlapping(_ start: UInt64, _ end: UInt64) -> [Area] {
+    func overlapping(_ start: UInt64, _ end: UInt64) -> [Area] {
         areas.filter { $0.start < end && start < $0.end }
     }
 
     /// Whether `[start, end)` is covered by areas without a hole.
-    private func isCovered(_ start: UInt64, _ end: UInt64) -> Bool {
+    func isCovered(_ start: UInt64, _ end: UInt64) -> Bool {
         var covered = start
         for area in areas where area.end > covered && area.start < end {
             if area.start > covered { return false }
@@ -109,25 +121,25 @@ final class ReferenceModel {
 
     /// Splits an unmap of `[start, end)` needs beyond the ones that shrink: one when a single area
     /// sticks out on both sides (the library's rule).
-    private func unmapSplits(_ start: UInt64, _ end: UInt64) -> Int {
+    func unmapSplits(_ start: UInt64, _ end: UInt64) -> Int {
         guard let area = area(containing: start) else { return 0 }
         return area.start < start && area.end > end ? 1 : 0
     }
 
     /// Splits needed so that `[start, end)` is made of whole areas.
     /// Whether `splits` more areas would pass the map-count limit (checked only when splitting).
-    private func exceeds(_ splits: Int) -> Bool {
+    func exceeds(_ splits: Int) -> Bool {
         splits > 0 && areas.count + splits > configuration.maxMapCount
     }
 
-    private func isolateSplits(_ start: UInt64, _ end: UInt64, where changes: (Area) -> Bool = { _ in true }) -> Int {
+    func isolateSplits(_ start: UInt64, _ end: UInt64, where changes: (Area) -> Bool = { _ in true }) -> Int {
         let inside = overlapping(start, end)
         guard let first = inside.first, let last = inside.last else { return 0 }
         return (first.start < start && changes(first) ? 1 : 0) + (last.end > end && changes(last) ? 1 : 0)
     }
 
     /// Splits the area strictly containing `address`, if any.
-    private func split(at address: UInt64) {
+    func split(at address: UInt64) {
         guard let i = index(containing: address), areas[i].start < address else { return }
         var lower = areas[i]
         var upper = areas[i]
@@ -139,48 +151,49 @@ final class ReferenceModel {
     }
 
     /// Splits at both ends of `[start, end)` and returns the indices of the areas inside.
-    private func isolate(_ start: UInt64, _ end: UInt64) -> [Int] {
+    func isolate(_ start: UInt64, _ end: UInt64) -> [Int] {
         split(at: start)
         split(at: end)
         return areas.indices.filter { areas[$0].start >= start && areas[$0].end <= end }
     }
 
     /// Removes every area (or part of one) and every page in `[start, end)`.
-    private func removeRange(_ start: UInt64, _ end: UInt64) {
+    func removeRange(_ start: UInt64, _ end: UInt64) {
         split(at: start)
         split(at: end)
         areas.removeAll { $0.start >= start && $0.end <= end }
         dropPages(start, end)
     }
 
-    private func dropPages(_ start: UInt64, _ end: UInt64) {
+    func dropPages(_ start: UInt64, _ end: UInt64) {
         for address in pages.keys where address >= start && address < end {
             pages[address] = nil
         }
     }
 
-    private func insert(_ area: Area) {
+    func insert(_ area: Area) {
         let position = areas.firstIndex { $0.start >= area.end } ?? areas.count
         areas.insert(area, at: position)
     }
 
-    /// Whether `upper` may be merged into `lower` (ignoring the soft-dirty flag).
-    private func canMerge(_ lower: Area, _ upper: Area) -> Bool {
-        guard lower.end == upper.start, lower.protection == upper.protection,
-            lower.flags.subtracting(.softDirty) == upper.flags.subtracting(.softDirty),
-            lower.object == upper.object
-        else { return false }
-        if lower.object == nil { return true }
-        return lower.objectPage + (lower.end - lower.start) / Self.pageSize == upper.objectPage
+    /// Whether `upper` may be merged into `lower` (ignoring soft-dirty; offsets contiguous; one
+    /// `anon_vma` or none).
+    func canMerge(_ lower: Area, _ upper: Area) -> Bool {
+        lower.end == upper.start && lower.protection == upper.protection
+            && lower.flags.subtracting(.softDirty) == upper.flags.subtracting(.softDirty)
+            && lower.object == upper.object
+            && lower.objectPage + (lower.end - lower.start) / Self.pageSize == upper.objectPage
+            && (lower.anon == upper.anon || lower.anon == 0 || upper.anon == 0)
     }
 
     /// Merges every pair of compatible neighbours; the merged area is soft-dirty if either was.
-    private func mergeAll() {
+    func mergeAll() {
         var merged: [Area] = []
         for area in areas {
             if let last = merged.last, canMerge(last, area) {
                 merged[merged.count - 1].end = area.end
                 if area.flags.contains(.softDirty) { merged[merged.count - 1].flags.insert(.softDirty) }
+                if last.anon == 0 { merged[merged.count - 1].anon = area.anon }
             } else {
                 merged.append(area)
             }
@@ -212,7 +225,8 @@ final class ReferenceModel {
     // MARK: - Placement
 
     /// The highest gap below the mmap base that fits, else the lowest one above it.
-    private func freeArea(length: UInt64) throws(MemoryError) -> UInt64 {
+    func freeArea(length: UInt64) throws(MemoryError) -> UInt64 {
+        guard length <= limit else { throw .noMemory }
         let low = configuration.mmapMinAddress
         let high = configuration.mmapBase
         var gaps: [(start: UInt64, end: UInt64)] = []
@@ -249,18 +263,19 @@ final class ReferenceModel {
         var replaces = false
         switch placement {
         case .fixed(let fixed), .fixedNoReplace(let fixed):
-            guard isAligned(fixed) else { throw .invalidArgument }
             guard fixed <= limit - length else { throw .noMemory }
-            guard fixed >= configuration.mmapMinAddress else { throw .invalidArgument }
+            guard isAligned(fixed) else { throw .invalidArgument }
+            guard fixed >= configuration.mmapMinAddress else { throw .permissionDenied }
             if case .fixedNoReplace = placement, !overlapping(fixed, fixed + length).isEmpty {
                 throw .alreadyExists
             }
             address = fixed
             if case .fixed = placement { replaces = true }
         case .hint(let hint):
-            if let rounded = roundUp(hint), rounded != 0, rounded >= configuration.mmapMinAddress,
-                rounded <= limit - length, overlapping(rounded, rounded + length).isEmpty
-            {
+            var rounded = pageOf(hint)
+            let floor = max(configuration.hintMinAddress, configuration.mmapMinAddress)
+            if rounded != 0 && rounded < floor { rounded = floor }
+            if rounded != 0, rounded <= limit - length, overlapping(rounded, rounded + length).isEmpty {
                 address = rounded
             } else {
                 address = try freeArea(length: length)
@@ -268,28 +283,37 @@ final class ReferenceModel {
         case .anywhere:
             address = try freeArea(length: length)
         }
+        if options.contains(.locked) || defaultFlags.contains(.locked) {
+            try checkLockLimit(adding: length, mapping: options.contains(.locked))
+        }
         if replaces {
+            if isSealed(address, address + length) { throw .permissionDenied }
             if exceeds(unmapSplits(address, address + length)) {
                 throw .noMemory
             }
             removeRange(address, address + length)
         }
-        var flags: MappingFlags = [.softDirty]
+        var flags: MappingFlags = [.softDirty, .mayRead, .mayWrite, .mayExec]
         var object: Int? = nil
         if options.contains(.shared) {
-            flags.insert(.shared)
+            flags.formUnion([.shared, .mayShare])
             object = nextObject
             nextObject += 1
+        } else if protection.contains(.write) && !options.contains(.noReserve) {
+            flags.insert(.account)
         }
+        if options.contains(.noReserve) { flags.insert(.noReserve) }
         if options.contains(.hugePage) { flags.insert(.hugePage) }
+        flags.formUnion(defaultFlags)
         if options.contains(.locked) { flags.insert(.locked) }
         insert(Area(start: address, end: address + length, protection: protection, flags: flags,
-                    object: object, objectPage: 0))
+                    object: object, objectPage: object == nil ? address / Self.pageSize : 0))
         mergeAll()
-        if (options.contains(.populate) || options.contains(.locked)) && !protection.isEmpty {
+        if (options.contains(.populate) || flags.contains(.locked)) && !flags.contains(.lockOnFault) && !protection.isEmpty {
             // Best effort, like Linux's mm_populate: the mapping stands whatever happens.
+            let write = object == nil && protection.contains(.write)
             for address in eachPage(address, address + length) {
-                try? fault(at: address, access: protection.contains(.write) ? .write : .read)
+                try? fault(at: address, access: write ? .write : .read)
             }
         }
         return address
@@ -301,108 +325,267 @@ final class ReferenceModel {
         else { throw .invalidArgument }
         guard !dead else { throw .addressSpaceDead }
         let end = address + length
+        if isSealed(address, end) { throw .permissionDenied }
         if exceeds(unmapSplits(address, end)) { throw .noMemory }
         removeRange(address, end)
+    }
+
+    /// Whether a sealed area intersects `[start, end)`.
+    func isSealed(_ start: UInt64, _ end: UInt64) -> Bool {
+        overlapping(start, end).contains { $0.flags.contains(.sealed) }
+    }
+
+    /// Visits the areas of `[start, end)` in order with their piece of the range; a hole is
+    /// `ENOMEM`, at once when `stopAtHole`, else after the walk.
+    func walk(
+        _ start: UInt64, _ end: UInt64, stopAtHole: Bool, _ body: (Area, UInt64, UInt64) throws(MemoryError) -> Void
+    ) throws(MemoryError) {
+        var cursor = start
+        var hole = false
+        while cursor < end {
+            guard let area = areas.first(where: { $0.end > cursor }), area.start < end else {
+                hole = true
+                break
+            }
+            if area.start > cursor {
+                hole = true
+                if stopAtHole { throw .noMemory }
+                cursor = area.start
+            }
+            let stop = min(end, area.end)
+            try body(area, cursor, stop)
+            cursor = stop
+        }
+        if hole { throw .noMemory }
+    }
+
+    /// Gives `[start, end)` of `area` new attributes: `ENOMEM` if the splits it needs (after
+    /// merging into a touching compatible neighbour) pass the map-count limit.
+    func modify(_ area: Area, _ start: UInt64, _ end: UInt64, protection: Protection, flags: MappingFlags)
+        throws(MemoryError)
+    {
+        if area.protection == protection && area.flags == flags { return }
+        var piece = area
+        piece.objectPage += (start - area.start) / Self.pageSize
+        piece.start = start
+        piece.end = end
+        piece.protection = protection
+        piece.flags = flags
+        let i = index(containing: start)!
+        var splits = 0
+        if start > area.start {
+            if !(end == area.end && i + 1 < areas.count && canMerge(piece, areas[i + 1])) { splits += 1 }
+        }
+        if end < area.end {
+            if !(start == area.start && i > 0 && canMerge(areas[i - 1], piece)) { splits += 1 }
+        }
+        if exceeds(splits) { throw .noMemory }
+        for j in isolate(start, end) {
+            areas[j].protection = protection
+            areas[j].flags = flags
+        }
+        mergeAll()
     }
 
     func protect(address: UInt64, length: UInt64, protection: Protection) throws(MemoryError) {
         guard isAligned(address) else { throw .invalidArgument }
         if length == 0 { return }
-        guard let length = roundUp(length), length <= limit, address <= limit - length else { throw .noMemory }
+        guard let length = roundUp(length), !address.addingReportingOverflow(length).overflow else { throw .noMemory }
         guard !dead else { throw .addressSpaceDead }
         let end = address + length
-        guard isCovered(address, end) else { throw .noMemory }
-        // Areas that already have the protection are not split (Linux's mprotect_fixup).
-        if exceeds(isolateSplits(address, end, where: { $0.protection != protection })) { throw .noMemory }
-        for i in isolate(address, end) { areas[i].protection = protection }
-        for page in pages.keys where page >= address && page < end {
-            var entry = pages[page]!
-            switch entry.residence {
-            case .mapped:
-                if protection.isEmpty {
-                    entry.residence = .protNone
-                    entry.writable = false
-                } else if !protection.contains(.write) {
-                    entry.writable = false
-                }
-            case .protNone:
-                if !protection.isEmpty {
-                    entry.residence = .mapped
-                    entry.writable = false
-                }
-            case .swapped:
-                break
+        guard let first = areas.first(where: { $0.end > address }), first.start <= address else { throw .noMemory }
+        _ = first
+        try walk(address, end, stopAtHole: true) { area, start, stop throws(MemoryError) in
+            if area.flags.contains(.sealed) { throw .permissionDenied }
+            if area.protection == protection { return }
+            var flags = area.flags
+            if protection.contains(.write) {
+                if !area.isShared && !flags.contains(.noReserve) { flags.insert(.account) }
+            } else if !area.isShared && area.anon == 0 {
+                flags.remove(.account)
             }
-            pages[page] = entry
+            let wasWritable = area.protection.contains(.write)
+            try modify(area, start, stop, protection: protection, flags: flags)
+            for page in pages.keys where page >= start && page < stop {
+                var entry = pages[page]!
+                switch entry.residence {
+                case .mapped:
+                    if protection.isEmpty {
+                        entry.residence = .protNone
+                        entry.writable = false
+                    } else if !protection.contains(.write) {
+                        entry.writable = false
+                    }
+                case .protNone:
+                    if !protection.isEmpty {
+                        entry.residence = .mapped
+                        entry.writable = false
+                    }
+                case .swapped:
+                    break
+                }
+                pages[page] = entry
+            }
+            if flags.contains(.locked) && !flags.contains(.lockOnFault) && !area.isShared && !wasWritable
+                && protection.contains(.write)
+            {
+                for page in eachPage(start, stop) { try? fault(at: page, access: .write) }
+            }
         }
-        mergeAll()
     }
 
     func remap(
         address: UInt64, oldLength: UInt64, newLength: UInt64, move: AddressSpace.RemapMove
     ) throws(MemoryError) -> UInt64 {
-        guard isAligned(address), oldLength != 0, newLength != 0, let oldLength = roundUp(oldLength),
-            let newLength = roundUp(newLength), newLength <= limit
-        else { throw .invalidArgument }
-        if case .fixed(let target) = move {
-            guard isAligned(target), target <= limit - newLength else { throw .invalidArgument }
-            if target < address &+ oldLength && address < target + newLength { throw .invalidArgument }
-        }
-        guard !dead else { throw .addressSpaceDead }
-        guard oldLength <= limit, address <= limit - oldLength, let source = area(containing: address),
-            address + oldLength <= source.end
-        else { throw .badAddress }
         switch move {
+        case .inPlace: try remap(address: address, oldLength: oldLength, newLength: newLength, flags: [], newAddress: 0)
+        case .mayMove: try remap(address: address, oldLength: oldLength, newLength: newLength, flags: .mayMove, newAddress: 0)
         case .fixed(let target):
-            if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
-            if target < configuration.mmapMinAddress { throw .invalidArgument }
-            removeRange(target, target + newLength)
-            var length = oldLength
-            if oldLength > newLength {
-                removeRange(address + newLength, address + oldLength)
-                length = newLength
+            try remap(address: address, oldLength: oldLength, newLength: newLength, flags: [.mayMove, .fixed], newAddress: target)
+        }
+    }
+
+    /// mremap with raw flags (the library's documented rules, which follow the measured kernel).
+    func remap(
+        address: UInt64, oldLength: UInt64, newLength: UInt64, flags: AddressSpace.RemapFlags, newAddress: UInt64
+    ) throws(MemoryError) -> UInt64 {
+        guard flags.isSubset(of: [.mayMove, .fixed, .dontUnmap]), isAligned(address) else { throw .invalidArgument }
+        if (flags.contains(.fixed) || flags.contains(.dontUnmap)) && !flags.contains(.mayMove) { throw .invalidArgument }
+        let oldLength = (oldLength &+ (Self.pageSize - 1)) / Self.pageSize * Self.pageSize  // wraps like PAGE_ALIGN
+        let newLength = (newLength &+ (Self.pageSize - 1)) / Self.pageSize * Self.pageSize
+        guard newLength != 0, newLength <= limit else { throw .invalidArgument }
+        if flags.contains(.dontUnmap) && oldLength != newLength { throw .invalidArgument }
+        var fixedTarget: UInt64? = nil
+        if flags.contains(.fixed) || flags.contains(.dontUnmap) {
+            guard isAligned(newAddress), newAddress <= limit - newLength else { throw .invalidArgument }
+            if newAddress < address &+ oldLength && address < newAddress + newLength { throw .invalidArgument }
+            if flags.contains(.fixed) { fixedTarget = newAddress }
+        }
+        let dontUnmap = flags.contains(.dontUnmap)
+        guard !dead else { throw .addressSpaceDead }
+        guard let source = area(containing: address) else { throw .badAddress }
+        if source.flags.contains(.sealed) { throw .permissionDenied }
+        let mayMove = flags.contains(.mayMove)
+        if oldLength == 0 {
+            guard source.isShared else { throw .invalidArgument }
+            if !mayMove { throw .noMemory }
+        }
+        if let target = fixedTarget, target < configuration.mmapMinAddress { throw .permissionDenied }
+        let (oldEnd, overflow) = address.addingReportingOverflow(oldLength)
+        if fixedTarget == nil && !dontUnmap && newLength <= oldLength {
+            if newLength < oldLength {
+                guard !overflow, oldEnd <= limit else { throw .invalidArgument }
+                if isSealed(address + newLength, oldEnd) { throw .permissionDenied }
+                if exceeds(unmapSplits(address + newLength, oldEnd)) { throw .noMemory }
+                removeRange(address + newLength, oldEnd)
             }
-            moveArea(address, length, to: target, newLength: newLength)
+            return address
+        }
+        if let target = fixedTarget, oldLength == newLength, oldLength != 0 {
+            // Every VMA (or part) of the old range moves to its offset from the target; holes stay.
+            var cursor = address
+            while cursor < oldEnd, let next = areas.first(where: { $0.end > cursor && $0.start < oldEnd }) {
+                if next.flags.contains(.sealed) { throw .permissionDenied }
+                if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
+                let start = max(next.start, cursor)
+                let stop = min(next.end, oldEnd)
+                let pieceTarget = target + (start - address)
+                if isSealed(pieceTarget, pieceTarget + (stop - start)) { throw .permissionDenied }
+                removeRange(pieceTarget, pieceTarget + (stop - start))
+                moveArea(start, stop - start, to: pieceTarget, newLength: stop - start, keepSource: dontUnmap)
+                cursor = stop
+            }
             return target
-        case .inPlace, .mayMove:
-            if newLength <= oldLength {
-                if newLength < oldLength {
-                    let tail = (address + newLength, address + oldLength)
-                    if exceeds(unmapSplits(tail.0, tail.1)) { throw .noMemory }
-                    removeRange(tail.0, tail.1)
+        }
+        let moveLength = min(oldLength, newLength)
+        // A fixed shrink unmaps the tail first: only the kept part must lie in the VMA.
+        let fixedShrink = fixedTarget != nil && oldLength > newLength
+        guard oldLength == 0 || (!overflow && address + moveLength <= source.end && (fixedShrink || oldEnd <= source.end))
+        else { throw .badAddress }
+        if fixedShrink {
+            guard oldEnd <= limit else { throw .invalidArgument }
+            if isSealed(address + newLength, oldEnd) { throw .permissionDenied }
+        }
+        if source.flags.contains(.locked) && newLength > oldLength && oldLength != 0 {
+            try checkLockLimit(adding: newLength - oldLength, mapping: false)
+        }
+        if fixedTarget == nil && !dontUnmap && oldLength != 0 {
+            let (newEnd, newOverflow) = address.addingReportingOverflow(newLength)
+            if oldEnd == source.end, !newOverflow, newEnd <= limit, overlapping(source.end, newEnd).isEmpty {
+                let oldAreaEnd = source.end
+                areas[index(containing: address)!].end = newEnd
+                mergeAll()
+                let merged = area(containing: address)!
+                if merged.flags.contains(.locked) && !merged.flags.contains(.lockOnFault) && !merged.protection.isEmpty {
+                    let write = !merged.isShared && merged.protection.contains(.write)
+                    for page in eachPage(oldAreaEnd, newEnd) { try? fault(at: page, access: write ? .write : .read) }
                 }
                 return address
             }
-            let (newEnd, overflow) = address.addingReportingOverflow(newLength)
-            if address + oldLength == source.end, !overflow, newEnd <= limit,
-                overlapping(source.end, newEnd).isEmpty
-            {
-                areas[index(containing: address)!].end = newEnd
-                mergeAll()
-                return address
+            guard mayMove else { throw .noMemory }
+        }
+        if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
+        let target: UInt64
+        if let fixedTarget {
+            if isSealed(fixedTarget, fixedTarget + newLength) { throw .permissionDenied }
+            removeRange(fixedTarget, fixedTarget + newLength)
+            target = fixedTarget
+        } else if dontUnmap && newAddress != 0 {
+            var hint = pageOf(newAddress)
+            if hint < configuration.hintMinAddress { hint = configuration.hintMinAddress }
+            if hint <= limit - newLength && overlapping(hint, hint + newLength).isEmpty {
+                target = hint
+            } else {
+                target = try freeArea(length: newLength)
             }
-            guard move == .mayMove else { throw .noMemory }
-            if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
-            let target = try freeArea(length: newLength)
-            moveArea(address, oldLength, to: target, newLength: newLength)
+        } else {
+            target = try freeArea(length: newLength)
+        }
+        if oldLength == 0 {
+            var copy = source
+            copy.objectPage = source.objectPage + (address - source.start) / Self.pageSize
+            copy.start = target
+            copy.end = target + newLength
+            insert(copy)
+            mergeAll()
             return target
         }
+        if fixedTarget != nil && oldLength > newLength { removeRange(address + newLength, address + oldLength) }
+        moveArea(address, moveLength, to: target, newLength: newLength, keepSource: dontUnmap)
+        if source.flags.contains(.locked) && !source.flags.contains(.lockOnFault) && newLength > moveLength
+            && !source.protection.isEmpty
+        {
+            let write = !source.isShared && source.protection.contains(.write)
+            for page in eachPage(target + moveLength, target + newLength) { try? fault(at: page, access: write ? .write : .read) }
+        }
+        return target
     }
 
     /// Moves the pages of `[source, source + length)` to a new area of `newLength` bytes at
     /// `target` (which is free), then unmaps the source. Moved present pages become soft-dirty.
-    private func moveArea(_ source: UInt64, _ length: UInt64, to target: UInt64, newLength: UInt64) {
+    func moveArea(_ source: UInt64, _ length: UInt64, to target: UInt64, newLength: UInt64, keepSource: Bool = false) {
         let from = area(containing: source)!
-        let moved = Area(
+        let offset = from.object == nil && from.anon == 0
+            ? target / Self.pageSize : from.objectPage + (source - from.start) / Self.pageSize
+        var moved = Area(
             start: target, end: target + newLength, protection: from.protection, flags: from.flags,
-            object: from.object, objectPage: from.objectPage + (source - from.start) / Self.pageSize)
+            object: from.object, objectPage: offset)
+        moved.anon = from.anon
         var carried: [UInt64: Page] = [:]
         for offset in stride(from: 0, to: length, by: Int(Self.pageSize)) {
             guard var entry = pages[source + offset] else { continue }
             entry.softDirty = true  // every moved entry, present, PROT_NONE or swapped
             carried[target + offset] = entry
         }
-        removeRange(source, source + length)
+        if keepSource {
+            // DONTUNMAP: the old area stays (emptied) and loses its lock as a whole.
+            dropPages(source, source + length)
+            let i = index(containing: source)!
+            areas[i].flags.subtract([.locked, .lockOnFault])
+            if areas[i].start == source && areas[i].end == source + length && areas[i].object == nil { areas[i].anon = 0 }
+        } else {
+            removeRange(source, source + length)
+        }
         insert(moved)
         pages.merge(carried) { _, new in new }
         mergeAll()
@@ -415,42 +598,89 @@ final class ReferenceModel {
         guard address <= limit, length <= limit - address else { throw .noMemory }
         guard !dead else { throw .addressSpaceDead }
         let end = address + length
-        guard isCovered(address, end) else { throw .noMemory }
+        let discards: Set<AddressSpace.Advice> = [.dontNeed, .dontNeedLocked, .free, .remove, .dontFork, .wipeOnFork, .guardInstall]
+        func refusedBySeal(_ area: Area) -> Bool {
+            discards.contains(advice) && area.flags.contains(.sealed) && !area.isShared && !area.protection.contains(.write)
+        }
         switch advice {
-        case .dontNeed:
-            if overlapping(address, end).contains(where: { $0.flags.contains(.locked) }) { throw .invalidArgument }
-            dropPages(address, end)
-        case .pageOut:
-            if overlapping(address, end).contains(where: { $0.flags.contains(.locked) }) { throw .invalidArgument }
-            for page in pages.keys where page >= address && page < end {
-                var entry = pages[page]!
-                guard !area(containing: page)!.isShared, entry.residence == .mapped, entry.content != .zeroPage
-                else { continue }
-                entry.residence = .swapped
-                entry.writable = false
-                pages[page] = entry
+        case .normal, .random, .sequential, .dontFork, .doFork, .wipeOnFork, .keepOnFork, .dontDump, .doDump,
+            .mergeable, .unmergeable, .hugePage, .noHugePage:
+            try walk(address, end, stopAtHole: false) { area, start, stop throws(MemoryError) in
+                if refusedBySeal(area) { throw .permissionDenied }
+                var flags = area.flags
+                switch advice {
+                case .normal: flags.subtract([.randomRead, .sequentialRead])
+                case .random: flags = flags.subtracting(.sequentialRead).union(.randomRead)
+                case .sequential: flags = flags.subtracting(.randomRead).union(.sequentialRead)
+                case .dontFork: flags.insert(.dontCopy)
+                case .doFork: flags.remove(.dontCopy)
+                case .wipeOnFork:
+                    if area.isShared { throw .invalidArgument }
+                    flags.insert(.wipeOnFork)
+                case .keepOnFork: flags.remove(.wipeOnFork)
+                case .dontDump: flags.insert(.dontDump)
+                case .doDump: flags.remove(.dontDump)
+                case .mergeable: if !area.isShared { flags.insert(.mergeable) }
+                case .unmergeable: flags.remove(.mergeable)
+                case .hugePage: flags = flags.subtracting(.noHugePage).union(.hugePage)
+                default: flags = flags.subtracting(.hugePage).union(.noHugePage)
+                }
+                try modify(area, start, stop, protection: area.protection, flags: flags)
             }
-        case .hugePage, .noHugePage:
-            let wanted: (Area) -> Bool = advice == .hugePage
-                ? { !$0.flags.contains(.hugePage) || $0.flags.contains(.noHugePage) }
-                : { !$0.flags.contains(.noHugePage) || $0.flags.contains(.hugePage) }
-            if exceeds(isolateSplits(address, end, where: wanted)) { throw .noMemory }
-            for i in isolate(address, end) {
-                if advice == .hugePage {
-                    areas[i].flags.insert(.hugePage)
-                    areas[i].flags.remove(.noHugePage)
-                } else {
-                    areas[i].flags.insert(.noHugePage)
-                    areas[i].flags.remove(.hugePage)
+        case .willNeed:
+            try walk(address, end, stopAtHole: false) { _, _, _ throws(MemoryError) in }
+        case .dontNeed, .dontNeedLocked, .free, .remove, .cold, .pageOut:
+            try walk(address, end, stopAtHole: false) { area, start, stop throws(MemoryError) in
+                if refusedBySeal(area) { throw .permissionDenied }
+                if area.flags.contains(.locked) && advice != .dontNeedLocked { throw .invalidArgument }
+                switch advice {
+                case .free: if area.isShared { throw .invalidArgument }
+                case .remove:
+                    guard area.isShared else { throw .invalidArgument }  // shared anonymous memory is always may-write
+                default: break
+                }
+                switch advice {
+                case .dontNeed, .dontNeedLocked:
+                    dropPages(start, stop)
+                case .remove:
+                    dropPages(start, stop)
+                    let object = area.object!
+                    let first = area.objectPage + (start - area.start) / Self.pageSize
+                    let last = area.objectPage + (stop - area.start) / Self.pageSize
+                    for objectPage in first..<last {
+                        sharedTokens[object]?[objectPage] = nil
+                        sharedResident[object]?.remove(objectPage)
+                    }
+                    // Every other mapping of those object pages loses them too.
+                    for other in areas where other.object == object {
+                        for page in eachPage(other.start, other.end) {
+                            let objectPage = other.objectPage + (page - other.start) / Self.pageSize
+                            if objectPage >= first && objectPage < last { pages[page] = nil }
+                        }
+                    }
+                case .pageOut:
+                    for page in pages.keys where page >= start && page < stop {
+                        var entry = pages[page]!
+                        guard !area.isShared, entry.residence == .mapped, entry.content != .zeroPage else { continue }
+                        entry.residence = .swapped
+                        entry.writable = false
+                        pages[page] = entry
+                    }
+                default:
+                    break  // FREE only clears dirty bits (not modelled); COLD nothing visible
                 }
             }
-            mergeAll()
         case .populateRead, .populateWrite:
             let access: AddressSpace.Access = advice == .populateWrite ? .write : .read
-            if overlapping(address, end).contains(where: { !Self.allows($0.protection, access) }) {
-                throw .badAddress
+            var cursor = address
+            while cursor < end {
+                guard let area = area(containing: cursor) else { throw .noMemory }
+                if !area.protection.contains(access == .write ? .write : .read) { throw .invalidArgument }
+                for page in eachPage(cursor, min(end, area.end)) { try fault(at: page, access: access) }
+                cursor = min(end, area.end)
             }
-            for address in eachPage(address, end) { try fault(at: address, access: access) }
+        default:
+            preconditionFailure("advice \(advice) is not generated")
         }
     }
 
@@ -459,9 +689,11 @@ final class ReferenceModel {
         else { throw .segmentationFault }
         let address = pageOf(address)
         let write = access == .write
+        if write && area.object == nil && area.anon == 0 { prepareAnon(at: address) }
         guard var entry = pages[address] else {
             if let object = area.object {
                 let objectPage = area.objectPage + (address - area.start) / Self.pageSize
+                sharedResident[object, default: []].insert(objectPage)
                 pages[address] = Page(
                     content: .shared(object: object, page: objectPage), residence: .mapped,
                     writable: area.protection.contains(.write), softDirty: true)
@@ -491,6 +723,28 @@ final class ReferenceModel {
             entry.softDirty = true
         }
         pages[address] = entry
+    }
+
+    /// `anon_vma_prepare`: the next, else the previous, adjacent area's identity when it differs
+    /// at most in protection and soft-dirty and its offsets are contiguous; else a new one.
+    func prepareAnon(at address: UInt64) {
+        let i = index(containing: address)!
+        let area = areas[i]
+        var chosen: UInt64 = 0
+        for j in [i + 1, i - 1] where j >= 0 && j < areas.count && areas[j].anon != 0 && areas[j].object == nil {
+            let (lower, upper) = j > i ? (area, areas[j]) : (areas[j], area)
+            if lower.end == upper.start, lower.flags.subtracting(.softDirty) == upper.flags.subtracting(.softDirty),
+                lower.objectPage + (lower.end - lower.start) / Self.pageSize == upper.objectPage
+            {
+                chosen = areas[j].anon
+                break
+            }
+        }
+        if chosen == 0 {
+            chosen = nextAnon
+            nextAnon += 2
+        }
+        areas[i].anon = chosen
     }
 
     func read(at address: UInt64) throws(MemoryError) -> UInt64 {
@@ -576,5 +830,203 @@ final class ReferenceModel {
         dead = true
         areas.removeAll()
         pages.removeAll()
+    }
+}
+
+// MARK: - The rest of the syscall surface
+
+extension ReferenceModel {
+    /// Pages in locked areas, optionally only inside `[start, end)`.
+    func lockedPages(_ start: UInt64 = 0, _ end: UInt64 = .max) -> UInt64 {
+        areas.filter { $0.flags.contains(.locked) }.reduce(0) {
+            $0 + (min($1.end, end) > max($1.start, start) ? (min($1.end, end) - max($1.start, start)) / Self.pageSize : 0)
+        }
+    }
+
+    var canLockFreely: Bool { configuration.capabilities.contains(.ipcLock) || configuration.lockedMemoryLimit == nil }
+
+    func checkLockLimit(adding length: UInt64, mapping: Bool) throws(MemoryError) {
+        if canLockFreely { return }
+        let limit = configuration.lockedMemoryLimit!
+        if mapping && limit == 0 { throw .permissionDenied }
+        if (lockedPages() + length / Self.pageSize) * Self.pageSize > limit { throw .wouldBlock }
+    }
+
+    func checkCanLock() throws(MemoryError) {
+        if !configuration.capabilities.contains(.ipcLock) && configuration.lockedMemoryLimit == 0 { throw .permissionDenied }
+    }
+
+    /// Faults the locked, not lock-on-fault areas of `[start, end)`: private writable memory for
+    /// write, the rest for read; a PROT_NONE area stops it (`ENOMEM`) unless `ignoreErrors`.
+    func populateLocked(_ start: UInt64, _ end: UInt64, ignoreErrors: Bool) throws(MemoryError) {
+        var cursor = start
+        while cursor < end, let area = areas.first(where: { $0.end > cursor && $0.start < end }) {
+            cursor = max(cursor, area.start)
+            let stop = min(end, area.end)
+            if area.flags.contains(.locked) && !area.flags.contains(.lockOnFault) {
+                if area.protection.isEmpty {
+                    if !ignoreErrors { throw .noMemory }
+                } else {
+                    let write = !area.isShared && area.protection.contains(.write)
+                    for page in eachPage(cursor, stop) {
+                        do throws(MemoryError) {
+                            try fault(at: page, access: write ? .write : .read)
+                        } catch {
+                            if !ignoreErrors { throw .noMemory }
+                        }
+                    }
+                }
+            }
+            cursor = stop
+        }
+    }
+
+    func lock(address: UInt64, length: UInt64, onFault: Bool) throws(MemoryError) {
+        try checkCanLock()
+        let start = pageOf(address)
+        guard let rounded = roundUp(length &+ (address - start)), rounded != 0 else { return }
+        let (end, overflow) = start.addingReportingOverflow(rounded)
+        guard !overflow else { throw .invalidArgument }
+        guard !dead else { throw .addressSpaceDead }
+        if !canLockFreely {
+            let limit = configuration.lockedMemoryLimit!
+            let total = lockedPages() + rounded / Self.pageSize - lockedPages(start, end)
+            if total * Self.pageSize > limit { throw .noMemory }
+        }
+        try walk(start, end, stopAtHole: true) { area, pieceStart, pieceEnd throws(MemoryError) in
+            var flags = area.flags
+            flags.insert(.locked)
+            if onFault { flags.insert(.lockOnFault) } else { flags.remove(.lockOnFault) }
+            try modify(area, pieceStart, pieceEnd, protection: area.protection, flags: flags)
+        }
+        if !onFault { try populateLocked(start, end, ignoreErrors: false) }
+    }
+
+    func unlock(address: UInt64, length: UInt64) throws(MemoryError) {
+        let start = pageOf(address)
+        guard let rounded = roundUp(length &+ (address - start)), rounded != 0 else { return }
+        let (end, overflow) = start.addingReportingOverflow(rounded)
+        guard !overflow else { throw .invalidArgument }
+        guard !dead else { throw .addressSpaceDead }
+        try walk(start, end, stopAtHole: true) { area, pieceStart, pieceEnd throws(MemoryError) in
+            try modify(area, pieceStart, pieceEnd, protection: area.protection, flags: area.flags.subtracting([.locked, .lockOnFault]))
+        }
+    }
+
+    func lockAll(_ flags: AddressSpace.LockAllFlags) throws(MemoryError) {
+        guard !flags.isEmpty, flags.isSubset(of: [.current, .future, .onFault]),
+            !flags.intersection([.current, .future]).isEmpty
+        else { throw .invalidArgument }
+        try checkCanLock()
+        guard !dead else { throw .addressSpaceDead }
+        if flags.contains(.current) && !canLockFreely {
+            if mappedPages * Self.pageSize > configuration.lockedMemoryLimit! { throw .noMemory }
+        }
+        var added: MappingFlags = [.locked]
+        if flags.contains(.onFault) { added.insert(.lockOnFault) }
+        defaultFlags = flags.contains(.future) ? added : []
+        guard flags.contains(.current) else { return }
+        var cursor: UInt64 = 0
+        while let area = areas.first(where: { $0.start >= cursor }) {
+            try modify(area, area.start, area.end, protection: area.protection,
+                       flags: area.flags.subtracting([.locked, .lockOnFault]).union(added))
+            cursor = area.end
+        }
+        if !flags.contains(.onFault) { try? populateLocked(0, limit, ignoreErrors: true) }
+    }
+
+    func unlockAll() throws(MemoryError) {
+        guard !dead else { throw .addressSpaceDead }
+        defaultFlags = []
+        var cursor: UInt64 = 0
+        while let area = areas.first(where: { $0.start >= cursor }) {
+            try modify(area, area.start, area.end, protection: area.protection, flags: area.flags.subtracting([.locked, .lockOnFault]))
+            cursor = area.end
+        }
+    }
+
+    func seal(address: UInt64, length: UInt64) throws(MemoryError) {
+        guard isAligned(address), let rounded = roundUp(length), !address.addingReportingOverflow(rounded).overflow
+        else { throw .invalidArgument }
+        if length == 0 { return }
+        guard !dead else { throw .addressSpaceDead }
+        let end = address + rounded
+        guard isCovered(address, end) else { throw .noMemory }
+        try walk(address, end, stopAtHole: true) { area, start, stop throws(MemoryError) in
+            try modify(area, start, stop, protection: area.protection, flags: area.flags.union(.sealed))
+        }
+    }
+
+    func residency(address: UInt64, length: UInt64) throws(MemoryError) -> [Bool] {
+        guard isAligned(address) else { throw .invalidArgument }
+        if length == 0 { return [] }
+        guard let rounded = roundUp(length), rounded != 0, address <= limit, rounded <= limit - address else { throw .noMemory }
+        guard !dead else { throw .addressSpaceDead }
+        var result: [Bool] = []
+        try walk(address, address + rounded, stopAtHole: true) { area, start, stop throws(MemoryError) in
+            for page in eachPage(start, stop) {
+                if let object = area.object {
+                    let objectPage = area.objectPage + (page - area.start) / Self.pageSize
+                    result.append(sharedResident[object]?.contains(objectPage) == true)
+                } else if let entry = pages[page] {
+                    result.append(entry.residence != .swapped)
+                } else {
+                    result.append(false)
+                }
+            }
+        }
+        return result
+    }
+
+    func sync(address: UInt64, length: UInt64, flags: AddressSpace.SyncFlags) throws(MemoryError) {
+        guard flags.isSubset(of: [.async, .invalidate, .sync]), isAligned(address) else { throw .invalidArgument }
+        if flags.contains(.async) && flags.contains(.sync) { throw .invalidArgument }
+        let rounded = (length &+ (Self.pageSize - 1)) & ~(Self.pageSize - 1)
+        let end = address &+ rounded
+        if end < address { throw .noMemory }
+        if end == address { return }
+        guard !dead else { throw .addressSpaceDead }
+        try walk(address, end, stopAtHole: false) { area, _, _ throws(MemoryError) in
+            if flags.contains(.invalidate) && area.flags.contains(.locked) { throw .busy }
+        }
+    }
+
+    /// brk: the new break, or the current one when refused.
+    func setBreak(_ address: UInt64) throws(MemoryError) -> UInt64 {
+        guard !dead else { throw .addressSpaceDead }
+        guard let startBreak = configuration.programBreakStart else { return 0 }
+        if address < startBreak { return programBreak }
+        guard let newEnd = roundUp(address), let oldEnd = roundUp(programBreak) else { return programBreak }
+        if newEnd == oldEnd {
+            programBreak = address
+            return address
+        }
+        if newEnd < oldEnd {
+            if isSealed(newEnd, oldEnd) { return programBreak }
+            if exceeds(unmapSplits(newEnd, oldEnd)) { return programBreak }
+            removeRange(newEnd, oldEnd)
+            programBreak = address
+            return address
+        }
+        guard newEnd <= limit - Self.pageSize else { return programBreak }
+        if let next = areas.first(where: { $0.end > oldEnd }) {
+            let gapStart = next.flags.contains(.growsDown) ? next.start &- AddressSpace.stackGuardGap : next.start
+            if newEnd + Self.pageSize > gapStart { return programBreak }
+        }
+        var flags: MappingFlags = [.mayRead, .mayWrite, .mayExec, .account, .softDirty]
+        flags.formUnion(defaultFlags)
+        if flags.contains(.locked) && !canLockFreely
+            && lockedPages() * Self.pageSize + (newEnd - oldEnd) > configuration.lockedMemoryLimit!
+        {
+            return programBreak
+        }
+        if areas.count >= configuration.maxMapCount { return programBreak }
+        insert(Area(start: oldEnd, end: newEnd, protection: .readWrite, flags: flags, object: nil, objectPage: oldEnd / Self.pageSize))
+        mergeAll()
+        if flags.contains(.locked) && !flags.contains(.lockOnFault) {
+            for page in eachPage(oldEnd, newEnd) { try? fault(at: page, access: .write) }
+        }
+        programBreak = address
+        return address
     }
 }

@@ -43,6 +43,7 @@ final class TestThread: @unchecked Sendable {
         return true
     }
 
-    /// Waits at most `seconds` (a guard against a hang, not a timing assertion).
+    /// Waits at most `seconds` (a guard against a hang, not a timing assertion). A successful wait
+    /// consumes the thread's completion: do not join it again.
     func join(within seconds: Double) -> Bool { done.wait(timeout: .now() + seconds) == .success }
 }

@@ -8,14 +8,15 @@ import Foundation
 ///
 /// The layout is reproduced exactly: a mapping Linux placed at A is replayed at A (as
 /// `MAP_FIXED_NOREPLACE`, so a divergence shows as a mismatch instead of silently clobbering),
-/// calls that failed on Linux are replayed as issued and must fail with the same errno, `brk` moves
-/// a heap mapping, and file mappings are modelled as anonymous memory of the same size.
+/// calls that failed on Linux are replayed as issued and must fail with the same errno, `brk` runs
+/// against a space whose break starts where the process's first `brk(NULL)` said, and file mappings
+/// are modelled as anonymous memory of the same size.
 struct Replay: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Replay the mmap/munmap/mprotect/mremap/madvise/brk calls of an strace log.",
+        abstract: "Replay the memory system calls (mmap, munmap, mprotect, mremap, madvise, brk, the mlock family, mincore, msync, mseal) of an strace log.",
         discussion: """
             Record a trace with: strace -f -e trace=memory -o app.strace <program>
-            A sample is in traces/python-startup.strace.
+            Samples: traces/python-startup.strace, traces/anonymous-syscalls.strace.
             """)
 
     @Argument(help: "The strace log.") var trace: String
@@ -70,7 +71,10 @@ struct TracedCall {
     var arguments: [String]
     var result: String
 
-    static let names: Set<String> = ["mmap", "munmap", "mprotect", "mremap", "madvise", "brk"]
+    static let names: Set<String> = [
+        "mmap", "munmap", "mprotect", "mremap", "madvise", "brk", "mlock", "mlock2", "munlock", "mlockall", "munlockall",
+        "mincore", "msync", "mseal", "syscall_0x1ce",
+    ]
 
     init?(_ line: Substring) {
         var rest = line.drop { $0 == " " }
@@ -93,6 +97,7 @@ struct TracedCall {
         guard call.hasSuffix(")"), let callOpen = call.firstIndex(of: "(") else { return nil }
         self.pid = pid
         name = String(rest[..<open])
+        if name == "syscall_0x1ce" { name = "mseal" }  // strace releases that predate mseal (462)
         arguments = call[call.index(after: callOpen)..<call.index(before: call.endIndex)].split(separator: ",").map {
             $0.trimmingCharacters(in: .whitespaces)
         }
@@ -138,9 +143,9 @@ struct Replayer {
         self.subscribers = subscribers
     }
 
-    mutating func space(for pid: String) throws -> AddressSpace {
+    mutating func space(for pid: String, breakStart: UInt64? = nil) throws -> AddressSpace {
         if let space = spaces[pid] { return space }
-        let space = try AddressSpace(memory: memory)
+        let space = try AddressSpace(configuration: .init(programBreakStart: breakStart), memory: memory)
         keepAlive.append(try NoOpSubscribers(subscribers, on: space))
         spaces[pid] = space
         return space
@@ -161,6 +166,15 @@ struct Replayer {
             if names.contains("PROT_WRITE") { protection.insert(.write) }
             if names.contains("PROT_EXEC") { protection.insert(.exec) }
             return protection
+        }
+
+        /// The bits of argument `index` from strace's symbolic names (and any number among them).
+        func bits(_ index: Int, _ table: [String: UInt64]) -> UInt64 {
+            // strace prints unknown bits as `0x8 /* MLOCK_??? */`: the number before the comment.
+            flags(index).reduce(UInt64(0)) {
+                let name = $1.split(separator: " ").first.map(String.init) ?? $1
+                return $0 | (table[name] ?? parseNumber(name) ?? 0)
+            }
         }
 
         var action: (() throws(MemoryError) -> UInt64)?
@@ -208,56 +222,101 @@ struct Replayer {
             guard arguments.count >= 4, let address = arguments[0], let oldLength = arguments[1],
                 let newLength = arguments[2]
             else { break }
-            let remapFlags = flags(3)
-            let move: AddressSpace.RemapMove
-            if remapFlags.contains("MREMAP_FIXED"), arguments.count >= 5, let target = arguments[4] {
-                move = .fixed(target)
-            } else if remapFlags.contains("MREMAP_MAYMOVE") {
-                if let result = expected.value, result != address { move = .fixed(result) } else { move = .mayMove }
-            } else {
-                move = .inPlace
+            var remapFlags = AddressSpace.RemapFlags(
+                rawValue: UInt32(truncatingIfNeeded: bits(3, ["MREMAP_MAYMOVE": 1, "MREMAP_FIXED": 2, "MREMAP_DONTUNMAP": 4])))
+            var target = arguments.count >= 5 ? arguments[4] ?? 0 : 0
+            if !remapFlags.contains(.fixed), remapFlags.contains(.mayMove), let result = expected.value, result != address {
+                // Moved: replay the move to where Linux put it.
+                remapFlags.insert(.fixed)
+                target = result
             }
             action = { () throws(MemoryError) -> UInt64 in
-                try space.remap(address: address, oldLength: oldLength, newLength: newLength, move: move)
+                try space.remap(address: address, oldLength: oldLength, newLength: newLength, flags: remapFlags, newAddress: target)
             }
         case "madvise":
             guard arguments.count >= 3, let address = arguments[0], let length = arguments[1] else { break }
-            let advice: AddressSpace.Advice
-            switch call.arguments[2] {
-            case "MADV_DONTNEED": advice = .dontNeed
-            case "MADV_PAGEOUT": advice = .pageOut
-            case "MADV_HUGEPAGE": advice = .hugePage
-            case "MADV_NOHUGEPAGE": advice = .noHugePage
-            case "MADV_POPULATE_READ": advice = .populateRead
-            case "MADV_POPULATE_WRITE": advice = .populateWrite
-            default: skipped += 1; return
+            let name = call.arguments[2]
+            guard let raw = Self.adviceNumbers[name] ?? parseNumber(name).map(Int32.init(truncatingIfNeeded:)) else {
+                break
             }
             action = { () throws(MemoryError) -> UInt64 in
-                try space.advise(address: address, length: length, advice: advice)
+                try space.advise(address: address, length: length, rawAdvice: raw)
+                return 0
+            }
+        case "mlock", "mlock2":
+            guard arguments.count >= 2, let address = arguments[0], let length = arguments[1] else { break }
+            let raw = call.name == "mlock2" ? UInt32(bits(2, ["MLOCK_ONFAULT": 1])) : 0
+            action = { () throws(MemoryError) -> UInt64 in
+                try space.lock(address: address, length: length, rawFlags: raw)
+                return 0
+            }
+        case "munlock":
+            guard arguments.count >= 2, let address = arguments[0], let length = arguments[1] else { break }
+            action = { () throws(MemoryError) -> UInt64 in
+                try space.unlock(address: address, length: length)
+                return 0
+            }
+        case "mlockall":
+            let raw = UInt32(bits(0, ["MCL_CURRENT": 1, "MCL_FUTURE": 2, "MCL_ONFAULT": 4]))
+            action = { () throws(MemoryError) -> UInt64 in
+                try space.lockAll(.init(rawValue: raw))
+                return 0
+            }
+        case "munlockall":
+            action = { () throws(MemoryError) -> UInt64 in
+                try space.unlockAll()
+                return 0
+            }
+        case "mincore":
+            guard arguments.count >= 2, let address = arguments[0], let length = arguments[1] else { break }
+            action = { () throws(MemoryError) -> UInt64 in
+                _ = try space.residency(address: address, length: length)
+                return 0
+            }
+        case "msync":
+            guard arguments.count >= 3, let address = arguments[0], let length = arguments[1] else { break }
+            let raw = UInt32(bits(2, ["MS_ASYNC": 1, "MS_INVALIDATE": 2, "MS_SYNC": 4]))
+            action = { () throws(MemoryError) -> UInt64 in
+                try space.sync(address: address, length: length, flags: .init(rawValue: raw))
+                return 0
+            }
+        case "mseal":
+            guard arguments.count >= 3, let address = arguments[0], let length = arguments[1], let raw = arguments[2] else { break }
+            action = { () throws(MemoryError) -> UInt64 in
+                try space.seal(address: address, length: length, flags: raw)
                 return 0
             }
         case "brk":
             guard let requested = arguments.first ?? nil, let result = expected.value else { break }
             let current = breaks[call.pid]
-            if requested == 0, let current, current != result {
-                // A new program break from brk(NULL): the process exec'd (the trace filter hides
-                // execve), so it gets a fresh address space.
-                spaces[call.pid]?.teardown()
-                spaces[call.pid] = nil
-                _ = try self.space(for: call.pid)
-                execs += 1
+            if requested == 0, current != result {
+                // The first brk(NULL), or a new break from one: the process exec'd (the trace filter
+                // hides execve), so it gets a fresh address space whose break starts there. A space
+                // that already has mappings from before the first brk(NULL) keeps them.
+                if current != nil || spaces[call.pid]?.mappingCount == 0 {
+                    spaces[call.pid]?.teardown()
+                    spaces[call.pid] = nil
+                    if current != nil { execs += 1 }
+                }
+                _ = try self.space(for: call.pid, breakStart: result)
             }
             breaks[call.pid] = result
-            guard let current, requested != 0 else { skipped += 1; return }  // brk(NULL): just learn it
-            let oldEnd = (current + 4095) & ~4095
-            let newEnd = (result + 4095) & ~4095
-            action = { () throws(MemoryError) -> UInt64 in
-                if newEnd > oldEnd {
-                    try space.map(length: newEnd - oldEnd, placement: .fixed(oldEnd))
-                } else if newEnd < oldEnd {
-                    try space.unmap(address: newEnd, length: oldEnd - newEnd)
+            guard current != nil || requested != 0 else { skipped += 1; return }  // brk(NULL): just learn it
+            let heap = spaces[call.pid]!
+            if heap.configuration.programBreakStart != nil {
+                action = { () throws(MemoryError) -> UInt64 in try heap.setBreak(requested) }
+            } else if let current {
+                // No break start known (calls came before the first brk(NULL)): move a heap mapping.
+                let oldEnd = (current + 4095) & ~4095
+                let newEnd = (result + 4095) & ~4095
+                action = { () throws(MemoryError) -> UInt64 in
+                    if newEnd > oldEnd {
+                        try heap.map(length: newEnd - oldEnd, placement: .fixed(oldEnd))
+                    } else if newEnd < oldEnd {
+                        try heap.unmap(address: newEnd, length: oldEnd - newEnd)
+                    }
+                    return result
                 }
-                return result
             }
         default:
             break
@@ -298,7 +357,7 @@ struct Replayer {
         }
         switch (outcome, expected.errno) {
         case (.success(let value), nil):
-            if call.name == "mmap" || call.name == "mremap", let linux = expected.value, value != linux {
+            if call.name == "mmap" || call.name == "mremap" || call.name == "brk", let linux = expected.value, value != linux {
                 mismatches.append("pid \(call.pid): \(call.name)(\(call.arguments.joined(separator: ", "))) = 0x\(String(value, radix: 16)), Linux 0x\(String(linux, radix: 16))")
             } else {
                 matched += 1
@@ -312,15 +371,15 @@ struct Replayer {
         }
     }
 
-    func errnoName(_ error: MemoryError) -> String {
-        switch error {
-        case .invalidArgument: "EINVAL"
-        case .noMemory, .outOfMemory: "ENOMEM"
-        case .alreadyExists: "EEXIST"
-        case .badAddress: "EFAULT"
-        case .wouldBlock: "EAGAIN"
-        case .segmentationFault: "SIGSEGV"
-        case .addressSpaceDead: "ESRCH"
-        }
-    }
+    func errnoName(_ error: MemoryError) -> String { error.errnoName }
+
+    /// The advice numbers by the names strace prints.
+    static let adviceNumbers: [String: Int32] = [
+        "MADV_NORMAL": 0, "MADV_RANDOM": 1, "MADV_SEQUENTIAL": 2, "MADV_WILLNEED": 3, "MADV_DONTNEED": 4,
+        "MADV_FREE": 8, "MADV_REMOVE": 9, "MADV_DONTFORK": 10, "MADV_DOFORK": 11, "MADV_MERGEABLE": 12,
+        "MADV_UNMERGEABLE": 13, "MADV_HUGEPAGE": 14, "MADV_NOHUGEPAGE": 15, "MADV_DONTDUMP": 16, "MADV_DODUMP": 17,
+        "MADV_WIPEONFORK": 18, "MADV_KEEPONFORK": 19, "MADV_COLD": 20, "MADV_PAGEOUT": 21,
+        "MADV_POPULATE_READ": 22, "MADV_POPULATE_WRITE": 23, "MADV_DONTNEED_LOCKED": 24, "MADV_COLLAPSE": 25,
+        "MADV_HWPOISON": 100, "MADV_SOFT_OFFLINE": 101, "MADV_GUARD_INSTALL": 102, "MADV_GUARD_REMOVE": 103,
+    ]
 }

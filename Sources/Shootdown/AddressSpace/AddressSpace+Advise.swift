@@ -1,30 +1,142 @@
 import Synchronization
 
 extension AddressSpace {
-    /// Advice for ``advise(address:length:advice:)`` (`madvise`).
+    /// Advice for ``advise(address:length:advice:)`` (`madvise`): every advice this kernel accepts
+    /// on anonymous memory. `MADV_HWPOISON` and `MADV_SOFT_OFFLINE` are `EINVAL` here (no
+    /// memory-failure support in this kernel), like any unknown number.
     public enum Advice: String, Sendable, CaseIterable {
+        /// `MADV_NORMAL`: clears `rr` and `sr`.
+        case normal
+        /// `MADV_RANDOM`: sets `rr`, clears `sr`.
+        case random
+        /// `MADV_SEQUENTIAL`: sets `sr`, clears `rr`.
+        case sequential
+        /// `MADV_WILLNEED`: nothing to read ahead for anonymous memory without swap.
+        case willNeed
         /// `MADV_DONTNEED`: drop the pages; private memory reads back as zeros (event `clear`).
+        /// `EINVAL` on locked VMAs. Guard markers stay.
         case dontNeed
-        /// `MADV_PAGEOUT`: write exclusive private pages to swap (event `clear`); a later fault
-        /// reads them back.
-        case pageOut
-        /// `MADV_HUGEPAGE`: allow 2 MiB mappings.
+        /// `MADV_FREE`: private pages become lazily freeable (dirty and young bits cleared, event
+        /// `clear`); without memory pressure they keep their contents. `EINVAL` on shared or
+        /// locked VMAs.
+        case free
+        /// `MADV_REMOVE`: punch a hole in shared memory (its pages are freed and read back as
+        /// zeros, event `clear`). `EINVAL` on private or locked VMAs, `EACCES` on shared
+        /// read-only ones.
+        case remove
+        /// `MADV_DONTFORK`: sets `dc`.
+        case dontFork
+        /// `MADV_DOFORK`: clears `dc`.
+        case doFork
+        /// `MADV_WIPEONFORK`: sets `wf`; `EINVAL` on shared VMAs.
+        case wipeOnFork
+        /// `MADV_KEEPONFORK`: clears `wf`.
+        case keepOnFork
+        /// `MADV_DONTDUMP`: sets `dd`.
+        case dontDump
+        /// `MADV_DODUMP`: clears `dd`.
+        case doDump
+        /// `MADV_MERGEABLE`: sets `mg` on private VMAs (shared ones are skipped silently).
+        case mergeable
+        /// `MADV_UNMERGEABLE`: clears `mg`.
+        case unmergeable
+        /// `MADV_HUGEPAGE`: sets `hg`, clears `nh`; faults may install 2 MiB mappings.
         case hugePage
-        /// `MADV_NOHUGEPAGE`.
+        /// `MADV_NOHUGEPAGE`: sets `nh`, clears `hg`.
         case noHugePage
-        /// `MADV_POPULATE_READ`.
+        /// `MADV_COLD`: deactivate; no visible effect. `EINVAL` on locked VMAs.
+        case cold
+        /// `MADV_PAGEOUT`: write exclusive private pages to swap (event `clear`); a later fault
+        /// reads them back. With no swap space (as on the reference machine) nothing changes.
+        /// `EINVAL` on locked VMAs.
+        case pageOut
+        /// `MADV_POPULATE_READ`: read-fault the range. `EINVAL` on a VMA without read permission;
+        /// `EFAULT` at a guard region; `ENOMEM` at a hole (pages before it stay populated).
         case populateRead
-        /// `MADV_POPULATE_WRITE`.
+        /// `MADV_POPULATE_WRITE`: write-fault the range. `EINVAL` without write permission.
         case populateWrite
+        /// `MADV_DONTNEED_LOCKED`: ``dontNeed`` that also zaps locked VMAs.
+        case dontNeedLocked
+        /// `MADV_COLLAPSE`: collapse the whole 2 MiB blocks of the range into huge mappings now,
+        /// whatever `hg` says (the measured rules are on the internal `adviseCollapse`).
+        case collapse
+        /// `MADV_GUARD_INSTALL`: replace the range's pages with guard markers (accesses fault with
+        /// SIGSEGV, mincore reports them absent); sets `gu` on the VMA. `EINVAL` on locked VMAs.
+        case guardInstall
+        /// `MADV_GUARD_REMOVE`: remove guard markers (the pages read as never touched); `gu`
+        /// stays.
+        case guardRemove
+
+        /// The Linux advice number (`MADV_*`).
+        public var linuxValue: Int32 {
+            switch self {
+            case .normal: 0
+            case .random: 1
+            case .sequential: 2
+            case .willNeed: 3
+            case .dontNeed: 4
+            case .free: 8
+            case .remove: 9
+            case .dontFork: 10
+            case .doFork: 11
+            case .mergeable: 12
+            case .unmergeable: 13
+            case .hugePage: 14
+            case .noHugePage: 15
+            case .dontDump: 16
+            case .doDump: 17
+            case .wipeOnFork: 18
+            case .keepOnFork: 19
+            case .cold: 20
+            case .pageOut: 21
+            case .populateRead: 22
+            case .populateWrite: 23
+            case .dontNeedLocked: 24
+            case .collapse: 25
+            case .guardInstall: 102
+            case .guardRemove: 103
+            }
+        }
+
+        /// The advice with Linux number `linuxValue`; `nil` for numbers this kernel rejects with
+        /// `EINVAL`.
+        public init?(linuxValue: Int32) {
+            guard let advice = Self.allCases.first(where: { $0.linuxValue == linuxValue }) else { return nil }
+            self = advice
+        }
+
+        /// Advices that discard contents (in this space, or in a child for `MADV_DONTFORK`): refused
+        /// with `EPERM` on sealed read-only private VMAs, before any other per-VMA check (measured).
+        var discards: Bool {
+            switch self {
+            case .dontNeed, .dontNeedLocked, .free, .remove, .dontFork, .wipeOnFork, .guardInstall: true
+            default: false
+            }
+        }
+    }
+
+    /// `madvise` with a raw advice number: an unknown one is `EINVAL` before anything else.
+    public func advise(address: UInt64, length: UInt64, rawAdvice: Int32) throws(MemoryError) {
+        guard let advice = Advice(linuxValue: rawAdvice) else { throw .invalidArgument }
+        try advise(address: address, length: length, advice: advice)
     }
 
     /// Applies `advice` to `[address, address + length)` (`madvise`).
     ///
-    /// Linux rules: unaligned address or a length that overflows (rounded up, or added to the
-    /// address) is `EINVAL`; zero length succeeds; a range past the address space or with a hole is
-    /// `ENOMEM`; `dontNeed`/`pageOut` on a locked VMA is `EINVAL`; `populateWrite` on a
-    /// mapping without write access (or `populateRead` on `PROT_NONE`) is `EFAULT`. Unlike Linux,
-    /// a range with a hole fails before anything changes.
+    /// Linux rules, in Linux's order (measured on 6.18): an unknown advice is `EINVAL` (see
+    /// ``advise(address:length:rawAdvice:)``); an unaligned address or a length that overflows
+    /// (rounded up, or added to the address) is `EINVAL`; zero length succeeds. Then the VMAs are
+    /// visited in address order and the advice applied to each: holes do not stop the walk (the
+    /// VMAs after a hole are changed too) and make the call fail with `ENOMEM` at the end; a
+    /// per-VMA error (`EINVAL` for a locked VMA and a discarding advice, `EPERM` for a sealed
+    /// read-only private VMA and a discarding advice, …) stops the walk there, with the VMAs
+    /// before it already changed. `populateRead`/`populateWrite` stop at the first hole
+    /// (`ENOMEM`). Each advice's own rules are on its case.
+    ///
+    /// Flag advices split and merge VMAs like mprotect (splitting past `maxMapCount` is
+    /// `ENOMEM`). Events: `clear` for the zaps of ``Advice/dontNeed``, ``Advice/dontNeedLocked``,
+    /// ``Advice/free``, ``Advice/remove``, ``Advice/pageOut`` (when swap exists) and
+    /// ``Advice/guardInstall``; none for the rest.
     public func advise(address: UInt64, length: UInt64, advice: Advice) throws(MemoryError) {
         guard Self.isPageAligned(address), let length = Self.pageAlign(length),
             !address.addingReportingOverflow(length).overflow
@@ -33,51 +145,212 @@ extension AddressSpace {
         guard address <= Self.userLimit, length <= Self.userLimit - address else { throw .noMemory }
         let end = address + length
         switch advice {
-        case .dontNeed, .pageOut:
-            try mmapLock.withReadLock { () throws(MemoryError) in
-                try checkAlive()
-                let vmas = try coveringVMAs(address, end)
-                if vmas.contains(where: { $0.flags.contains(.locked) }) { throw .invalidArgument }
-                let edit = VMAEdit(self, writerLocks: true)
-                for vma in vmas { edit.touch(vma) }
-                splitPartialHugeMappings(address, end)
-                for vma in vmas {
-                    let start = max(address, vma.start)
-                    let stop = min(end, vma.end)
-                    if advice == .dontNeed {
-                        zapAndEnd(beginInvalidation(start, stop, .clear, vma: snapshot(vma)), start, stop)
-                    } else if vma.isAnonymousPrivate {
-                        pageOut(start, stop, vma: vma)
-                    }
-                }
-                edit.finish()
-            }
-        case .hugePage, .noHugePage:
+        case .normal, .random, .sequential, .dontFork, .doFork, .wipeOnFork, .keepOnFork, .dontDump, .doDump,
+            .mergeable, .unmergeable, .hugePage, .noHugePage:
             try mmapLock.withWriteLock { () throws(MemoryError) in
                 try checkAlive()
-                // VMAs that already carry the advice are left alone (no split).
-                let (set, cleared): (MappingFlags, MappingFlags) =
-                    advice == .hugePage ? (.hugePage, .noHugePage) : (.noHugePage, .hugePage)
-                try changeVMAs(
-                    address, end, where: { !$0.flags.contains(set) || $0.flags.contains(cleared) },
-                    change: { $0.setAttributes(protection: $0.protection, flags: $0.flags.union(set).subtracting(cleared)) })
+                let edit = VMAEdit(self)
+                defer { edit.finish() }
+                try walkVMAs(address, end, stopAtHole: false) { vma, start, stop throws(MemoryError) in
+                    if advice.discards && vma.isSealed && !vma.isShared && !vma.protection.contains(.write) {
+                        throw .permissionDenied
+                    }
+                    var flags = vma.flags
+                    switch advice {
+                    case .normal: flags.subtract([.randomRead, .sequentialRead])
+                    case .random:
+                        flags.remove(.sequentialRead)
+                        flags.insert(.randomRead)
+                    case .sequential:
+                        flags.remove(.randomRead)
+                        flags.insert(.sequentialRead)
+                    case .dontFork: flags.insert(.dontCopy)
+                    case .doFork: flags.remove(.dontCopy)
+                    case .wipeOnFork:
+                        if vma.isShared { throw .invalidArgument }
+                        flags.insert(.wipeOnFork)
+                    case .keepOnFork: flags.remove(.wipeOnFork)
+                    case .dontDump: flags.insert(.dontDump)
+                    case .doDump: flags.remove(.dontDump)
+                    case .mergeable: if !vma.isShared { flags.insert(.mergeable) }
+                    case .unmergeable: flags.remove(.mergeable)
+                    case .hugePage:
+                        flags.insert(.hugePage)
+                        flags.remove(.noHugePage)
+                    case .noHugePage:
+                        flags.insert(.noHugePage)
+                        flags.remove(.hugePage)
+                    default: break
+                    }
+                    try modifyVMA(vma, start, stop, protection: vma.protection, flags: flags, edit: edit)
+                }
+            }
+        case .willNeed:
+            try mmapLock.withReadLock { () throws(MemoryError) in
+                try checkAlive()
+                try walkVMAs(address, end, stopAtHole: false) { _, _, _ throws(MemoryError) in }
+            }
+        case .dontNeed, .dontNeedLocked, .free, .remove, .cold, .pageOut:
+            try mmapLock.withReadLock { () throws(MemoryError) in
+                try checkAlive()
+                let edit = VMAEdit(self, writerLocks: true)
+                defer { edit.finish() }
+                try walkVMAs(address, end, stopAtHole: false) { vma, start, stop throws(MemoryError) in
+                    if advice.discards && vma.isSealed && !vma.isShared && !vma.protection.contains(.write) {
+                        throw .permissionDenied
+                    }
+                    if vma.isLocked && advice != .dontNeedLocked { throw .invalidArgument }
+                    switch advice {
+                    case .free: if vma.isShared { throw .invalidArgument }
+                    case .remove:
+                        guard vma.isShared else { throw .invalidArgument }
+                        // `VM_MAYWRITE`, not the current protection (oracle: a PROT_NONE part of a
+                        // writable shared mapping is punched too).
+                        guard vma.flags.contains(.mayWrite) else { throw .accessDenied }
+                    default: break
+                    }
+                    edit.touch(vma)
+                    splitPartialHugeMappings(start, stop)
+                    switch advice {
+                    case .dontNeed, .dontNeedLocked:
+                        zapAndEnd(beginInvalidation(start, stop, .clear, vma: snapshot(vma)), start, stop, keepGuards: true)
+                    case .remove:
+                        zapAndEnd(beginInvalidation(start, stop, .clear, vma: snapshot(vma)), start, stop, keepGuards: true)
+                        let first = vma.pageOffset + (start - vma.start) / Self.pageSize
+                        let last = vma.pageOffset + (stop - vma.start) / Self.pageSize
+                        // A hole punched in the object leaves no mapping of those pages anywhere in
+                        // this space (Linux unmaps them from every mapping of the file): other VMAs
+                        // over the same object pages are zapped too.
+                        if let object = vma.sharedObject {
+                            for other in index.all where other !== vma && other.sharedObject === object {
+                                let low = max(first, other.pageOffset)
+                                let high = min(last, other.pageOffset + (other.end - other.start) / Self.pageSize)
+                                guard low < high else { continue }
+                                edit.touch(other)
+                                let from = other.start + (low - other.pageOffset) * Self.pageSize
+                                let to = other.start + (high - other.pageOffset) * Self.pageSize
+                                zapAndEnd(beginInvalidation(from, to, .clear, vma: snapshot(other)), from, to, keepGuards: true)
+                            }
+                            object.removePages(from: first, to: last)
+                        }
+                    case .free: lazyFree(start, stop, vma: vma)
+                    case .pageOut: if vma.isAnonymousPrivate { pageOut(start, stop, vma: vma) }
+                    default: break
+                    }
+                }
             }
         case .populateRead, .populateWrite:
             let write = advice == .populateWrite
-            try mmapLock.withReadLock { () throws(MemoryError) in
-                try checkAlive()
-                let vmas = try coveringVMAs(address, end)
-                if vmas.contains(where: { !Self.accessAllowed($0.protection, write ? .write : .read) }) {
-                    throw .badAddress
+            var cursor = address
+            while cursor < end {
+                // Each VMA is checked under the lock, then faulted in without it (as Linux drops
+                // the lock between batches).
+                let stop: UInt64 = try mmapLock.withReadLock { () throws(MemoryError) -> UInt64 in
+                    try checkAlive()
+                    guard let vma = index.find(containing: cursor) else { throw .noMemory }
+                    if !vma.protection.contains(write ? .write : .read) { throw .invalidArgument }
+                    return min(end, vma.end)
+                }
+                while cursor < stop {
+                    if translate(cursor)?.isGuard == true { throw .badAddress }
+                    try fault(at: cursor, access: write ? .write : .read)
+                    cursor += Self.pageSize
                 }
             }
-            try populate(address, length: length, write: write)
+        case .collapse:
+            try adviseCollapse(address, end)
+        case .guardInstall:
+            try mmapLock.withReadLock { () throws(MemoryError) in
+                try checkAlive()
+                let edit = VMAEdit(self, writerLocks: true)
+                defer { edit.finish() }
+                try walkVMAs(address, end, stopAtHole: false) { vma, start, stop throws(MemoryError) in
+                    if vma.isSealed && !vma.isShared && !vma.protection.contains(.write) { throw .permissionDenied }
+                    if vma.isLocked { throw .invalidArgument }
+                    if vma.sharedObject == nil && vma.anonVMA == 0 { prepareAnonVMA(vma) }
+                    edit.touch(vma)
+                    // `gu` is set on the whole VMA, without a split (an attribute change under
+                    // the VMA's write section).
+                    vma.setAttributes(protection: vma.protection, flags: vma.flags.union(.maybeGuard))
+                    splitPartialHugeMappings(start, stop)
+                    let scope = beginInvalidation(start, stop, .clear, vma: snapshot(vma))
+                    var chain = FrameChain()
+                    let result = withSecondaryTLBHook { hook in
+                        pageTable.zap(from: start, to: stop, memory: memory, chain: &chain, keepGuards: true, flush: hook)
+                    }
+                    installGuards(start, stop)
+                    scope.end()
+                    memory.release(chain)
+                    recordZap(result)
+                }
+            }
+        case .guardRemove:
+            try mmapLock.withReadLock { () throws(MemoryError) in
+                try checkAlive()
+                try walkVMAs(address, end, stopAtHole: false) { _, start, stop throws(MemoryError) in
+                    pageTable.forEachLockedLeafRun(
+                        from: start, to: stop, huge: { _, _, _, _, _ in },
+                        pte: { table, first, last, _ in
+                            for index in first..<last
+                            where PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed)).isGuard {
+                                table[index].pointee.store(0, ordering: .relaxed)
+                            }
+                        },
+                        flush: { _, _ in })
+                }
+            }
         }
+    }
+
+    /// Writes guard markers into every entry of `[start, end)` (which was just zapped, except for
+    /// markers), allocating tables. Caller: mmap lock, the range's VMA in an edit.
+    private func installGuards(_ start: UInt64, _ end: UInt64) {
+        var page = start
+        while page < end {
+            guard let pmd = pageTable.pmdTable(for: page),
+                let table = pageTable.pteTable(in: pmd, at: PageTable.index(page, level: 1))
+            else { preconditionFailure("out of host memory for page tables") }
+            let chunkEnd = min(end, PageTable.nextBoundary(page, level: 1))
+            pageTable.pteLock(table).withLock {
+                var address = page
+                while address < chunkEnd {
+                    let slot = PageTable.index(address, level: 0)
+                    if table.load(slot).isNone {
+                        // Releasing: lockless walkers see the marker whole.
+                        table[slot].pointee.store(PageTableEntry.guardEntry.rawValue, ordering: .releasing)
+                    }
+                    address += Self.pageSize
+                }
+            }
+            page = chunkEnd
+        }
+    }
+
+    /// `MADV_FREE` on private memory (`madvise_free_pte_range`): under one `clear` invalidation,
+    /// exclusive pages lose their dirty and young bits (they keep frame and content; without
+    /// memory pressure nothing else happens). Caller: mmap lock, `vma` in an edit.
+    private func lazyFree(_ start: UInt64, _ end: UInt64, vma: VMA) {
+        let scope = beginInvalidation(start, end, .clear, vma: snapshot(vma))
+        withSecondaryTLBHook { hook in
+            pageTable.forEachLockedLeafRun(
+                from: start, to: end, huge: { _, _, _, _, _ in },
+                pte: { table, first, last, _ in
+                    for index in first..<last {
+                        let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
+                        guard entry.isPresent, memory.isExclusive(entry.number) else { continue }
+                        table[index].pointee.store(
+                            entry.without(PageTableEntry.dirty | PageTableEntry.accessed).rawValue, ordering: .relaxed)
+                    }
+                },
+                flush: hook)
+        }
+        scope.end()
     }
 
     /// Writes the exclusive private pages of `[start, end)` to swap under one `clear`
     /// invalidation (at most `limit` of them). Shared, zero-page and huge entries stay. Returns
-    /// pages swapped out.
+    /// pages swapped out. Software TLBs are shot down under each table's lock before its content
+    /// is written to swap (a store through a stale entry would otherwise be lost).
     ///
     /// - Precondition: mmap lock held; the VMA in an edit's write section.
     @discardableResult
@@ -89,7 +362,10 @@ extension AddressSpace {
         withSecondaryTLBHook { hook in
             pageTable.forEachLockedLeafRun(
                 from: start, to: end, huge: { _, _, _, _, _ in },
-                pte: { table, first, last, _ in
+                pte: { table, first, last, chunkStart in
+                    shootDownTLBsLocked(table, first, last, chunkStart) {
+                        $0.isPresent && memory.isExclusive($0.number)
+                    }
                     for index in first..<last where swapped < limit && !swapFull {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
                         // isExclusive is false for the zero page.
@@ -107,7 +383,7 @@ extension AddressSpace {
                 },
                 flush: hook)
         }
-        scope.end()
+        scope.endWithoutTLBShootdown()  // shot down per table above
         memory.release(chain)
         count(.pagesSwappedOut, swapped)
         return swapped

@@ -29,6 +29,49 @@ extension AddressSpace {
         }
     }
 
+    /// `MADV_COLLAPSE` over `[address, end)` (page-aligned; the madvise checks done): VMA by VMA
+    /// like every advice (holes are `ENOMEM` at the end), each 2 MiB-aligned block inside both the
+    /// range and the VMA collapsed synchronously, whatever the VMA's `hg` (a forced collapse).
+    ///
+    /// Linux rules (measured on 6.18, and by the oracle): a VMA with `nh`, too small to hold an
+    /// aligned block or without write access, and a private one that never had a page written (no
+    /// `anon_vma`), is `EINVAL`, stopping the walk; a
+    /// range holding no whole block of an eligible VMA succeeds doing nothing; a block already
+    /// huge succeeds; a block that cannot be collapsed (no page table: nothing was ever touched
+    /// there; a guard marker; a swap entry; a frame shared with a fork) makes the call `EINVAL`
+    /// after the VMA's other blocks were tried (those collapsed stay collapsed). Shared memory is
+    /// accepted and left as it is (this kernel collapses shmem into its page cache, which this
+    /// model does not have). Each collapse sends a `clear` invalidation of its block.
+    func adviseCollapse(_ address: UInt64, _ end: UInt64) throws(MemoryError) {
+        let huge = Self.hugePageSize
+        try mmapLock.withWriteLock { () throws(MemoryError) in
+            try checkAlive()
+            let edit = VMAEdit(self)
+            defer { edit.finish() }
+            var collapsed = 0
+            defer { count(.hugePagesCollapsed, collapsed) }
+            try walkVMAs(address, end, stopAtHole: false) { vma, start, stop throws(MemoryError) in
+                let vmaFirst = (vma.start + huge - 1) & ~(huge - 1)
+                // Without write access (read-only or PROT_NONE, shared memory too: oracle) or, for
+                // private memory, without anonymous pages (no anon_vma: oracle) nothing collapses.
+                if vma.flags.contains(.noHugePage) || vmaFirst + huge > vma.end || !vma.protection.contains(.write) {
+                    throw .invalidArgument
+                }
+                if vma.isShared { return }
+                if vma.anonVMA == 0 { throw .invalidArgument }
+                var failed = false
+                var block = (start + huge - 1) & ~(huge - 1)
+                while block + huge <= stop {
+                    defer { block += huge }
+                    if translate(block)?.isHuge == true { continue }
+                    edit.touch(vma)
+                    if collapseBlock(block, vma: vma, retire: edit.retire) { collapsed += 1 } else { failed = true }
+                }
+                if failed { throw .invalidArgument }
+            }
+        }
+    }
+
     private func collapseBlock(_ block: UInt64, vma: VMA, retire: RetireList) -> Bool {
         guard let (pmd, pmdIndex) = pageTable.existingPMDSlot(block) else { return false }
         let pmdEntry = pmd.load(pmdIndex)
@@ -58,24 +101,26 @@ extension AddressSpace {
         // through present entries (which take only this split lock) may have changed the content:
         // copy it here, as each entry goes, so no store can land in an old frame after its copy.
         let stillEligible = eligible()
-        var softDirty = false
         if stillEligible {
+            // Before the copy: a store through a stale TLB entry must not land after it.
+            shootDownTLBsLocked(block, block + Self.hugePageSize)
             for index in 0..<TableBlock.entries {
                 let entry = PageTableEntry(rawValue: table[index].pointee.exchange(0, ordering: .relaxed))
                 if entry.isPresent {
                     memory.setToken(memory.token(of: entry.number), of: head + UInt64(index))
                     memory.unmapFrame(entry.number, into: &chain)
                 }
-                softDirty = softDirty || entry.isSoftDirty
             }
+            // Dirty, hence soft-dirty (as x86's `pmd_mkdirty` sets both): the entry is writable, so
+            // no later write faults to record itself.
             let huge = PageTableEntry.leaf(
-                frame: head, writable: vma.protection.contains(.write), dirty: true, softDirty: softDirty, huge: true)
+                frame: head, writable: vma.protection.contains(.write), dirty: true, softDirty: true, huge: true)
             pmd[pmdIndex].pointee.store(huge.rawValue, ordering: .releasing)
             withSecondaryTLBHook { hook in hook(block, block + Self.hugePageSize) }
         }
         if pteLock.word != pmdLock.word { pteLock.unlock() }
         pmdLock.unlock()
-        scope.end()
+        scope.endWithoutTLBShootdown()  // shot down above, or nothing changed
         memory.release(chain)
         if stillEligible {
             retire.retire(table: table, level: 0)

@@ -9,7 +9,12 @@ extension AddressSpace {
         defer { mmapLock.readUnlock() }
         // Unretained: no VMA can be freed while the mmap read lock is held (removal needs the
         // write lock), so the fault path does no reference counting.
-        guard address < Self.userLimit, !dead.load(ordering: .relaxed), let found = index.lookup(address) else {
+        var lookedUp: Unmanaged<VMA>? = nil
+        if address < Self.userLimit && !dead.load(ordering: .relaxed) {
+            lookedUp = index.lookup(address)
+            if lookedUp == nil { lookedUp = lookupAfterGrowingStack(address) }
+        }
+        guard let found = lookedUp else {
             count(.segmentationFaults)
             throw .segmentationFault
         }
@@ -30,9 +35,23 @@ extension AddressSpace {
         count(.classicFaults)
     }
 
+    /// No VMA at `address`: if the next VMA above grows down, grow it (``expandStack(to:)``, which
+    /// takes the mmap write lock: the read lock is dropped and retaken) and look again. Cold.
+    ///
+    /// - Precondition: the mmap read lock (held again on return).
+    @inline(never)
+    func lookupAfterGrowingStack(_ address: UInt64) -> Unmanaged<VMA>? {
+        guard let above = index.findFirst(endingAfter: address), above.flags.contains(.growsDown) else { return nil }
+        mmapLock.readUnlock()
+        let grew = expandStack(to: address)
+        mmapLock.readLock()
+        return grew && !dead.load(ordering: .relaxed) ? index.lookup(address) : nil
+    }
+
     /// Handles a fault at `address` in `vma` (mmap read lock held, access already checked).
     func handleFault(_ vma: VMA, _ address: UInt64, _ access: Access) throws(MemoryError) {
         let write = access == .write
+        if write && vma.anonVMA == 0 && vma.sharedObject == nil { prepareAnonVMA(vma) }
         guard let pmd = pageTable.pmdTable(for: address) else { throw .outOfMemory }
         let pmdIndex = PageTable.index(address, level: 1)
         let hugeStart = address & ~(Self.hugePageSize - 1)
@@ -64,10 +83,11 @@ extension AddressSpace {
             return false
         }
         let entry = PageTableEntry.leaf(frame: head, writable: write, dirty: write, softDirty: true, huge: true)
-        // Sequentially consistent CAS-equivalent store under pmd_lock: a speculative fault may CAS a
-        // PTE table into this slot concurrently, so install by CAS too.
+        // A CAS even under pmd_lock: another classic fault (mmap read lock too) may CAS a PTE table
+        // into this slot without that lock. Releasing: the zeroed compound is visible to lockless
+        // readers of the entry.
         let installed = pmd[index].pointee.compareExchange(
-            expected: 0, desired: entry.rawValue, ordering: .sequentiallyConsistent
+            expected: 0, desired: entry.rawValue, ordering: .acquiringAndReleasing
         ).exchanged
         lock.unlock()
         if !installed {
@@ -128,6 +148,7 @@ extension AddressSpace {
             return installIfUnchanged(pte, slot, lock, expected: entry, installed, orRelease: frame)
         }
 
+        if entry.isGuard { throw .segmentationFault }
         if entry.isSwap { return try swapIn(vma, pte: pte, slot: slot, entry: entry, write: write) }
 
         if entry.isProtNone {
@@ -159,12 +180,13 @@ extension AddressSpace {
 
         // Write to a read-only entry of a writable VMA (`do_wp_page`).
         let frame = entry.number
-        if vma.isShared || memory.isExclusive(frame) {  // isExclusive is false for the zero page
+        if vma.isShared || memory.isExclusiveIgnoringPins(frame) {  // false for the zero page
             // Reuse: shared memory, or a private frame nobody else maps (soft-dirty re-arm, or the
-            // other side of a fork already copied or exited).
+            // other side of a fork already copied or exited), pinned or not: a pinned frame must
+            // stay the one the device uses.
             lock.lock()
             defer { lock.unlock() }
-            guard pte.load(slot) == entry, vma.isShared || memory.isExclusive(frame) else { return false }
+            guard pte.load(slot) == entry, vma.isShared || memory.isExclusiveIgnoringPins(frame) else { return false }
             let bits = PageTableEntry.writable | PageTableEntry.dirty | PageTableEntry.softDirty
                 | PageTableEntry.accessed
             pte[slot].pointee.store(entry.rawValue | bits, ordering: .relaxed)
@@ -198,6 +220,9 @@ extension AddressSpace {
     /// Copy-on-write (`wp_page_copy`): copy the frame, then replace the entry with the notify
     /// *inside* the split lock, because the entry changes to point to a new frame (docs/protocols.md,
     /// "When a notification must happen under the split lock"): clear, flush secondary TLBs, set.
+    /// With software TLBs they are shot down under the lock before the copy (`ptep_clear_flush`):
+    /// no TLB may still reach the old frame once the new entry can be used, and a store through a
+    /// stale writable entry (fork's write-protection not yet flushed) must land before the copy.
     private func copyOnWrite(
         _ vma: VMA, pte: TableBlock, slot: Int, entry: PageTableEntry, address: UInt64
     ) throws(MemoryError) -> Bool {
@@ -207,20 +232,26 @@ extension AddressSpace {
         let scope = beginInvalidation(page, page + Self.pageSize, .clear, vma: snapshot(vma))
         var chain = FrameChain()
         let lock = pageTable.pteLock(pte)
-        lock.lock()
-        let replaced = pte.load(slot) == entry
-        if replaced {
+        // The hook is looked up before the split lock is taken (the lookup enters the notifier
+        // list's read side); under the lock only the hook itself runs, and it must not sleep.
+        let replaced = withSecondaryTLBHook { hook -> Bool in
+            lock.lock()
+            defer { lock.unlock() }
+            guard pte.load(slot) == entry else { return false }
+            shootDownTLBsLocked(page, page + Self.pageSize)
             // Copy under the lock, once the entry is known unchanged: nothing can write the old
-            // frame now (every mapping of it is read-only), so the copy is its final content.
+            // frame now (every mapping of it is read-only, and TLBs were flushed), so the copy is
+            // its final content.
             memory.setToken(memory.token(of: old), of: copy)
             pte[slot].pointee.store(0, ordering: .relaxed)
-            withSecondaryTLBHook { hook in hook(page, page + Self.pageSize) }
+            hook(page, page + Self.pageSize)
             let installed = PageTableEntry.leaf(frame: copy, writable: true, dirty: true, softDirty: true)
             pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
             memory.unmapFrame(old, into: &chain)
+            return true
         }
-        lock.unlock()
-        scope.end()
+        // Shot down above, or nothing changed.
+        scope.endWithoutTLBShootdown()
         memory.release(chain)
         if !replaced {
             memory.freeUnused(copy)
@@ -231,25 +262,63 @@ extension AddressSpace {
     }
 
     /// Swap-in (`do_swap_page`): a new frame with the slot's token.
+    ///
+    /// The token is read under the PTE lock, after the entry is known unchanged: swap slots are
+    /// reused, so a slot read before that check may hold another page-out's content by the time an
+    /// identical entry passes it (an ABA that lost writes).
     private func swapIn(
         _ vma: VMA, pte: TableBlock, slot: Int, entry: PageTableEntry, write: Bool
     ) throws(MemoryError) -> Bool {
         let swapSlot = UInt32(truncatingIfNeeded: entry.number)
         guard let frame = memory.allocate() else { throw .outOfMemory }
-        memory.setToken(memory.swap.token(of: swapSlot), of: frame)
         let installed = PageTableEntry.leaf(
             frame: frame, writable: write, dirty: write, softDirty: entry.isSoftDirty || write)
         let lock = pageTable.pteLock(pte)
+        testHook(.swapInBeforeLock)
         lock.lock()
         guard pte.load(slot) == entry else {
             lock.unlock()
             memory.freeUnused(frame)
             return false
         }
+        // The entry still names the slot, and the slot is released only by whoever clears that
+        // entry (under this lock): its token is this page's content.
+        memory.setToken(memory.swap.token(of: swapSlot), of: frame)
         pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
         lock.unlock()
         memory.swap.release(swapSlot)
         count(.swapInFaults)
         return true
+    }
+}
+
+extension AddressSpace {
+    /// Gives `vma` an `anon_vma` before its first anonymous page (`anon_vma_prepare`): an
+    /// adjacent neighbour's when compatible (``AnonVMA``), else a new one. Caller: the mmap lock
+    /// (read suffices: the space's anon lock serialises first assignments).
+    /// `other`'s `anon_vma` identity if `vma` may take it: `other` is an adjacent anonymous VMA
+    /// whose identity was not inherited from a fork, with the same flags but for the access bits
+    /// (which `flags` never carry) and contiguous page offsets; else 0.
+    static func reusableIdentity(of other: VMA, for vma: VMA) -> UInt64 {
+        let identity = other.anonVMA
+        guard identity != 0, !AnonVMA.isInherited(identity), other.sharedObject == nil else { return 0 }
+        let (lower, upper) = other.start < vma.start ? (other, vma) : (vma, other)
+        let ignored = VMFlags.ignoredByMerge
+        guard lower.end == upper.start, lower.flags.subtracting(ignored) == upper.flags.subtracting(ignored),
+            lower.pageOffset + (lower.end - lower.start) / pageSize == upper.pageOffset
+        else { return 0 }
+        return identity
+    }
+
+    func prepareAnonVMA(_ vma: VMA) {
+        anonVMALock.withLock {
+            if vma.anonVMA != 0 { return }
+            // The next VMA's identity, else the previous one's (`find_mergeable_anon_vma`).
+            var chosen: UInt64 = 0
+            if let next = vma.next { chosen = Self.reusableIdentity(of: next, for: vma) }
+            if chosen == 0, let previous = vma.previous { chosen = Self.reusableIdentity(of: previous, for: vma) }
+            // Relaxed: readers without the lock only test it for zero (the speculative path).
+            vma.anonVMAWord.store(chosen != 0 ? chosen : AnonVMA.make(), ordering: .relaxed)
+        }
     }
 }

@@ -10,29 +10,54 @@ extension AddressSpace {
     /// Huge mappings of private VMAs are split first (under a `clear` invalidation), so a compound
     /// frame is only ever mapped by one entry; Linux shares the huge page instead.
     ///
+    /// Pinned pages (``pin(address:length:write:)``) are copied for the child at once instead of
+    /// shared (`copy_present_page`): the parent keeps the pinned frame, writable as it was, so the
+    /// device and the parent keep seeing one page.
+    ///
+    /// Linux rules (measured on 6.18): `dc` (`MADV_DONTFORK`) VMAs are not copied; `wf`
+    /// (`MADV_WIPEONFORK`) VMAs are copied empty (the child reads zeros; the flag stays); `lo` and
+    /// `lf` are cleared in the child, whose pages stay mapped copy-on-write; `mlockall(MCL_FUTURE)`
+    /// is not inherited; guard markers are copied; VMAs are copied one for one, never merged.
+    ///
     /// - Throws: ``MemoryError/addressSpaceDead``; ``MemoryError/outOfMemory`` if the child's
-    ///   page-table root cannot be allocated.
+    ///   page-table root or a copy of a pinned page cannot be allocated (the child is discarded).
     public func fork() throws(MemoryError) -> AddressSpace {
         try mmapLock.withWriteLock { () throws(MemoryError) -> AddressSpace in
             try checkAlive()
             let child = try AddressSpace(configuration: configuration, memory: memory)
             child.freeAreaCache = freeAreaCache
+            child.programBreak = programBreak
             let childEdit = VMAEdit(child)
             for vma in index.all {
                 // Faults under the VMA lock must not change the parent's entries (or install a
-                // huge mapping after the split below) while they are copied (`dup_mmap` does this).
+                // huge mapping after the split below) while they are copied: `dup_mmap`
+                // write-locks every VMA, `dc` ones included, before it looks at its flags.
                 writeLockVMA(vma)
+                if vma.flags.contains(.dontCopy) { continue }
                 let cow = vma.isAnonymousPrivate
-                if cow { splitHugeMappings(vma.start, vma.end) }
+                let wipe = cow && vma.flags.contains(.wipeOnFork)
+                if cow && !wipe { splitHugeMappings(vma.start, vma.end) }
+                // `anon_vma_fork`: every child VMA gets an anon_vma of its own, even parts of one
+                // parent VMA that share theirs (measured: the child's parts then never merge).
+                let anon: UInt64 = vma.anonVMA != 0 && !wipe ? AnonVMA.make(inherited: true) : 0
                 childEdit.insert(
-                    VMA(start: vma.start, end: vma.end, protection: vma.protection, flags: vma.flags,
-                        sharedObject: vma.sharedObject, pageOffset: vma.pageOffset))
+                    VMA(start: vma.start, end: vma.end, protection: vma.protection,
+                        flags: vma.flags.subtracting([.locked, .lockOnFault]),
+                        sharedObject: vma.sharedObject, pageOffset: vma.pageOffset, anonVMA: anon))
+                if wipe { continue }
+                var copied = true
                 if cow {
                     let scope = beginInvalidation(vma.start, vma.end, .protectionPage, vma: snapshot(vma))
-                    copyPageRange(to: child, vma.start, vma.end, copyOnWrite: true)
+                    copied = copyPageRange(
+                        to: child, vma.start, vma.end, copyOnWrite: true, writable: vma.protection.contains(.write))
                     scope.end()
                 } else {
-                    copyPageRange(to: child, vma.start, vma.end, copyOnWrite: false)
+                    copyPageRange(to: child, vma.start, vma.end, copyOnWrite: false, writable: false)
+                }
+                if !copied {
+                    childEdit.finish()
+                    child.teardown()
+                    throw .outOfMemory
                 }
             }
             childEdit.finish()
@@ -43,9 +68,14 @@ extension AddressSpace {
 
     /// `copy_page_range`: copies the entries of `[start, end)` into `child` (not yet visible to any
     /// other thread), taking a reference for each, and write-protects both sides when
-    /// `copyOnWrite`.
-    private func copyPageRange(to child: AddressSpace, _ start: UInt64, _ end: UInt64, copyOnWrite: Bool) {
+    /// `copyOnWrite`, except for pinned pages, which the child gets a copy of (writable when
+    /// `writable`). Returns `false` if such a copy could not be allocated.
+    @discardableResult
+    private func copyPageRange(
+        to child: AddressSpace, _ start: UInt64, _ end: UInt64, copyOnWrite: Bool, writable: Bool
+    ) -> Bool {
         var protected = 0
+        var outOfMemory = false
         withSecondaryTLBHook { hook in
             pageTable.forEachLockedLeafRun(
                 from: start, to: end,
@@ -61,8 +91,24 @@ extension AddressSpace {
                         let raw = table[index].pointee.load(ordering: .relaxed)
                         if raw == 0 { continue }
                         var entry = PageTableEntry(rawValue: raw)
-                        if entry.isSwap {
+                        if entry.isGuard {
+                            // Nothing to reference.
+                        } else if entry.isSwap {
                             memory.swap.duplicate(UInt32(truncatingIfNeeded: entry.number))
+                        } else if copyOnWrite && memory.isPinned(entry.number) {
+                            // The device writes the parent's frame: the child gets its own copy
+                            // now, and the parent's entry stays as it is (writable).
+                            guard let copy = memory.allocate() else {
+                                outOfMemory = true
+                                continue
+                            }
+                            memory.setToken(memory.token(of: entry.number), of: copy)
+                            // The parent's bits (a PROT_NONE entry stays one), writable where the
+                            // VMA is (`maybe_mkwrite`).
+                            entry = entry.with(number: copy).without(PageTableEntry.accessed)
+                            if entry.isPresent && writable {
+                                entry = entry.with(PageTableEntry.writable | PageTableEntry.dirty)
+                            }
                         } else {
                             memory.mapAgain(entry.number)
                             if copyOnWrite && entry.isWritable {
@@ -79,5 +125,6 @@ extension AddressSpace {
                 flush: copyOnWrite ? hook : { _, _ in })
         }
         count(.pagesWriteProtected, protected)
+        return !outOfMemory
     }
 }

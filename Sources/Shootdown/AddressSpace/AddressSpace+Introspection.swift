@@ -1,23 +1,55 @@
 import Synchronization
 
-/// One VMA as seen from outside.
+/// One VMA as seen from outside (a line of `/proc/PID/maps` plus its smaps `VmFlags`).
 public struct Mapping: Hashable, Sendable, CustomStringConvertible {
+    /// First address of the mapping.
     public var start: UInt64
+    /// End of the mapping (exclusive).
     public var end: UInt64
-    public var protection: Protection
-    public var flags: MappingFlags
+    /// The access bits (`PROT_READ`, `PROT_WRITE`, `PROT_EXEC`).
+    public var protection: Protection {
+        didSet { vmFlags = vmFlags.with(protection) }
+    }
+    /// The VMA's flags, including `rd wr ex` mirroring ``protection``.
+    public var vmFlags: VMFlags
 
-    public init(start: UInt64, end: UInt64, protection: Protection, flags: MappingFlags) {
+    /// The flags (``vmFlags``; the former name).
+    public var flags: VMFlags {
+        get { vmFlags }
+        set { vmFlags = newValue.with(protection) }
+    }
+
+    /// A mapping with these fields.
+    ///
+    /// - Parameters:
+    ///   - start: the first address.
+    ///   - end: the end address (exclusive).
+    ///   - protection: the access bits (others are dropped).
+    ///   - flags: the VMA's flags; the access bits are taken from `protection`.
+    public init(start: UInt64, end: UInt64, protection: Protection, flags: VMFlags) {
+        self.start = start
+        self.end = end
+        self.protection = protection.access
+        vmFlags = flags.with(protection.access)
+    }
+
+    /// Fields as they are (`vmFlags` already carrying `protection`'s access bits).
+    @inlinable
+    init(start: UInt64, end: UInt64, access protection: Protection, vmFlags: VMFlags) {
         self.start = start
         self.end = end
         self.protection = protection
-        self.flags = flags
+        self.vmFlags = vmFlags
     }
+
+    /// The `VmFlags:` field of `/proc/PID/smaps` for this VMA, exactly as this kernel prints it
+    /// (two-letter names in its order, each followed by a space), e.g. `"rd wr mr mw me ac "`.
+    public var smapsFlags: String { vmFlags.smapsLetters }
 
     /// A `/proc/self/maps` line: `start-end perms`, `p` or `s`.
     public var description: String {
         String(start, radix: 16) + "-" + String(end, radix: 16) + " " + protection.description
-            + (flags.contains(.shared) ? "s" : "p")
+            + (vmFlags.contains(.shared) ? "s" : "p")
     }
 }
 
@@ -25,7 +57,13 @@ extension VMA {
     /// The VMA's public description. Fields are read relaxed: hold the mmap lock, or validate
     /// with `sequence` (as ``AddressSpace/mapping(containing:)`` does).
     @inlinable
-    var mapping: Mapping { Mapping(start: start, end: end, protection: protection, flags: flags) }
+    var mapping: Mapping {
+        // One load of the attribute word: protection in the low byte (its access bits), flags above.
+        let attributes = attributeWord.load(ordering: .relaxed)
+        return Mapping(
+            start: start, end: end, access: Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 7)),
+            vmFlags: VMFlags(rawValue: (attributes >> 8) | (attributes & 7)))
+    }
 }
 
 extension AddressSpace {
@@ -64,7 +102,9 @@ extension AddressSpace {
 
     /// A snapshot of the counters.
     public var statistics: SpaceStatistics {
-        SpaceStatistics(values: SpaceCounter.allCases.map { counters.sum($0.rawValue) })
+        var values = SpaceCounter.allCases.map { counters.sum($0.rawValue) }
+        addTLBCounters(to: &values)
+        return SpaceStatistics(values: values)
     }
 
     /// Times a thread waited for the mmap lock.
@@ -76,15 +116,22 @@ extension AddressSpace {
         public var tables = 0
         /// Reachable tables that were freed or retired: must be 0.
         public var deadTablesReached = 0
+        /// Page tables (below the root) covering no VMA at all: must be 0. Unmapping frees the
+        /// tables of the hole it makes (`free_pgtables`), so a table here was installed where
+        /// nothing is mapped, and would block huge mappings or be overwritten by a move.
+        public var tablesInHoles = 0
         /// Present 4 KiB entries (huge mappings count 512).
         public var presentPages = 0
+        /// Swap entries (pages evicted to ``PhysicalMemory/swap``).
         public var swapEntries = 0
+        /// 2 MiB mappings.
         public var hugeMappings = 0
         /// Entries outside every VMA: must be 0.
         public var entriesOutsideVMAs = 0
         /// Writable entries in VMAs without write permission, or accessible entries in PROT_NONE
         /// VMAs: must be 0.
         public var entriesExceedingProtection = 0
+        /// VMAs in the index.
         public var vmas = 0
         /// Adjacent VMAs that should have been merged: must be 0.
         public var unmergedNeighbours = 0
@@ -101,7 +148,16 @@ extension AddressSpace {
                 result.unmergedNeighbours += 1
             }
             var cursor = 0
-            let tables = pageTable.forEachLeaf { address, entry, huge in
+            let tables = pageTable.forEachLeaf(table: { start, end in
+                // The first VMA ending after `start` is the only candidate to intersect.
+                var low = 0
+                var high = vmas.count
+                while low < high {
+                    let middle = (low + high) / 2
+                    if vmas[middle].end <= start { low = middle + 1 } else { high = middle }
+                }
+                if low == vmas.count || vmas[low].start >= end { result.tablesInHoles += 1 }
+            }) { address, entry, huge in
                 while cursor < vmas.count && vmas[cursor].end <= address { cursor += 1 }
                 let size = huge ? PageTable.hugePageSize : PageTable.pageSize
                 let inside = cursor < vmas.count && vmas[cursor].start <= address && address + size <= vmas[cursor].end

@@ -13,30 +13,62 @@ extension AddressSpace {
         case fixedNoReplace(UInt64)
     }
 
-    /// Options of a new mapping.
+    /// Options of a new mapping (the `MAP_*` flags beyond the placement).
     public struct MapOptions: OptionSet, Hashable, Sendable {
         public let rawValue: UInt8
         public init(rawValue: UInt8) { self.rawValue = rawValue }
 
-        /// `MAP_SHARED`: shared with forks, never copied on write.
+        /// `MAP_SHARED`: shared with forks, never copied on write (shmem-like; `sh ms`).
         public static let shared = MapOptions(rawValue: 1 << 0)
-        /// Allow 2 MiB mappings (as if `madvise(MADV_HUGEPAGE)` followed).
+        /// Allow 2 MiB mappings (as if `madvise(MADV_HUGEPAGE)` followed; `hg`).
         public static let hugePage = MapOptions(rawValue: 1 << 1)
-        /// `MAP_LOCKED`: populated like ``populate`` (mlock), never paged out or reaped.
+        /// `MAP_LOCKED`: `VM_LOCKED`, populated like ``populate``; never paged out or reaped.
         public static let locked = MapOptions(rawValue: 1 << 2)
         /// `MAP_POPULATE`: fault every page in before returning. Best effort, as in Linux
         /// (`mm_populate` ignores errors): nothing is populated under `PROT_NONE`, and running out
         /// of frames leaves the rest unpopulated without failing the (already made) mapping.
+        /// Private writable memory is write-faulted (real pages, not the zero page).
         public static let populate = MapOptions(rawValue: 1 << 3)
+        /// `MAP_NORESERVE`: `nr`, and no `ac` (not charged), which keeps it from merging with
+        /// charged neighbours.
+        public static let noReserve = MapOptions(rawValue: 1 << 4)
+        /// `MAP_GROWSDOWN`: a stack VMA (`gd`); private only (`EINVAL` with ``shared``). Non-fixed
+        /// placements keep the stack guard gap (256 pages) free below it.
+        public static let growsDown = MapOptions(rawValue: 1 << 5)
     }
 
-    /// Maps `length` bytes of anonymous memory (`mmap(MAP_ANONYMOUS)`).
+    /// `stack_guard_gap`: non-fixed placements keep this much free below a growsdown VMA.
+    public static let stackGuardGap: UInt64 = 256 * 4096
+
+    /// Maps `length` bytes of anonymous memory (`mmap(MAP_ANONYMOUS)`), private or shared.
     ///
-    /// Linux rules: zero length is `EINVAL`; the length is rounded up to pages (`ENOMEM` if that
-    /// overflows or exceeds the address space); a fixed address must be page-aligned (`EINVAL`),
-    /// lie in `[mmapMinAddress, userLimit - length]` (`EPERM` is reported as `invalidArgument`,
-    /// the range check as `ENOMEM`); `fixedNoReplace` over a mapping is `EEXIST`; more than
-    /// `maxMapCount` VMAs is `ENOMEM`. A private mapping merges with compatible neighbours.
+    /// Linux rules, in Linux's order (measured on 6.18):
+    /// - zero length is `EINVAL`;
+    /// - the length is rounded up to pages: `ENOMEM` if that overflows or exceeds `userLimit`;
+    /// - more than `maxMapCount` VMAs already is `ENOMEM`;
+    /// - fixed placements: past `userLimit - length` is `ENOMEM` (checked before alignment),
+    ///   unaligned is `EINVAL`, below `mmapMinAddress` without `CAP_SYS_RAWIO` is `EPERM`,
+    ///   `fixedNoReplace` over a mapping is `EEXIST`; `fixed` replaces what is there (`EPERM` if
+    ///   a sealed VMA is in the way, `ENOMEM` if splitting would pass `maxMapCount`);
+    /// - a hint is rounded down to a page and raised to `hintMinAddress` when nonzero and below
+    ///   it; it is taken when the range fits below `userLimit` and is free (with the stack guard
+    ///   gap below growsdown VMAs), else the search runs;
+    /// - the search is top-down below `mmapBase` (then bottom-up above it); a gap right below a
+    ///   growsdown VMA whose guard gap reaches into it restarts the search below the guard gap;
+    ///   private memory whose length is a multiple of 2 MiB and that has no hint is placed
+    ///   2 MiB-aligned inside a gap of the length plus 2 MiB (`__thp_get_unmapped_area`; without
+    ///   such a gap, unaligned); nothing fits: `ENOMEM`;
+    /// - then ``MapOptions/locked`` (or `mlockall(MCL_FUTURE)`) without `CAP_IPC_LOCK`: `EPERM`
+    ///   with a zero `RLIMIT_MEMLOCK` (`MAP_LOCKED` only), `EAGAIN` when the locked total would
+    ///   pass it;
+    /// - ``MapOptions/growsDown`` with ``MapOptions/shared`` is `EINVAL` only now (after `EEXIST`
+    ///   and the lock checks).
+    ///
+    /// Flags: `mr mw me` always; `sh ms` when shared; `ac` for private writable memory without
+    /// ``MapOptions/noReserve``; `nr`, `gd`, `lo` (and `lf` after `mlockall(MCL_ONFAULT)`), `hg`
+    /// from the options. A private mapping merges with compatible neighbours.
+    ///
+    /// Unmapping a fixed range sends `unmap`; the new mapping sends nothing.
     ///
     /// - Returns: the start address of the mapping.
     @discardableResult
@@ -47,29 +79,53 @@ extension AddressSpace {
         guard length != 0 else { throw .invalidArgument }
         guard let length = Self.pageAlign(length), length != 0 else { throw .noMemory }
         guard length <= Self.userLimit else { throw .noMemory }
+        let protection = protection.access
+        var populateLength: UInt64 = 0
+        var populateWrite = false
         let address: UInt64 = try mmapLock.withWriteLock { () throws(MemoryError) -> UInt64 in
             try checkAlive()
             if index.count > configuration.maxMapCount { throw .noMemory }
-            let address = try placementAddress(length: length, placement: placement)
+            var flags: VMFlags = [.mayRead, .mayWrite, .mayExec, .softDirty]
+            flags.formUnion(defaultFlags)
+            if options.contains(.shared) { flags.formUnion([.shared, .mayShare]) }
+            if options.contains(.noReserve) { flags.insert(.noReserve) }
+            if !options.contains(.shared) && protection.contains(.write) && !options.contains(.noReserve) {
+                flags.insert(.account)
+            }
+            if options.contains(.growsDown) { flags.insert(.growsDown) }
+            if options.contains(.hugePage) { flags.insert(.hugePage) }
+            // `MAP_LOCKED` adds `lo`; `lf` from `mlockall(MCL_FUTURE|MCL_ONFAULT)` stays (oracle).
+            if options.contains(.locked) { flags.insert(.locked) }
+            let address = try placementAddress(length: length, placement: placement, shared: options.contains(.shared))
+            if flags.contains(.locked) { try checkLockLimit(adding: length, mapping: options.contains(.locked)) }
+            // Shared and growsdown: EINVAL only now, after placement (EEXIST) and the lock checks.
+            if options.contains(.shared) && options.contains(.growsDown) { throw .invalidArgument }
             let end = address + length
-            if case .fixed = placement { try checkUnmapBudget(address, end) }
+            if case .fixed = placement {
+                try checkNotSealed(address, end)
+                try checkUnmapBudget(address, end)
+            }
             let edit = VMAEdit(self)
             if case .fixed = placement { unmapLocked(address, end, edit: edit) }
-            var flags: MappingFlags = [.softDirty]
-            if options.contains(.shared) { flags.insert(.shared) }
-            if options.contains(.hugePage) { flags.insert(.hugePage) }
-            if options.contains(.locked) { flags.insert(.locked) }
             let vma = VMA(
                 start: address, end: end, protection: protection, flags: flags,
                 sharedObject: options.contains(.shared) ? SharedMemoryObject(memory: memory) : nil)
             edit.insert(vma)
             edit.mergeNeighbours(vma)
             edit.finish()
+            // Populate (`MAP_POPULATE`, or locked): never a lock-on-fault VMA, whose population
+            // `populate_vma_page_range` skips.
+            if !protection.isEmpty && !flags.contains(.lockOnFault)
+                && (options.contains(.populate) || flags.contains(.locked))
+            {
+                populateLength = length
+                populateWrite = !flags.contains(.shared) && protection.contains(.write)
+            }
             return address
         }
-        if options.contains(.populate) || options.contains(.locked), !protection.isEmpty {
+        if populateLength != 0 {
             // The mapping exists now: a populate failure must not turn it into a failed call.
-            try? populate(address, length: length, write: protection.contains(.write))
+            try? populate(address, length: populateLength, write: populateWrite)
         }
         return address
     }
@@ -83,51 +139,99 @@ extension AddressSpace {
         }
     }
 
-    /// Chooses the address of a new mapping of `length` bytes (`get_unmapped_area`).
-    private func placementAddress(length: UInt64, placement: Placement) throws(MemoryError) -> UInt64 {
+    /// Chooses the address of a new mapping of `length` bytes (`get_unmapped_area` and the checks
+    /// around it). Caller: mmap write lock.
+    private func placementAddress(length: UInt64, placement: Placement, shared: Bool) throws(MemoryError) -> UInt64 {
+        // THP alignment is for private anonymous memory: shared anonymous memory is shmem, which
+        // does not align with shmem THP off (oracle).
+        let alignment = shared ? Self.pageSize : Self.placementAlignment(length)
         switch placement {
         case .fixed(let address), .fixedNoReplace(let address):
-            guard Self.isPageAligned(address) else { throw .invalidArgument }
             guard address <= Self.userLimit - length else { throw .noMemory }
-            guard address >= configuration.mmapMinAddress else { throw .invalidArgument }
+            guard Self.isPageAligned(address) else { throw .invalidArgument }
+            try checkMinAddress(address)
             if case .fixedNoReplace = placement, !index.intersecting(address, address + length).isEmpty {
                 throw .alreadyExists
             }
             return address
         case .hint(let hint):
-            if let aligned = Self.pageAlign(hint), aligned != 0, aligned >= configuration.mmapMinAddress,
-                aligned <= Self.userLimit - length, index.intersecting(aligned, aligned + length).isEmpty
-            {
+            var aligned = hint & ~(Self.pageSize - 1)
+            let floor = max(configuration.hintMinAddress, configuration.mmapMinAddress)
+            if aligned != 0 && aligned < floor { aligned = floor }
+            if aligned != 0, aligned <= Self.userLimit - length, isFreeForPlacement(aligned, aligned + length) {
+                try checkMinAddress(aligned)
                 return aligned
             }
-            return try findFreeArea(length: length)
+            // Only without a hint: a nonzero hint that cannot be taken searches unaligned (oracle).
+            return try findFreeArea(length: length, alignment: aligned != 0 ? Self.pageSize : alignment)
         case .anywhere:
-            return try findFreeArea(length: length)
+            return try findFreeArea(length: length, alignment: alignment)
         }
     }
 
+    /// `EPERM` below `mmapMinAddress` without `CAP_SYS_RAWIO` (`security_mmap_addr`).
+    func checkMinAddress(_ address: UInt64) throws(MemoryError) {
+        if address < configuration.mmapMinAddress && !configuration.capabilities.contains(.sysRawIO) {
+            throw .permissionDenied
+        }
+    }
+
+    /// The alignment of a non-fixed anonymous mapping: 2 MiB for lengths that are a multiple of
+    /// 2 MiB (this kernel's THP alignment of anonymous mappings), else a page.
+    static func placementAlignment(_ length: UInt64) -> UInt64 {
+        length % hugePageSize == 0 ? hugePageSize : pageSize
+    }
+
+    /// Whether `[start, end)` is free, with the stack guard gap below a growsdown VMA above it.
+    func isFreeForPlacement(_ start: UInt64, _ end: UInt64) -> Bool {
+        guard let next = index.findFirst(endingAfter: start) else { return true }
+        return end <= gapStart(next)
+    }
+
+    /// Where the free area below `vma` ends (`vm_start_gap`).
+    func gapStart(_ vma: VMA) -> UInt64 {
+        let start = vma.start
+        guard vma.flags.contains(.growsDown) else { return start }
+        return start > Self.stackGuardGap ? start - Self.stackGuardGap : 0
+    }
+
     /// Top-down search for the highest free range below the mmap base, then bottom-up above it
-    /// (`arch_get_unmapped_area_topdown` and its fallback).
+    /// (`arch_get_unmapped_area_topdown` and its fallback), `alignment`-aligned.
     ///
     /// The search starts at the free-area cache, which keeps the invariant "no page in
     /// `[freeAreaCache, mmapBase)` is free": every unmap raises it over the hole it creates, and a
     /// mapping placed directly below it lowers it. So the first gap found below the cache is the
     /// highest gap overall, as Linux's gap search returns, and contiguous top-down allocation costs
-    /// O(log n) rather than a walk over every VMA.
-    func findFreeArea(length: UInt64) throws(MemoryError) -> UInt64 {
+    /// O(log n) rather than a walk over every VMA. (An aligned placement may leave free pages
+    /// above it, so it does not lower the cache.)
+    func findFreeArea(length: UInt64, alignment: UInt64 = pageSize) throws(MemoryError) -> UInt64 {
+        guard length <= Self.userLimit else { throw .noMemory }
+        if alignment > Self.pageSize {
+            // `__thp_get_unmapped_area`: search for `length + alignment` unaligned, then align the
+            // start up inside that padding (top-down: an already aligned start moves to the top of
+            // the padding); no such room falls back to an unaligned search (oracle: the aligned slot
+            // must come from a padded gap).
+            if length <= Self.userLimit - alignment,
+                let padded = try? findFreeArea(length: length + alignment, alignment: Self.pageSize)
+            {
+                let offset = (alignment - padded % alignment) % alignment
+                if offset == 0 { return padded + alignment }
+                return padded + offset
+            }
+            return try findFreeArea(length: length, alignment: Self.pageSize)
+        }
         let low = configuration.mmapMinAddress
         let high = configuration.mmapBase
-        if let found = searchDown(length: length, low: low, high: min(freeAreaCache, high)) {
-            if found + length == freeAreaCache { freeAreaCache = found }
-            return found
+        if let found = searchDown(length: length, alignment: alignment, low: low, high: min(freeAreaCache, high)) {
+            return found  // the cache is lowered when the VMA is inserted (`VMAEdit.insert`)
         }
         // Bottom-up above the base.
-        var candidate = high
+        var candidate = (high + alignment - 1) & ~(alignment - 1)
         var cursor = index.findFirst(endingAfter: candidate)
         while candidate <= Self.userLimit - length {
             guard let vma = cursor else { return candidate }
-            if vma.start >= candidate + length { return candidate }
-            candidate = max(candidate, vma.end)
+            if gapStart(vma) >= candidate + length { return candidate }
+            candidate = max(candidate, (vma.end + alignment - 1) & ~(alignment - 1))
             cursor = vma.next
         }
         throw .noMemory
@@ -139,26 +243,45 @@ extension AddressSpace {
         if start < base && end > freeAreaCache { freeAreaCache = min(end, base) }
     }
 
-    /// The highest `length`-sized gap in `[low, high)`.
-    private func searchDown(length: UInt64, low: UInt64, high: UInt64) -> UInt64? {
-        guard high >= low + length else { return nil }
-        var ceiling = high
-        // The VMA at or below `high`, then walk down through the gaps.
-        var cursor = index.floor(high &- 1)
-        while true {
-            let floorAddress = max(low, cursor.map { $0.end } ?? low)
-            if let vma = cursor, vma.end > ceiling {
-                // Overlaps the ceiling: the gap ends at its start.
-                ceiling = min(ceiling, vma.start)
-                cursor = vma.previous
-                continue
+    /// The highest `alignment`-aligned `length`-sized gap in `[low, high)`, as
+    /// `unmapped_area_topdown` finds it: gaps are tried from the top, sized without guard gaps; the
+    /// first that fits is taken unless the VMA right above it grows down and its stack guard gap
+    /// reaches into the gap, in which case the search starts again below that guard gap (so every
+    /// gap above it is passed over). A guard gap above a gap too small to fit plays no part
+    /// (measured by the oracle both ways).
+    private func searchDown(length: UInt64, alignment: UInt64, low: UInt64, high: UInt64) -> UInt64? {
+        var limit = high
+        restart: while limit >= low &+ length {
+            // The VMA above the first gap (containing `limit - 1`, or the first one above it).
+            var upper = index.findFirst(endingAfter: limit &- 1)
+            var gapTop = limit
+            var lower: VMA?
+            if let vma = upper, vma.start < limit {
+                gapTop = vma.start
+                lower = vma.previous
+            } else {
+                lower = upper.map { $0.previous } ?? index.last
             }
-            if ceiling >= floorAddress + length { return ceiling - length }
-            guard let vma = cursor else { return nil }
-            ceiling = vma.start
-            if ceiling < low + length { return nil }
-            cursor = vma.previous
+            while true {
+                let gapBottom = max(low, lower?.end ?? low)
+                if gapTop >= gapBottom &+ length {
+                    let candidate = (gapTop - length) & ~(alignment - 1)
+                    if candidate >= gapBottom {
+                        if let vma = upper, vma.flags.contains(.growsDown), gapStart(vma) < gapTop {
+                            limit = gapStart(vma)
+                            continue restart
+                        }
+                        return candidate
+                    }
+                }
+                guard let vma = lower else { return nil }
+                upper = vma
+                gapTop = vma.start
+                lower = vma.previous
+                if gapTop < low &+ length { return nil }
+            }
         }
+        return nil
     }
 
     /// Whether `splits` more VMAs would exceed `maxMapCount`. Linux checks only inside
@@ -182,15 +305,17 @@ extension AddressSpace {
     // MARK: - Unmap
 
     /// Unmaps `[address, address + length)` (`munmap`). Holes are allowed; VMAs that straddle the
-    /// boundaries are split.
+    /// boundaries are split. Sends `unmap` over the range.
     ///
     /// Linux rules: unaligned address or zero length is `EINVAL`; the length is rounded up to pages
-    /// and the range must lie below `userLimit` (`EINVAL`); splitting a VMA beyond `maxMapCount`
-    /// VMAs is `ENOMEM`.
+    /// and the range must lie below `userLimit` (`EINVAL`); a sealed VMA in the range is `EPERM`
+    /// (nothing unmapped); splitting a VMA beyond `maxMapCount` VMAs is `ENOMEM`. Locked pages go
+    /// too (the locked total drops).
     public func unmap(address: UInt64, length: UInt64) throws(MemoryError) {
         let end = try Self.userRangeEnd(address, length, nonEmpty: true)
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
+            try checkNotSealed(address, end)
             try checkUnmapBudget(address, end)
             let edit = VMAEdit(self)
             unmapLocked(address, end, edit: edit)
@@ -211,10 +336,16 @@ extension AddressSpace {
         zapAndEnd(beginInvalidation(start, end, .unmap), start, end)
         // Free the page tables that only covered the hole.
         let floor = index.floor(start &- 1).map { $0.end } ?? 0
-        let ceiling = index.findFirst(endingAfter: end &- 1).map { $0.start } ?? Self.userLimit
+        let ceiling = index.findFirst(endingAfter: end &- 1).map { $0.start } ?? (1 << 47)
         let freed = pageTable.freeTables(
             from: start, to: end, floor: min(floor, start), ceiling: max(ceiling, end), retire: edit.retire)
         count(.tablesFreed, freed)
+    }
+
+    /// `EPERM` if a sealed VMA intersects `[start, end)`.
+    func checkNotSealed(_ start: UInt64, _ end: UInt64) throws(MemoryError) {
+        // No array and no reference counting: munmap calls this before every zap.
+        if index.contains(intersecting: start, end, where: { $0.isSealed }) { throw .permissionDenied }
     }
 
     func recordZap(_ result: ZapResult) {

@@ -27,7 +27,7 @@ extension AddressSpace {
             result.attempts += 1
             var refused: [VMA] = []
             for vma in pending {
-                guard vma.writerLock.handle.tryLock() else {
+                guard vma.writerLock.tryLock() else {
                     refused.append(vma)
                     continue
                 }
@@ -38,7 +38,7 @@ extension AddressSpace {
                     refused.append(vma)
                 }
                 vma.endWrite()
-                vma.writerLock.handle.unlock()
+                vma.writerLock.unlock()
             }
             pending = refused
         }

@@ -13,6 +13,7 @@ enum SpeculativeOutcome: UInt8 {
     case abortLockContention
     case abortNotSupported
     case abortNoMemory
+    case abortNoTable
 
     /// The counter of an abort.
     @inlinable
@@ -53,9 +54,10 @@ extension AddressSpace {
     /// The speculative fault path (docs/protocols.md, "Speculative faults"): no mmap lock, an RCU read section,
     /// the VMA validated by its sequence count under the PTE table's split lock.
     ///
-    /// Handles the common cases (a missing entry of a private anonymous VMA: a fresh frame for a
-    /// write, the zero page for a read; and spurious faults on present entries) and aborts on
-    /// everything else: copy-on-write, swap-in, shared or huge-page memory, conflicts.
+    /// Handles the common cases (a missing entry of a private anonymous VMA whose PTE table exists:
+    /// a fresh frame for a write, the zero page for a read; and spurious faults on present entries)
+    /// and aborts on everything else: a missing page table (it never allocates one), copy-on-write,
+    /// swap-in, shared or huge-page memory, conflicts.
     /// No heap allocation, no retain/release.
     @inlinable
     func speculativeFault(_ address: UInt64, _ access: Access) -> SpeculativeOutcome {
@@ -66,8 +68,8 @@ extension AddressSpace {
             let sequence = vma.sequence.readBegin()
             if sequence & 1 != 0 { return .abortSequenceOdd }
             let attributes = vma.attributeWord.load(ordering: .relaxed)
-            let protection = Protection(rawValue: UInt8(truncatingIfNeeded: attributes))
-            let flags = MappingFlags(rawValue: UInt16(truncatingIfNeeded: attributes >> 8))
+            let protection = Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 0xFF))
+            let flags = VMFlags(rawValue: attributes >> 8)
             if address < vma.start || address >= vma.end { return .abortVMAChanged }
             if !Self.accessAllowed(protection, access) {
                 // A real violation only if the snapshot was consistent.
@@ -75,15 +77,20 @@ extension AddressSpace {
             }
             if flags.contains(.shared) { return .abortNotSupported }
             let write = access == .write
+            testHook(.speculativeAfterLookup)
 
-            guard let pmd = pageTable.pmdTable(for: address) else { return .abortNoMemory }
+            // Only existing tables: a table installed here could land in a hole that an munmap,
+            // racing with this fault since the lookup, has just freed; validation would abort, but
+            // the table would stay. The first fault in each 2 MiB takes the classic path instead.
+            guard let pmd = pageTable.existingPMDTable(for: address) else { return .abortNoTable }
             let pmdIndex = PageTable.index(address, level: 1)
             let pmdEntry = pmd.load(pmdIndex)
             if pmdEntry.isHuge { return .abortNotSupported }
-            if pmdEntry.isNone && vma.allowsHuge(at: address & ~(PageTable.hugePageSize &- 1)) {
-                return .abortNotSupported  // the classic path may install a huge mapping
+            if pmdEntry.isNone {
+                // The classic path allocates the PTE table, or may install a huge mapping.
+                return vma.allowsHuge(at: address & ~(PageTable.hugePageSize &- 1)) ? .abortNotSupported : .abortNoTable
             }
-            guard let pte = pageTable.pteTable(in: pmd, at: pmdIndex, entry: pmdEntry) else { return .abortNotSupported }
+            let pte = TableBlock(entry: pmdEntry)
             let slot = PageTable.index(address, level: 0)
             let entry = pte.load(slot)
 
@@ -101,6 +108,11 @@ extension AddressSpace {
             } else if !entry.isNone {
                 return .abortNotSupported  // swap or PROT_NONE entry
             } else if write {
+                // The first anonymous page needs the VMA's anon_vma identity, which only the classic
+                // path assigns (as the kernel retries a per-VMA-lock fault without an anon_vma under
+                // the mmap lock). Relaxed: a stale zero only sends the fault to the classic path, and
+                // a non-zero identity is never cleared while the VMA's sequence stays unchanged.
+                if vma.anonVMAWord.load(ordering: .relaxed) == 0 { return .abortNotSupported }
                 guard let fresh = memory.allocate() else { return .abortNoMemory }
                 frame = fresh
             }

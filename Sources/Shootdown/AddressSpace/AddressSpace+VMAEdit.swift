@@ -36,7 +36,7 @@ final class VMAEdit {
     /// (`vma_start_write`: waits for its readers).
     func touch(_ vma: VMA) {
         if !touchedSet.insert(ObjectIdentifier(vma)).inserted { return }
-        if holdsWriterLocks { vma.writerLock.handle.lock() }
+        if holdsWriterLocks { vma.writerLock.lock() }
         if let vmaLocks { vmaLocks._withUnsafeGuaranteedRef { vma.startWrite($0) } }
         vma.beginWrite()
         touched.append(vma)
@@ -45,6 +45,10 @@ final class VMAEdit {
     /// Adds a new VMA to the index (visible at ``publish()``).
     func insert(_ vma: VMA) {
         space.index.insert(vma)
+        // A VMA right below the free-area cache fills the top of the gap there: lower the cache
+        // (only here, once the VMA exists: a placement whose mmap fails later, as a `MAP_LOCKED`
+        // one over the locked-memory limit does, must leave it where it was).
+        if vma.end == space.freeAreaCache && vma.start < vma.end { space.freeAreaCache = vma.start }
     }
 
     /// Removes `vma` from the index; its sequence count stays odd for good.
@@ -58,7 +62,7 @@ final class VMAEdit {
     func setBounds(_ vma: VMA, start: UInt64, end: UInt64) {
         touch(vma)
         let oldStart = vma.start
-        if vma.sharedObject != nil {
+        do {
             if start >= oldStart {
                 vma.pageOffset += (start - oldStart) / PageTable.pageSize
             } else {
@@ -78,7 +82,7 @@ final class VMAEdit {
         let upper = VMA(
             start: address, end: vma.end, protection: vma.protection, flags: vma.flags,
             sharedObject: vma.sharedObject,
-            pageOffset: vma.pageOffset + (address - vma.start) / PageTable.pageSize)
+            pageOffset: vma.pageOffset + (address - vma.start) / PageTable.pageSize, anonVMA: vma.anonVMA)
         vma.setBounds(start: vma.start, end: address)
         space.index.insert(upper)
         return upper
@@ -91,10 +95,12 @@ final class VMAEdit {
         var survivor = vma
         if let previous = survivor.previous, previous.canMerge(with: survivor) {
             let end = survivor.end
-            let flags = previous.flags.union(survivor.flags.intersection(.softDirty))
+            let flags = previous.flags.union(survivor.flags.intersection(VMFlags.ignoredByMerge))
+            let anon = survivor.anonVMA
             remove(survivor)
             touch(previous)
             previous.setAttributes(protection: previous.protection, flags: flags)
+            if previous.anonVMA == 0 && anon != 0 { previous.anonVMAWord.store(anon, ordering: .relaxed) }
             previous.setBounds(start: previous.start, end: end)
             survivor = previous
         }
@@ -103,10 +109,12 @@ final class VMAEdit {
         // a compatible neighbour in turn.
         while let next = survivor.next, survivor.canMerge(with: next) {
             let end = next.end
-            let flags = survivor.flags.union(next.flags.intersection(.softDirty))
+            let flags = survivor.flags.union(next.flags.intersection(VMFlags.ignoredByMerge))
+            let anon = next.anonVMA
             remove(next)
             touch(survivor)
             survivor.setAttributes(protection: survivor.protection, flags: flags)
+            if survivor.anonVMA == 0 && anon != 0 { survivor.anonVMAWord.store(anon, ordering: .relaxed) }
             survivor.setBounds(start: survivor.start, end: end)
         }
         return survivor
@@ -134,7 +142,7 @@ final class VMAEdit {
             vma.endWrite()
         }
         if holdsWriterLocks {
-            for vma in touched { vma.writerLock.handle.unlock() }
+            for vma in touched { vma.writerLock.unlock() }
         }
         touched.removeAll()
         touchedSet.removeAll()
@@ -142,15 +150,28 @@ final class VMAEdit {
     }
 }
 
-extension VMA {
-    /// Whether two VMAs may be merged, ignoring `softDirty` (Linux's `VM_IGNORE_MERGE`).
-    func canMerge(with other: VMA) -> Bool {
-        guard end == other.start, protection == other.protection,
-            flags.subtracting(.softDirty) == other.flags.subtracting(.softDirty)
-        else { return false }
-        if let object = sharedObject {
-            return object === other.sharedObject && pageOffset + (end - start) / PageTable.pageSize == other.pageOffset
-        }
-        return other.sharedObject == nil
+/// The engine's model of `anon_vma` identity, which decides merges and `VM_ACCOUNT` on this
+/// kernel: a private VMA has none until its first anonymous page (a write fault, copy-on-write,
+/// `MADV_GUARD_INSTALL`; a read fault maps the zero page and creates none). The first one reuses
+/// an adjacent neighbour's when that neighbour differs at most in protection and soft-dirty, has
+/// contiguous offsets and did not inherit its own from a fork (`find_mergeable_anon_vma`); else
+/// it is new. Values: `id << 1 | inherited`, 0 for none.
+enum AnonVMA {
+    static let nextID = Atomic<UInt64>(1)
+
+    /// A fresh identity.
+    static func make(inherited: Bool = false) -> UInt64 {
+        nextID.wrappingAdd(1, ordering: .relaxed).oldValue << 1 | (inherited ? 1 : 0)
+    }
+
+    static func isInherited(_ value: UInt64) -> Bool { value & 1 != 0 }
+
+    /// Whether two VMAs with these identities may merge: equal, or one has none and the other did
+    /// not inherit its identity from a fork.
+    static func compatible(_ a: UInt64, _ b: UInt64) -> Bool {
+        if a == b { return true }
+        if a == 0 { return !isInherited(b) }
+        if b == 0 { return !isInherited(a) }
+        return false
     }
 }

@@ -4,7 +4,7 @@ import Synchronization
 /// a content token per frame, and the swap space that holds evicted pages.
 ///
 /// Frames are what secondary mirrors cache, so the rule is: a frame is never recycled before every
-/// notifier has seen the invalidation that unmapped it. Zaps gather frames into a ``FrameChain``
+/// notifier has seen the invalidation that unmapped it. Zaps gather frames into a `FrameChain`
 /// and release the chain only after the invalidation's end has been called.
 ///
 /// Frame `0` is the shared zero page: read faults on anonymous memory map it read-only, and it is
@@ -14,7 +14,7 @@ import Synchronization
 /// Free frames live on 16 shards picked by thread slot (lock-free Treiber stacks with ABA tags;
 /// slots 16 apart share one), refilled a block at a time, so concurrent faults on different cores do not share a cache line. Whole free
 /// blocks for huge pages live on a separate stack. Frames freed on one thread and needed on
-/// another (an munmap on one core, faults on others) move in batches of ``stealBatch``: a shard
+/// another (an munmap on one core, faults on others) move in batches of `stealBatch`: a shard
 /// that runs dry takes that many frames from another shard in one detach, like the kernel's
 /// per-CPU page lists refilling in bulk from the buddy allocator.
 ///
@@ -328,7 +328,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         }
         let remaining = word.pointee.wrappingSubtract(Self.refOne | Self.mapOne, ordering: .acquiringAndReleasing)
             .newValue
-        checkInvariant(remaining & 0xFFFF_FFFF != 0xFFFF_FFFF, "frame \(frame) refcount underflow")
+        checkInvariant(remaining & Self.referenceMask != Self.referenceMask, "frame \(frame) refcount underflow")
         if remaining == 0 { chain.append(frame, links: links) }
     }
 
@@ -346,7 +346,8 @@ public final class PhysicalMemory: @unchecked Sendable {
     @inlinable
     func mapAgain(_ frame: UInt64) {
         if frame == Self.zeroFrame { return }
-        counts[Int(frame)].wrappingAdd(Self.refOne | Self.mapOne, ordering: .relaxed)
+        let old = counts[Int(frame)].wrappingAdd(Self.refOne | Self.mapOne, ordering: .relaxed).oldValue
+        checkInvariant(old & Self.referenceMask != Self.referenceMask, "frame \(frame): 2^20 references")
     }
 
     /// Drops a reference that is not a mapping (a shared-memory object's page cache); appends the
@@ -357,9 +358,11 @@ public final class PhysicalMemory: @unchecked Sendable {
         if remaining == 0 { chain.append(frame, links: links) }
     }
 
-    /// The reference count of `frame`.
+    /// The reference count of `frame`: one per mapping, one per page-cache reference (shared
+    /// memory), one per pin (see ``pinCount(_:)``).
     public func refcount(_ frame: UInt64) -> Int {
-        Int(counts[Int(frame)].load(ordering: .relaxed) & 0xFFFF_FFFF)
+        let word = counts[Int(frame)].load(ordering: .relaxed)
+        return Int(word & Self.referenceMask) + Int((word & Self.pinMask) >> 20)
     }
 
     /// The number of page-table entries mapping `frame`.

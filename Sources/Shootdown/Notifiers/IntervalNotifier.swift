@@ -2,11 +2,40 @@ import CInterop
 import Synchronization
 
 /// What a mirror implements to follow an interval (the kernel's `mmu_interval_notifier_ops`).
+///
+/// Ownership: the engine holds the handler strongly from ``AddressSpace/insertIntervalNotifier(start:length:handler:)``
+/// until ``IntervalNotifier/remove()`` returns or the space is torn down (explicitly, or when its
+/// last reference goes away), and never after. A handler must therefore not hold its space
+/// strongly (hold it `weak`, as ``SoftwareMirror`` does): the space owns its subscriptions, and a
+/// strong reference back would be a cycle that keeps both alive once the user drops them.
 public protocol IntervalNotifierHandler: AnyObject, Sendable {
     /// An invalidation intersects `notifier`'s interval. Take the lock that also guards your
     /// commits, call `notifier.setSequence(currentSequence)`, drop (or downgrade) translations in
     /// `range`, unlock, and return `true`. Return `false` only if `range` is not blockable and you
     /// would have to sleep; the caller then leaves the range alone.
+    ///
+    /// Context: called on the thread that changes the address space, before any CPU page-table
+    /// entry in `range` changes (and before the classic subscribers' starts), with no page-table
+    /// (split) lock held and outside the notifier domain's read sections, and usually with the
+    /// space's mmap lock held: for writing by `map` (over a mapping), `unmap`, `protect`, `remap`,
+    /// `fork`, `collapse`, `clearSoftDirty`; for reading by `advise`, faults that break
+    /// copy-on-write, `pin` (unsharing), `reclaim`, `migrate`; tried for reading by the OOM
+    /// reaper; not at all for the
+    /// `release` of ``AddressSpace/teardown()``. The epoch this call belongs to stays open until
+    /// it returns.
+    ///
+    /// - May sleep when `range.isBlockable` (take a sleeping lock, wait for a device); must not
+    ///   sleep otherwise (return `false` instead).
+    /// - May call ``IntervalNotifier/setSequence(_:)``, ``IntervalNotifier/checkRetry(_:)``,
+    ///   ``AddressSpace/translate(_:)``, ``AddressSpace/insertIntervalNotifier(start:length:handler:)``
+    ///   (for a space that already has interval notifiers: the insert is deferred to the epoch's
+    ///   end), and read ``PhysicalMemory``.
+    /// - Must not call anything that takes this space's mmap lock (``AddressSpace/mapping(containing:)``
+    ///   may fall back to it: use `range.vma`; faults, `read`, `write`, `map`, `registerNotifier`,
+    ///   `teardown`, ...), ``IntervalNotifier/readBegin()``, ``IntervalNotifier/remove()`` (of any
+    ///   notifier), ``AddressSpace/unregisterNotifier(_:)``, or ``AddressSpace/mirror(address:length:write:notifier:retryLimit:commit:)``:
+    ///   each would wait for this very callback to return, or for an epoch it holds open. Debug
+    ///   builds trap with a message on each.
     func invalidate(_ notifier: IntervalNotifier, range: InvalidationRange, currentSequence: UInt64) -> Bool
 }
 
@@ -17,17 +46,22 @@ public protocol IntervalNotifierHandler: AnyObject, Sendable {
 /// ```
 /// again:
 ///   let seq = notifier.readBegin()        // waits if this interval was invalidated in an open epoch
-///   ... read the CPU page tables (AddressSpace.snapshot / fault), may sleep;
-///       notifier.checkRetry(seq) is a lock-free early-abort hint ...
+///   let pages = space.faultRange(address:length:write:notifier:sequence: seq)
+///                                         // faults and snapshots the CPU side; nil: collision,
+///                                         // goto again (notifier.checkRetry(seq) is the lock-free hint)
 ///   lock(userLock)                        // the same lock the handler takes
 ///   if notifier.readRetry(seq) { unlock; goto again }
-///   program translations
+///   program translations from pages
 ///   unlock(userLock)
 /// ```
-/// The guarantee: a translation is never committed after an invalidation that removed it began.
+/// ``AddressSpace/mirror(address:length:write:notifier:retryLimit:commit:)`` runs this loop for
+/// you, with the commit step as a closure. The guarantee: a translation is never committed after
+/// an invalidation that removed it began.
 ///
 /// Created by ``AddressSpace/insertIntervalNotifier(start:length:handler:)``; removed by
-/// ``remove()``, which returns only when no callback of this notifier runs or will run.
+/// ``remove()``, which returns only when no callback of this notifier runs or will run, or by the
+/// space's teardown (after the handler's one `release` invalidation). Either way the engine then
+/// drops its reference to the handler; a later ``remove()`` does nothing.
 public class IntervalNotifier: @unchecked Sendable {
     /// First address of the interval.
     public let start: UInt64
@@ -67,7 +101,12 @@ public class IntervalNotifier: @unchecked Sendable {
 
     /// Begins a read: returns the sequence to validate against, after waiting for an open
     /// invalidation epoch that already invalidated this interval to close. May sleep; never loops.
+    ///
+    /// Context: any thread that may sleep, except a notifier callback (the epoch it would wait for
+    /// is the one the callback holds open; debug builds trap).
     public func readBegin() -> UInt64 {
+        LockContext.notInCallback("IntervalNotifier.readBegin() (it waits for the invalidation epoch the callback holds open)")
+        LockContext.mightSleep("IntervalNotifier.readBegin()")
         let (seq, invalidated) = state.lock.withLock {
             let seq = sequence.load(ordering: .relaxed)
             return (seq, seq == state.sequence.load(ordering: .relaxed))
@@ -97,9 +136,26 @@ public class IntervalNotifier: @unchecked Sendable {
         sequence.store(currentSequence, ordering: .relaxed)
     }
 
-    /// Removes the notifier; waits until no callback of it runs or will run. Must not be called
-    /// from a callback. Removing twice does nothing.
-    public func remove() { state.remove(self) }
+    /// Removes the notifier (`mmu_interval_notifier_remove`) and drops the engine's reference to
+    /// the handler; waits until no callback of it runs or will run (for an invalidation epoch that
+    /// may still call it to close). Removing twice, or after the space's teardown (which removed
+    /// it), does nothing.
+    ///
+    /// Context: may sleep. Must not be called from a notifier callback (of any notifier: the epoch
+    /// it waits for cannot close while a callback of this thread holds an epoch open, and the
+    /// guarantee above cannot hold for the callback that is running): debug builds trap with a
+    /// message. A handler that wants to go away hands the removal to another thread.
+    public func remove() {
+        LockContext.notInCallback("IntervalNotifier.remove() (it waits until no callback runs, including the caller)")
+        LockContext.mightSleep("IntervalNotifier.remove()")
+        state.remove(self)
+    }
+
+    /// Whether ``remove()`` ran, or the space's teardown removed the notifier.
+    public var isRemoved: Bool { !isInserted }
+
+    /// Inserted and not removed (takes the interval lock).
+    var isInserted: Bool { state.lock.withLock { isLive } }
 }
 
 /// The per-space interval-notifier state (the itree part of the kernel's
@@ -114,6 +170,8 @@ final class IntervalNotifierState: @unchecked Sendable {
     @exclusivity(unchecked) private var active = 0
     @usableFromInline let tree = IntervalTree()
     @exclusivity(unchecked) private var deferred: [IntervalNotifier] = []
+    /// Set by ``close()`` (teardown): no insertion succeeds afterwards (guarded by `lock`).
+    @exclusivity(unchecked) private var closed = false
     let waitQueue = WaitQueue()
     /// The owning space's counters (weakly tied: set once at creation).
     @usableFromInline let counters: SlotCounters?
@@ -152,6 +210,8 @@ final class IntervalNotifierState: @unchecked Sendable {
                 return odd
             }
             guard let current else { return true }  // hit nothing: partially excluded
+            LockContext.callbackEntered()
+            defer { LockContext.callbackExited() }
             var refused = false
             func call(_ value: UnsafeMutableRawPointer) -> Bool {
                 let accepted = Unmanaged<IntervalNotifier>.fromOpaque(value)._withUnsafeGuaranteedRef {
@@ -219,10 +279,12 @@ final class IntervalNotifierState: @unchecked Sendable {
 
     // MARK: Insert and remove
 
-    /// INS: adds `notifier` (its retain is owned by the tree or the deferred list).
-    func insert(_ notifier: IntervalNotifier) {
-        _ = Unmanaged.passRetained(notifier)
+    /// INS: adds `notifier` (its retain is owned by the tree or the deferred list). Returns `false`
+    /// (and inserts nothing) once ``close()`` ran.
+    func insert(_ notifier: IntervalNotifier) -> Bool {
         lock.withLock {
+            if closed { return false }
+            _ = Unmanaged.passRetained(notifier)
             notifier.isLive = true
             let seq = sequence.load(ordering: .relaxed)
             if active > 0 {
@@ -243,7 +305,26 @@ final class IntervalNotifierState: @unchecked Sendable {
                     start: notifier.start, last: notifier.end - 1,
                     value: Unmanaged.passUnretained(notifier).toOpaque())
             }
+            return true
         }
+    }
+
+    /// Teardown: refuses every later insertion and removes every notifier still inserted, as
+    /// ``IntervalNotifier/remove()`` would (waiting for an open epoch, then dropping the handler
+    /// and the tree's reference), so nothing the space owns keeps a handler alive. Call after the
+    /// handlers got their `release` invalidation.
+    func close() {
+        let live: [IntervalNotifier] = lock.withLock {
+            closed = true
+            var result: [IntervalNotifier] = []
+            tree.forEachIntersecting(0, .max) { _, value in
+                let notifier = Unmanaged<IntervalNotifier>.fromOpaque(value).takeUnretainedValue()
+                if notifier.isLive { result.append(notifier) }
+                return true
+            }
+            return result + deferred.filter { $0.isLive && $0.node < 0 }
+        }
+        for notifier in live { remove(notifier) }
     }
 
     /// REM: removes `notifier`, waiting for an open epoch in which it may still be called.

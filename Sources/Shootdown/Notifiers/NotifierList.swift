@@ -71,8 +71,9 @@ final class NotifierList: @unchecked Sendable {
     /// stale value either walks an empty snapshot or, like the kernel's list walk after
     /// `hlist_del_rcu`, misses the end of a subscriber being unregistered.
     @usableFromInline let populated = Atomic<Bool>(false)
-    /// Readers' lock in ``NotifierListProtection/rwlock`` mode.
-    @usableFromInline let lock = MmapLock()
+    /// Readers' lock in ``NotifierListProtection/rwlock`` mode (reader-preferring: callbacks may
+    /// re-enter the list while a registration change waits).
+    let lock = SpinRWLock()
     /// Serialises registration changes.
     private let writers = FutexMutex()
 
@@ -105,6 +106,10 @@ final class NotifierList: @unchecked Sendable {
         }
     }
 
+    /// Whether a registration change is waiting for readers in ``NotifierListProtection/rwlock``
+    /// mode (diagnostics and tests).
+    var writerIsWaiting: Bool { lock.writerIsWaiting }
+
     /// Subscribers currently registered.
     var subscribers: [any MMUNotifier] { withSnapshot { $0.owners } }
 
@@ -118,7 +123,7 @@ final class NotifierList: @unchecked Sendable {
         try writers.withLock { () throws(MemoryError) in
             let old = snapshot
             if old.owners.contains(where: { $0 === notifier }) { throw .invalidArgument }
-            publish(NotifierSnapshot(old.owners + [notifier], callbacks: old.callbacksList + [callbacks]))
+            publish(NotifierSnapshot(old.owners + [notifier], callbacks: old.callbacksList + [callbacks]), wait: false)
         }
     }
 
@@ -133,14 +138,14 @@ final class NotifierList: @unchecked Sendable {
             var callbacks = old.callbacksList
             owners.remove(at: position)
             callbacks.remove(at: position)
-            publish(NotifierSnapshot(owners, callbacks: callbacks))
+            publish(NotifierSnapshot(owners, callbacks: callbacks), wait: true)
             return true
         }
     }
 
     /// Removes every subscriber (teardown), waiting for readers.
     func removeAll() {
-        writers.withLock { publish(NotifierSnapshot([], callbacks: [])) }
+        writers.withLock { publish(NotifierSnapshot([], callbacks: []), wait: true) }
     }
 
     /// The current snapshot (writers only).
@@ -149,8 +154,12 @@ final class NotifierList: @unchecked Sendable {
             .takeUnretainedValue()
     }
 
-    /// Publishes `replacement`, waits for the readers of the old snapshot, and releases it.
-    private func publish(_ replacement: NotifierSnapshot) {
+    /// Publishes `replacement` and releases the old snapshot once no reader can use it: after
+    /// waiting for a grace period of the notifier domain here when `wait` (unregistration: no
+    /// callback of a removed subscriber may run after the caller returns), or from the domain's
+    /// worker after one (registration: the caller, often holding the mmap write lock, must not wait
+    /// for callbacks that may sleep in any space).
+    private func publish(_ replacement: NotifierSnapshot, wait: Bool) {
         let bits = UInt(bitPattern: Unmanaged.passRetained(replacement).toOpaque())
         // Relaxed: registration runs under the mmap write lock, so no invalidation is in flight;
         // for unregistration see `populated`.
@@ -160,6 +169,11 @@ final class NotifierList: @unchecked Sendable {
         if protection == .rcu {
             // Sequentially consistent: the publication store of SleepableRCU's argument.
             oldBits = current.exchange(bits, ordering: .sequentiallyConsistent)
+            if !wait {
+                let old = Unmanaged<NotifierSnapshot>.fromOpaque(UnsafeRawPointer(bitPattern: oldBits)!)
+                domain.call(afterGracePeriod: { old.release() })
+                return
+            }
             domain.synchronize()
         } else {
             lock.writeLock()

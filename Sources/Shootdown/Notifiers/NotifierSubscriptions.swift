@@ -14,12 +14,24 @@ final class NotifierSubscriptions: @unchecked Sendable {
     /// `has_itree`: set (under the mmap write lock) by the first interval insertion, never cleared.
     @usableFromInline let hasIntervals = Atomic<Bool>(false)
     @usableFromInline let counters: SlotCounters
+    /// The space's software TLBs, shot down at the end of every invalidation (docs/tlb.md). A
+    /// space with TLBs creates its subscriptions at once for this, so the end of every change is
+    /// the one choke point; without TLBs nothing here changes.
+    let tlb: SoftwareTLB?
+    /// Whether a subscriber or interval notifier was ever registered (set under the mmap write
+    /// lock). Teardown releases subscribers only then: subscriptions that exist only for the TLBs
+    /// have nothing to release and must not wait for a notifier-domain grace period.
+    let registered = Atomic<Bool>(false)
 
-    init(space: UInt64, protection: NotifierListProtection, domain: SleepableRCU, counters: SlotCounters) {
+    init(
+        space: UInt64, protection: NotifierListProtection, domain: SleepableRCU, counters: SlotCounters,
+        tlb: SoftwareTLB? = nil
+    ) {
         self.space = space
         list = NotifierList(protection: protection, domain: domain)
         intervals = IntervalNotifierState(counters: counters)
         self.counters = counters
+        self.tlb = tlb
     }
 
     // MARK: Invalidation
@@ -34,6 +46,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
         if !list.populated.load(ordering: .relaxed) { return true }
         let accepted = list.withSnapshot { snapshot -> Bool in
             guard snapshot.union.contains(.invalidateRangeStart) else { return true }
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             var refused = false
             for index in 0..<snapshot.count {
                 let entry = snapshot.entries[index]
@@ -59,12 +73,22 @@ final class NotifierSubscriptions: @unchecked Sendable {
         return accepted
     }
 
+    /// Shoots the space's software TLBs down over `range`, if it has any (``InvalidationScope/end()``
+    /// calls this before ``invalidateRangeEnd(_:)``: the page-table change is complete, and the
+    /// caller frees frames only after both).
+    @inline(__always)
+    func shootDownTLBs(_ range: InvalidationRange) {
+        if let tlb { tlb.shootDown(range.start, range.end, counters: counters) }
+    }
+
     /// Ends an invalidation (`__mmu_notifier_invalidate_range_end`).
     func invalidateRangeEnd(_ range: InvalidationRange) {
         if hasIntervals.load(ordering: .acquiring) { intervals.invalidateEnd() }
         if !list.populated.load(ordering: .relaxed) { return }
         list.withSnapshot { snapshot in
             guard snapshot.union.contains(.invalidateRangeEnd) else { return }
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.invalidateRangeEnd) {
                 snapshot.entries[index].with { $0.invalidateRangeEnd(range) }
             }
@@ -83,6 +107,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
     /// sleep.
     func invalidateSecondaryTLBs(start: UInt64, end: UInt64) {
         list.withSnapshot { snapshot in
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             for index in 0..<snapshot.count
             where snapshot.entries[index].callbacks.contains(.invalidateSecondaryTLBs) {
                 snapshot.entries[index].with { $0.invalidateSecondaryTLBs(space: space, start: start, end: end) }
@@ -97,6 +123,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
         let callback: NotifierCallbacks = flush ? .clearFlushYoung : .clearYoung
         return list.withSnapshot { snapshot in
             guard snapshot.union.contains(callback) else { return false }
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             var young = false
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(callback) {
                 let notifier = snapshot.entries[index].notifier
@@ -112,6 +140,8 @@ final class NotifierSubscriptions: @unchecked Sendable {
     func testYoung(address: UInt64) -> Bool {
         list.withSnapshot { snapshot in
             guard snapshot.union.contains(.testYoung) else { return false }
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.testYoung) {
                 if snapshot.entries[index].notifier.testYoung(space: space, address: address) { return true }
             }
@@ -131,7 +161,11 @@ final class NotifierSubscriptions: @unchecked Sendable {
     func unregister(_ notifier: any MMUNotifier) -> Bool {
         let registered = list.withSnapshot { snapshot -> Bool in
             for index in 0..<snapshot.count where snapshot.entries[index].notifier === notifier {
-                if snapshot.entries[index].callbacks.contains(.release) { notifier.release(space: space) }
+                if snapshot.entries[index].callbacks.contains(.release) {
+                    LockContext.callbackEntered(classic: true)
+                    defer { LockContext.callbackExited(classic: true) }
+                    notifier.release(space: space)
+                }
                 return true
             }
             return false
@@ -144,19 +178,26 @@ final class NotifierSubscriptions: @unchecked Sendable {
 
     /// Teardown (`__mmu_notifier_release`): one blockable `release` invalidation over the whole
     /// space to every interval notifier, then every classic subscriber's `release`, then unlinking
-    /// them all and waiting for readers.
+    /// them all and waiting for readers, then removing every interval notifier (refusing later
+    /// inserts). Afterwards the space holds no reference to any subscriber or handler, so a
+    /// subscriber that references the space no longer makes a cycle with it.
     func releaseAll(range: InvalidationRange) {
         if hasIntervals.load(ordering: .acquiring) {
             _ = intervals.invalidateStart(range)
             intervals.invalidateEnd()
         }
         list.withSnapshot { snapshot in
+            LockContext.callbackEntered(classic: true)
+            defer { LockContext.callbackExited(classic: true) }
             for index in 0..<snapshot.count where snapshot.entries[index].callbacks.contains(.release) {
                 snapshot.entries[index].notifier.release(space: space)
             }
         }
         list.removeAll()
         counters.increment(SpaceCounter.notifierGracePeriods.rawValue)
+        // Whether or not an interval was ever inserted: a concurrent first insert that passed its
+        // liveness check must find the state closed.
+        intervals.close()
     }
 }
 
@@ -173,11 +214,39 @@ struct InvalidationScope: ~Copyable {
         self.subscriptions = subscriptions
     }
 
-    /// Calls every end owed and consumes the scope.
+    /// Calls every end owed and consumes the scope. In a space with software TLBs this is where
+    /// they are shot down (docs/tlb.md), before the caller frees the frames it unmapped.
+    @inline(__always)
     consuming func end() {
+        if subscriptions == nil {
+            discard self
+            return
+        }
+        finish(shootingDownTLBs: true)
+    }
+
+    /// ``end()`` without the TLB shootdown, for a change whose caller shot the TLBs down itself
+    /// under the split lock, before copying content out of the old frames (copy-on-write,
+    /// page-out, migration, collapse), or that changed no entry.
+    @inline(__always)
+    consuming func endWithoutTLBShootdown() {
+        if subscriptions == nil {
+            discard self
+            return
+        }
+        finish(shootingDownTLBs: false)
+    }
+
+    /// Both ends, out of line: one call site of the end dispatch (two cost every end a
+    /// reabstraction thunk).
+    @inline(never)
+    consuming func finish(shootingDownTLBs: Bool) {
         if let subscriptions {
             let range = self.range
-            subscriptions._withUnsafeGuaranteedRef { $0.invalidateRangeEnd(range) }
+            subscriptions._withUnsafeGuaranteedRef {
+                if shootingDownTLBs { $0.shootDownTLBs(range) }
+                $0.invalidateRangeEnd(range)
+            }
         }
         discard self
     }

@@ -26,7 +26,7 @@ extension PageTable {
         var detached = 0
         while address < min(end, coverageEnd) {
             let index = Self.index(address, level: level)
-            let entry = table.loadOrdered(index)
+            let entry = table.load(index)
             let entryEnd = address &+ span
             if !entry.isNone {
                 if address >= floor && entryEnd <= ceiling {
@@ -57,20 +57,24 @@ extension PageTable {
     }
 
     /// Visits every non-empty leaf entry (4 KiB or huge) with its virtual address, and checks that
-    /// every reachable table is live. For audits and tests.
+    /// every reachable table is live. `table(start, end)` is called for every table below the root
+    /// with the addresses it covers. For audits and tests.
     ///
     /// - Precondition: mmap lock held (or the space otherwise quiescent).
-    func forEachLeaf(_ body: (UInt64, PageTableEntry, Bool) -> Void) -> TableAudit {
+    func forEachLeaf(
+        table: (UInt64, UInt64) -> Void = { _, _ in }, _ body: (UInt64, PageTableEntry, Bool) -> Void
+    ) -> TableAudit {
         var audit = TableAudit()
-        visit(root, level: 3, base: 0, audit: &audit, body)
+        visit(root, level: 3, base: 0, audit: &audit, table, body)
         return audit
     }
 
     private func visit(
         _ table: TableBlock, level: Int, base: UInt64, audit: inout TableAudit,
-        _ body: (UInt64, PageTableEntry, Bool) -> Void
+        _ tableBody: (UInt64, UInt64) -> Void, _ body: (UInt64, PageTableEntry, Bool) -> Void
     ) {
         audit.tables += 1
+        if level < 3 { tableBody(base, base &+ Self.span(level: level) &* UInt64(TableBlock.entries)) }
         if table.state.pointee.load(ordering: .relaxed) != TableState.live { audit.deadTablesReached += 1 }
         let span = Self.span(level: level)
         for index in 0..<TableBlock.entries {
@@ -82,7 +86,7 @@ extension PageTable {
             } else if level == 1 && entry.isHuge {
                 body(address, entry, true)
             } else {
-                visit(TableBlock(entry: entry), level: level - 1, base: address, audit: &audit, body)
+                visit(TableBlock(entry: entry), level: level - 1, base: address, audit: &audit, tableBody, body)
             }
         }
     }

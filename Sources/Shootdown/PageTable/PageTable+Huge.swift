@@ -4,9 +4,16 @@ extension PageTable {
     /// Replaces the huge mapping in PMD slot `index` of `pmd` by a PTE table of 512 entries with
     /// the same bits (`__split_huge_pmd`). The compound frame becomes 512 frames.
     ///
+    /// The huge translation is flushed with `flush` (the secondary-TLB hook) for `[hugeStart,
+    /// hugeStart + 2 MiB)` under the PMD lock once the table replaced it, as splitting a huge PMD
+    /// invalidates it first: a TLB sharing this page table must not keep the 2 MiB entry beside
+    /// the new 4 KiB ones.
+    ///
     /// - Precondition: the 2 MiB range is being invalidated (start called); mmap lock held.
     /// - Returns: `false` if no table block could be allocated (nothing changed).
-    func splitHuge(pmd: TableBlock, index: Int, memory: PhysicalMemory) -> Bool {
+    func splitHuge(
+        pmd: TableBlock, index: Int, hugeStart: UInt64, memory: PhysicalMemory, flush: (UInt64, UInt64) -> Void
+    ) -> Bool {
         guard let table = TableAllocator.shared.allocate() else { return false }
         let lock = pmdLock(pmd)
         lock.lock()
@@ -25,6 +32,7 @@ extension PageTable {
         memory.splitCompound(head)
         // Releasing: the filled table is visible to lockless walkers that load the new entry.
         pmd[index].pointee.store(PageTableEntry.table(at: table.address).rawValue, ordering: .releasing)
+        flush(hugeStart, hugeStart &+ Self.hugePageSize)
         lock.unlock()
         return true
     }
@@ -52,7 +60,10 @@ extension AddressSpace {
         let start = address & ~(Self.hugePageSize - 1)
         let scope = beginInvalidation(
             start, start + Self.hugePageSize, .clear, vma: index.find(containing: address).map(snapshot))
-        if pageTable.splitHuge(pmd: pmd, index: slot, memory: memory) { count(.hugePagesSplit) }
+        let split = withSecondaryTLBHook { hook in
+            pageTable.splitHuge(pmd: pmd, index: slot, hugeStart: start, memory: memory, flush: hook)
+        }
+        if split { count(.hugePagesSplit) }
         scope.end()
     }
 

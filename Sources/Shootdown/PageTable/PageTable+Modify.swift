@@ -57,10 +57,16 @@ extension PageTable {
     /// or swap) becomes soft-dirty (`move_soft_dirty_pte`). Aligned whole huge mappings move as one
     /// entry.
     ///
+    /// Every source chunk is flushed with `flush` (the secondary-TLB hook) while its lock is still
+    /// held, right after its entries are cleared and before they appear at the destination, as
+    /// `move_ptes` and `move_huge_pmd` flush the old range under the page-table lock.
+    ///
     /// - Precondition: invalidation of the source started; mmap write lock; partial huge mappings
     ///   split; the destination empty; both ranges page-aligned.
     /// - Returns: entries moved.
-    func moveEntries(from source: UInt64, to destination: UInt64, length: UInt64) -> Int {
+    func moveEntries(
+        from source: UInt64, to destination: UInt64, length: UInt64, flush: (UInt64, UInt64) -> Void
+    ) -> Int {
         var moved = 0
         var offset: UInt64 = 0
         while offset < length {
@@ -75,7 +81,11 @@ extension PageTable {
             let destinationIndex = Self.index(to, level: 1)
             if pmdEntry.isHuge {
                 checkInvariant(chunk == Self.hugePageSize, "partial huge mapping left for a move")
-                pmdLock(pmd).withLock { pmd[pmdIndex].pointee.store(0, ordering: .relaxed) }
+                pmdLock(pmd).withLock {
+                    pmd[pmdIndex].pointee.store(0, ordering: .relaxed)
+                    flush(from, from + chunk)
+                }
+                checkInvariant(destinationPMD.load(destinationIndex).isNone, "moving a huge mapping over a table")
                 pmdLock(destinationPMD).withLock {
                     destinationPMD[destinationIndex].pointee.store(
                         pmdEntry.with(PageTableEntry.softDirty).rawValue, ordering: .releasing)
@@ -95,6 +105,7 @@ extension PageTable {
                     for index in 0..<count {
                         buffer[index] = sourceTable[first + index].pointee.exchange(0, ordering: .relaxed)
                     }
+                    flush(from, from + chunk)
                 }
                 pteLock(destinationTable).withLock {
                     for index in 0..<count where buffer[index] != 0 {
@@ -112,7 +123,7 @@ extension PageTable {
     func existingPMDSlot(_ address: UInt64) -> (TableBlock, Int)? {
         var table = root
         for level in stride(from: 3, to: 1, by: -1) {
-            let entry = table.loadOrdered(Self.index(address, level: level))
+            let entry = table.load(Self.index(address, level: level))
             if entry.isNone { return nil }
             table = TableBlock(entry: entry)
         }

@@ -18,7 +18,7 @@ extension PageTable {
         flush: (UInt64, UInt64) -> Void
     ) {
         forEachPMDSlot(from: start, to: end) { pmd, pmdIndex, chunkStart, chunkEnd in
-            var entry = pmd.loadOrdered(pmdIndex)
+            var entry = pmd.load(pmdIndex)
             if entry.isNone { return }
             if entry.isHuge {
                 let lock = pmdLock(pmd)
@@ -67,7 +67,7 @@ extension PageTable {
     /// - Postcondition: the caller ends the invalidation, then releases `chain`.
     func zap(
         from start: UInt64, to end: UInt64, memory: PhysicalMemory, chain: inout FrameChain,
-        flush: (UInt64, UInt64) -> Void
+        keepGuards: Bool = false, flush: (UInt64, UInt64) -> Void
     ) -> ZapResult {
         var result = ZapResult()
         forEachLockedLeafRun(
@@ -81,7 +81,7 @@ extension PageTable {
                 result.hugePages &+= 1
             },
             pte: { table, first, last, _ in
-                let cleared = Self.zapEntries(table, first, last, memory: memory, chain: &chain)
+                let cleared = Self.zapEntries(table, first, last, memory: memory, chain: &chain, keepGuards: keepGuards)
                 result.pages &+= cleared.pages
                 result.swapEntries &+= cleared.swapEntries
             },
@@ -97,7 +97,8 @@ extension PageTable {
     /// of line so it gets its own register allocation.
     @inline(never)
     static func zapEntries(
-        _ table: TableBlock, _ first: Int, _ last: Int, memory: PhysicalMemory, chain: inout FrameChain
+        _ table: TableBlock, _ first: Int, _ last: Int, memory: PhysicalMemory, chain: inout FrameChain,
+        keepGuards: Bool = false
     ) -> (pages: Int, swapEntries: Int) {
         let counts = memory.counts
         let links = memory.links
@@ -157,6 +158,11 @@ extension PageTable {
             for index in first..<last {
                 let raw = table[index].pointee.load(ordering: .relaxed)
                 guard raw & (PageTableEntry.present | PageTableEntry.swap) == PageTableEntry.swap else { continue }
+                if raw & PageTableEntry.guardMarker != 0 {
+                    // Guard markers survive madvise zaps; munmap and teardown clear them.
+                    if !keepGuards { table[index].pointee.store(0, ordering: .relaxed) }
+                    continue
+                }
                 table[index].pointee.store(0, ordering: .relaxed)
                 memory.swap.release(UInt32(truncatingIfNeeded: (raw & PageTableEntry.numberMask) &>> 12))
                 swapEntries &+= 1

@@ -4,7 +4,9 @@ import Synchronization
 /// one lock for the whole space (the kernel without `USE_SPLIT_PTE_PTLOCKS`). A design knob for
 /// honest comparisons; chosen when the space is created.
 public enum PageTableLocking: String, Sendable, CaseIterable {
+    /// One lock per PTE table (default).
     case split
+    /// One lock for every PTE table of the space.
     case single
 }
 
@@ -14,9 +16,10 @@ public enum PageTableLocking: String, Sendable, CaseIterable {
 /// Concurrency:
 /// - Lockless walkers (``lookup(_:)``, the speculative fault path) descend with acquiring loads
 ///   inside an RCU (memb) read section. Blocks are freed only after a grace period.
-/// - Missing tables are installed by a sequentially consistent CAS on the parent entry, by any
-///   fault path; the loser frees its never-published block. (Sequentially consistent because of
-///   the store-buffering argument in ``SeqCount``.)
+/// - Missing tables are installed by a CAS on the parent entry, only by paths that hold the mmap
+///   lock (classic faults, fork, mremap); the loser frees its never-published block. The
+///   speculative path never installs a table: one it put in a range an munmap had just emptied
+///   would stay there.
 /// - Leaf entries of a PTE table change only under that table's split lock; a huge PMD entry only
 ///   under its PMD table's lock (`pmd_lock`).
 /// - Tables are detached only under the mmap write lock and the space lock (`page_table_lock`).
@@ -24,8 +27,8 @@ public enum PageTableLocking: String, Sendable, CaseIterable {
 final class PageTable: @unchecked Sendable {
     @usableFromInline static let pageSize: UInt64 = 4096
     @usableFromInline static let hugePageSize: UInt64 = 2 << 20
-    /// End of the 48-bit user address space.
-    @usableFromInline static let userLimit: UInt64 = 1 << 47
+    /// `TASK_SIZE` with 4-level paging: one page below 2^47.
+    @usableFromInline static let userLimit: UInt64 = (1 << 47) - 4096
 
     /// Keeps the fields every walk reads off the line of the object header (writers retain it).
     private let headerPadding = CacheLinePadding()
@@ -120,17 +123,30 @@ final class PageTable: @unchecked Sendable {
         return table
     }
 
+    /// Descends from the PGD to the PMD table covering `address` without allocating; `nil` when an
+    /// upper table is missing (the speculative fault path: it must not install tables).
+    ///
+    /// - Precondition: inside an RCU read section, or with the mmap lock held.
+    @inlinable
+    func existingPMDTable(for address: UInt64) -> TableBlock? {
+        let pgdEntry = root.load(Self.index(address, level: 3))
+        if pgdEntry.isNone { return nil }
+        let pudEntry = TableBlock(entry: pgdEntry).load(Self.index(address, level: 2))
+        if pudEntry.isNone { return nil }
+        return TableBlock(entry: pudEntry)
+    }
+
     /// Installs a fresh table in the empty slot `index` of `parent` by CAS and returns whatever
     /// table the slot holds afterwards (ours, or a concurrent winner's). Returns `nil` when no block
     /// can be allocated, or when the slot turned out to hold a huge mapping.
     @usableFromInline
     func installTable(in parent: TableBlock, at index: Int) -> TableBlock? {
         guard let fresh = TableAllocator.shared.allocate() else { return nil }
-        // Sequentially consistent: the CAS must not reorder with the caller's later re-read of the
-        // VMA sequence count (store-buffering argument in SeqCount). Also releases the zeroed block.
+        // Acquiring and releasing: releases the zeroed block to lockless walkers that load the
+        // entry; acquires a winner's block when we lose.
         let result = parent[index].pointee.compareExchange(
             expected: 0, desired: PageTableEntry.table(at: fresh.address).rawValue,
-            ordering: .sequentiallyConsistent)
+            ordering: .acquiringAndReleasing)
         if result.exchanged { return fresh }
         TableAllocator.shared.free(fresh)  // never published: no grace period needed
         let winner = PageTableEntry(rawValue: result.original)
@@ -166,13 +182,13 @@ final class PageTable: @unchecked Sendable {
     ) throws(E) {
         var address = start
         while address < end {
-            let pgdEntry = root.loadOrdered(Self.index(address, level: 3))
+            let pgdEntry = root.load(Self.index(address, level: 3))
             if pgdEntry.isNone {
                 address = Self.nextBoundary(address, level: 3)
                 continue
             }
             let pud = TableBlock(entry: pgdEntry)
-            let pudEntry = pud.loadOrdered(Self.index(address, level: 2))
+            let pudEntry = pud.load(Self.index(address, level: 2))
             if pudEntry.isNone {
                 address = Self.nextBoundary(address, level: 2)
                 continue

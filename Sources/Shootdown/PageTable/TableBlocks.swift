@@ -43,15 +43,6 @@ struct TableBlock: Equatable {
         PageTableEntry(rawValue: base[index].load(ordering: .acquiring))
     }
 
-    /// Loads entry `index` for a writer's range walk. Sequentially consistent (a plain load on x86):
-    /// a zap that made a VMA's sequence count odd and then finds this slot empty, and a speculative
-    /// fault that CAS-installs a table here and then re-reads the count, cannot both miss each other
-    /// (see ``SeqCount``).
-    @inlinable @inline(__always)
-    func loadOrdered(_ index: Int) -> PageTableEntry {
-        PageTableEntry(rawValue: base[index].load(ordering: .sequentiallyConsistent))
-    }
-
     /// The descriptor of this block.
     @inlinable
     var descriptor: UnsafeMutableRawPointer {

@@ -38,12 +38,14 @@ enum RCU {
     /// - Precondition: not inside a read-side section.
     static func synchronize() {
         checkInvariant(!isReadSectionActive, "synchronize() inside an RCU read section deadlocks")
+        LockContext.mightSleep("waiting for an RCU grace period")
         cinterop_rcu_synchronize()
     }
 
     /// Waits until every callback queued with ``call(afterGracePeriod:)`` has run (about 10 ms).
     static func barrier() {
         checkInvariant(!isReadSectionActive, "barrier() inside an RCU read section")
+        LockContext.mightSleep("waiting for deferred reclamation")
         cinterop_rcu_barrier()
     }
 

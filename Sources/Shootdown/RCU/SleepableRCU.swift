@@ -12,7 +12,7 @@ import Synchronization
 /// Why not liburcu-bp as the second domain: bp polls in 10 ms steps once a reader blocks
 /// (docs/rcu.md), and it needs per-thread registration; this domain needs neither.
 ///
-/// Memory ordering (proof sketch in the README's "Notifier domain" section): the reader's
+/// Memory ordering (docs/rcu.md, "The notifier domain"): the reader's
 /// `lock` increment, its load of the phase counter and its loads of protected pointers are
 /// sequentially consistent, as are the updater's publication store and its scans; the `unlock`
 /// increment releases. A reader that loaded a pointer before an updater published its
@@ -31,6 +31,10 @@ final class SleepableRCU: @unchecked Sendable {
     private let updaters = FutexMutex()
     /// Grace periods completed (statistics).
     private let completed = Atomic<UInt64>(0)
+    /// Callbacks waiting for a grace period (see `call(afterGracePeriod:)`).
+    let deferred = FutexLock(DeferredQueue())
+    /// Wakes ``barrier()`` callers when a batch of callbacks has run.
+    let deferredDone = WaitQueue()
 
     /// The domain used for every address space's MMU-notifier list, like the kernel's single
     /// global notifier SRCU (docs/protocols.md, "Notifier lists").
@@ -86,6 +90,8 @@ final class SleepableRCU: @unchecked Sendable {
     /// - Precondition: not inside a read section of this domain (it would wait for itself).
     @usableFromInline
     func synchronize() {
+        LockContext.mightSleep("waiting for a notifier-domain grace period")
+        LockContext.notInNotifierReadSection("waiting for a notifier-domain grace period (unregistering, tearing a space with subscribers down)")
         updaters.withLock {
             let active = Int(phase.pointee.load(ordering: .sequentiallyConsistent) & 1)
             // Stragglers that loaded the phase before the previous flip.

@@ -1,28 +1,51 @@
 import Synchronization
 /// Errors of address-space operations, with the Linux `errno` each one models.
 ///
-/// Every public operation validates its input before changing anything and throws one of these;
-/// a call that throws leaves the space exactly as it was.
+/// Every public operation validates its input and throws one of these. Where Linux has partial
+/// effects (mprotect, madvise, mlock and munlock change the VMAs before a hole and then fail;
+/// mremap unmaps a fixed target before it checks the source), the engine has the same ones; each
+/// operation's documentation says what a failing call may already have done.
 public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
-    /// `EINVAL`: unaligned address, zero or overflowing length, bad flag combination.
+    /// `EINVAL`: unaligned address, zero or overflowing length, bad flag combination, unknown
+    /// advice or flag bits.
     case invalidArgument
-    /// `ENOMEM`: range outside the user address space, no room for a mapping, or an operation over
-    /// a hole (mprotect, madvise, mremap growth).
+    /// `ENOMEM`: range outside the user address space, no room for a mapping, an operation over
+    /// a hole, too many VMAs, a locked-memory limit exceeded.
     case noMemory
     /// `EEXIST`: `MAP_FIXED_NOREPLACE` over an existing mapping.
     case alreadyExists
-    /// `EFAULT`: mremap of a range that is not inside one mapping.
+    /// `EFAULT`: an address the operation needs mapped, with a given access, is not: mremap of a
+    /// range that is not inside one mapping; `faultRange`, `mirror`, `pin` or `MADV_POPULATE_*` over
+    /// a page that is unmapped or lacks the access; a device access through a translation the CPU
+    /// page table does not back (``AddressSpace/deviceWrite(_:at:frame:)``), or a device write
+    /// through a read-only pin.
     case badAddress
-    /// `SIGSEGV`: a fault on an unmapped address or against the mapping's protection.
+    /// `SIGSEGV`: a fault on an unmapped address, against the mapping's protection, or on a guard
+    /// region.
     case segmentationFault
-    /// The frame allocator (or swap) is exhausted (the kernel's OOM, here an error, not a crash).
+    /// The frame allocator (or swap) is exhausted (the kernel's OOM, here an error, not a crash),
+    /// or a frame already carries ``PhysicalMemory/maxPins`` pins.
     case outOfMemory
-    /// `EAGAIN`: a non-blocking operation could not proceed (trylock failed, a notifier refused).
+    /// `EAGAIN`: a non-blocking operation could not proceed (trylock failed, a notifier refused),
+    /// or mlock could not lock every page.
     case wouldBlock
+    /// `EPERM`: a sealed VMA, an address below `mmap_min_addr` without `CAP_SYS_RAWIO`, mlock
+    /// with a zero `RLIMIT_MEMLOCK` and no `CAP_IPC_LOCK`.
+    case permissionDenied
+    /// `EBUSY`: msync(`MS_INVALIDATE`) over locked memory.
+    case busy
+    /// `EACCES`: an access the mapping's object does not allow (not reachable with anonymous
+    /// memory; kept for harnesses that compare errno values).
+    case accessDenied
     /// The address space was torn down.
     case addressSpaceDead
+    /// The mirror or subscription was shut down and takes no more work: a detached mirror
+    /// (``SoftwareMirror/detach()``), a removed interval notifier passed to `faultRange` or
+    /// `mirror`, an unpinned ``PinnedRange``. Modelled on `ESHUTDOWN`.
+    case detached
 
-    /// The Linux errno value this error models (`SIGSEGV` for a segmentation fault).
+    /// The Linux errno value this error models (`SIGSEGV` for a segmentation fault; `ENOMEM` for
+    /// frame exhaustion; `ESRCH` for a dead space).
     public var errno: Int32 {
         switch self {
         case .invalidArgument: 22
@@ -31,7 +54,46 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         case .badAddress: 14
         case .segmentationFault: 11
         case .wouldBlock: 11
+        case .permissionDenied: 1
+        case .busy: 16
+        case .accessDenied: 13
         case .addressSpaceDead: 3
+        case .detached: 108
+        }
+    }
+
+    /// The error for a Linux errno value (`EAGAIN` is ``wouldBlock``, `ENOMEM` ``noMemory``);
+    /// `nil` for values the engine never reports.
+    public init?(errno: Int32) {
+        switch errno {
+        case 22: self = .invalidArgument
+        case 12: self = .noMemory
+        case 17: self = .alreadyExists
+        case 14: self = .badAddress
+        case 11: self = .wouldBlock
+        case 1: self = .permissionDenied
+        case 16: self = .busy
+        case 13: self = .accessDenied
+        case 3: self = .addressSpaceDead
+        case 108: self = .detached
+        default: return nil
+        }
+    }
+
+    /// The errno's symbolic name (`"EINVAL"`, …; `"SIGSEGV"` for a segmentation fault).
+    public var errnoName: String {
+        switch self {
+        case .invalidArgument: "EINVAL"
+        case .noMemory, .outOfMemory: "ENOMEM"
+        case .alreadyExists: "EEXIST"
+        case .badAddress: "EFAULT"
+        case .segmentationFault: "SIGSEGV"
+        case .wouldBlock: "EAGAIN"
+        case .permissionDenied: "EPERM"
+        case .busy: "EBUSY"
+        case .accessDenied: "EACCES"
+        case .addressSpaceDead: "ESRCH"
+        case .detached: "ESHUTDOWN"
         }
     }
 
@@ -44,7 +106,11 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         case .segmentationFault: "SIGSEGV (segmentation fault)"
         case .outOfMemory: "out of memory (frames exhausted)"
         case .wouldBlock: "EAGAIN (would block)"
+        case .permissionDenied: "EPERM (operation not permitted)"
+        case .busy: "EBUSY (device or resource busy)"
+        case .accessDenied: "EACCES (permission denied)"
         case .addressSpaceDead: "address space torn down"
+        case .detached: "detached (the mirror or subscription was shut down)"
         }
     }
 }

@@ -49,6 +49,7 @@ struct WaitQueueWords {
 
     /// Sleeps until `condition()` returns true. `condition` is evaluated before every sleep.
     func wait(until condition: () -> Bool) {
+        LockContext.mightSleep("waiting on a wait queue")
         while true {
             // Acquiring epoch read before the condition: a wake-up after this read changes the
             // epoch, so the futex wait below cannot sleep through it.

@@ -32,6 +32,7 @@ final class FutexMutex: @unchecked Sendable {
     }
 
     func lock() {
+        LockContext.mightSleep("taking a sleeping mutex")
         if word.pointee.compareExchange(expected: 0, desired: 1, ordering: .acquiring).exchanged { return }
         var spins = 0
         while true {

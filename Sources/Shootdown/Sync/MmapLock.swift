@@ -12,6 +12,10 @@ import Synchronization
 /// `mm_struct` does: `mm_lock_seq` (``sequence``), odd while a writer holds the lock, and the wait
 /// queue a VMA writer sleeps on while readers drain (`mm->vma_writer_wait`). Spaces whose faults do
 /// not use per-VMA locks keep the sequence too (two stores per write hold) and never wait on it.
+///
+/// Not recursive, in either mode: a thread that holds it must not take it again (a second read
+/// acquisition waits behind any queued writer). Debug builds record the holder per thread and trap
+/// on re-entry (``LockContext/mmapLockAcquiring(_:write:)``).
 @usableFromInline
 final class MmapLock: @unchecked Sendable {
     @usableFromInline static let writerHeld: UInt32 = 1 << 31
@@ -102,6 +106,9 @@ final class MmapLock: @unchecked Sendable {
 
     @inlinable @inline(__always)
     func readLock() {
+        LockContext.mightSleep("taking the mmap lock for reading")
+        LockContext.mmapLockAcquiring(words, write: false)
+        defer { LockContext.mmapLockAcquired(words, write: false) }
         let current = state.pointee.load(ordering: .relaxed)
         if current & (Self.writerHeld | Self.writerWaiting) == 0,
             state.pointee.compareExchange(expected: current, desired: current &+ 1, ordering: .acquiring).exchanged
@@ -113,6 +120,7 @@ final class MmapLock: @unchecked Sendable {
 
     @inlinable @inline(__always)
     func readUnlock() {
+        LockContext.mmapLockReleased(words)
         // Sequentially consistent (a locked xadd on x86 either way): the rare wake-up path below
         // must not miss a writer that registered as a sleeper (see `sleep(expecting:)`).
         let new = state.pointee.wrappingSubtract(1, ordering: .sequentiallyConsistent).newValue
@@ -126,7 +134,10 @@ final class MmapLock: @unchecked Sendable {
         while current & (Self.writerHeld | Self.writerWaiting) == 0 {
             let result = state.pointee.compareExchange(
                 expected: current, desired: current &+ 1, ordering: .acquiring)
-            if result.exchanged { return true }
+            if result.exchanged {
+                LockContext.mmapLockAcquired(words, write: false)
+                return true
+            }
             current = result.original
         }
         return false
@@ -160,6 +171,9 @@ final class MmapLock: @unchecked Sendable {
     /// Takes the lock for writing and makes `mm_lock_seq` odd.
     @inlinable @inline(__always)
     func writeLock() {
+        LockContext.mightSleep("taking the mmap lock for writing")
+        LockContext.mmapLockAcquiring(words, write: true)
+        defer { LockContext.mmapLockAcquired(words, write: true) }
         if !state.pointee.compareExchange(expected: 0, desired: Self.writerHeld, ordering: .acquiring).exchanged {
             writeLockSlow()
         }
@@ -170,6 +184,7 @@ final class MmapLock: @unchecked Sendable {
     @inlinable @inline(__always)
     func writeUnlock() {
         checkInvariant(state.pointee.load(ordering: .relaxed) & Self.writerHeld != 0, "mmap write unlock without lock")
+        LockContext.mmapLockReleased(words)
         endWriteSequence()
         // Sequentially consistent (xchg is locked on x86 either way): pairs with the sleeper's
         // increment-then-recheck in `sleep(expecting:)`, so a sleeping reader or writer is woken.

@@ -8,12 +8,13 @@ import Synchronization
 /// (which are themselves atomics read with relaxed ordering) and validate with
 /// ``hasChanged(since:)``.
 ///
-/// Ordering: ``writeBegin()`` is a sequentially consistent read-modify-write. Besides ordering the
-/// odd value before the writer's later stores (what a release fence would do), it orders it before
-/// the writer's later *loads*. The speculative fault path relies on this: a zap that makes the
-/// count odd and then finds a page-table slot empty, and a speculative fault that installs a table
-/// in that slot with a sequentially consistent CAS and then re-reads the count, cannot both miss
-/// each other (store-buffering is excluded by the single total order).
+/// Ordering: ``writeBegin()`` increments, then issues a releasing fence (the kernel's `smp_wmb`
+/// after the increment): a reader that observes any later store of the writer (a changed field, a
+/// cleared page-table entry) and then passes an acquiring fence sees the odd count. ``writeEnd()``
+/// is a releasing store, so a reader that sees the even value sees every change of the section.
+/// Page-table entries a speculative fault installs are ordered against zaps by the split lock, not
+/// by this count: the fault re-checks the count under the lock, and a zap holds the count odd while
+/// it takes that lock.
 @usableFromInline
 struct SeqCount: ~Copyable, @unchecked Sendable {
     @usableFromInline let value: Atomic<UInt32>
@@ -36,9 +37,8 @@ struct SeqCount: ~Copyable, @unchecked Sendable {
         // (the kernel's `smp_rmb` in `read_seqcount_retry`); a load alone, even sequentially
         // consistent, would not order earlier loads. No instruction on x86.
         atomicMemoryFence(ordering: .acquiring)
-        // Sequentially consistent: pairs with writeBegin's RMW in the speculative-fault argument
-        // above (a plain load on x86).
-        return value.load(ordering: .sequentiallyConsistent) != snapshot
+        // Relaxed: the fence above orders it after the protected reads.
+        return value.load(ordering: .relaxed) != snapshot
     }
 
     // MARK: Writers (externally serialised)
@@ -46,8 +46,10 @@ struct SeqCount: ~Copyable, @unchecked Sendable {
     /// Makes the count odd. Pair with ``writeEnd()``.
     @inlinable
     func writeBegin() {
-        let old = value.wrappingAdd(1, ordering: .sequentiallyConsistent).oldValue
+        let old = value.wrappingAdd(1, ordering: .relaxed).oldValue
         checkInvariant(old & 1 == 0, "nested or concurrent seqcount writer")
+        // Releasing fence: the odd value is ordered before every later store of the section.
+        atomicMemoryFence(ordering: .releasing)
     }
 
     /// Makes the count even again, publishing the change.
@@ -63,7 +65,8 @@ struct SeqCount: ~Copyable, @unchecked Sendable {
     /// odd for good (a VMA that was removed) or re-enters a section it already holds.
     @inlinable
     func rawWriteBegin() {
-        _ = value.wrappingAdd(1, ordering: .sequentiallyConsistent)
+        _ = value.wrappingAdd(1, ordering: .relaxed)
+        atomicMemoryFence(ordering: .releasing)  // as in writeBegin()
     }
 
     /// The current value, for invariant checks and tests.

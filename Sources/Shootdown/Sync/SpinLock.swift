@@ -18,6 +18,7 @@ struct SpinLockHandle {
     /// Acquires the lock.
     @inlinable @inline(__always)
     func lock() {
+        LockContext.spinLockAcquired()
         // Acquiring: the critical section cannot move above the acquisition.
         if word.pointee.compareExchange(expected: 0, desired: 1, ordering: .acquiring).exchanged { return }
         lockSlow()
@@ -26,8 +27,10 @@ struct SpinLockHandle {
     /// Tries to acquire the lock without waiting.
     @inlinable @inline(__always)
     func tryLock() -> Bool {
-        word.pointee.load(ordering: .relaxed) == 0
+        let acquired = word.pointee.load(ordering: .relaxed) == 0
             && word.pointee.compareExchange(expected: 0, desired: 1, ordering: .acquiring).exchanged
+        if acquired { LockContext.spinLockAcquired() }
+        return acquired
     }
 
     /// Releases the lock.
@@ -36,6 +39,7 @@ struct SpinLockHandle {
         checkInvariant(word.pointee.load(ordering: .relaxed) == 1, "unlocking a spin lock that is not held")
         // Releasing: the critical section's writes are visible to the next holder.
         word.pointee.store(0, ordering: .releasing)
+        LockContext.spinLockReleased()
     }
 
     /// Whether the lock is held by someone (diagnostics and invariant checks only).

@@ -9,7 +9,7 @@ import Synchronization
 /// grace period) the object drops its frame references.
 final class SharedMemoryObject: @unchecked Sendable {
     let memory: PhysicalMemory
-    private let pages = FutexLock<[UInt64: UInt64]>([:])
+    let pages = FutexLock<[UInt64: UInt64]>([:])
 
     init(memory: PhysicalMemory) { self.memory = memory }
 
@@ -36,5 +36,19 @@ final class SharedMemoryObject: @unchecked Sendable {
             pages[offset] = frame
             return frame
         }
+    }
+}
+
+extension SharedMemoryObject {
+    /// Drops the cached pages `[from, to)` (`MADV_REMOVE`'s hole punch); the caller zapped every
+    /// mapping of them first.
+    func removePages(from: UInt64, to: UInt64) {
+        var chain = FrameChain()
+        pages.withLock { pages in
+            for offset in from..<to {
+                if let frame = pages.removeValue(forKey: offset) { memory.unpin(frame, into: &chain) }
+            }
+        }
+        memory.release(chain)
     }
 }

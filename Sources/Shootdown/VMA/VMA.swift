@@ -1,38 +1,36 @@
 import Synchronization
 
-/// Memory protection of a mapping (`PROT_READ`, `PROT_WRITE`, `PROT_EXEC`).
+/// Memory protection of a mapping (`PROT_READ`, `PROT_WRITE`, `PROT_EXEC`), as the raw Linux
+/// bits: any value can be built, so a caller can pass what a program passed (mprotect rejects
+/// unknown bits with `EINVAL`; mmap ignores them, as Linux does).
 public struct Protection: OptionSet, Hashable, Sendable, CustomStringConvertible {
-    public let rawValue: UInt8
-    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public let rawValue: UInt32
+    @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
 
+    /// `PROT_READ`.
     public static let read = Protection(rawValue: 1)
+    /// `PROT_WRITE`.
     public static let write = Protection(rawValue: 2)
+    /// `PROT_EXEC`.
     public static let exec = Protection(rawValue: 4)
+    /// `PROT_SEM` (x86 accepts it and ignores it).
+    public static let sem = Protection(rawValue: 8)
+    /// `PROT_GROWSDOWN`: mprotect applies the protection down to the start of a growsdown VMA.
+    public static let growsDown = Protection(rawValue: 0x0100_0000)
+    /// `PROT_GROWSUP`: no growsup VMAs exist on x86, so mprotect rejects it.
+    public static let growsUp = Protection(rawValue: 0x0200_0000)
+    /// `PROT_NONE`: no access.
     public static let none: Protection = []
+    /// `PROT_READ | PROT_WRITE`.
     public static let readWrite: Protection = [.read, .write]
+
+    /// Only the access bits (read, write, exec): what a VMA stores.
+    @inlinable public var access: Protection { Protection(rawValue: rawValue & 7) }
 
     /// `rwx` letters as in `/proc/self/maps`.
     public var description: String {
         (contains(.read) ? "r" : "-") + (contains(.write) ? "w" : "-") + (contains(.exec) ? "x" : "-")
     }
-}
-
-/// Flags of a mapping that are not protection.
-public struct MappingFlags: OptionSet, Hashable, Sendable {
-    public let rawValue: UInt16
-    public init(rawValue: UInt16) { self.rawValue = rawValue }
-
-    /// `MAP_SHARED`: pages are shared with forks, no copy-on-write.
-    public static let shared = MappingFlags(rawValue: 1 << 0)
-    /// `MADV_HUGEPAGE`: faults may install 2 MiB mappings.
-    public static let hugePage = MappingFlags(rawValue: 1 << 1)
-    /// `MADV_NOHUGEPAGE`.
-    public static let noHugePage = MappingFlags(rawValue: 1 << 2)
-    /// `VM_LOCKED` (`MAP_LOCKED` / mlock): never paged out or reaped.
-    public static let locked = MappingFlags(rawValue: 1 << 3)
-    /// `VM_SOFTDIRTY`: every page of the mapping reads as soft-dirty until the next
-    /// `clearSoftDirty`.
-    public static let softDirty = MappingFlags(rawValue: 1 << 4)
 }
 
 /// A virtual memory area: `[start, end)` with one protection, flags and backing.
@@ -57,8 +55,13 @@ final class VMA: @unchecked Sendable {
     @usableFromInline let sequence = SeqCount()
     @usableFromInline let startWord: Atomic<UInt64>
     @usableFromInline let endWord: Atomic<UInt64>
-    /// Protection (bits 0–7) and flags (bits 8–23).
+    /// Protection (bits 0–7) and ``VMFlags`` without the access bits (bits 8–63).
     @usableFromInline let attributeWord: Atomic<UInt64>
+    /// The VMA's `anon_vma` identity (0: none yet; see ``AnonVMA``). Set once by the first fault
+    /// that allocates an anonymous page (classic path, mmap read lock plus the space's anon lock),
+    /// copied by splits and moves, adopted by merges. Read by the speculative path, which
+    /// leaves a first anonymous allocation to the classic one.
+    @usableFromInline let anonVMAWord = Atomic<UInt64>(0)
 
     private let writerPadding = CacheLinePadding()
 
@@ -73,7 +76,9 @@ final class VMA: @unchecked Sendable {
 
     /// Backing of a shared mapping; `nil` for private anonymous memory. Writer-owned.
     var sharedObject: SharedMemoryObject?
-    /// Page offset of `start` within `sharedObject`. Writer-owned.
+    /// Page offset of `start` (`vm_pgoff`): within `sharedObject` for shared memory; for private
+    /// memory the start page number at mmap, kept by splits and by moves of VMAs that have
+    /// anonymous pages (merging needs contiguous offsets). Writer-owned.
     var pageOffset: UInt64
 
     /// Neighbours in address order (writer-owned; read under the mmap lock).
@@ -84,19 +89,23 @@ final class VMA: @unchecked Sendable {
     /// the mmap read lock (zaps by madvise, reclaim, migration).
     private var writeDepth = 0
     private var removed = false
-    let writerLock = SpinLock()
+    /// A sleeping lock: its holder runs blockable notifier callbacks (DONTNEED, reclaim), which
+    /// may sleep.
+    let writerLock = FutexMutex()
 
-    init(start: UInt64, end: UInt64, protection: Protection, flags: MappingFlags,
-         sharedObject: SharedMemoryObject? = nil, pageOffset: UInt64 = 0) {
+    /// - Parameter pageOffset: `nil` for private memory means `start`'s page number.
+    init(start: UInt64, end: UInt64, protection: Protection, flags: VMFlags,
+         sharedObject: SharedMemoryObject? = nil, pageOffset: UInt64? = nil, anonVMA: UInt64 = 0) {
         startWord = Atomic(start)
         endWord = Atomic(end)
         attributeWord = Atomic(Self.pack(protection, flags))
         self.sharedObject = sharedObject
-        self.pageOffset = pageOffset
+        self.pageOffset = pageOffset ?? (sharedObject == nil ? start / PageTable.pageSize : 0)
+        anonVMAWord.store(anonVMA, ordering: .relaxed)
     }
 
-    @inlinable static func pack(_ protection: Protection, _ flags: MappingFlags) -> UInt64 {
-        UInt64(protection.rawValue) | UInt64(flags.rawValue) << 8
+    @inlinable static func pack(_ protection: Protection, _ flags: VMFlags) -> UInt64 {
+        UInt64(protection.rawValue & 0xFF) | (flags.rawValue & ~VMFlags.access.rawValue) << 8
     }
 
     // MARK: Reading (relaxed; validate with `sequence` when not holding the mmap lock)
@@ -104,12 +113,17 @@ final class VMA: @unchecked Sendable {
     @inlinable var start: UInt64 { startWord.load(ordering: .relaxed) }
     @inlinable var end: UInt64 { endWord.load(ordering: .relaxed) }
     @inlinable var protection: Protection {
-        Protection(rawValue: UInt8(truncatingIfNeeded: attributeWord.load(ordering: .relaxed)))
+        Protection(rawValue: UInt32(truncatingIfNeeded: attributeWord.load(ordering: .relaxed) & 0xFF))
     }
-    @inlinable var flags: MappingFlags {
-        MappingFlags(rawValue: UInt16(truncatingIfNeeded: attributeWord.load(ordering: .relaxed) >> 8))
+    /// The flags without the access bits (those are ``protection``).
+    @inlinable var flags: VMFlags {
+        VMFlags(rawValue: attributeWord.load(ordering: .relaxed) >> 8)
     }
+    /// The `anon_vma` identity (0: none).
+    @inlinable var anonVMA: UInt64 { anonVMAWord.load(ordering: .relaxed) }
     @inlinable var isShared: Bool { flags.contains(.shared) }
+    @inlinable var isLocked: Bool { flags.contains(.locked) }
+    @inlinable var isSealed: Bool { flags.contains(.sealed) }
     @inlinable var isAnonymousPrivate: Bool { !flags.contains(.shared) }
 
     /// Whether a huge mapping may cover `[hugeStart, hugeStart + 2 MiB)`.
@@ -154,7 +168,7 @@ final class VMA: @unchecked Sendable {
     }
 
     /// Sets protection and flags. Inside a write section.
-    func setAttributes(protection: Protection, flags: MappingFlags) {
+    func setAttributes(protection: Protection, flags: VMFlags) {
         checkInvariant(writeDepth > 0, "VMA change outside its write section")
         attributeWord.store(Self.pack(protection, flags), ordering: .relaxed)
     }

@@ -85,6 +85,36 @@ final class VMAIndex: @unchecked Sendable {
         }
     }
 
+    /// ``floor(_:)`` without a reference count (writer side: the mmap lock keeps the VMA alive).
+    func floorUnretained(_ address: UInt64) -> Unmanaged<VMA>? {
+        guard var node = root else { return nil }
+        while true {
+            let position = node.rank(of: address)
+            if position < 0 { return nil }
+            let slot = node.slot(position).unsafelyUnwrapped
+            if node.level == 0 { return Unmanaged<VMA>.fromOpaque(slot) }
+            node = IndexNode(raw: slot)
+        }
+    }
+
+    /// Whether any VMA intersecting `[start, end)` satisfies `test`, visiting them in order
+    /// without reference counting (mmap lock held).
+    func contains(intersecting start: UInt64, _ end: UInt64, where test: (VMA) -> Bool) -> Bool {
+        var cursor = floorUnretained(start)
+        if cursor == nil, let first { cursor = Unmanaged.passUnretained(first) }
+        while let current = cursor {
+            let (hit, next, pastEnd) = current._withUnsafeGuaranteedRef { vma -> (Bool, Unmanaged<VMA>?, Bool) in
+                if vma.start >= end { return (false, nil, true) }
+                let hit = vma.end > start && test(vma)
+                return (hit, vma.next.map { Unmanaged.passUnretained($0) }, false)
+            }
+            if hit { return true }
+            if pastEnd { return false }
+            cursor = next
+        }
+        return false
+    }
+
     /// The VMA containing `address`, or else the first VMA above it (`find_vma`).
     func findFirst(endingAfter address: UInt64) -> VMA? {
         if let candidate = floor(address) {

@@ -122,7 +122,7 @@ struct ConcurrentHugePageTests {
         let audit = space.audit()
         #expect(audit.entriesOutsideVMAs == 0)
         #expect(audit.entriesExceedingProtection == 0)
-        #expect(audit.deadTablesReached == 0)
+        #expect(audit.deadTablesReached == 0 && audit.tablesInHoles == 0, "\(audit)")
         space.teardown()
         RCU.barrier()
         #expect(memory.framesInUse == 0)

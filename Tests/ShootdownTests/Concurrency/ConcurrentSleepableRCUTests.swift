@@ -226,6 +226,31 @@ struct ConcurrentSleepableRCUTests {
         #expect(!early, "synchronize() returned before the section ended on the other thread")
     }
 
+    /// Deferred reclamation (`call_srcu`): the caller returns at once while a reader sleeps; the
+    /// callback runs only after every reader that was inside has left, and ``barrier()`` waits
+    /// for it. Many callbacks queued meanwhile all run.
+    @Test func deferredCallbacksWaitForReadersButTheirCallerDoesNot() {
+        let domain = SleepableRCU()
+        let readerInside = Atomic<Bool>(true)
+        let ranEarly = Atomic<Int>(0)
+        let ran = Atomic<Int>(0)
+        let token = domain.readLock()
+        for _ in 0..<100 {
+            domain.call(afterGracePeriod: {
+                if readerInside.load(ordering: .sequentiallyConsistent) { ranEarly.add(1, ordering: .relaxed) }
+                ran.add(1, ordering: .relaxed)
+            })
+        }
+        // The caller did not wait (the reader is still inside, on this very thread).
+        RCU.synchronize()  // unrelated work while the callbacks are pending
+        readerInside.store(false, ordering: .sequentiallyConsistent)
+        domain.readUnlock(token)
+        let barrier = TestThread("srcu-barrier") { domain.barrier() }
+        guard barrier.join("barrier") else { return }
+        #expect(ranEarly.load(ordering: .relaxed) == 0, "a callback ran while a reader that predates it was inside")
+        #expect(ran.load(ordering: .relaxed) == 100)
+    }
+
     /// The same isolation seen from an address space: a notifier callback that blocks (inside the
     /// notifier domain, during an munmap holding the mmap write lock) delays neither memb grace
     /// periods and deferred frees, nor speculative faults and lockless accesses elsewhere in the

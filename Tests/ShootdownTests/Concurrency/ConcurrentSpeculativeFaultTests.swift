@@ -13,7 +13,9 @@ import Testing
 /// can check exact postconditions right after each call returns, with faulters still running:
 /// - no entry in a range it just unmapped (or moved away, or shrank away);
 /// - no writable entry in a range it just made read-only, no present entry in one it made
-///   `PROT_NONE`.
+///   `PROT_NONE`;
+/// - every 4 operations, an audit (under the mmap read lock, faulters still running) finds no
+///   page table in a hole, no freed table reachable and no entry outside a VMA.
 /// Both must hold immediately because a speculative fault validates its VMA's sequence count under
 /// the split lock, and every zap and protection change runs inside the VMA's write section; a fault
 /// under a VMA lock holds off the writer's `vma_start_write` until it is done.
@@ -90,6 +92,14 @@ struct ConcurrentSpeculativeFaultTests {
             while operations < churnIterations || !faultersLeft.isDone {
                 operations += 1
                 if operations > 1_000_000 { break }
+                if operations % 4 == 0 {
+                    // With faulters running: no page table may sit in a hole (a speculative fault
+                    // that raced an munmap must not leave one), none freed may be reachable.
+                    let audit = space.audit()
+                    if audit.tablesInHoles != 0 || audit.deadTablesReached != 0 || audit.entriesOutsideVMAs != 0 {
+                        violations.record("audit during churn: \(audit)")
+                    }
+                }
                 let vmas = space.mappings().filter { $0.start >= regionStart && $0.end <= regionEnd }
                 let slotIndex = random.index(below: 2)
                 let slot = slots[slotIndex]
@@ -177,13 +187,63 @@ struct ConcurrentSpeculativeFaultTests {
         let audit = space.audit()
         #expect(audit.entriesOutsideVMAs == 0)
         #expect(audit.entriesExceedingProtection == 0)
-        #expect(audit.deadTablesReached == 0)
+        #expect(audit.deadTablesReached == 0 && audit.tablesInHoles == 0, "\(audit)")
         #expect(audit.unmergedNeighbours == 0)
 
         space.teardown()
         RCU.barrier()
         #expect(memory.framesInUse == 0)
         #expect(memory.swap.slotsInUse == 0)
+    }
+
+    /// Review finding 6 with real threads: one churner maps and unmaps a single page alone in its
+    /// own top-level entry (every unmap frees the PUD, PMD and PTE tables above it), faulters fault
+    /// it speculatively without pause. A fault that looked the VMA up just before the unmap and
+    /// walked after the tables were freed used to install fresh tables into the hole. Checked right
+    /// after every unmap returns (with the faulters still running): no page table in a hole.
+    @Test func speculativeFaultsLeakedPageTablesIntoHoles() throws {
+        let memory = PhysicalMemory(capacity: 4096)
+        let space = try AddressSpace(memory: memory)
+        let address = Self.region(3).start + 7 * AddressSpace.hugePageSize
+        let cycles = ConcurrentHarness.iterations(20_000, minimum: 200)
+        let violations = ConcurrentViolations()
+        let done = SharedFlag()
+        var bodies: [@Sendable () -> Void] = [{
+            defer { done.set() }
+            for _ in 0..<cycles {
+                do {
+                    try space.map(length: Self.page, placement: .fixed(address))
+                    try space.unmap(address: address, length: Self.page)
+                } catch {
+                    violations.record("churn: \(error)")
+                    return
+                }
+                let audit = space.audit()
+                if audit.tablesInHoles != 0 || audit.deadTablesReached != 0 {
+                    violations.record("right after unmap: \(audit)")
+                    return
+                }
+            }
+        }]
+        for _ in 0..<Self.faulters {
+            bodies.append {
+                while !done.isSet {
+                    do {
+                        try space.fault(at: address, access: .write)
+                    } catch MemoryError.segmentationFault {
+                    } catch {
+                        violations.record("fault: \(error)")
+                        return
+                    }
+                }
+            }
+        }
+        guard ConcurrentHarness.run("spf-table-leak", bodies) else { return }
+        violations.expectNone("page tables left in holes")
+        ConcurrentHarness.report("spf-table-leak: \(space.statistics.nonZero)")
+        space.teardown()
+        RCU.barrier()
+        #expect(memory.framesInUse == 0)
     }
 
     /// A random non-empty page range inside `vma`.

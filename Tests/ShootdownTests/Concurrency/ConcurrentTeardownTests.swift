@@ -88,7 +88,7 @@ struct ConcurrentTeardownTests {
                         if random.chance(50) {
                             _ = try mirror.read(at: address)
                         } else {
-                            try mirror.populate(address, address + count * page, write: random.chance(50))
+                            try mirror.populate(address: address, length: count * page, write: random.chance(50))
                         }
                     }
                     if wasDead {

@@ -105,7 +105,7 @@ private let base = NotifierTestConstants.base
     @Test func aSoftwareMirrorReportsDeviceAccesses() throws {
         let space = try makeSpace()
         let mirror = try SoftwareMirror(space: space, start: base, length: 16 * p)
-        try mirror.populate(base, base + 8 * p, write: false)
+        try mirror.populate(address: base, length: 8 * p, write: false)
         _ = try space.age(address: base, length: 16 * p)
         _ = try mirror.read(at: pageAddress(2))
         #expect(space.translate(pageAddress(2))?.isAccessed == false)

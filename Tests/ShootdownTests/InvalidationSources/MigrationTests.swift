@@ -58,10 +58,10 @@ private let base = NotifierTestConstants.base
         try space.map(length: 8 * p, placement: .fixed(base))
         for index in 0..<8 { try space.write(0x900 + UInt64(index), at: pageAddress(index)) }
         let mirror = try SoftwareMirror(space: space, start: base, length: 8 * p)
-        try mirror.populate(base, base + 8 * p, write: false)
+        try mirror.populate(address: base, length: 8 * p, write: false)
         let old = mirror.translation(for: pageAddress(3))!.frame
 
-        #expect(try mirror.migrate(base, base + 8 * p) == 8)
+        #expect(try mirror.migrate(address: base, length: 8 * p) == 8)
         #expect(mirror.ownMigrationCount == 1)
         #expect(mirror.invalidationCount == 1)
         // Re-mirrored at the new frames.

@@ -13,7 +13,7 @@ import Testing
         let base = try space.map(length: pages * page)
         for index in 0..<pages { try space.write(index + 1, at: base + index * page) }
         let mirror = try SoftwareMirror(space: space, start: base, length: pages * page)
-        try mirror.populate(base, base + pages * page, write: false)
+        try mirror.populate(address: base, length: pages * page, write: false)
         #expect(mirror.count == Int(pages))
         // Everything old, then the even pages used again by the CPU.
         _ = try space.age(address: base, length: pages * page)

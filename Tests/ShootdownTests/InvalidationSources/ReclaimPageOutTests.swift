@@ -76,7 +76,7 @@ private let base = NotifierTestConstants.base
     @Test func pagesYoungThroughAMirrorGetASecondChance() throws {
         let (space, memory) = try makeSpace()
         let mirror = try SoftwareMirror(space: space, start: base, length: 8 * p)
-        try mirror.populate(base, base + 8 * p, write: false)
+        try mirror.populate(address: base, length: 8 * p, write: false)
         #expect(try space.age(address: base, length: 8 * p) == 8)  // clears the CPU bits
         // Device accesses: young in the mirror only; the CPU accessed bits stay clear.
         for index in 0..<4 { #expect(try mirror.read(at: pageAddress(index)) == 0x100 + UInt64(index)) }

@@ -1,0 +1,66 @@
+import Synchronization
+
+extension AddressSpace {
+    /// The program break (`brk`), raw syscall semantics: returns the new break, or the current one
+    /// when it refuses (it never throws for a refusal).
+    ///
+    /// Linux rules (measured on 6.18): the break starts at `programBreakStart` (a space without one
+    /// refuses everything and returns 0); `brk(0)` or any address below the start returns the
+    /// current break; the break itself may be unaligned, the heap VMA ends at it rounded up to a
+    /// page. Shrinking unmaps the freed pages (`unmap`; refused if sealed); growing needs the new
+    /// end plus one page to stay below the next VMA (its stack guard gap included) and within
+    /// `userLimit`, and the locked-memory limit after `mlockall(MCL_FUTURE)`; the new pages join
+    /// the previous VMA when compatible (the `[heap]` VMA: `rd wr mr mw me ac`) and are populated
+    /// when locked. Regrown pages read zero.
+    ///
+    /// - Throws: only ``MemoryError/addressSpaceDead``.
+    @discardableResult
+    public func setBreak(_ address: UInt64) throws(MemoryError) -> UInt64 {
+        var populate: (UInt64, UInt64)? = nil
+        let result = try mmapLock.withWriteLock { () throws(MemoryError) -> UInt64 in
+            try checkAlive()
+            guard let startBreak = configuration.programBreakStart else { return 0 }
+            if address < startBreak { return programBreak }
+            guard let newEnd = Self.pageAlign(address), let oldEnd = Self.pageAlign(programBreak) else {
+                return programBreak
+            }
+            if newEnd == oldEnd {
+                programBreak = address
+                return address
+            }
+            if newEnd < oldEnd {
+                if index.intersecting(newEnd, oldEnd).contains(where: \.isSealed) { return programBreak }
+                if exceedsMapCount(splitting: splitsNeeded(newEnd, oldEnd)) { return programBreak }
+                let edit = VMAEdit(self)
+                unmapLocked(newEnd, oldEnd, edit: edit)
+                edit.finish()
+                programBreak = address
+                return address
+            }
+            guard newEnd <= Self.userLimit - Self.pageSize else { return programBreak }
+            if let next = index.findFirst(endingAfter: oldEnd), newEnd + Self.pageSize > gapStart(next) {
+                return programBreak
+            }
+            var flags: VMFlags = [.mayRead, .mayWrite, .mayExec, .account, .softDirty]
+            flags.formUnion(defaultFlags)
+            if flags.contains(.locked) {
+                if !configuration.capabilities.contains(.ipcLock), let limit = configuration.lockedMemoryLimit,
+                    (lockedPages() * Self.pageSize + (newEnd - oldEnd)) > limit
+                {
+                    return programBreak
+                }
+            }
+            if index.count >= configuration.maxMapCount { return programBreak }
+            let edit = VMAEdit(self)
+            let vma = VMA(start: oldEnd, end: newEnd, protection: .readWrite, flags: flags)
+            edit.insert(vma)
+            edit.mergeNeighbours(vma)
+            edit.finish()
+            if flags.contains(.locked) && !flags.contains(.lockOnFault) { populate = (oldEnd, newEnd - oldEnd) }
+            programBreak = address
+            return address
+        }
+        if let (start, length) = populate { try? self.populate(start, length: length, write: true) }
+        return result
+    }
+}

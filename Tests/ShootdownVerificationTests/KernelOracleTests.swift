@@ -1,0 +1,109 @@
+import CInterop
+import Shootdown
+import Testing
+@testable import ShootdownVerification
+
+/// The live kernel oracle: random memory syscalls on a real process and on the engine, compared
+/// after every operation.
+@Suite struct KernelOracleTests {
+    /// The bounded run: `operations` operations for each seed (about 20 000 in all).
+    static let seeds: [UInt64] = [1, 2, 3, 4, 5, 6, 7, 8]
+    static let operations = 2_500
+
+    @Test(arguments: seeds)
+    func randomOperationsMatchTheKernel(seed: UInt64) throws {
+        var options = Oracle.RunOptions(seed: seed, operations: Self.operations)
+        options.shrinkReplays = 120
+        // Known divergences need no shrinking (their reproducer is in the list).
+        let report = try Oracle.run(options) { KnownDivergence.matching($0.signature) == nil }
+        print(
+            "oracle seed \(seed): \(report.operations) operations in \(report.nanoseconds / 1_000_000) ms, "
+                + "\(report.sessions) sessions, \(report.divergences.count) divergence kinds, \(report.repeats) repeats")
+        #expect(report.operations == Self.operations)
+        for divergence in report.divergences {
+            if let known = KnownDivergence.matching(divergence.signature) {
+                withKnownIssue(Comment(rawValue: "\(known.owner): \(known.note)")) {
+                    Issue.record(Comment(rawValue: divergence.report))
+                }
+            } else {
+                Issue.record(Comment(rawValue: divergence.report))
+            }
+        }
+    }
+
+    /// Each known divergence's reproducer still diverges the way it says; once the engine matches
+    /// Linux here, this fails ("known issue not recorded") and the entry must go.
+    @Test(arguments: KnownDivergence.all)
+    func knownDivergenceReproduces(_ known: KnownDivergence) throws {
+        let replay = try Oracle.replay(known.reproducer)
+        guard let step = replay.divergence else {
+            withKnownIssue(Comment(rawValue: "\(known.owner): \(known.note)")) {}
+            return
+        }
+        let signature = Divergence.signature(step)
+        let divergence = Divergence(
+            seed: nil, operations: Array(known.reproducer.prefix(replay.steps.count)), step: step,
+            reproducer: known.reproducer, reproducerStep: step)
+        if known.matches(signature) {
+            withKnownIssue(Comment(rawValue: "\(known.owner): \(known.note)")) {
+                Issue.record(Comment(rawValue: divergence.report))
+            }
+        } else {
+            Issue.record(Comment(rawValue: "the reproducer now diverges differently:\n" + divergence.report))
+        }
+    }
+
+    /// The oracle catches a deliberately miswired engine, and shrinks the noise around it away.
+    @Test func catchesAMiswiredEngineAndShrinksToTheCause() throws {
+        var options = OracleOptions()
+        // The engine believes hints are raised to 128 KiB; the kernel raises them to its own floor.
+        options.engineAdjustment = { $0.hintMinAddress = 0x20000 }
+        let noise: [KernelOp] = [
+            .mmap(.absolute(0), length: 0x4000, protection: 3, flags: 0x22), .write(.window(-0x4000), value: 5),
+            .mprotect(.window(-0x4000), length: 0x1000, protection: 1), .read(.window(-0x3000)),
+        ]
+        let cause = KernelOp.mmap(.absolute(0x2000), length: 0x1000, protection: 3, flags: 0x22)
+        let operations = noise + [cause] + noise
+        let replay = try Oracle.replay(operations, options: options)
+        let step = try #require(replay.divergence)
+        #expect(step.op == cause)
+        let divergence = Divergence(
+            seed: nil, operations: Array(operations.prefix(replay.steps.count)), step: step,
+            reproducer: operations, reproducerStep: step)
+        #expect(divergence.signature == "mmap outcome: both success, different values")
+        let shrunk = try Oracle.shrink(divergence, options: options, replays: 40)
+        #expect(shrunk.reproducer == [cause])
+        // Correctly wired, the same operations agree.
+        #expect(try Oracle.replay(operations).divergence == nil)
+    }
+
+    /// mincore may run on from the window into the child's own memory (it only reads); the pages
+    /// of the initial mappings, which the engine's mirror does not have, are not compared, the
+    /// window's are.
+    @Test func mincoreIntoTheChildsOwnMappingsComparesTheWindowOnly() throws {
+        let session = try OracleSession()
+        defer { session.close() }
+        _ = try session.step(.mmap(.absolute(0), length: 0x4000, protection: 3, flags: 0x22))
+        _ = try session.step(.write(.window(-0x4000), value: 1))
+        let step = try session.step(.mincore(.window(-0x4000), length: 0x40_0000))
+        guard case .residency(let pages) = step.linux else {
+            Issue.record("mincore failed: \(step.linux)")
+            return
+        }
+        #expect(pages.prefix(4) == [true, false, false, false])
+        #expect(pages.dropFirst(4).contains(true))  // the child's own pages
+        #expect(step.differences.isEmpty)
+    }
+
+    /// A content difference is caught too: the engine forgets what a page held.
+    @Test func catchesLostContents() throws {
+        let session = try OracleSession()
+        defer { session.close() }
+        _ = try session.step(.mmap(.absolute(0), length: 0x2000, protection: 3, flags: 0x22))
+        _ = try session.step(.write(.window(-0x2000), value: 0x1234))
+        // Behind the oracle's back, the engine drops the page.
+        try session.processes[0].engine.space.advise(address: session.layout.windowTop - 0x2000, length: 0x1000, advice: .dontNeed)
+        let step = try session.step(.read(.window(-0x2000)))
+        #expect(step.differences.contains(.outcome(linux: .loaded(0x1234), engine: .loaded(0))))
+    }
+}

@@ -1,0 +1,124 @@
+@testable import ShootdownVerification
+
+extension KnownDivergence {
+    /// Every known divergence (see ``KnownDivergence``), found by the oracle on Linux 6.18 x86-64
+    /// (THP madvise mode, no swap, unprivileged child). Owner "surface": the engine's Linux
+    /// syscall surface.
+    static let all: [KnownDivergence] = [
+        // mmap flags the engine's map cannot take
+        KnownDivergence(
+            signatures: [
+                "mmap inexpressible: MAP_32BIT",
+                "mmap inexpressible: MAP_DENYWRITE",
+                "mmap inexpressible: MAP_EXECUTABLE",
+                "mmap inexpressible: MAP_NONBLOCK",
+                "mmap inexpressible: MAP_STACK",
+                "mmap inexpressible: MAP_TYPE 0",
+                "mmap inexpressible: MAP_TYPE 15",
+                "mmap inexpressible: MAP_TYPE 3",
+                "mmap inexpressible: MAP_TYPE 4",
+                "mmap inexpressible: MAP_UNINITIALIZED",
+                "mmap inexpressible: a file mapping",
+            ],
+            reproducer: [
+                .mmap(.window(-0x7af02e), length: 0x7000, protection: 0x3, flags: 0x20022),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_STACK
+            ],
+            note: "The engine's map has no form for these raw mmap flags: MAP_STACK (Linux sets nh on the VMA),"
+                + " MAP_32BIT (placed below 2 GiB), MAP_NONBLOCK (MAP_POPULATE then populates nothing), the ignored"
+                + " legacy bits MAP_DENYWRITE, MAP_EXECUTABLE and MAP_UNINITIALIZED, MAP_SHARED_VALIDATE and invalid"
+                + " map types (EINVAL for anonymous memory), and a missing MAP_ANONYMOUS with fd -1 (EBADF).",
+            owner: "surface"),
+        // shared memory has a size
+        KnownDivergence(
+            signatures: [
+                "mlock outcome: Linux ENOMEM, engine success",
+                "mlock2 outcome: Linux ENOMEM, engine success",
+                "mremap residency after success: engine resident, Linux not",
+                "madvise(MADV_POPULATE_READ) outcome: Linux EFAULT, engine success",
+                "madvise(MADV_POPULATE_WRITE) outcome: Linux EFAULT, engine success",
+                "read outcome: Linux SIGBUS, engine loaded",
+                "write outcome: Linux SIGBUS, engine stored",
+            ],
+            reproducer: [
+                .mmap(.window(-0x1728000), length: 0x2f000, protection: 0x3, flags: 0x31),  // PROT_READ|PROT_WRITE, MAP_SHARED|MAP_FIXED|MAP_ANONYMOUS
+                .mremap(.window(-0x16fc000), oldLength: 0x3000, newLength: 0x3a000, flags: 0x3, newAddress: .window(-0x5fb000)),  // MREMAP_MAYMOVE|MREMAP_FIXED
+                .write(.window(-0x5f5000), value: 0xb9b9b48738b19d0f),
+            ],
+            note: "Shared anonymous memory keeps the size it was created with: mremap can grow the mapping, but a"
+                + " page past the object's end raises SIGBUS on access (MADV_POPULATE_*: EFAULT; mlock, mlock2: ENOMEM; a"
+                + " locked mapping grown by a move populates only the pages inside the object). The"
+                + " engine's shared object has no size, so the pages just work.",
+            owner: "surface"),
+        // fork: no page-table copy without an anon_vma
+        KnownDivergence(
+            signatures: [
+                "fork residency after forked: engine resident, Linux not",
+            ],
+            reproducer: [
+                .mmap(.absolute(0x800000000000), length: 0x21000, protection: 0x1, flags: 0x6022),  // PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED|MAP_NORESERVE
+                .fork,
+            ],
+            note: "fork copies no page-table entries of a private VMA that has no anon_vma (only zero-page reads,"
+                + " or MAP_LOCKED|MAP_POPULATE of read-only memory): the child faults them in later, mincore shows"
+                + " them absent. The engine copies every entry.",
+            owner: "surface"),
+        // brk: overcommit refuses growth larger than memory
+        KnownDivergence(
+            signatures: [
+                "brk outcome: both success, different values",
+            ],
+            reproducer: [
+                .brk(.absolute(0x7ffff1d9f000)),
+            ],
+            note: "With heuristic overcommit (vm.overcommit_memory 0) Linux refuses a brk growth larger than RAM"
+                + " plus swap and returns the old break; the engine has no commit accounting and grows the heap.",
+            owner: "surface"),
+        // MADV_PAGEOUT of shared memory
+        KnownDivergence(
+            signatures: [
+                "madvise(MADV_PAGEOUT) residency after ENOMEM: engine resident, Linux not",
+                "madvise(MADV_PAGEOUT) residency after success: engine resident, Linux not",
+            ],
+            reproducer: [
+                .mmap(.window(-0x19cb000), length: 0x200000, protection: 0x7, flags: 0x8021),  // PROT_READ|PROT_WRITE|PROT_EXEC, MAP_SHARED|MAP_ANONYMOUS|MAP_POPULATE
+                .madvise(.window(-0x19cd000), length: 0xb1000, advice: 21),  // MADV_PAGEOUT
+            ],
+            note: "MADV_PAGEOUT reclaims clean shared (shmem) pages: mincore shows them absent afterwards; the"
+                + " engine pages out private memory only.",
+            owner: "surface"),
+        // mmap(MAP_FIXED) over a sealed VMA splits before it fails
+        KnownDivergence(
+            signatures: [
+                "mmap mappings after EPERM: layout",
+            ],
+            reproducer: [
+                .mmap(.absolute(0x0), length: 0xc82000, protection: 0x0, flags: 0x4022),  // PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE
+                .mseal(.window(-0x703000), length: 0x5000, flags: 0x0),
+                .mmap(.window(-0x706000), length: 0x8000, protection: 0x3, flags: 0x4032),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS|MAP_NORESERVE
+            ],
+            note: "MAP_FIXED over a range that reaches a sealed VMA fails with EPERM in Linux after splitting the"
+                + " unsealed VMA at the range's start; the engine fails before changing anything.",
+            owner: "surface"),
+        // mremap(MREMAP_DONTUNMAP) layout after mlockall(MCL_FUTURE|MCL_ONFAULT), not analysed yet
+        KnownDivergence(
+            signatures: [
+                "mremap mappings after success: layout",
+            ],
+            reproducer: [
+                .mmap(.absolute(0x0), length: 0xa000, protection: 0x0, flags: 0x22),  // PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS
+                .mmap(.absolute(0x0), length: 0x2000, protection: 0x1, flags: 0x21),  // PROT_READ, MAP_SHARED|MAP_ANONYMOUS
+                .mmap(.absolute(0x0), length: 0x6000, protection: 0x0, flags: 0x21),  // PROT_NONE, MAP_SHARED|MAP_ANONYMOUS
+                .mlockall(flags: 0x6),
+                .mremap(.window(-0x344000), oldLength: 0x4000, newLength: 0x1, flags: 0x2, newAddress: .window(-0x161000)),  // MREMAP_FIXED
+                .write(.window(-0x1d8000), value: 0x33ef8b15e260df7f),
+                .mmap(.window(-0xa000), length: 0x1c000, protection: 0x5, flags: 0x22),  // PROT_READ|PROT_EXEC, MAP_PRIVATE|MAP_ANONYMOUS
+                .read(.window(-0xc000)),
+                .read(.window(-0x1d8000)),
+                .mremap(.window(-0x2e000), oldLength: 0x1c000, newLength: 0x1c000, flags: 0x5, newAddress: .absolute(0x0)),  // MREMAP_MAYMOVE|MREMAP_DONTUNMAP
+            ],
+            note: "Found by the oracle after the surface branch's fixes: a DONTUNMAP move of a whole private VMA"
+                + " after mlockall(MCL_FUTURE|MCL_ONFAULT) leaves a VMA layout that differs from Linux's (which"
+                + " VMAs stay apart). Not analysed yet.",
+            owner: "surface"),
+    ]
+}
