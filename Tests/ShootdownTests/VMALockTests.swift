@@ -96,9 +96,12 @@ struct VMALockTests {
     @Test func readersOfADetachedVMARetryTheLookup() throws {
         let (space, starts) = try Self.makeSpace()
         let address = starts[0] + 3 * Self.page
-        RCU.readLock()  // keeps the stale VMA's memory alive across its removal
-        let stale = space.index.lookup(address)!
-        try space.unmap(address: starts[0], length: 16 * Self.page)  // retires, never waits for a grace period
+        // A strong reference keeps the stale VMA's memory alive across its removal (an unmap may
+        // not run inside an RCU read section); the read section below covers the retried lookup.
+        let staleVMA = space.index.lookup(address)!.takeUnretainedValue()
+        defer { withExtendedLifetime(staleVMA) {} }
+        let stale = Unmanaged.passUnretained(staleVMA)
+        try space.unmap(address: starts[0], length: 16 * Self.page)
         stale._withUnsafeGuaranteedRef { vma in
             #expect(vma.referenceCount == 0)
             #expect(Self.tryRead(vma, space.mmapLock) == .detached)
@@ -106,6 +109,7 @@ struct VMALockTests {
         // Something else is mapped there now: a reader that found the stale VMA retries and locks it.
         try space.map(length: 16 * Self.page, placement: .fixed(starts[0]))
         let before = space.statistics
+        RCU.readLock()
         let locked = space.lockVMA(containing: address, found: stale)
         let delta = space.statistics.since(before)
         RCU.readUnlock()
@@ -123,11 +127,12 @@ struct VMALockTests {
         }
 
         // Nothing mapped any more: the retry finds no VMA, which is an abort.
-        RCU.readLock()
-        let stale2 = space.index.lookup(address)!
+        let stale2VMA = space.index.lookup(address)!.takeUnretainedValue()
+        defer { withExtendedLifetime(stale2VMA) {} }
         try space.unmap(address: starts[0], length: 16 * Self.page)
         let before2 = space.statistics
-        #expect(space.lockVMA(containing: address, found: stale2) == nil)
+        RCU.readLock()
+        #expect(space.lockVMA(containing: address, found: Unmanaged.passUnretained(stale2VMA)) == nil)
         RCU.readUnlock()
         let delta2 = space.statistics.since(before2)
         #expect(delta2[.vmaLockMiss] == 1 && delta2[.vmaLockAbort] == 1)
