@@ -148,6 +148,9 @@ extension AddressSpace {
             if !mergesDown { splits += 1 }
         }
         if exceedsMapCount(splitting: splits) { throw .noMemory }
+        // Touched (write-locked) before its huge mappings are split: a fault under the VMA lock
+        // could otherwise install a huge mapping across the boundary in between.
+        edit.touch(vma)
         var piece = vma
         if start > vma.start {
             splitHugeMapping(across: start)
