@@ -8,13 +8,14 @@ extension AddressSpace {
     /// huge pages).
     ///
     /// Returns `false` when the classic path must run instead (`VMA_LOCK_ABORT`: no VMA, VMA
-    /// write-locked, address outside it once locked). No case needs the mmap lock once the VMA is
-    /// locked here (so `VMA_LOCK_RETRY` stays 0): the kernel's reasons to retry — allocating an
-    /// `anon_vma`, waiting for I/O, userfaultfd — do not exist in this engine, and the one thing a
-    /// fault does that the mmap lock used to exclude, an invalidation racing notifier registration,
-    /// is excluded by registration write-locking every VMA (``writeLockAllVMAs()``). An access
-    /// violation found under the VMA lock is reported here, without falling back, as the kernel
-    /// does.
+    /// write-locked, address outside it once locked), and when a private VMA's first write needs
+    /// an `anon_vma` while the mmap read lock is not free (`VMA_LOCK_RETRY`,
+    /// ``prepareAnonVMAUnderVMALock(_:)``). Nothing else needs the mmap lock once the VMA is
+    /// locked here: the kernel's other reasons to retry — waiting for I/O, userfaultfd — do not
+    /// exist in this engine, and the one thing a fault does that the mmap lock used to exclude,
+    /// an invalidation racing notifier registration, is excluded by registration write-locking
+    /// every VMA (``writeLockAllVMAs()``). An access violation found under the VMA lock is
+    /// reported here, without falling back, as the kernel does.
     ///
     /// Shared memory written: one RMW of the VMA's reference count to lock and one to unlock, plus
     /// what the fault itself writes (split lock, entry, counters). No heap allocation, no
@@ -25,9 +26,14 @@ extension AddressSpace {
     @usableFromInline
     func vmaLockFault(_ address: UInt64, _ access: Access) throws(MemoryError) -> Bool {
         guard let locked = lockVMAUnderRCU(address) else { return false }
+        var retry = false
         // Unretained: a read-locked VMA cannot be removed, so it cannot be freed.
         let failure = locked._withUnsafeGuaranteedRef { vma -> MemoryError? in
             guard Self.accessAllowed(vma.protection, access) else { return .segmentationFault }
+            if access == .write && !prepareAnonVMAUnderVMALock(vma) {
+                retry = true
+                return nil
+            }
             do throws(MemoryError) {
                 try handleFault(vma, address, access)
                 return nil
@@ -36,11 +42,37 @@ extension AddressSpace {
             }
         }
         locked._withUnsafeGuaranteedRef { $0.endRead(mmapLock) }
+        if retry {
+            counters.increment(SpaceCounter.vmaLockRetry.rawValue)
+            return false
+        }
         counters.increment(SpaceCounter.vmaLockSuccess.rawValue)
         if let failure {
             count(failure == .outOfMemory ? .outOfMemoryFaults : .segmentationFaults)
             throw failure
         }
+        return true
+    }
+
+    /// `vmf_anon_prepare` under a VMA lock: a private VMA's first write fault gives it an
+    /// `anon_vma`, picked by reading its neighbours (``prepareAnonVMA(_:)``), which writers change
+    /// under the mmap write lock without write-locking this VMA. So it needs the mmap read lock:
+    /// taken without waiting, or `false` (the caller drops the VMA lock and the classic path runs,
+    /// `VMA_LOCK_RETRY`). `true` when nothing is needed or the `anon_vma` is set. Cold after the
+    /// first write to each VMA.
+    ///
+    /// - Precondition: `vma` read-locked.
+    @inline(__always)
+    func prepareAnonVMAUnderVMALock(_ vma: VMA) -> Bool {
+        if vma.anonVMA != 0 || vma.sharedObject != nil { return true }
+        return prepareAnonVMAWithTryLock(vma)
+    }
+
+    @inline(never)
+    func prepareAnonVMAWithTryLock(_ vma: VMA) -> Bool {
+        guard mmapLock.tryReadLock() else { return false }
+        prepareAnonVMA(vma)
+        mmapLock.readUnlock()
         return true
     }
 

@@ -86,6 +86,8 @@ struct ConcurrentVMALockTests {
     enum Writer: String, CaseIterable, CustomTestStringConvertible {
         case unmap, unmapPart, protect, protectPart, mapFixedOver, remapGrow, remapMove, remapShrink
         case adviseNoHugePage, clearSoftDirty, collapse, fork, registerNotifier, insertIntervalNotifier, teardown
+        // Writers of the syscall surface: each splits the VMA (and its huge mapping) at both ends.
+        case lockPart, sealPart, adviseDontForkPart, remapDontUnmap
 
         var testDescription: String { rawValue }
 
@@ -118,6 +120,14 @@ struct ConcurrentVMALockTests {
             case .insertIntervalNotifier:
                 _ = try space.insertIntervalNotifier(start: base, length: huge, handler: ConcurrentNoOpIntervalHandler())
             case .teardown: space.teardown()
+            case .lockPart: try space.lock(address: base + 5 * AddressSpace.pageSize, length: huge / 4)
+            case .sealPart: try space.seal(address: base + 5 * AddressSpace.pageSize, length: huge / 4)
+            case .adviseDontForkPart:
+                try space.advise(address: base + 5 * AddressSpace.pageSize, length: huge / 4, advice: .dontFork)
+            case .remapDontUnmap:
+                try space.remap(
+                    address: base, oldLength: huge, newLength: huge, flags: [.mayMove, .fixed, .dontUnmap],
+                    newAddress: base + 8 * huge)
             }
         }
     }
@@ -391,6 +401,49 @@ struct ConcurrentVMALockTests {
 
         blocker.release.signal()
         guard unmapper.join("unmap") else { return }
+        space.unregisterNotifier(blocker)
+        space.teardown()
+        RCU.barrier()
+        #expect(memory.framesInUse == 0)
+    }
+
+    /// Regression (anon_vma prepared under the VMA lock alone): the first write to a private VMA
+    /// gives it an `anon_vma`, chosen by reading its neighbours, which writers change under the
+    /// mmap write lock without write-locking this VMA. Under the VMA lock alone that read raced
+    /// them; the kernel's `vmf_anon_prepare` takes the mmap read lock (trylock) or retries on the
+    /// classic path (`VMA_LOCK_RETRY`). With the mmap write lock held, such a fault must not
+    /// complete: it counts a retry and waits for the lock.
+    @Test func anonVMAPrepareNeedsTheMmapLockUnderTheVMALock() throws {
+        let memory = PhysicalMemory(capacity: 1 << 12)
+        let space = try AddressSpace(configuration: .init(faultPath: .perVMALock), memory: memory)
+        let page = Self.page
+        let victim = try space.map(length: 16 * page, placement: .fixed(0xC0_0000_0000))
+        let fresh = try space.map(length: 16 * page, placement: .fixed(0xC0_0000_0000 + (1 << 30)))
+        let blocker = ConcurrentBlockingNotifier(blockOn: victim)
+        try space.registerNotifier(blocker)
+        let unmapper = TestThread("blocked-unmap") { try? space.unmap(address: victim, length: 16 * page) }
+        blocker.entered.wait()  // the unmap holds the mmap write lock until `release`
+
+        let before = space.statistics
+        let finished = Atomic<Bool>(false)
+        let writer = TestThread("first-write") {
+            try? space.write(9, at: fresh)
+            finished.store(true, ordering: .releasing)
+        }
+        // Either the fault completes (the bug) or it gives up its VMA lock and waits.
+        spinUntil {
+            finished.load(ordering: .acquiring) || space.statistics.since(before)[.vmaLockRetry] >= 1
+        }
+        let completedEarly = finished.load(ordering: .acquiring)
+        #expect(!completedEarly, "first write completed without the mmap lock")
+        #expect(space.statistics.since(before)[.vmaLockRetry] == 1)
+
+        blocker.release.signal()
+        guard writer.join("first write"), unmapper.join("unmap") else { return }
+        #expect(try space.read(at: fresh) == 9)
+        let delta = space.statistics.since(before)
+        #expect(delta[.vmaLockSuccess] == 0)
+        #expect(delta[.classicFaults] == 1)
         space.unregisterNotifier(blocker)
         space.teardown()
         RCU.barrier()
