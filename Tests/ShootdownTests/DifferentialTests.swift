@@ -410,7 +410,7 @@ struct DifferentialRun {
     /// Runs the sequence; returns a failure report or `nil`.
     mutating func run() throws -> String? {
         var configuration = AddressSpace.Configuration(
-            faultPath: rng.chance(50) ? .speculative : .mmapLock,
+            faultPath: rng.pick(AddressSpace.FaultPath.allCases),
             notifierList: rng.chance(50) ? .rcu : .rwlock,
             pageTableLocking: rng.chance(75) ? .split : .single,
             mmapBase: Self.window + Self.baseOffset * Self.page,

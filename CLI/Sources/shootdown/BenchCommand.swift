@@ -22,11 +22,12 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
     /// and `--repeat` apply to every workload.
     var parameters: Set<Parameter> {
         switch self {
-        case .fault: [.pages, .threads]
+        case .fault: [.pages, .threads, .vmaPerThread]
         case .zap: [.pages, .subscribers, .huge]
         case .notifier: [.subscribers, .intervals, .iterations]
         case .isolation: []
-        case .contention, .fork, .softdirty: [.pages]
+        case .contention: [.pages, .churn]
+        case .fork, .softdirty: [.pages]
         case .vmaLookup: [.vmas, .iterations]
         case .access: [.pages, .iterations]
         case .shootdown: [.pages, .threads, .iterations]
@@ -56,7 +57,8 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
 
 /// A workload-specific option of `shootdown bench`.
 enum Parameter: String, CaseIterable {
-    case pages, threads, subscribers, intervals, vmas, huge, iterations
+    case pages, threads, subscribers, intervals, vmas, huge, iterations, churn
+    case vmaPerThread = "vma-per-thread"
 
     /// "zap and notifier": the workloads that read it.
     var workloads: String {
@@ -96,6 +98,7 @@ enum Knob: String, CaseIterable, ExpressibleByArgument {
 }
 
 extension AddressSpace.FaultPath: @retroactive ExpressibleByArgument {}
+extension ChurnTarget: ExpressibleByArgument {}
 extension NotifierListProtection: @retroactive ExpressibleByArgument {}
 extension PageTableLocking: @retroactive ExpressibleByArgument {}
 extension TLBMode: @retroactive ExpressibleByArgument {}
@@ -111,6 +114,8 @@ struct Bench: ParsableCommand {
               shootdown bench zap --pages 262144 --subscribers 16
               shootdown bench notifier --intervals 100000
               shootdown bench contention --compare fault-path
+              shootdown bench contention --churn same-vma --compare fault-path --plot same-vma.svg
+              shootdown bench fault --threads 2 --compare fault-path
               shootdown bench notifier --sweep subscribers=0,1,16,256 --plot notifier.svg
               shootdown bench access --compare tlb
               shootdown bench shootdown --threads 4
@@ -124,7 +129,11 @@ struct Bench: ParsableCommand {
     @Option(help: "Interval notifiers inserted (notifier; default 0).") var intervals: Int?
     @Option(help: "VMAs (vma-lookup; default 10000).") var vmas: Int?
     @Flag(help: "Use 2 MiB mappings (zap).") var huge = false
-    @Option(name: .customLong("fault-path"), help: "speculative | mmap-lock") var faultPath: AddressSpace.FaultPath = .speculative
+    @Option(help: "What the churning thread changes (contention): other-vma (default: mmap/mprotect/munmap of a distant VMA) | same-vma (mprotect of pages of the faulted VMA).")
+    var churn: ChurnTarget?
+    @Flag(name: .customLong("vma-per-thread"), help: "Each faulting thread's part in a VMA of its own (fault with --threads; default: one VMA shared by the threads).")
+    var vmaPerThread = false
+    @Option(name: .customLong("fault-path"), help: "speculative | mmap-lock | per-vma-lock") var faultPath: AddressSpace.FaultPath = .speculative
     @Option(name: .customLong("notifier-list"), help: "rcu | rwlock") var notifierList: NotifierListProtection = .rcu
     @Option(name: .customLong("page-table-locking"), help: "split | single") var locking: PageTableLocking = .split
     @Option(help: "none | per-thread | per-thread-fenced (default: per-thread for access and shootdown, none elsewhere)")
@@ -152,9 +161,13 @@ struct Bench: ParsableCommand {
         let given: [(Parameter, Bool)] = [
             (.pages, pages != nil), (.threads, threads != nil), (.subscribers, subscribers != nil),
             (.intervals, intervals != nil), (.vmas, vmas != nil), (.huge, huge), (.iterations, iterations != nil),
+            (.churn, churn != nil), (.vmaPerThread, vmaPerThread),
         ]
         for (parameter, isGiven) in given where isGiven && !workload.parameters.contains(parameter) {
             throw ValidationError("--\(parameter.rawValue) applies to \(parameter.workloads)")
+        }
+        if vmaPerThread && (threads ?? 1) < 2 && !(sweep ?? "").hasPrefix("threads=") {
+            throw ValidationError("--vma-per-thread needs --threads 2 or more")
         }
         if plot != nil && sweep == nil && compare == nil { throw ValidationError("--plot needs --sweep or --compare") }
         if let sweep {
@@ -176,6 +189,8 @@ struct Bench: ParsableCommand {
         if let intervals { settings.intervals = intervals }
         if let vmas { settings.vmas = vmas }
         settings.huge = huge
+        if let churn { settings.churn = churn }
+        settings.vmaPerThread = vmaPerThread
         settings.faultPath = faultPath
         settings.notifierList = notifierList
         settings.locking = locking
@@ -255,11 +270,15 @@ struct Bench: ParsableCommand {
         case .intervals: settings.intervals = value
         case .vmas: settings.vmas = max(value, 1)
         case .pages: settings.pages = max(value, 1)
-        case .huge, .iterations: break  // not sweepable (parseSweep)
+        case .huge, .iterations, .churn, .vmaPerThread: break  // not sweepable (parseSweep)
         }
     }
 
     private func drawPlot(_ results: [RunResult], sweepName: String?, file: String) throws {
+        if let compare, sweepName == nil, let result = results.first {
+            try drawComparison(result, compare).render().write(toFile: file, atomically: true, encoding: .utf8)
+            return
+        }
         let key = workload.keyMetric
         let x = sweepName ?? "run"
         func xValue(_ result: RunResult, _ index: Int) -> Double {
@@ -284,9 +303,51 @@ struct Bench: ParsableCommand {
     }
 }
 
-/// Runs every value of `knob` interleaved (value A, value B, A, B, ...) with one repetition each,
-/// and combines them: per value the median of the key metric, and the ratio of the first value
-/// over the second (`speedup`, > 1 when the first is better).
+extension Bench {
+    /// The bars of a comparison without a sweep: for each compared value, the rate alone and under
+    /// load (contention: solo and under churn; fault with threads: one thread and all threads), or
+    /// the key metric; captioned with the value's `retained` (or its speedup over the baseline).
+    func drawComparison(_ result: RunResult, _ knob: Knob) -> SVGBarChart {
+        let values = knob.values
+        let threads = result.config.first { $0.0 == "threads" }?.1 ?? "1"
+        let bars: [(metric: String, label: String)]
+        let yLabel: String
+        switch workload {
+        case .contention:
+            bars = [("solo_fault_ops_per_sec", "alone"), ("fault_ops_per_sec", "under churn")]
+            yLabel = "faults per second (faulting thread)"
+        case .fault where threads != "1":
+            bars = [("single_thread_ops_per_sec", "1 thread"), ("ops_per_sec", "\(threads) threads")]
+            yLabel = "faults per second (all threads)"
+        default:
+            bars = [(workload.keyMetric.name, workload.keyMetric.name)]
+            yLabel = workload.keyMetric.name
+        }
+        let captions = values.enumerated().map { index, value -> String in
+            if let retained = result.metric("\(value).retained") { return String(format: "retained %.2f", retained) }
+            if index == 0, let speedup = result.metric("speedup") { return String(format: "%.2fx", speedup) }
+            if let speedup = result.metric("\(value).speedup") { return String(format: "%.2fx", speedup) }
+            return ""
+        }
+        let config = result.config.filter { $0.0 != "compare" }.map { "\($0.0)=\($0.1)" }.joined(separator: " ")
+        return SVGBarChart(
+            title: "shootdown bench \(workload.rawValue) --compare \(knob.rawValue)",
+            subtitle: config + ", median of \(Int(result.metric("repeats") ?? 0)) interleaved rounds",
+            yLabel: yLabel, categories: values, captions: captions,
+            series: bars.map { bar in
+                SVGBarChart.Series(name: bar.label, values: values.map { result.metric("\($0).\(bar.metric)") ?? 0 })
+            })
+    }
+}
+
+/// Runs every value of `knob` interleaved (value A, value B, value C, A, B, C, ...) with one
+/// repetition each, and combines them: per value the median of every metric (best and worst for
+/// `min_`/`max_` ones) and the counters of its last run (prefixed `VALUE.`); `speedup`, the first
+/// value over the second on the key metric (> 1 when the first is better); for a third value and
+/// beyond, `VALUE.speedup` over the second value and `VALUE.gain_share`, the part of the first
+/// value's gain over the second that it reaches ((its speedup − 1) / (speedup − 1); only when the
+/// first value gains at least 5%). For fault-path: `speedup` is speculative over mmap-lock, and
+/// `per-vma-lock.gain_share` is the figure the kernel quoted for per-VMA locks against SPF.
 func runComparison(_ workload: Workload, _ settings: BenchSettings, knob: Knob) throws -> RunResult {
     let values = knob.values
     var runs: [String: [RunResult]] = [:]
@@ -306,7 +367,7 @@ func runComparison(_ workload: Workload, _ settings: BenchSettings, knob: Knob) 
     var medians: [Double] = []
     for value in values {
         let collected = runs[value] ?? []
-        guard let first = collected.first else { continue }
+        guard let first = collected.first, let last = collected.last else { continue }
         for (name, _) in first.metrics where name != "repeats" {
             // min_/max_ metrics: the best and worst run; any other: the median over runs.
             let summary = Summary(collected.compactMap { $0.metric(name) })
@@ -314,12 +375,28 @@ func runComparison(_ workload: Workload, _ settings: BenchSettings, knob: Knob) 
             result.metrics.append(("\(value).\(name)", combined))
         }
         medians.append(Summary(collected.compactMap { $0.metric(key.name) }).median)
-        if value == values[0] { result.counters = first.counters }
+        result.counters += last.counters.map { ("\(value).\($0.0)", $0.1) }
     }
-    if medians.count == 2, medians[0] > 0, medians[1] > 0 {
-        result.metrics.insert(("speedup", key.higherIsBetter ? medians[0] / medians[1] : medians[1] / medians[0]), at: 0)
+    /// How much better `a` is than `b` on the key metric.
+    func ratio(_ a: Double, _ b: Double) -> Double {
+        guard a > 0, b > 0 else { return .nan }
+        return key.higherIsBetter ? a / b : b / a
     }
+    var derived: [(String, Double)] = []
+    if medians.count >= 2 && medians.count == values.count {
+        let speedup = ratio(medians[0], medians[1])
+        derived.append(("speedup", speedup))
+        for index in 2..<values.count {
+            let other = ratio(medians[index], medians[1])
+            derived.append(("\(values[index]).speedup", other))
+            if speedup >= 1.05 { derived.append(("\(values[index]).gain_share", (other - 1) / (speedup - 1))) }
+        }
+    }
+    result.metrics.insert(contentsOf: derived, at: 0)
     result.metrics.append(("repeats", Double(runs[values[0]]?.count ?? 0)))
-    result.notes.append("speedup = \(values[0]) over \(values.count > 1 ? values[1] : "-") on \(key.name), runs interleaved")
+    let baseline = values.count > 1 ? values[1] : "-"
+    result.notes.append("speedup = \(values[0]) over \(baseline) on \(key.name), runs interleaved"
+        + (values.count > 2 ? "; VALUE.speedup = VALUE over \(baseline); gain_share = (VALUE.speedup - 1) / (speedup - 1)" : ""))
+    result.notes.append("counters: each value's last run")
     return result
 }

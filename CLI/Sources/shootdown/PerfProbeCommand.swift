@@ -13,6 +13,7 @@ struct PerfProbe: ParsableCommand {
     enum Probe: String, CaseIterable, ExpressibleByArgument {
         case faultSpeculative = "fault-speculative"
         case faultClassic = "fault-classic"
+        case faultVMALock = "fault-vma-lock"
         case zap16 = "zap-16-subscribers"
         case zapHuge = "zap-huge"
         case notifier0 = "notifier-0-subscribers"
@@ -56,8 +57,10 @@ struct PerfProbe: ParsableCommand {
             if measured { try perfMeasuredRegion(body) } else { try body() }
         }
         switch probe {
-        case .faultSpeculative, .faultClassic:
-            let configuration = AddressSpace.Configuration(faultPath: probe == .faultSpeculative ? .speculative : .mmapLock)
+        case .faultSpeculative, .faultClassic, .faultVMALock:
+            let path: AddressSpace.FaultPath =
+                probe == .faultSpeculative ? .speculative : (probe == .faultClassic ? .mmapLock : .perVMALock)
+            let configuration = AddressSpace.Configuration(faultPath: path)
             let space = try AddressSpace(configuration: configuration, memory: memory)
             let pages = 16_384
             let base = try space.map(length: UInt64(pages) * 4096)

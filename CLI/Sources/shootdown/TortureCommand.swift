@@ -12,11 +12,13 @@ struct Torture: ParsableCommand {
     @Option(help: "Structural operations by the churning thread.") var operations = 20_000
     @Option(help: "Faulting threads.") var threads = 2
     @Option(help: "Seed of the churning thread's choices.") var seed: UInt64 = 1
+    @Option(name: .customLong("fault-path"), help: "speculative | mmap-lock | per-vma-lock")
+    var faultPath: AddressSpace.FaultPath = .speculative
 
     func run() throws {
         installInterruptHandler()
         let memory = PhysicalMemory(capacity: 1 << 16)
-        let space = try AddressSpace(memory: memory)
+        let space = try AddressSpace(configuration: .init(faultPath: faultPath), memory: memory)
         let pages = 1024
         let base = try space.map(length: UInt64(pages) * 4096)
         let mirror = try SoftwareMirror(space: space, start: base, length: UInt64(pages) * 4096)
@@ -70,7 +72,7 @@ struct Torture: ParsableCommand {
         space.teardown()
         mirror.detach()
         BenchmarkSupport.drainDeferredReclamation()
-        print("operations: \(churned.load(ordering: .relaxed)), faults: \(statistics.faults), speculative aborts: \(statistics.speculativeAborts)")
+        print("operations: \(churned.load(ordering: .relaxed)), faults: \(statistics.faults), speculative aborts: \(statistics.speculativeAborts), VMA-lock fallbacks: \(statistics.vmaLockFallbacks)")
         print("stale entries after unmap/protect: \(violations.load(ordering: .relaxed))")
         print("audit: entries outside VMAs \(audit.entriesOutsideVMAs), exceeding protection \(audit.entriesExceedingProtection), dead tables reached \(audit.deadTablesReached)")
         print("after teardown: frames in use \(memory.framesInUse), swap slots in use \(memory.swap.slotsInUse), mirror translations \(mirror.count)")

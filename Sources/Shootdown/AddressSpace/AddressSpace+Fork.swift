@@ -28,7 +28,12 @@ extension AddressSpace {
             child.freeAreaCache = freeAreaCache
             child.programBreak = programBreak
             let childEdit = VMAEdit(child)
-            for vma in index.all where !vma.flags.contains(.dontCopy) {
+            for vma in index.all {
+                // Faults under the VMA lock must not change the parent's entries (or install a
+                // huge mapping after the split below) while they are copied: `dup_mmap`
+                // write-locks every VMA, `dc` ones included, before it looks at its flags.
+                writeLockVMA(vma)
+                if vma.flags.contains(.dontCopy) { continue }
                 let cow = vma.isAnonymousPrivate
                 let wipe = cow && vma.flags.contains(.wipeOnFork)
                 if cow && !wipe { splitHugeMappings(vma.start, vma.end) }

@@ -18,6 +18,7 @@ extension AddressSpace {
     public func registerNotifier(_ notifier: any MMUNotifier) throws(MemoryError) {
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
+            writeLockAllVMAs()  // no invalidation in flight under a VMA lock either
             try ensureSubscriptions().list.add(notifier)
         }
     }
@@ -75,6 +76,7 @@ extension AddressSpace {
         if subscriptions == nil || !subscriptions!.hasIntervals.load(ordering: .acquiring) {
             subscriptions = try mmapLock.withWriteLock { () throws(MemoryError) -> NotifierSubscriptions in
                 try checkAlive()
+                writeLockAllVMAs()  // no invalidation in flight under a VMA lock either
                 let created = ensureSubscriptions()
                 // Releasing; set under the mmap write lock, so no invalidation is in flight.
                 created.hasIntervals.store(true, ordering: .releasing)

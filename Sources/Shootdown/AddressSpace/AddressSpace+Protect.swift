@@ -148,6 +148,9 @@ extension AddressSpace {
             if !mergesDown { splits += 1 }
         }
         if exceedsMapCount(splitting: splits) { throw .noMemory }
+        // Touched (write-locked) before its huge mappings are split: a fault under the VMA lock
+        // could otherwise install a huge mapping across the boundary in between.
+        edit.touch(vma)
         var piece = vma
         if start > vma.start {
             splitHugeMapping(across: start)
@@ -235,11 +238,15 @@ extension AddressSpace {
     /// of VMAs intersecting the range (not necessarily contiguous).
     func isolate(_ vmas: [VMA], _ start: UInt64, _ end: UInt64, edit: VMAEdit) -> [VMA] {
         var inside = vmas
+        // Each VMA is touched (write-locked) before its huge mapping is split: a fault under the
+        // VMA lock could otherwise install a huge mapping across the boundary in between.
         if inside[0].start < start {
+            edit.touch(inside[0])
             splitHugeMapping(across: start)
             inside[0] = edit.split(inside[0], at: start)
         }
         if let last = inside.last, last.end > end {
+            edit.touch(last)
             splitHugeMapping(across: end)
             edit.split(last, at: end)
         }

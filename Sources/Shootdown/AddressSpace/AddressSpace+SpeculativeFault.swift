@@ -24,8 +24,8 @@ enum SpeculativeOutcome: UInt8 {
 
 extension AddressSpace {
     /// Handles a page fault (`handle_mm_fault`): first speculatively (when the space was created
-    /// with ``FaultPath/speculative``), then, if that aborts, on the classic path under the mmap
-    /// read lock.
+    /// with ``FaultPath/speculative``) or under the VMA's lock (``FaultPath/perVMALock``), then,
+    /// if that aborts, on the classic path under the mmap read lock.
     ///
     /// - Throws: ``MemoryError/segmentationFault`` outside any VMA or against its protection,
     ///   ``MemoryError/outOfMemory`` when no frame is left.
@@ -39,6 +39,8 @@ extension AddressSpace {
                 throw .segmentationFault
             }
             counters.increment(outcome.counter)
+        } else if vmaLocksEnabled {
+            if try vmaLockFault(address, access) { return }
         }
         try classicFault(address, access)
     }

@@ -4,26 +4,40 @@ import Synchronization
 ///
 /// Every VMA the edit touches enters its write section (odd `vm_sequence`) on first touch and
 /// stays there until ``finish()``, so a speculative fault that found it aborts; removed VMAs stay
-/// odd forever. Index changes become visible to lockless readers in one step at ``publish()``.
-/// Everything unlinked goes to ``retire`` and is freed after a grace period.
+/// odd forever. In a space whose faults use per-VMA locks, the first touch under the mmap write
+/// lock also write-locks the VMA (`vma_start_write`: waits for its readers) until the mmap write
+/// lock is released; so every change to a VMA's bounds, protection or flags, and every removal,
+/// goes through ``touch(_:)`` first. Index changes become visible to lockless readers in one step
+/// at ``publish()``, after which removed VMAs are detached. Everything unlinked goes to ``retire``
+/// and is freed after a grace period.
 final class VMAEdit {
     unowned(unsafe) let space: AddressSpace
     let retire = RetireList()
     private var touched: [VMA] = []
     private var touchedSet: Set<ObjectIdentifier> = []
     private let holdsWriterLocks: Bool
+    /// The space's mmap lock when its faults use per-VMA locks and this edit holds the mmap write
+    /// lock (touched VMAs are then write-locked); `nil` otherwise.
+    private let vmaLocks: Unmanaged<MmapLock>?  // unretained: the space owns it and outlives the edit
 
     /// - Parameter writerLocks: `true` when the caller holds only the mmap read lock, so VMA
-    ///   writers must also take each VMA's writer lock.
+    ///   writers must also take each VMA's writer lock. Such edits (zaps of madvise, reclaim,
+    ///   migration) change entries, never a VMA, and take no VMA write lock: like the classic
+    ///   faults they run beside, faults under a VMA read lock are ordered against them by the split
+    ///   locks (the kernel's choice too).
+    @inline(__always)  // so callers can keep the edit on the stack and destroy it in place
     init(_ space: AddressSpace, writerLocks: Bool = false) {
         self.space = space
         holdsWriterLocks = writerLocks
+        vmaLocks = space.vmaLocksEnabled && !writerLocks ? Unmanaged.passUnretained(space.mmapLock) : nil
     }
 
-    /// Enters `vma`'s write section (once per edit).
+    /// Enters `vma`'s write section (once per edit); with per-VMA locks, write-locks it first
+    /// (`vma_start_write`: waits for its readers).
     func touch(_ vma: VMA) {
         if !touchedSet.insert(ObjectIdentifier(vma)).inserted { return }
         if holdsWriterLocks { vma.writerLock.lock() }
+        if let vmaLocks { vmaLocks._withUnsafeGuaranteedRef { vma.startWrite($0) } }
         vma.beginWrite()
         touched.append(vma)
     }
@@ -114,6 +128,11 @@ final class VMAEdit {
     func publish() {
         if holdsWriterLocks { return }
         space.index.commit(retire: retire)
+        if let vmaLocks {
+            vmaLocks._withUnsafeGuaranteedRef { lock in
+                for vma in touched where vma.isRemoved { vma.markDetached(lock) }
+            }
+        }
     }
 
     /// Publishes (again, if needed), leaves every write section and queues reclamation.

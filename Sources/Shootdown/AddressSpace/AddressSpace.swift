@@ -11,7 +11,9 @@ import Synchronization
 ///
 /// Locking: structural operations take the mmap lock for writing; the classic fault path and
 /// page-level operations (madvise, reclaim, migration, aging) take it for reading; the speculative
-/// fault path takes no lock but an RCU read section and one split lock.
+/// fault path takes no lock but an RCU read section and one split lock; the per-VMA-lock fault
+/// path takes the VMA's read lock, which writers of that VMA take for writing under the mmap
+/// write lock (``VMAEdit``).
 ///
 /// Every public operation validates its input and throws a ``MemoryError``; where Linux has
 /// partial effects before an error (mprotect, madvise, mlock over holes; mremap's fixed target) the
@@ -24,6 +26,10 @@ public final class AddressSpace: @unchecked Sendable {
         case speculative
         /// Always the classic path under the mmap read lock.
         case mmapLock = "mmap-lock"
+        /// Per-VMA locks (Linux 6.4+, `lock_vma_under_rcu`): lockless lookup, then the VMA's read
+        /// lock (one reference-count RMW), and the whole fault under it; falls back to the classic
+        /// path when the VMA is write-locked, missing or moved (AddressSpace+VMALockFault.swift).
+        case perVMALock = "per-vma-lock"
     }
 
     /// The kind of access that faulted.
@@ -126,6 +132,8 @@ public final class AddressSpace: @unchecked Sendable {
     @usableFromInline let subscriptionsWord: Atomic<UInt>
     @usableFromInline let counters = SlotCounters(width: SpaceCounter.allCases.count)
     @usableFromInline let speculativeEnabled: Bool
+    /// Faults use per-VMA locks, so VMA writers must write-lock the VMAs they change.
+    @usableFromInline let vmaLocksEnabled: Bool
     /// Set by teardown (read without the lock by accessors; written under the mmap write lock).
     @usableFromInline let dead = Atomic<Bool>(false)
     /// The per-thread software TLBs, with ``TLBMode/perThread`` (owned: unmapped in `deinit`).
@@ -174,6 +182,7 @@ public final class AddressSpace: @unchecked Sendable {
         self.memory = memory
         self.pageTable = pageTable
         speculativeEnabled = configuration.faultPath == .speculative
+        vmaLocksEnabled = configuration.faultPath == .perVMALock
         freeAreaCache = configuration.mmapBase
         programBreak = configuration.programBreakStart ?? 0
     }

@@ -38,6 +38,16 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
     case speculativeAbortNoMemory
     /// Speculative attempts that met a missing page table (only the classic path installs tables).
     case speculativeAbortNoTable
+    // Per-VMA-lock faults (the kernel's vmstat events of the same names).
+    /// `VMA_LOCK_SUCCESS`: faults completed under the VMA lock (access errors reported there too).
+    case vmaLockSuccess
+    /// `VMA_LOCK_ABORT`: no VMA, VMA write-locked, or the address outside it once locked; the
+    /// classic path runs.
+    case vmaLockAbort
+    /// `VMA_LOCK_RETRY`: the fault needed the mmap lock after all; the classic path runs.
+    case vmaLockRetry
+    /// `VMA_LOCK_MISS`: the VMA found was detached (removed meanwhile); the lookup was retried.
+    case vmaLockMiss
     // Invalidations, by event.
     /// Invalidations with event ``InvalidationEvent/unmap``.
     case invalidationsUnmap
@@ -129,6 +139,10 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .speculativeAbortNotSupported: "speculativeAbortNotSupported"
         case .speculativeAbortNoMemory: "speculativeAbortNoMemory"
         case .speculativeAbortNoTable: "speculativeAbortNoTable"
+        case .vmaLockSuccess: "vmaLockSuccess"
+        case .vmaLockAbort: "vmaLockAbort"
+        case .vmaLockRetry: "vmaLockRetry"
+        case .vmaLockMiss: "vmaLockMiss"
         case .invalidationsUnmap: "invalidationsUnmap"
         case .invalidationsClear: "invalidationsClear"
         case .invalidationsProtectionVMA: "invalidationsProtectionVMA"
@@ -194,8 +208,12 @@ public struct SpaceStatistics: Sendable, Equatable {
     /// Counters that are not zero.
     public var nonZero: [(name: String, value: Int64)] { all.filter { $0.value != 0 } }
 
-    /// Faults handled, by either path.
-    public var faults: Int64 { self[.speculativeFaults] + self[.classicFaults] }
+    /// Faults completed, by any path (under the VMA lock, access errors count too, as in the
+    /// kernel's `VMA_LOCK_SUCCESS`).
+    public var faults: Int64 { self[.speculativeFaults] + self[.classicFaults] + self[.vmaLockSuccess] }
+
+    /// Per-VMA-lock attempts that ended on the classic path (`VMA_LOCK_ABORT` + `VMA_LOCK_RETRY`).
+    public var vmaLockFallbacks: Int64 { self[.vmaLockAbort] + self[.vmaLockRetry] }
 
     /// Speculative aborts of every reason.
     public var speculativeAborts: Int64 {

@@ -27,11 +27,25 @@ enum Futex {
 /// condition they re-check becomes true; wakers bump an epoch and wake everyone.
 @usableFromInline
 final class WaitQueue: @unchecked Sendable {
-    /// [0]: epoch, [1]: number of sleepers (on separate words of one line).
-    private let words: UnsafeMutablePointer<Atomic<UInt32>>
+    private let words: WaitQueueWords
 
-    init() { words = RawMemory.allocateAtomics(UInt32.self, count: cacheLineSize / 4, initial: 0) }
-    deinit { RawMemory.deallocateAtomics(words, count: cacheLineSize / 4) }
+    init() { words = WaitQueueWords(RawMemory.allocateAtomics(UInt32.self, count: cacheLineSize / 4, initial: 0)) }
+    deinit { RawMemory.deallocateAtomics(words.words, count: cacheLineSize / 4) }
+
+    /// Sleeps until `condition()` returns true. `condition` is evaluated before every sleep.
+    func wait(until condition: () -> Bool) { words.wait(until: condition) }
+
+    /// Wakes every waiter so it re-checks its condition.
+    func wakeAll() { words.wakeAll() }
+}
+
+/// The protocol of ``WaitQueue`` over two words someone else owns (an object that embeds a wait
+/// queue in its own allocation).
+struct WaitQueueWords {
+    /// [0]: epoch, [1]: number of sleepers (on separate words of one line).
+    let words: UnsafeMutablePointer<Atomic<UInt32>>
+
+    init(_ words: UnsafeMutablePointer<Atomic<UInt32>>) { self.words = words }
 
     /// Sleeps until `condition()` returns true. `condition` is evaluated before every sleep.
     func wait(until condition: () -> Bool) {

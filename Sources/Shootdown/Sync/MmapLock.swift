@@ -8,6 +8,11 @@ import Synchronization
 /// holds the lock. Writers are preferred (new readers wait while a writer waits), like rwsem.
 /// Waiters spin briefly, then sleep on the state word's futex.
 ///
+/// It also carries what the per-VMA locks (VMA+Lock.swift) need from the space, as the kernel's
+/// `mm_struct` does: `mm_lock_seq` (``sequence``), odd while a writer holds the lock, and the wait
+/// queue a VMA writer sleeps on while readers drain (`mm->vma_writer_wait`). Spaces whose faults do
+/// not use per-VMA locks keep the sequence too (two stores per write hold) and never wait on it.
+///
 /// Not recursive, in either mode: a thread that holds it must not take it again (a second read
 /// acquisition waits behind any queued writer). Debug builds record the holder per thread and trap
 /// on re-entry (``LockContext/mmapLockAcquiring(_:write:)``).
@@ -17,17 +22,85 @@ final class MmapLock: @unchecked Sendable {
     @usableFromInline static let writerWaiting: UInt32 = 1 << 30
     @usableFromInline static let readerMask: UInt32 = (1 << 30) - 1
 
-    /// The state word, then, one ``cacheLineSize`` further, the sleepers word.
+    /// Four lines, ``cacheLineSize`` apart: the state word, the sleepers word, `mm_lock_seq`
+    /// (64-bit, ``sequenceWord``) and the VMA writers' wait queue (``vmaWriterWaitWords``).
     @usableFromInline let words: UnsafeMutablePointer<Atomic<UInt32>>
     @usableFromInline static let sleepersOffset = cacheLineSize / MemoryLayout<UInt32>.stride
+    static let lines = 4
     @usableFromInline var state: UnsafeMutablePointer<Atomic<UInt32>> { words }
     @usableFromInline var sleepers: UnsafeMutablePointer<Atomic<UInt32>> { words + Self.sleepersOffset }
+
+    /// `mm_lock_seq`, alone on its line: per-VMA-lock faults read it on every fault, and neither
+    /// the state word (written by every mmap read lock) nor anything else may share it. Even when
+    /// no writer holds the lock; made odd by ``writeLock()`` and even again by ``writeUnlock()``,
+    /// which unlocks every VMA write-locked during the hold. 64 bits: it never wraps (a wrapped
+    /// count could make a writer take a VMA it never locked for locked, and skip draining readers).
+    @usableFromInline let sequenceWord: UnsafeMutablePointer<Atomic<UInt64>>
+    /// Where a VMA writer sleeps until the last reader of the VMA leaves (`vma_writer_wait`): the
+    /// words of a ``WaitQueue``.
+    let vmaWriterWaitWords: UnsafeMutablePointer<Atomic<UInt32>>
 
     /// Times a reader or writer had to wait (statistics).
     let contended = Atomic<UInt64>(0)
 
-    init() { words = RawMemory.allocateAtomics(UInt32.self, count: 2 * Self.sleepersOffset, initial: 0) }
-    deinit { RawMemory.deallocateAtomics(words, count: 2 * Self.sleepersOffset) }
+    init() {
+        words = RawMemory.allocateAtomics(UInt32.self, count: Self.lines * Self.sleepersOffset, initial: 0)
+        // The third line holds one 64-bit word (zero, like the 32-bit words it replaces).
+        sequenceWord = UnsafeMutableRawPointer(words + 2 * Self.sleepersOffset)
+            .bindMemory(to: Atomic<UInt64>.self, capacity: cacheLineSize / 8)
+        vmaWriterWaitWords = words + 3 * Self.sleepersOffset
+    }
+
+    deinit {
+        UnsafeMutableRawPointer(sequenceWord).bindMemory(to: Atomic<UInt32>.self, capacity: Self.sleepersOffset)
+        RawMemory.deallocateAtomics(words, count: Self.lines * Self.sleepersOffset)
+    }
+
+    // MARK: mm_lock_seq
+
+    /// `mm_lock_seq`, loaded relaxed: odd while a writer holds the lock. A VMA whose `vm_lock_seq`
+    /// equals it is write-locked.
+    @inlinable @inline(__always)
+    var sequence: UInt64 { sequenceWord.pointee.load(ordering: .relaxed) }
+
+    /// `mm_lock_seq`, loaded with acquire (`raw_read_seqcount`): pairs with the releasing store of
+    /// ``writeUnlock()``, so a reader that sees a hold ended sees what it changed.
+    @inlinable @inline(__always)
+    func sequenceAcquiring() -> UInt64 { sequenceWord.pointee.load(ordering: .acquiring) }
+
+    /// `mm_lock_seqcount_begin`: makes the sequence odd. Writer only.
+    @inlinable @inline(__always)
+    func beginWriteSequence() {
+        let word = sequenceWord
+        let value = word.pointee.load(ordering: .relaxed)
+        checkInvariant(value & 1 == 0, "mm_lock_seq odd at mmap write lock")
+        // Relaxed: readers compare it with `vm_lock_seq`, which a writer publishes with a releasing
+        // RMW of the VMA's count after this store; nothing needs this store to be seen earlier.
+        word.pointee.store(value &+ 1, ordering: .relaxed)
+    }
+
+    /// `vma_end_write_all` (`mm_lock_seqcount_end`): makes the sequence even, which write-unlocks
+    /// every VMA write-locked in this hold. Writer only, before the lock itself is released.
+    @inlinable @inline(__always)
+    func endWriteSequence() {
+        let word = sequenceWord
+        let value = word.pointee.load(ordering: .relaxed)
+        checkInvariant(value & 1 == 1, "mm_lock_seq even at mmap write unlock")
+        // Releasing: a per-VMA-lock reader that sees the new value (acquiring re-check) sees every
+        // change of the hold.
+        word.pointee.store(value &+ 1, ordering: .releasing)
+    }
+
+    /// Sleeps until `drained()` holds (a VMA writer waiting for its readers).
+    func waitForVMAReaders(until drained: () -> Bool) {
+        WaitQueueWords(vmaWriterWaitWords).wait(until: drained)
+    }
+
+    /// Wakes the VMA writer (the last reader of the VMA it waits for just left).
+    @usableFromInline
+    func wakeVMAWriter() {
+        WaitQueueWords(vmaWriterWaitWords).wakeAll()
+    }
 
     // MARK: Readers
 
@@ -95,21 +168,24 @@ final class MmapLock: @unchecked Sendable {
 
     // MARK: Writers
 
+    /// Takes the lock for writing and makes `mm_lock_seq` odd.
     @inlinable @inline(__always)
     func writeLock() {
         LockContext.mightSleep("taking the mmap lock for writing")
         LockContext.mmapLockAcquiring(words, write: true)
         defer { LockContext.mmapLockAcquired(words, write: true) }
-        if state.pointee.compareExchange(expected: 0, desired: Self.writerHeld, ordering: .acquiring).exchanged {
-            return
+        if !state.pointee.compareExchange(expected: 0, desired: Self.writerHeld, ordering: .acquiring).exchanged {
+            writeLockSlow()
         }
-        writeLockSlow()
+        beginWriteSequence()
     }
 
+    /// Makes `mm_lock_seq` even (unlocking every VMA write-locked in this hold) and releases the lock.
     @inlinable @inline(__always)
     func writeUnlock() {
         checkInvariant(state.pointee.load(ordering: .relaxed) & Self.writerHeld != 0, "mmap write unlock without lock")
         LockContext.mmapLockReleased(words)
+        endWriteSequence()
         // Sequentially consistent (xchg is locked on x86 either way): pairs with the sleeper's
         // increment-then-recheck in `sleep(expecting:)`, so a sleeping reader or writer is woken.
         state.pointee.store(0, ordering: .sequentiallyConsistent)

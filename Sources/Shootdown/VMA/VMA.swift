@@ -41,7 +41,11 @@ public struct Protection: OptionSet, Hashable, Sendable, CustomStringConvertible
 /// speculative reader that found it through an old index version aborts.
 ///
 /// Lifetime: owned by the ``VMAIndex``; after removal it is retired and released after an RCU
-/// grace period, so a reader in a memb read section may hold it unretained.
+/// grace period, so a reader in a memb read section may hold it unretained. A reader holding the
+/// VMA's read lock (VMA+Lock.swift) may keep it past its read section: removal waits for it.
+///
+/// Layout: three groups on separate lines: the fields lookups and speculative faults read, the
+/// per-VMA lock (written by every fault on the per-VMA-lock path), the writer-owned fields.
 @usableFromInline
 final class VMA: @unchecked Sendable {
     // Layout: the fields a speculative fault reads sit alone on one cache line, between two
@@ -60,6 +64,15 @@ final class VMA: @unchecked Sendable {
     @usableFromInline let anonVMAWord = Atomic<UInt64>(0)
 
     private let writerPadding = CacheLinePadding()
+
+    // The per-VMA lock (VMA+Lock.swift) on a line of its own: every fault on the per-VMA-lock path
+    // writes `vmRefcount`, so it must not share a line with the fields above (which lookups and
+    // speculative faults of other CPUs keep cached) nor with the writer-owned fields below.
+    /// `vm_lock_seq`: equal to the space's `mm_lock_seq` while a writer holds this VMA write-locked.
+    @usableFromInline let vmLockSequence = Atomic<UInt64>(VMA.neverLocked)
+    /// `vm_refcnt`: 0 detached, 1 attached, +1 per reader, +``lockOffset`` while a writer drains.
+    @usableFromInline let vmRefcount = Atomic<UInt32>(1)
+    private let lockPadding = CacheLinePadding()
 
     /// Backing of a shared mapping; `nil` for private anonymous memory. Writer-owned.
     var sharedObject: SharedMemoryObject?

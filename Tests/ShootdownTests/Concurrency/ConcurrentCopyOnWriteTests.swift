@@ -64,9 +64,10 @@ struct ConcurrentCopyOnWriteTests {
         1 << 63 | UInt64(child) << 48 | UInt64(page) << 40 | sequence
     }
 
-    @Test func forkWhileWriting() throws {
+    @Test(arguments: AddressSpace.FaultPath.allCases)
+    func forkWhileWriting(path: AddressSpace.FaultPath) throws {
         let memory = PhysicalMemory(capacity: 1 << 13, swapSlots: 1 << 11)
-        let parent = try AddressSpace(memory: memory)
+        let parent = try AddressSpace(configuration: .init(faultPath: path), memory: memory)
         try parent.map(length: UInt64(Self.pageCount) * Self.page, placement: .fixed(Self.base))
         let progress = ConcurrentWriteProgress(pages: Self.pageCount)
         for page in 0..<Self.pageCount {

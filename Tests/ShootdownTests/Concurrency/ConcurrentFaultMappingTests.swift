@@ -26,7 +26,7 @@ struct ConcurrentFaultMappingTests {
         return [(adjacent, adjacent + churnPages * page), (alone, alone + churnPages * page)]
     }
 
-    @Test(arguments: [AddressSpace.FaultPath.speculative, .mmapLock])
+    @Test(arguments: AddressSpace.FaultPath.allCases)
     func faultsAgainstMapUnmap(path: AddressSpace.FaultPath) throws {
         let memory = PhysicalMemory(capacity: 1 << 14)
         let space = try AddressSpace(configuration: .init(faultPath: path), memory: memory)

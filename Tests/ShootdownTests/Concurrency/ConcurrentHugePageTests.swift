@@ -20,9 +20,10 @@ struct ConcurrentHugePageTests {
     static let base: UInt64 = 0x70_0000_0000  // 2 MiB aligned
     static let writers = 2
 
-    @Test func writesSurviveCollapseAndSplit() throws {
+    @Test(arguments: AddressSpace.FaultPath.allCases)
+    func writesSurviveCollapseAndSplit(path: AddressSpace.FaultPath) throws {
         let memory = PhysicalMemory(capacity: 1 << 14)
-        let space = try AddressSpace(memory: memory)
+        let space = try AddressSpace(configuration: .init(faultPath: path), memory: memory)
         let end = Self.base + Self.blocks * Self.huge
         try space.map(length: end - Self.base, placement: .fixed(Self.base), options: [.hugePage])
         let pagesPerBlock = Int(Self.huge / Self.page)

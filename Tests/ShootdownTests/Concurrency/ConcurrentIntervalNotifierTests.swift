@@ -66,9 +66,10 @@ struct ConcurrentIntervalNotifierTests {
         return (start, start + privatePages * page)
     }
 
-    @Test func removeWhileInvalidating() throws {
+    @Test(arguments: AddressSpace.FaultPath.allCases)
+    func removeWhileInvalidating(path: AddressSpace.FaultPath) throws {
         let memory = PhysicalMemory(capacity: 1 << 12)
-        let space = try AddressSpace(memory: memory)
+        let space = try AddressSpace(configuration: .init(faultPath: path), memory: memory)
         let page = Self.page
         let (sharedStart, sharedEnd) = Self.shared
         try space.map(length: sharedEnd - sharedStart, placement: .fixed(sharedStart))

@@ -62,9 +62,10 @@ struct ConcurrentMirrorCoherenceTests {
     /// Straddles a 2 MiB boundary (two PTE tables).
     static let base: UInt64 = 0x20_0000_0000 - 32 * page
 
-    @Test func mirrorNeverHoldsRemovedTranslations() throws {
+    @Test(arguments: AddressSpace.FaultPath.allCases)
+    func mirrorNeverHoldsRemovedTranslations(path: AddressSpace.FaultPath) throws {
         let memory = PhysicalMemory(capacity: 1 << 14, swapSlots: 1 << 12)
-        let space = try AddressSpace(memory: memory)
+        let space = try AddressSpace(configuration: .init(faultPath: path), memory: memory)
         let page = Self.page
         let base = Self.base
         let end = base + Self.pages * page

@@ -4,9 +4,9 @@ import Testing
 
 @testable import Shootdown
 
-/// Speculative faults  against structural churn: threads fault without the mmap lock
-/// while churners unmap, remap (move and resize), protect and re-map the same ranges as fast as
-/// they can.
+/// Faults against structural churn, on each fault path: threads fault (speculatively, under VMA
+/// locks, or under the mmap read lock) while churners unmap, remap (move and resize), protect and
+/// re-map the same ranges as fast as they can.
 ///
 /// Each churner owns one region (its own top-level page-table entry, so emptying it frees PTE, PMD
 /// and PUD tables that faulters race to re-create) and is the only thread that changes it, so it
@@ -17,7 +17,8 @@ import Testing
 /// - every 4 operations, an audit (under the mmap read lock, faulters still running) finds no
 ///   page table in a hole, no freed table reachable and no entry outside a VMA.
 /// Both must hold immediately because a speculative fault validates its VMA's sequence count under
-/// the split lock, and every zap and protection change runs inside the VMA's write section.
+/// the split lock, and every zap and protection change runs inside the VMA's write section; a fault
+/// under a VMA lock holds off the writer's `vma_start_write` until it is done.
 @Suite("ConcurrentSpeculativeFaults")
 struct ConcurrentSpeculativeFaultTests {
     static let page = AddressSpace.pageSize
@@ -38,10 +39,10 @@ struct ConcurrentSpeculativeFaultTests {
         return [start + AddressSpace.hugePageSize - 32 * page, start + 4 * AddressSpace.hugePageSize]
     }
 
-    @Test func speculativeFaultsAgainstStructuralChurn() throws {
+    @Test(arguments: AddressSpace.FaultPath.allCases)
+    func faultsAgainstStructuralChurn(path: AddressSpace.FaultPath) throws {
         let memory = PhysicalMemory(capacity: 1 << 15)
-        let space = try AddressSpace(memory: memory)  // default: faultPath .speculative
-        #expect(space.configuration.faultPath == .speculative)
+        let space = try AddressSpace(configuration: .init(faultPath: path), memory: memory)
         let page = Self.page
         for churner in 0..<Self.churners {
             for slot in Self.slots(churner) { try space.map(length: Self.slotPages * page, placement: .fixed(slot)) }
@@ -169,12 +170,20 @@ struct ConcurrentSpeculativeFaultTests {
         for index in 0..<Self.churners { bodies.append { churner(index) } }
         guard ConcurrentHarness.run("spf-churn", bodies) else { return }
 
-        violations.expectNone("speculative faults against churn")
+        violations.expectNone("\(path) faults against churn")
         let statistics = space.statistics
-        ConcurrentHarness.report("spf: ops=\(churnOperations.load(ordering: .relaxed)) \(statistics.nonZero)")
-        // The speculative path ran, and aborted at least sometimes.
-        #expect(statistics[.speculativeFaults] > 0)
-        #expect(statistics.speculativeAborts > 0, "\(statistics.nonZero)")
+        ConcurrentHarness.report("\(path): ops=\(churnOperations.load(ordering: .relaxed)) \(statistics.nonZero)")
+        // The path under test ran, and (lockless paths) fell back at least sometimes.
+        switch path {
+        case .speculative:
+            #expect(statistics[.speculativeFaults] > 0)
+            #expect(statistics.speculativeAborts > 0, "\(statistics.nonZero)")
+        case .perVMALock:
+            #expect(statistics[.vmaLockSuccess] > 0)
+            #expect(statistics[.vmaLockAbort] > 0, "\(statistics.nonZero)")
+        case .mmapLock:
+            #expect(statistics[.classicFaults] > 0)
+        }
         let audit = space.audit()
         #expect(audit.entriesOutsideVMAs == 0)
         #expect(audit.entriesExceedingProtection == 0)

@@ -14,10 +14,11 @@ struct ConcurrentTeardownTests {
     static let page = AddressSpace.pageSize
     static let pages: UInt64 = 64
 
-    @Test func teardownWhileInUse() throws {
+    @Test(arguments: AddressSpace.FaultPath.allCases)
+    func teardownWhileInUse(path: AddressSpace.FaultPath) throws {
         let rounds = ConcurrentHarness.iterations(12, minimum: 2)
         for round in 0..<rounds {
-            try Self.round(round)
+            try Self.round(round, path)
         }
     }
 
@@ -33,9 +34,9 @@ struct ConcurrentTeardownTests {
         }
     }
 
-    static func round(_ round: Int) throws {
+    static func round(_ round: Int, _ path: AddressSpace.FaultPath) throws {
         let memory = PhysicalMemory(capacity: 1 << 12, swapSlots: 1 << 10)
-        let space = try AddressSpace(memory: memory)
+        let space = try AddressSpace(configuration: .init(faultPath: path), memory: memory)
         let base: UInt64 = 0x90_0000_0000 - 16 * page  // straddles a 2 MiB boundary
         let end = base + pages * page
         try space.map(length: end - base, placement: .fixed(base))

@@ -59,7 +59,10 @@ private let base = NotifierTestConstants.base
         #expect(memory.framesInUse == privateMaps.count + sharedCached.count, sourceLocation: sourceLocation)
     }
 
-    @Test(arguments: [(UInt64(1), AddressSpace.FaultPath.speculative), (7, .mmapLock), (2024, .speculative), (0xC0FFEE, .mmapLock)])
+    @Test(arguments: [
+        (UInt64(1), AddressSpace.FaultPath.speculative), (7, .mmapLock), (2024, .speculative), (0xC0FFEE, .mmapLock),
+        (11, .perVMALock), (4242, .perVMALock),
+    ])
     func randomForksWritesAndExitsKeepContentAndCountsExact(seed: UInt64, faultPath: AddressSpace.FaultPath) throws {
         var generator = SplitMix64(seed: seed)
         let memory = PhysicalMemory(capacity: 8192, swapSlots: 64)

@@ -72,9 +72,16 @@ enum Render {
         for (name, value) in run.metrics {
             lines.append("  " + name.padding(toLength: width, withPad: " ", startingAt: 0) + "  " + human(value, name))
         }
-        let interesting = run.counters.filter { $0.1 != 0 }
-        if !interesting.isEmpty {
-            lines.append("counters  " + interesting.map { "\($0.0)=\($0.1)" }.joined(separator: " "))
+        // One line per group: a comparison prefixes each value's counters with `VALUE.`.
+        var groups: [(prefix: String, pairs: [String])] = []
+        for (name, value) in run.counters where value != 0 {
+            let parts = name.split(separator: ".", maxSplits: 1).map(String.init)
+            let (prefix, counter) = parts.count == 2 ? (parts[0], parts[1]) : ("", name)
+            if groups.last?.prefix != prefix { groups.append((prefix, [])) }
+            groups[groups.count - 1].pairs.append("\(counter)=\(value)")
+        }
+        for group in groups {
+            lines.append("counters  " + (group.prefix.isEmpty ? "" : "[\(group.prefix)] ") + group.pairs.joined(separator: " "))
         }
         for note in run.notes { lines.append("note      " + note) }
         return lines.joined(separator: "\n")

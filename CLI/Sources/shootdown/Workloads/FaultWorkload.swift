@@ -3,7 +3,13 @@ import Synchronization
 
 /// `fault`: write-fault every 4 KiB page of a fresh anonymous region once (one thread), or, with
 /// `--threads T`, T threads faulting disjoint 2 MiB-aligned parts of one region, compared with one
-/// thread faulting the same total in the same process (`metrics.scaling`).
+/// thread faulting the same total in the same process (`metrics.scaling`, and `retained`, the
+/// fraction of the one-thread rate each thread keeps: scaling / T).
+///
+/// The region is one VMA shared by the threads (the default): per-VMA-lock faults then all write
+/// that VMA's reference count, speculative faults write nothing shared. `--vma-per-thread` gives
+/// each thread's part a VMA of its own (adjacent parts alternate protection flags so they never
+/// merge), which takes the shared count away.
 func runFault(_ settings: BenchSettings) throws -> RunResult {
     if settings.threads > 1 { return try runFaultThreads(settings) }
     var result = RunResult(workload: "fault")
@@ -39,7 +45,8 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
     let perThread = max(1, settings.pages / threads / chunk) * chunk
     let total = perThread * threads
     var result = RunResult(workload: "fault")
-    result.config = [("pages", String(total)), ("threads", String(threads))] + settings.knobs
+    result.config = [("pages", String(total)), ("threads", String(threads)),
+                     ("vmas", settings.vmaPerThread ? "per-thread" : "one")] + settings.knobs
     var single: [Double] = []
     var multi: [Double] = []
     var statistics: SpaceStatistics?
@@ -47,7 +54,7 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
         // One thread, same total, same process.
         do {
             let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory(pages: total))
-            let base = try alignedRegion(space, pages: total)
+            let base = try threadRegion(space, settings, parts: threads, pagesPerPart: perThread)
             let start = nowNanoseconds()
             try faultPages(space, base, total)
             single.append(Double(total) * 1e9 / Double(nowNanoseconds() - start))
@@ -58,7 +65,7 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
         BenchmarkSupport.drainDeferredReclamation()
         // T threads, disjoint 2 MiB-aligned parts.
         let space = try AddressSpace(configuration: settings.configuration, memory: settings.makeMemory(pages: total))
-        let base = try alignedRegion(space, pages: total)
+        let base = try threadRegion(space, settings, parts: threads, pagesPerPart: perThread)
         let line = SpinningStartLine(parties: threads)
         let finish = Atomic<UInt64>(0)
         let startTime = Atomic<UInt64>(0)
@@ -83,10 +90,26 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
     let one = Summary(single).median
     result.metrics = timedMetrics(
         nsPerOp: multi.map { $0 > 0 ? 1e9 / $0 : 0 },
-        extra: [("single_thread_ops_per_sec", one), ("scaling", one > 0 ? aggregate / one : 0)])
+        extra: [("single_thread_ops_per_sec", one), ("scaling", one > 0 ? aggregate / one : 0),
+                ("retained", one > 0 ? aggregate / one / Double(threads) : 0)])
     result.counters = statistics.map(counterPairs) ?? []
     result.notes.append("ns_per_op is wall time per fault across all threads (aggregate); p50/p99 over \(multi.count) runs")
     return result
+}
+
+/// The region of a multi-threaded fault run: `parts` parts of `pagesPerPart` pages at a 2 MiB-aligned
+/// address, in one VMA, or with `vmaPerThread` one VMA per part (odd parts read-write-exec: the same
+/// faults, but their VMAs cannot merge with the even ones).
+func threadRegion(_ space: AddressSpace, _ settings: BenchSettings, parts: Int, pagesPerPart: Int) throws -> UInt64 {
+    let base = try alignedRegion(space, pages: parts * pagesPerPart)
+    if settings.vmaPerThread {
+        for index in stride(from: 1, to: parts, by: 2) {
+            try space.protect(
+                address: base + UInt64(index * pagesPerPart) * 4096, length: UInt64(pagesPerPart) * 4096,
+                protection: [.read, .write, .exec])
+        }
+    }
+    return base
 }
 
 /// Maps `pages` pages at a 2 MiB-aligned address.

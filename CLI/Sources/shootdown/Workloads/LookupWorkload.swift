@@ -5,7 +5,11 @@
 func runLookup(_ settings: BenchSettings) throws -> RunResult {
     var result = RunResult(workload: "vma-lookup")
     result.config = [("vmas", String(settings.vmas)), ("iterations", String(settings.iterations))] + settings.knobs
-    let space = try AddressSpace(configuration: settings.configuration, memory: PhysicalMemory(capacity: 4096))
+    // Linux's default `vm.max_map_count` (65530) would refuse the larger sweeps; raise it as the
+    // sysctl would, so the limit never decides what is measured.
+    var configuration = settings.configuration
+    configuration.maxMapCount = max(configuration.maxMapCount, settings.vmas + 1)
+    let space = try AddressSpace(configuration: configuration, memory: PhysicalMemory(capacity: 4096))
     let base: UInt64 = 0x1000_0000
     let stride: UInt64 = 8192  // one page mapped, one page hole: VMAs never merge
     progress("vma-lookup: creating \(settings.vmas) VMAs")

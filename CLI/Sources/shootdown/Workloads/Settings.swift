@@ -8,6 +8,10 @@ struct BenchSettings: Sendable {
     var intervals = 0
     var vmas = 10_000
     var huge = false
+    /// `contention`: which VMA the churning thread changes.
+    var churn: ChurnTarget = .otherVMA
+    /// `fault` with threads: each thread's part in a VMA of its own instead of one shared VMA.
+    var vmaPerThread = false
     var faultPath: AddressSpace.FaultPath = .speculative
     var notifierList: NotifierListProtection = .rcu
     var locking: PageTableLocking = .split
@@ -39,6 +43,15 @@ struct BenchSettings: Sendable {
     func makeMemory(pages: Int? = nil) -> PhysicalMemory {
         PhysicalMemory(capacity: (pages ?? self.pages) + 16_384, swapSlots: 1024)
     }
+}
+
+/// What the churning thread of `contention` changes.
+enum ChurnTarget: String, CaseIterable, Sendable {
+    /// mmap + write fault + mprotect + munmap of another, distant VMA: the faulted VMA never changes.
+    case otherVMA = "other-vma"
+    /// mprotect of pages of the faulted VMA itself (read-only, then back): every churn op changes
+    /// the faulted VMA twice (a split and a merge).
+    case sameVMA = "same-vma"
 }
 
 /// The counters of `space` that are not zero, for a result's `counters` object.
