@@ -4,7 +4,7 @@ extension Replayer {
     /// `value` rounded up to a page, saturating below 2^64.
     static func pageEnd(_ value: UInt64) -> UInt64 {
         value > UInt64.max - (AddressSpace.pageSize - 1) ? UInt64.max & ~(AddressSpace.pageSize - 1)
-            : (value + AddressSpace.pageSize - 1) & ~(AddressSpace.pageSize - 1)
+            : (value + (AddressSpace.pageSize - 1)) & ~(AddressSpace.pageSize - 1)
     }
 
     /// `[address, address + length)` rounded to pages, or `nil` when it leaves 64 bits.
@@ -237,6 +237,8 @@ extension Replayer {
             })
         case "mincore":
             guard let address = number(0), let length = number(1) else { return nil }
+            // The engine returns the vector as an array: one entry per page of the range.
+            if length > populateLimit { return .unmodelled("a residency vector over the limit") }
             return .run(Operation(linuxSucceeded: succeeded, impliedRange: Self.pageRange(address, length)) {
                 () throws(MemoryError) -> UInt64 in
                 _ = try space.residency(address: address, length: length)

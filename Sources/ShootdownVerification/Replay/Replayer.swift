@@ -54,7 +54,8 @@ public final class Replayer {
         /// A call that would populate (fault in) more than this many bytes (`MAP_POPULATE`,
         /// `MAP_LOCKED`, mlock, `MADV_POPULATE_*`, …) is not replayed but counted as unmodelled
         /// (`name (populating more than the limit)`): replaying it would take time and frames
-        /// without bound.
+        /// without bound. A `mincore` of more bytes is counted the same way (`mincore (a
+        /// residency vector over the limit)`): the engine returns its vector as an array.
         public var maximumPopulateBytes: UInt64
 
         public init(touch: Bool = false, maximumLiveSpaces: Int = 4096, maximumPopulateBytes: UInt64 = 1 << 30) {
