@@ -92,7 +92,21 @@ public struct MapsComparison: Sendable {
     /// Human-readable differences, in address order (empty: they agree).
     public var differences: [String]
 
+    /// Whether the two sides agree inside the known ranges.
     public var matches: Bool { differences.isEmpty }
+
+    /// One line (`2478080 bytes in 12 pieces compared: equal`), then the first `limit`
+    /// differences (and how many more there are).
+    public func summary(limit: Int = 10) -> String {
+        var lines = [
+            "\(comparedBytes) bytes in \(linux.count) Linux piece\(linux.count == 1 ? "" : "s") compared: "
+                + (matches ? "equal" : "\(differences.count) difference\(differences.count == 1 ? "" : "s")")
+        ]
+        let shown = max(0, limit)
+        lines += differences.prefix(shown).map { "  " + $0 }
+        if differences.count > shown { lines.append("  … and \(differences.count - shown) more") }
+        return lines.joined(separator: "\n")
+    }
 
     public init(engine mappings: [Mapping], linux lines: [MapsLine], known: AddressRanges) {
         comparedBytes = known.ranges.reduce(0) { $0 &+ ($1.upperBound - $1.lowerBound) }

@@ -82,20 +82,28 @@ public struct ReplayReport: Sendable {
         return lastSpaceOfPID[pid].map { spaces[$0] }
     }
 
-    /// A few lines: the counts, the unmodelled and unresolved calls by name, the first
-    /// mismatches.
+    /// A few lines: the counts, the calls replayed by name, the process calls, what was not
+    /// replayed (unmodelled and unresolved calls by name), then the first `mismatchLimit`
+    /// mismatches (and how many more there are).
     public func summary(mismatchLimit: Int = 10) -> String {
+        func byName(_ counts: [String: Int]) -> String {
+            counts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+        }
+        let unresolvedCount = unresolved.values.reduce(0, +)
         var lines = [
             "\(calls) calls: \(replayed) memory calls replayed, \(matched) matched, \(mismatches.count) mismatched, "
-                + "\(unmodelledCount) unmodelled"
+                + "\(unmodelledCount) unmodelled, \(unresolvedCount) without a result",
+            "replayed: " + (replayedByName.isEmpty ? "none" : byName(replayedByName)),
         ]
-        if !unmodelled.isEmpty {
-            lines.append("unmodelled: " + unmodelled.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
-        }
-        if !unresolved.isEmpty {
-            lines.append("without a result in the log: " + unresolved.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
-        }
-        lines += mismatches.prefix(mismatchLimit).map(\.description)
+        if !processCallsByName.isEmpty { lines.append("process calls: " + byName(processCallsByName)) }
+        lines.append(
+            "\(addressSpaces) address space\(addressSpaces == 1 ? "" : "s"), \(impliedMappings) implied mapping"
+                + "\(impliedMappings == 1 ? "" : "s"), \(breakQueriesLearned) break quer\(breakQueriesLearned == 1 ? "y" : "ies") learned")
+        if !unmodelled.isEmpty { lines.append("unmodelled: " + byName(unmodelled)) }
+        if !unresolved.isEmpty { lines.append("without a result in the log: " + byName(unresolved)) }
+        let limit = max(0, mismatchLimit)
+        lines += mismatches.prefix(limit).map { "mismatch: \($0)" }
+        if mismatches.count > limit { lines.append("… and \(mismatches.count - limit) more mismatches") }
         return lines.joined(separator: "\n")
     }
 }

@@ -84,7 +84,9 @@ import Testing
         let index = try #require(linux.firstIndex { $0.start == 0x7f2f_1e95_2000 })
         var changed = linux
         changed[index].permissions = "r--p"
-        #expect(MapsComparison(engine: space.mappings, linux: changed, known: space.known).differences.count == 1)
+        let changedComparison = MapsComparison(engine: space.mappings, linux: changed, known: space.known)
+        #expect(changedComparison.differences == ["engine 7f2f1e952000-7f2f1e95e000 rw-p, Linux 7f2f1e952000-7f2f1e95e000 r--p"])
+        #expect(changedComparison.summary(limit: 0) == "2478080 bytes in 18 Linux pieces compared: 1 difference\n  … and 1 more")
         var moved = linux
         moved[index].end -= 0x1000
         moved.insert(MapsLine(start: moved[index].end, end: linux[index].end, permissions: "rw-p"), at: index + 1)
