@@ -22,7 +22,7 @@ import Testing
     }
 
     static let traces: [Expected] = [
-        Expected(name: "anonymous-syscalls", calls: 127, replayed: 125, addressSpaces: 2, impliedMappings: 4, hasMaps: false),
+        Expected(name: "anonymous-syscalls", calls: 130, replayed: 125, addressSpaces: 2, impliedMappings: 4, hasMaps: true),
         Expected(name: "gcc-c", calls: 157, replayed: 136, addressSpaces: 3, impliedMappings: 6, hasMaps: true),
         Expected(name: "git-status", calls: 43, replayed: 40, addressSpaces: 1, impliedMappings: 2, hasMaps: true),
         Expected(name: "maps-snapshot", calls: 31, replayed: 28, addressSpaces: 1, impliedMappings: 2, hasMaps: true),
