@@ -3,8 +3,10 @@ public struct AddressRanges: Sendable, Hashable, CustomStringConvertible {
     /// The ranges in address order.
     public private(set) var ranges: [Range<UInt64>] = []
 
+    /// The empty set.
     public init() {}
 
+    /// The union of `ranges` (they may overlap, touch, or come in any order).
     public init(_ ranges: [Range<UInt64>]) {
         for range in ranges { insert(range) }
     }
@@ -75,6 +77,7 @@ public struct AddressRanges: Sendable, Hashable, CustomStringConvertible {
         return result
     }
 
+    /// `start-end` pairs in hexadecimal, separated by spaces.
     public var description: String {
         ranges.map { String($0.lowerBound, radix: 16) + "-" + String($0.upperBound, radix: 16) }.joined(separator: " ")
     }

@@ -2,14 +2,18 @@ import Shootdown
 
 /// One line of `/proc/PID/maps`: `start-end perms offset dev inode [path]`.
 public struct MapsLine: Sendable, Hashable, CustomStringConvertible {
+    /// First address.
     public var start: UInt64
+    /// End address (exclusive).
     public var end: UInt64
     /// `rwxp` / `r--s`.
     public var permissions: String
+    /// The file offset of ``start`` (0 for anonymous memory).
     public var offset: UInt64
     /// The path or pseudo-name (`[heap]`, `[stack]`); `nil` for anonymous memory.
     public var path: String?
 
+    /// A line with these fields.
     public init(start: UInt64, end: UInt64, permissions: String, offset: UInt64 = 0, path: String? = nil) {
         self.start = start
         self.end = end
@@ -18,12 +22,16 @@ public struct MapsLine: Sendable, Hashable, CustomStringConvertible {
         self.path = path
     }
 
+    /// `start-end perms`, then the offset and path for a named mapping.
     public var description: String {
         String(start, radix: 16) + "-" + String(end, radix: 16) + " " + permissions
             + (path.map { " " + String(offset, radix: 16) + " " + $0 } ?? "")
     }
 
-    /// The lines of a `/proc/PID/maps` text.
+    /// The lines of a `/proc/PID/maps` text; blank lines are skipped. Throws
+    /// ``MapsError/malformedLine(line:reason:)`` naming the first line that is not a maps line
+    /// (fewer than five fields, no hexadecimal `start-end` with start below end, permissions not
+    /// four letters, an offset that is not hexadecimal); never traps.
     public static func parse(_ text: String) throws(MapsError) -> [MapsLine] {
         var result: [MapsLine] = []
         for (index, raw) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
@@ -49,8 +57,10 @@ public struct MapsLine: Sendable, Hashable, CustomStringConvertible {
 
 /// Why a maps file could not be read.
 public enum MapsError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// The 1-based line and what is wrong with it.
     case malformedLine(line: Int, reason: String)
 
+    /// `line N is not a /proc/PID/maps line: reason`.
     public var description: String {
         switch self {
         case .malformedLine(let line, let reason): return "line \(line) is not a /proc/PID/maps line: \(reason)"
@@ -72,20 +82,27 @@ public enum MapsError: Error, Hashable, Sendable, CustomStringConvertible {
 public struct MapsComparison: Sendable {
     /// A piece of a mapping inside a known range.
     public struct Piece: Sendable, Hashable, CustomStringConvertible {
+        /// First address, inside a known range.
         public var start: UInt64
+        /// End address (exclusive), inside the same known range.
         public var end: UInt64
+        /// `rwxp` / `r--s`.
         public var permissions: String
+        /// The file's path; `nil` for anonymous memory and pseudo-names (`[heap]`).
         public var path: String?
+        /// The file offset of ``start`` (0 without a path).
         public var offset: UInt64
 
+        /// `start-end perms`, then the offset and path for a file.
         public var description: String {
             String(start, radix: 16) + "-" + String(end, radix: 16) + " " + permissions
                 + (path.map { " \(String(offset, radix: 16)) \($0)" } ?? "")
         }
     }
 
-    /// The engine's pieces and Linux's.
+    /// The engine's pieces, in address order.
     public var engine: [Piece]
+    /// Linux's pieces, in address order.
     public var linux: [Piece]
     /// Bytes compared (the size of the known ranges).
     public var comparedBytes: UInt64
@@ -108,6 +125,8 @@ public struct MapsComparison: Sendable {
         return lines.joined(separator: "\n")
     }
 
+    /// Compares `mappings` (``ReplayReport/SpaceResult/mappings``) with the `lines` of a saved
+    /// `/proc/PID/maps` inside `known` (``ReplayReport/SpaceResult/known``).
     public init(engine mappings: [Mapping], linux lines: [MapsLine], known: AddressRanges) {
         comparedBytes = known.ranges.reduce(0) { $0 &+ ($1.upperBound - $1.lowerBound) }
         engine = Self.pieces(

@@ -7,6 +7,7 @@ public struct ReplayReport: Sendable {
     public struct Mismatch: Sendable, Hashable, CustomStringConvertible {
         /// The line of the call's result (``TraceEvent/line``).
         public var line: Int
+        /// The process that made the call (`nil`: a log without a pid column).
         public var pid: Int?
         /// The call as the log has it.
         public var call: SystemCall
@@ -15,6 +16,7 @@ public struct ReplayReport: Sendable {
         /// The engine's outcome in the same form.
         public var engine: String
 
+        /// `line N (pid P): name(arguments): Linux X, engine Y`.
         public var description: String {
             "line \(line)\(pid.map { " (pid \($0))" } ?? ""): \(call.name)(\(call.arguments.joined(separator: ", "))): "
                 + "Linux \(linux), engine \(engine)"
@@ -45,6 +47,7 @@ public struct ReplayReport: Sendable {
     public var replayed = 0
     /// Replayed calls whose engine outcome matched Linux's.
     public var matched = 0
+    /// Replayed calls whose engine outcome differed, in log order.
     public var mismatches: [Mismatch] = []
     /// Replayed calls by name.
     public var replayedByName: [String: Int] = [:]

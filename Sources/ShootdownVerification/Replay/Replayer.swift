@@ -17,7 +17,7 @@ import Shootdown
 /// mapping), and later `brk(NULL)` queries are compared.
 ///
 /// **Files.** A file descriptor with its path (`3</usr/lib/libc.so.6>`, `strace -y`) maps that
-/// path's ``FileObject``, one per path for the whole replay (a page cache shared by every
+/// path's `FileObject`, one per path for the whole replay (a page cache shared by every
 /// process); a descriptor without a path maps one object per descriptor number; `MAP_ANONYMOUS`
 /// or fd -1 is anonymous memory. A shared mapping made without `PROT_WRITE` is taken to come from
 /// a descriptor opened read-only, one with it from a read-write one (the log does not say).
@@ -58,6 +58,7 @@ public final class Replayer {
         /// residency vector over the limit)`): the engine returns its vector as an array.
         public var maximumPopulateBytes: UInt64
 
+        /// Settings with these values (the defaults: no touching, 4096 live spaces, 1 GiB).
         public init(touch: Bool = false, maximumLiveSpaces: Int = 4096, maximumPopulateBytes: UInt64 = 1 << 30) {
             self.touch = touch
             self.maximumLiveSpaces = maximumLiveSpaces
@@ -76,9 +77,10 @@ public final class Replayer {
     }
 
     /// Makes the fresh address spaces of a replay (the first process, each exec). Forked
-    /// children are made by ``AddressSpace/fork()``, so they keep their parent's configuration.
+    /// children are made by `AddressSpace.fork()`, so they keep their parent's configuration.
     public typealias SpaceFactory = (SpaceRequest) throws(MemoryError) -> AddressSpace
 
+    /// The settings the replayer was made with.
     public let options: Options
     /// The memory of every space the replay makes, and of its file objects.
     public let memory: PhysicalMemory
@@ -318,6 +320,7 @@ public enum ReplayError: Error, Hashable, Sendable, CustomStringConvertible {
     /// ``Replayer/finish()`` was called already.
     case finished
 
+    /// `line N: what went wrong`.
     public var description: String {
         switch self {
         case .spaceCreation(let line, let error):

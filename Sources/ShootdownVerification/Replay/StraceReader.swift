@@ -109,6 +109,7 @@ public enum TraceError: Error, Hashable, Sendable, CustomStringConvertible {
     /// The input is not text.
     case notText(reason: String)
 
+    /// `line N is not an strace line: reason`, or why the input is not text.
     public var description: String {
         switch self {
         case .malformedLine(let line, let reason): return "line \(line) is not an strace line: \(reason)"

@@ -8,8 +8,10 @@ public struct TraceEvent: Sendable, Hashable, CustomStringConvertible {
     /// file (`strace -ff`) was named after; `nil` when the log has no pid column (a trace of one
     /// process without `-f`).
     public var pid: Int?
+    /// What happened.
     public var kind: Kind
 
+    /// The kinds of events.
     public enum Kind: Sendable, Hashable {
         /// A system call with its result, its two halves rejoined if it was interrupted.
         case call(SystemCall)
@@ -31,12 +33,14 @@ public struct TraceEvent: Sendable, Hashable, CustomStringConvertible {
         case note(String)
     }
 
+    /// An event with these fields.
     public init(line: Int, pid: Int?, kind: Kind) {
         self.line = line
         self.pid = pid
         self.kind = kind
     }
 
+    /// `line N: [pid P] what`.
     public var description: String {
         let who = pid.map { "[pid \($0)] " } ?? ""
         switch kind {
@@ -59,10 +63,12 @@ public struct SystemCall: Sendable, Hashable, CustomStringConvertible {
     /// `PROT_READ|PROT_WRITE`, `3</usr/lib/libc.so.6>` (a file descriptor with its `-y` path),
     /// `{flags=CLONE_VM|..., ...}`.
     public var arguments: [String]
+    /// What it returned.
     public var result: SystemCallResult
     /// The line of the call's first half when it was interrupted (`<unfinished ...>`).
     public var startLine: Int?
 
+    /// A call with these fields.
     public init(name: String, arguments: [String], result: SystemCallResult, startLine: Int? = nil) {
         self.name = name
         self.arguments = arguments
@@ -97,6 +103,7 @@ public enum SystemCallResult: Sendable, Hashable, CustomStringConvertible {
         return nil
     }
 
+    /// As strace prints it: a number (hexadecimal above 0xFFFF), `-1 ENAME`, `?`.
     public var description: String {
         switch self {
         case .value(let value): return value > 0xFFFF ? "0x" + String(value, radix: 16) : String(value)
