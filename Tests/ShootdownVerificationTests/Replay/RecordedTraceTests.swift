@@ -74,6 +74,35 @@ import Testing
         }
     }
 
+    /// `strace -ff -y -e trace=memory,process -o gcc gcc -c hello.c -o hello.o`: one file per
+    /// process (`gcc.PID`, no pid column), merged at the vforks that created them.
+    @Test func perProcessFilesReplayWithoutAMismatch() throws {
+        let folder = Self.directory.appendingPathComponent("gcc-c-ff")
+        let names = try FileManager.default.contentsOfDirectory(atPath: folder.path).filter { $0.hasPrefix("gcc.") }.sorted()
+        #expect(names.count == 3)
+        var files: [(pid: Int, events: [TraceEvent])] = []
+        for name in names {
+            let pid = try #require(Int(name.dropFirst(4)))
+            let text = try String(contentsOf: folder.appendingPathComponent(name), encoding: .utf8)
+            files.append((pid, try StraceReader.events(in: text, pid: pid)))
+        }
+        let merged = StraceReader.merge(perProcess: files)
+        #expect(merged.count == files.reduce(0) { $0 + $1.events.count })
+        // Each child's events follow the vfork that created it, before the parent's next event.
+        var children = 0
+        for (index, event) in merged.enumerated() {
+            guard case .call(let call) = event.kind, call.name == "vfork", let child = call.result.value else { continue }
+            children += 1
+            #expect(index + 1 < merged.count && merged[index + 1].pid == Int(child))
+        }
+        #expect(children == 2)
+        let report = try Replayer().replay(merged)
+        #expect(report.mismatches.isEmpty, "\(report.summary())")
+        #expect(report.calls == 157 && report.replayed == 136 && report.matched == 136)
+        #expect(report.unmodelled.isEmpty && report.unresolved.isEmpty)
+        #expect(report.addressSpaces == 3 && report.processCallsByName["vfork"] == 2)
+    }
+
     /// The comparison is not vacuous: one changed permission, one moved boundary and one missing
     /// mapping in a captured maps file are each found.
     @Test func aChangedMapsFileIsADifference() throws {
