@@ -5,8 +5,8 @@ import Testing
 /// One test per log in `traces/` (recorded on this machine with
 /// `strace -f -y -e trace=memory,process`, most of them by `scripts/record-trace`): each replays
 /// with every memory call matching Linux's result or errno, nothing unmodelled or unresolved, and,
-/// where the program's `/proc/PID/maps` was captured after its last memory call, the same final
-/// mappings inside the ranges the log defined. What is outside those ranges is only what the
+/// where the program's `/proc/PID/maps` was captured after its last memory call (and its other
+/// processes' in `NAME.maps.d/PID`), the same final mappings inside the ranges the log defined. What is outside those ranges is only what the
 /// log cannot show: the mappings exec makes before the first traced call.
 @Suite struct RecordedTraceTests {
     /// What replaying one log must give.
@@ -18,16 +18,18 @@ import Testing
         var impliedMappings: Int
         /// Whether `traces/NAME.maps` holds the traced program's final maps.
         var hasMaps: Bool
+        /// How many other processes have their final maps in `traces/NAME.maps.d/PID`.
+        var childMaps = 0
         var testDescription: String { name }
     }
 
     static let traces: [Expected] = [
         Expected(name: "anonymous-syscalls", calls: 130, replayed: 125, addressSpaces: 2, impliedMappings: 4, hasMaps: true),
-        Expected(name: "gcc-c", calls: 157, replayed: 136, addressSpaces: 3, impliedMappings: 6, hasMaps: true),
+        Expected(name: "gcc-c", calls: 157, replayed: 136, addressSpaces: 3, impliedMappings: 6, hasMaps: true, childMaps: 2),
         Expected(name: "git-status", calls: 43, replayed: 40, addressSpaces: 1, impliedMappings: 2, hasMaps: true),
         Expected(name: "maps-snapshot", calls: 31, replayed: 28, addressSpaces: 1, impliedMappings: 2, hasMaps: true),
         Expected(name: "python-startup", calls: 1545, replayed: 1506, addressSpaces: 39, impliedMappings: 78, hasMaps: false),
-        Expected(name: "python3-c", calls: 1687, replayed: 1250, addressSpaces: 79, impliedMappings: 78, hasMaps: true),
+        Expected(name: "python3-c", calls: 1687, replayed: 1250, addressSpaces: 79, impliedMappings: 78, hasMaps: true, childMaps: 40),
         Expected(name: "swift-build", calls: 1616, replayed: 1570, addressSpaces: 8, impliedMappings: 16, hasMaps: false),
     ]
 
@@ -61,16 +63,28 @@ import Testing
         #expect(report.impliedMappings == expected.impliedMappings)
 
         guard expected.hasMaps else { return }
-        let linux = try MapsLine.parse(Self.text(expected.name + ".maps"))
-        let space = try #require(report.space())
+        try Self.compareMaps(report, pid: nil, file: expected.name + ".maps")
+        let folder = Self.directory.appendingPathComponent(expected.name + ".maps.d")
+        let children = (try? FileManager.default.contentsOfDirectory(atPath: folder.path)) ?? []
+        #expect(children.count == expected.childMaps)
+        for name in children {
+            let pid: Int = try #require(Int(name))
+            try Self.compareMaps(report, pid: pid, file: expected.name + ".maps.d/" + name)
+        }
+    }
+
+    /// Compares the final mappings of `pid` (`nil`: the first process) with the maps in `file`.
+    static func compareMaps(_ report: ReplayReport, pid: Int?, file: String) throws {
+        let linux = try MapsLine.parse(text(file))
+        let space = try #require(report.space(ofPID: pid), "\(file): no space")
         let comparison = MapsComparison(engine: space.mappings, linux: linux, known: space.known)
-        #expect(comparison.differences.isEmpty, "\(comparison.differences)")
-        #expect(comparison.comparedBytes > 1 << 20 && comparison.linux.count >= 10)
+        #expect(comparison.differences.isEmpty, "\(file): \(comparison.differences)")
+        #expect(comparison.comparedBytes > 1 << 20 && comparison.linux.count >= 10, "\(file)")
         // Every Linux mapping the comparison left out lies outside what the log defined, and exec
         // made it: the program itself (the first path in the maps), the loader, the stack, vDSO.
         let program = try #require(linux.first?.path)
         for line in linux where space.known.gaps(in: line.start..<line.end) == [line.start..<line.end] {
-            #expect(Self.madeByExec(line, in: linux, program: program), "uncompared and not made by exec: \(line)")
+            #expect(madeByExec(line, in: linux, program: program), "\(file): uncompared and not made by exec: \(line)")
         }
     }
 
