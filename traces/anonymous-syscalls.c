@@ -11,11 +11,12 @@
 #define MADV_COLLAPSE 25
 #endif
 /* A workload for `shootdown replay`: every anonymous-memory call, successes and failures.
- * Recorded unprivileged with
+ * Recorded unprivileged, with the final /proc/PID/maps, by
  *   gcc -O1 -o anonymous-syscalls anonymous-syscalls.c
- *   strace -f -e trace=memory -o anonymous-syscalls.strace \
+ *   scripts/record-trace anonymous-syscalls \
  *     setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all ./anonymous-syscalls
- * (mseal is syscall 462, printed by strace as syscall_0x1ce). */
+ * (scripts/record-trace runs strace -f -y -e trace=memory,process; an strace older than mseal
+ * prints it as syscall_0x1ce). */
 int main(){
   unsigned char v[64];
   /* 16 pages with a 48-page hole above them, so the calls that run past the end meet only a hole. */
