@@ -45,7 +45,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ShootdownTests",
-            dependencies: ["Shootdown", "CInterop"],
+            dependencies: ["Shootdown", "ShootdownVerification", "CInterop"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
     ]
