@@ -1,4 +1,5 @@
 // swift-tools-version: 6.2
+import Foundation
 import PackageDescription
 
 // Library settings are first-class settings only (no unsafeFlags), so the library stays usable as a
@@ -50,3 +51,9 @@ let package = Package(
         ),
     ]
 )
+
+// Documentation: `scripts/docs` sets SHOOTDOWN_DOCS=1 to add swift-docc-plugin for that build only, so
+// library users never resolve or build it (the dependency list above stays empty for them).
+if ProcessInfo.processInfo.environment["SHOOTDOWN_DOCS"] != nil {
+    package.dependencies.append(.package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"))
+}

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <setjmp.h>
@@ -55,6 +56,7 @@ __thread uint32_t cinterop_callback_depth;
 __thread uintptr_t cinterop_held_mmap_locks[CINTEROP_HELD_MMAP_LOCKS];
 __thread uint32_t cinterop_held_mmap_lock_count;
 __thread uint32_t cinterop_held_mmap_lock_floor;
+__thread uint64_t cinterop_thread_block_offset;
 
 // MARK: - Thread slots and automatic liburcu registration
 
@@ -77,6 +79,7 @@ static void cinterop_thread_exit(void *value) {
         __atomic_fetch_and(&cinterop_slot_bitmap, ~(1ull << slot), __ATOMIC_RELEASE);
     }
     cinterop_thread_state = 0;
+    cinterop_thread_block_offset = 0;
 }
 
 static void cinterop_make_key(void) {
@@ -113,6 +116,7 @@ void cinterop_thread_attach_slow(void) {
     uint32_t slot = cinterop_claim_slot(&owned);
     if (owned) what |= CINTEROP_OWNS_SLOT;
     cinterop_thread_state = 1u | ((slot + 1u) << 8);
+    cinterop_thread_block_offset = owned ? (uint64_t)(slot + 1u) << CINTEROP_SLOT_BLOCK_SHIFT : 0;
     // A non-NULL value makes the destructor run at thread exit.
     pthread_setspecific(cinterop_thread_key, (void *)(what | 4u));
 }
@@ -162,6 +166,27 @@ void cinterop_rcu_barrier(void) {
 }
 
 bool cinterop_rcu_has_sys_membarrier(void) { return urcu_memb_has_sys_membarrier != 0; }
+
+// MARK: - Software TLB shootdown
+
+static int cinterop_membarrier_state;  // 0: unknown, 1: available, 2: unavailable
+static pthread_once_t cinterop_membarrier_once = PTHREAD_ONCE_INIT;
+
+static void cinterop_membarrier_probe(void) {
+    long commands = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    int available = commands >= 0 && (commands & MEMBARRIER_CMD_PRIVATE_EXPEDITED)
+        && syscall(__NR_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+    __atomic_store_n(&cinterop_membarrier_state, available ? 1 : 2, __ATOMIC_RELEASE);
+}
+
+bool cinterop_membarrier_expedited_available(void) {
+    pthread_once(&cinterop_membarrier_once, cinterop_membarrier_probe);
+    return __atomic_load_n(&cinterop_membarrier_state, __ATOMIC_ACQUIRE) == 1;
+}
+
+void cinterop_membarrier_expedited(void) {
+    if (syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) abort();
+}
 
 // MARK: - Futex
 

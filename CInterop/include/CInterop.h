@@ -334,6 +334,19 @@ static inline __attribute__((always_inline)) uint32_t cinterop_thread_slot(void)
     return (state >> 8) - 1u;
 }
 
+/// log2 of the bytes per slot in per-slot tables indexed by ``cinterop_thread_block_offset``.
+#define CINTEROP_SLOT_BLOCK_SHIFT 13u
+
+/// The byte offset of the calling thread's block in a table of `CINTEROP_THREAD_SLOTS` blocks of
+/// `1 << CINTEROP_SLOT_BLOCK_SHIFT` bytes whose block 0 is not a slot's: `(slot + 1) << SHIFT` for
+/// a thread that owns its slot, 0 for one that shares the overflow slot or has no slot yet. One TLS
+/// load and a test find a thread's own block (the software TLBs use it; docs/tlb.md).
+extern __thread uint64_t cinterop_thread_block_offset;
+
+static inline __attribute__((always_inline)) uint64_t cinterop_thread_block(void) {
+    return cinterop_thread_block_offset;
+}
+
 /// Spin locks (split page-table locks and other non-sleeping locks) the calling thread holds.
 /// Maintained only by debug builds of the engine, which check it before every operation that may
 /// sleep (the kernel's `might_sleep()` debug check).
@@ -593,6 +606,27 @@ void cinterop_rcu_barrier(void);
 /// Whether liburcu uses `membarrier(PRIVATE_EXPEDITED)`; without it the memb read side falls back
 /// to full fences (~70 ns per section).
 bool cinterop_rcu_has_sys_membarrier(void);
+
+// MARK: - Software TLB shootdown (docs/tlb.md)
+
+/// A compiler-only barrier: the compiler may not move memory accesses across it; the CPU may (a
+/// store may still be overtaken by a later load). An access to a software TLB marks itself "in
+/// access" with a plain store and this barrier; the shootdown's membarrier supplies the CPU
+/// barrier only when a shootdown needs it, the way liburcu's memb read side pairs
+/// `cmm_barrier()` with `membarrier` in `synchronize_rcu`.
+static inline __attribute__((always_inline)) void cinterop_compiler_barrier(void) {
+    __asm__ __volatile__("" ::: "memory");
+}
+
+/// Whether `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)` works in this process: the kernel
+/// supports it and the process is registered (liburcu-memb registers at start-up; this registers
+/// again if needed, which is idempotent). Computed once.
+bool cinterop_membarrier_expedited_available(void);
+
+/// `membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)`: when it returns, every CPU that was running a
+/// thread of this process during the call has executed a full memory barrier (an IPI), and every
+/// other thread has passed a context switch, which is one. Precondition: available.
+void cinterop_membarrier_expedited(void);
 
 // MARK: - Futex
 

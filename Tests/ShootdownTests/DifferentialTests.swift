@@ -245,6 +245,9 @@ struct DifferentialRun {
         case 1: configuration.capabilities = .ipcLock
         default: break
         }
+        // Half of the seeds load and store through per-thread TLBs (chosen by the seed, not the
+        // generator, so every seed's operation sequence stays what it was).
+        configuration.tlb = seed % 2 == 0 ? .perThread : .none
         let memory = PhysicalMemory(capacity: max(8192, steps * 80), swapSlots: max(8192, steps * 80))
         let space = try AddressSpace(configuration: configuration, memory: memory)
         let model = ReferenceModel(configuration: configuration)
@@ -252,6 +255,7 @@ struct DifferentialRun {
             ? try SoftwareMirror(space: space, start: Self.window, length: Self.windowPages * Self.page) : nil
         history.append(
             "config: \(configuration.faultPath), \(configuration.notifierList), \(configuration.pageTableLocking), "
+                + "tlb \(configuration.tlb), "
                 + "maxMapCount \(configuration.maxMapCount), lock limit \(configuration.lockedMemoryLimit.map { String($0 / Self.page) } ?? "none") pages, "
                 + "capabilities \(configuration.capabilities.rawValue)\(mirror != nil ? ", mirror" : "")")
 

@@ -6,11 +6,14 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
     case fault, zap, notifier, isolation, contention
     case vmaLookup = "vma-lookup"
     case fork, softdirty
+    case access, shootdown
 
     /// Default page count of the workload.
     var defaultPages: Int {
         switch self {
         case .contention: 2_097_152  // ~50 ms per measurement: spans thousands of churn ops
+        case .access: 256  // exactly the reach of one thread's TLB
+        case .shootdown: 16  // below the 33-page flush ceiling: receivers flush page by page
         default: 262_144
         }
     }
@@ -25,6 +28,8 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
         case .isolation: []
         case .contention, .fork, .softdirty: [.pages]
         case .vmaLookup: [.vmas, .iterations]
+        case .access: [.pages, .iterations]
+        case .shootdown: [.pages, .threads, .iterations]
         }
     }
 
@@ -43,6 +48,8 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
         case .vmaLookup: try runLookup(settings)
         case .fork: try runFork(settings)
         case .softdirty: try runSoftDirty(settings)
+        case .access: try runAccess(settings)
+        case .shootdown: try runShootdown(settings)
         }
     }
 }
@@ -62,12 +69,19 @@ enum Knob: String, CaseIterable, ExpressibleByArgument {
     case faultPath = "fault-path"
     case notifierList = "notifier-list"
     case pageTableLocking = "page-table-locking"
+    /// Per-thread TLBs against the page walk (speedup = TLB over walk).
+    case tlb
+    /// The two ways of ordering an access against a shootdown: a compiler barrier per access and
+    /// `membarrier` per shootdown, or a full fence per access (speedup = the first over the second).
+    case tlbBarrier = "tlb-barrier"
 
     var values: [String] {
         switch self {
         case .faultPath: AddressSpace.FaultPath.allCases.map(\.rawValue)
         case .notifierList: NotifierListProtection.allCases.map(\.rawValue)
         case .pageTableLocking: PageTableLocking.allCases.map(\.rawValue)
+        case .tlb: [TLBMode.perThread.rawValue, TLBMode.none.rawValue]
+        case .tlbBarrier: [TLBMode.perThread.rawValue, TLBMode.perThreadFenced.rawValue]
         }
     }
 
@@ -76,6 +90,7 @@ enum Knob: String, CaseIterable, ExpressibleByArgument {
         case .faultPath: settings.faultPath = AddressSpace.FaultPath(rawValue: value)!
         case .notifierList: settings.notifierList = NotifierListProtection(rawValue: value)!
         case .pageTableLocking: settings.locking = PageTableLocking(rawValue: value)!
+        case .tlb, .tlbBarrier: settings.tlb = TLBMode(rawValue: value)!
         }
     }
 }
@@ -83,24 +98,28 @@ enum Knob: String, CaseIterable, ExpressibleByArgument {
 extension AddressSpace.FaultPath: @retroactive ExpressibleByArgument {}
 extension NotifierListProtection: @retroactive ExpressibleByArgument {}
 extension PageTableLocking: @retroactive ExpressibleByArgument {}
+extension TLBMode: @retroactive ExpressibleByArgument {}
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run one workload.",
         discussion: """
-            Workloads: fault, zap, notifier, isolation, contention, vma-lookup, fork, softdirty.
+            Workloads: fault, zap, notifier, isolation, contention, vma-lookup, fork, softdirty,
+            access, shootdown.
             Examples:
               shootdown bench fault --fault-path mmap-lock --pages 262144 --json
               shootdown bench zap --pages 262144 --subscribers 16
               shootdown bench notifier --intervals 100000
               shootdown bench contention --compare fault-path
               shootdown bench notifier --sweep subscribers=0,1,16,256 --plot notifier.svg
+              shootdown bench access --compare tlb
+              shootdown bench shootdown --threads 4
             """)
 
     @Argument(help: "The workload.") var workload: Workload
-    @Option(help: "Pages (4 KiB) per run (fault, zap, contention, fork, softdirty; default 262144, or 1048576 for fault with --threads above 1, 2097152 for contention).")
+    @Option(help: "Pages (4 KiB) per run (fault, zap, contention, fork, softdirty; default 262144, or 1048576 for fault with --threads above 1, 2097152 for contention); the working set (access; default 256); pages per munmap/mprotect (shootdown; default 16).")
     var pages: Int?
-    @Option(help: "Faulting threads (fault; default 1).") var threads: Int?
+    @Option(help: "Faulting threads (fault; default 1); threads of the space including the one that unmaps, the largest count measured (shootdown; default 4: 0, 1 and 3 others).") var threads: Int?
     @Option(help: "No-op classic subscribers attached (zap, notifier; default 0).") var subscribers: Int?
     @Option(help: "Interval notifiers inserted (notifier; default 0).") var intervals: Int?
     @Option(help: "VMAs (vma-lookup; default 10000).") var vmas: Int?
@@ -108,10 +127,12 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("fault-path"), help: "speculative | mmap-lock") var faultPath: AddressSpace.FaultPath = .speculative
     @Option(name: .customLong("notifier-list"), help: "rcu | rwlock") var notifierList: NotifierListProtection = .rcu
     @Option(name: .customLong("page-table-locking"), help: "split | single") var locking: PageTableLocking = .split
-    @Option(help: "Operations per timed loop (notifier, vma-lookup; default 1000000).") var iterations: Int?
+    @Option(help: "none | per-thread | per-thread-fenced (default: per-thread for access and shootdown, none elsewhere)")
+    var tlb: TLBMode?
+    @Option(help: "Operations per timed loop (notifier, vma-lookup, access; default 1000000); calls per measurement (shootdown; default 2000).") var iterations: Int?
     @Option(name: .customLong("repeat"), help: "Repetitions; reports the median of each figure, and the best and worst repetition of the key metric (min_/max_ metrics).")
     var repeats = 5
-    @Option(help: "Run every value of a knob interleaved in this process and report ratios: fault-path | notifier-list | page-table-locking.")
+    @Option(help: "Run every value of a knob interleaved in this process and report ratios: fault-path | notifier-list | page-table-locking | tlb | tlb-barrier.")
     var compare: Knob?
     @Option(help: "Sweep a parameter the workload reads, e.g. threads=1,2 or subscribers=0,1,16,256 (threads, subscribers, intervals, vmas, pages).")
     var sweep: String?
@@ -158,7 +179,10 @@ struct Bench: ParsableCommand {
         settings.faultPath = faultPath
         settings.notifierList = notifierList
         settings.locking = locking
+        settings.tlb = tlb
         if let iterations { settings.iterations = iterations }
+        else if workload == .shootdown { settings.iterations = 2000 }
+        if workload == .shootdown && threads == nil { settings.threads = 4 }
         settings.repeats = repeats
         return settings
     }

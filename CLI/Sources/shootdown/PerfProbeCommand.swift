@@ -22,6 +22,7 @@ struct PerfProbe: ParsableCommand {
         case forkCopyOnWrite = "fork-cow"
         case softDirty = "softdirty-cycle"
         case mirrorFault = "mirror-populate"
+        case tlbHit = "tlb-hit"
     }
 
     @Argument(help: "The probe.") var probe: Probe?
@@ -136,6 +137,27 @@ struct PerfProbe: ParsableCommand {
             try region { try mirror.populate(address: base, length: UInt64(pages) * 4096, write: true) }
             mirror.detach()
             return pages
+        case .tlbHit:
+            // Loads that hit the calling thread's TLB: the whole access, with the loop around it.
+            let space = try AddressSpace(configuration: AddressSpace.Configuration(tlb: .perThread), memory: memory)
+            let pages = 64
+            let base = try space.map(length: UInt64(pages) * 4096)
+            try writePages(space, base, pages, token: 1)
+            _ = try readSequential(space, base, pages: pages, pages)
+            _ = try readSequential(space, base, pages: pages, pages)  // a thread's first access walks
+            let loads = 100_000
+            var sum: UInt64 = 0
+            let before = space.statistics
+            try region { sum = try readSequential(space, base, pages: pages, loads) }
+            // writePages stored tokens 1 ... 64; every load of the region hit.
+            let statistics = space.statistics.since(before)
+            guard sum == UInt64(loads / pages) * UInt64(pages * (pages + 1) / 2) + UInt64((loads % pages) * (loads % pages + 1) / 2),
+                statistics[.tlbMisses] == 0, statistics[.tlbHits] == Int64(loads)
+            else {
+                throw ValidationError("tlb-hit: unexpected sum \(sum) or TLB counters \(statistics.nonZero)")
+            }
+            space.teardown()
+            return loads
         }
     }
 }

@@ -2,35 +2,83 @@ import Synchronization
 
 extension AddressSpace {
     /// Reads the content token of the page at `address`, faulting it in if needed (the model of a
-    /// load instruction; marks the entry accessed, as the hardware would).
+    /// load instruction; marks the entry accessed, as the hardware would). With software TLBs
+    /// (``Configuration/tlb``) a hit costs no walk and no lock (docs/tlb.md).
     ///
-    /// Context: takes the page's split lock, and the mmap lock for reading when it faults: must
-    /// not be called while holding a split lock (from a young or secondary-TLB callback) or from a
-    /// callback that runs with this space's mmap lock held. Debug builds trap in both cases.
+    /// Context: a walk takes the page's split lock, and the mmap lock for reading when it faults:
+    /// must not be called while holding a split lock (from a young or secondary-TLB callback) or
+    /// from a callback that runs with this space's mmap lock held. Debug builds trap in both cases.
+    @inlinable
     public func read(at address: UInt64) throws(MemoryError) -> UInt64 {
+        if let tlb {
+            if let token = tlb.access(address, write: false, token: 0) { return token }
+            return try readWalking(address, filling: tlb)
+        }
+        return try readWalking(address)
+    }
+
+    /// Writes `token` as the content of the page at `address`, faulting it in (and breaking
+    /// copy-on-write) if needed (the model of a store instruction; marks the entry dirty). With
+    /// software TLBs a hit on a writable, dirty entry costs no walk and no lock.
+    ///
+    /// Context: as ``read(at:)``.
+    @inlinable
+    public func write(_ token: UInt64, at address: UInt64) throws(MemoryError) {
+        if let tlb {
+            if tlb.access(address, write: true, token: token) != nil { return }
+            return try writeWalking(token, address, filling: tlb)
+        }
+        try writeWalking(token, address)
+    }
+
+    /// ``read(at:)`` by walking the page table (a space without TLBs: exactly what it always was).
+    @usableFromInline
+    func readWalking(_ address: UInt64) throws(MemoryError) -> UInt64 {
         LockContext.mightSleep("AddressSpace.read(at:) (it may fault, and it takes the split lock)")
         while true {
-            if let token = accessPresent(address, write: false, token: 0) { return token }
+            if let token = accessPresent(address, write: false, token: 0, filling: nil) { return token }
             try fault(at: address, access: .read)
         }
     }
 
-    /// Writes `token` as the content of the page at `address`, faulting it in (and breaking
-    /// copy-on-write) if needed (the model of a store instruction; marks the entry dirty).
-    ///
-    /// Context: as ``read(at:)``.
-    public func write(_ token: UInt64, at address: UInt64) throws(MemoryError) {
+    /// ``read(at:)`` after a TLB miss: the walk, loading the translation into the calling thread's
+    /// TLB.
+    @usableFromInline
+    func readWalking(_ address: UInt64, filling tlb: SoftwareTLB) throws(MemoryError) -> UInt64 {
+        LockContext.mightSleep("AddressSpace.read(at:) (it may fault, and it takes the split lock)")
+        while true {
+            if let token = accessPresent(address, write: false, token: 0, filling: tlb) { return token }
+            try fault(at: address, access: .read)
+        }
+    }
+
+    /// ``write(_:at:)`` by walking the page table (a space without TLBs).
+    @usableFromInline
+    func writeWalking(_ token: UInt64, _ address: UInt64) throws(MemoryError) {
         LockContext.mightSleep("AddressSpace.write(_:at:) (it may fault, and it takes the split lock)")
         while true {
-            if accessPresent(address, write: true, token: token) != nil { return }
+            if accessPresent(address, write: true, token: token, filling: nil) != nil { return }
+            try fault(at: address, access: .write)
+        }
+    }
+
+    /// ``write(_:at:)`` after a TLB miss, loading the translation into the calling thread's TLB.
+    @usableFromInline
+    func writeWalking(_ token: UInt64, _ address: UInt64, filling tlb: SoftwareTLB) throws(MemoryError) {
+        LockContext.mightSleep("AddressSpace.write(_:at:) (it may fault, and it takes the split lock)")
+        while true {
+            if accessPresent(address, write: true, token: token, filling: tlb) != nil { return }
             try fault(at: address, access: .write)
         }
     }
 
     /// Performs the access under the entry's lock if the entry allows it; `nil` if a fault is
     /// needed. Taking the split lock orders the access against fork's write-protection and
-    /// copy-on-write replacement, like a TLB flush would.
-    private func accessPresent(_ address: UInt64, write: Bool, token: UInt64) -> UInt64? {
+    /// copy-on-write replacement, like a TLB flush would. With `tlb` the translation is also
+    /// loaded into the calling thread's TLB, under the same lock (docs/tlb.md, "Filling"); inlined
+    /// into each caller, so a space without TLBs runs no code for it.
+    @inline(__always)
+    private func accessPresent(_ address: UInt64, write: Bool, token: UInt64, filling tlb: SoftwareTLB?) -> UInt64? {
         guard address < Self.userLimit else { return nil }
         return RCU.withReadSection { () -> UInt64? in
             // After teardown the tables are retired (see `translate`): fault, which fails.
@@ -51,6 +99,11 @@ extension AddressSpace {
                 let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
                 if entry.rawValue & wanted != wanted {
                     leaf.table[leaf.index].pointee.store(entry.rawValue | wanted, ordering: .relaxed)
+                }
+                if let tlb {
+                    tlb.fill(
+                        address, token: memory.tokens + Int(truncatingIfNeeded: frame),
+                        writeThrough: entry.isWritable && (write || entry.isDirty))
                 }
                 if write {
                     memory.setToken(token, of: frame)

@@ -349,7 +349,8 @@ extension AddressSpace {
 
     /// Writes the exclusive private pages of `[start, end)` to swap under one `clear`
     /// invalidation (at most `limit` of them). Shared, zero-page and huge entries stay. Returns
-    /// pages swapped out.
+    /// pages swapped out. Software TLBs are shot down under each table's lock before its content
+    /// is written to swap (a store through a stale entry would otherwise be lost).
     ///
     /// - Precondition: mmap lock held; the VMA in an edit's write section.
     @discardableResult
@@ -361,7 +362,10 @@ extension AddressSpace {
         withSecondaryTLBHook { hook in
             pageTable.forEachLockedLeafRun(
                 from: start, to: end, huge: { _, _, _, _, _ in },
-                pte: { table, first, last, _ in
+                pte: { table, first, last, chunkStart in
+                    shootDownTLBsLocked(table, first, last, chunkStart) {
+                        $0.isPresent && memory.isExclusive($0.number)
+                    }
                     for index in first..<last where swapped < limit && !swapFull {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
                         // isExclusive is false for the zero page.
@@ -379,7 +383,7 @@ extension AddressSpace {
                 },
                 flush: hook)
         }
-        scope.end()
+        scope.endWithoutTLBShootdown()  // shot down per table above
         memory.release(chain)
         count(.pagesSwappedOut, swapped)
         return swapped

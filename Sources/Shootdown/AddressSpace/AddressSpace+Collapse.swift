@@ -102,6 +102,8 @@ extension AddressSpace {
         // copy it here, as each entry goes, so no store can land in an old frame after its copy.
         let stillEligible = eligible()
         if stillEligible {
+            // Before the copy: a store through a stale TLB entry must not land after it.
+            shootDownTLBsLocked(block, block + Self.hugePageSize)
             for index in 0..<TableBlock.entries {
                 let entry = PageTableEntry(rawValue: table[index].pointee.exchange(0, ordering: .relaxed))
                 if entry.isPresent {
@@ -118,7 +120,7 @@ extension AddressSpace {
         }
         if pteLock.word != pmdLock.word { pteLock.unlock() }
         pmdLock.unlock()
-        scope.end()
+        scope.endWithoutTLBShootdown()  // shot down above, or nothing changed
         memory.release(chain)
         if stillEligible {
             retire.retire(table: table, level: 0)

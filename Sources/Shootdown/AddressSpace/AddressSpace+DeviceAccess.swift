@@ -27,7 +27,8 @@ extension AddressSpace {
     public func deviceWrite(_ token: UInt64, at address: UInt64, frame: UInt64) throws(MemoryError) {
         guard address < Self.userLimit else { throw .invalidArgument }
         try checkAlive()
-        if accessThroughTranslation(address, frame: frame, write: true, token: token) == nil { throw .badAddress }
+        testHook(.deviceAccessAfterAliveCheck)
+        if accessThroughTranslation(address, frame: frame, write: true, token: token) == nil { try failedAccess() }
     }
 
     /// A device load through a secondary translation: the content of `frame`, after checking under
@@ -41,10 +42,20 @@ extension AddressSpace {
     public func deviceRead(at address: UInt64, frame: UInt64) throws(MemoryError) -> UInt64 {
         guard address < Self.userLimit else { throw .invalidArgument }
         try checkAlive()
+        testHook(.deviceAccessAfterAliveCheck)
         guard let token = accessThroughTranslation(address, frame: frame, write: false, token: 0) else {
-            throw .badAddress
+            try failedAccess()
         }
         return token
+    }
+
+    /// The error of a device access that found no valid translation: the space died after the
+    /// caller's liveness check (teardown marks it dead before it releases the subscribers, so a
+    /// mirror still holds its translations meanwhile), or the translation is stale.
+    private func failedAccess() throws(MemoryError) -> Never {
+        // A later load of `dead` on this thread sees at least the value the access saw.
+        try checkAlive()
+        throw .badAddress
     }
 
     /// Loads or stores the content of `frame` if the present entry for `address` maps it (and

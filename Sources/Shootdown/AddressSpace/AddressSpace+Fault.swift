@@ -220,6 +220,9 @@ extension AddressSpace {
     /// Copy-on-write (`wp_page_copy`): copy the frame, then replace the entry with the notify
     /// *inside* the split lock, because the entry changes to point to a new frame (docs/protocols.md,
     /// "When a notification must happen under the split lock"): clear, flush secondary TLBs, set.
+    /// With software TLBs they are shot down under the lock before the copy (`ptep_clear_flush`):
+    /// no TLB may still reach the old frame once the new entry can be used, and a store through a
+    /// stale writable entry (fork's write-protection not yet flushed) must land before the copy.
     private func copyOnWrite(
         _ vma: VMA, pte: TableBlock, slot: Int, entry: PageTableEntry, address: UInt64
     ) throws(MemoryError) -> Bool {
@@ -235,8 +238,10 @@ extension AddressSpace {
             lock.lock()
             defer { lock.unlock() }
             guard pte.load(slot) == entry else { return false }
+            shootDownTLBsLocked(page, page + Self.pageSize)
             // Copy under the lock, once the entry is known unchanged: nothing can write the old
-            // frame now (every mapping of it is read-only), so the copy is its final content.
+            // frame now (every mapping of it is read-only, and TLBs were flushed), so the copy is
+            // its final content.
             memory.setToken(memory.token(of: old), of: copy)
             pte[slot].pointee.store(0, ordering: .relaxed)
             hook(page, page + Self.pageSize)
@@ -245,7 +250,8 @@ extension AddressSpace {
             memory.unmapFrame(old, into: &chain)
             return true
         }
-        scope.end()
+        // Shot down above, or nothing changed.
+        scope.endWithoutTLBShootdown()
         memory.release(chain)
         if !replaced {
             memory.freeUnused(copy)

@@ -2,7 +2,9 @@ import Synchronization
 
 /// One VMA as seen from outside (a line of `/proc/PID/maps` plus its smaps `VmFlags`).
 public struct Mapping: Hashable, Sendable, CustomStringConvertible {
+    /// First address of the mapping.
     public var start: UInt64
+    /// End of the mapping (exclusive).
     public var end: UInt64
     /// The access bits (`PROT_READ`, `PROT_WRITE`, `PROT_EXEC`).
     public var protection: Protection {
@@ -17,7 +19,13 @@ public struct Mapping: Hashable, Sendable, CustomStringConvertible {
         set { vmFlags = newValue.with(protection) }
     }
 
-    /// - Parameter flags: the VMA's flags; the access bits are taken from `protection`.
+    /// A mapping with these fields.
+    ///
+    /// - Parameters:
+    ///   - start: the first address.
+    ///   - end: the end address (exclusive).
+    ///   - protection: the access bits (others are dropped).
+    ///   - flags: the VMA's flags; the access bits are taken from `protection`.
     public init(start: UInt64, end: UInt64, protection: Protection, flags: VMFlags) {
         self.start = start
         self.end = end
@@ -94,7 +102,9 @@ extension AddressSpace {
 
     /// A snapshot of the counters.
     public var statistics: SpaceStatistics {
-        SpaceStatistics(values: SpaceCounter.allCases.map { counters.sum($0.rawValue) })
+        var values = SpaceCounter.allCases.map { counters.sum($0.rawValue) }
+        addTLBCounters(to: &values)
+        return SpaceStatistics(values: values)
     }
 
     /// Times a thread waited for the mmap lock.
@@ -112,13 +122,16 @@ extension AddressSpace {
         public var tablesInHoles = 0
         /// Present 4 KiB entries (huge mappings count 512).
         public var presentPages = 0
+        /// Swap entries (pages evicted to ``PhysicalMemory/swap``).
         public var swapEntries = 0
+        /// 2 MiB mappings.
         public var hugeMappings = 0
         /// Entries outside every VMA: must be 0.
         public var entriesOutsideVMAs = 0
         /// Writable entries in VMAs without write permission, or accessible entries in PROT_NONE
         /// VMAs: must be 0.
         public var entriesExceedingProtection = 0
+        /// VMAs in the index.
         public var vmas = 0
         /// Adjacent VMAs that should have been merged: must be 0.
         public var unmergedNeighbours = 0

@@ -4,7 +4,8 @@ import Synchronization
 public struct MirrorPage: Hashable, Sendable {
     /// Page address.
     public var address: UInt64
-    /// The frame the CPU page table maps there.
+    /// The frame the CPU page table maps there. It may be ``PhysicalMemory/zeroFrame`` (`0`): a
+    /// read of private memory never written maps the shared zero page, so do not use 0 as "none".
     public var frame: UInt64
     /// Whether the CPU entry allows writes.
     public var writable: Bool

@@ -76,7 +76,9 @@ extension AddressSpace {
                         let changed = withSecondaryTLBHook { hook in
                             pageTable.changeProtection(from: piece.start, to: piece.end, protection: access, flush: hook)
                         }
-                        scope.end()
+                        // No entry changed, no TLB can hold a stale one (`tlb_flush_pte_range` is
+                        // only called for entries that changed).
+                        if changed == 0 { scope.endWithoutTLBShootdown() } else { scope.end() }
                         count(.pagesWriteProtected, changed)
                     })
                 if flags.contains(.locked) && !flags.contains(.lockOnFault) && !vma.isShared && !wasWritable

@@ -64,6 +64,7 @@ extension AddressSpace {
     /// Migrates the exclusive private pages of `[address, address + length)` to new frames
     /// (`migrate_vma`), under one `migrate` invalidation per VMA tagged with `owner`, so a mirror can
     /// recognise migrations it asked for. Content tokens follow the pages; entry bits are kept.
+    /// Software TLBs are shot down under each table's lock before its content is copied.
     /// Shared frames (fork, shared memory) and the zero page stay where they are.
     ///
     /// Linux rules: unaligned or overflowing range `EINVAL`; a hole `ENOMEM` (nothing changes).
@@ -89,6 +90,7 @@ extension AddressSpace {
                             guard entry.isPresent, chunkEnd - chunkStart == Self.hugePageSize,
                                 let head = memory.allocateHuge()
                             else { return }
+                            shootDownTLBsLocked(chunkStart, chunkEnd)
                             for offset in 0..<UInt64(PhysicalMemory.framesPerHugePage) {
                                 memory.setToken(memory.token(of: entry.number + offset), of: head + offset)
                             }
@@ -96,7 +98,10 @@ extension AddressSpace {
                             memory.unmapHugeFrame(entry.number, into: &chain)
                             migrated += PhysicalMemory.framesPerHugePage
                         },
-                        pte: { table, first, last, _ in
+                        pte: { table, first, last, chunkStart in
+                            shootDownTLBsLocked(table, first, last, chunkStart) {
+                                $0.isPresent && memory.isExclusive($0.number)
+                            }
                             for index in first..<last {
                                 let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
                                 // isExclusive is false for the zero page.
@@ -110,7 +115,7 @@ extension AddressSpace {
                         },
                         flush: hook)
                 }
-                scope.end()
+                scope.endWithoutTLBShootdown()  // shot down per table above
                 memory.release(chain)
             }
             edit.finish()

@@ -24,7 +24,7 @@ extension AddressSpace {
             return true
         }
         guard first else { return }
-        if let subscriptions = subscriptionsPointer?.takeUnretainedValue() {
+        if let subscriptions = subscriptionsPointer?.takeUnretainedValue(), subscriptions.registered.load(ordering: .relaxed) {
             count(SpaceCounter.invalidations(.release))
             subscriptions.releaseAll(
                 range: InvalidationRange(space: id, start: 0, end: Self.userLimit, event: .release, flags: .blockable))

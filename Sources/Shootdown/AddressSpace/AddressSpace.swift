@@ -28,7 +28,9 @@ public final class AddressSpace: @unchecked Sendable {
 
     /// The kind of access that faulted.
     public enum Access: Sendable, Hashable {
+        /// A load.
         case read
+        /// A store.
         case write
     }
 
@@ -46,8 +48,11 @@ public final class AddressSpace: @unchecked Sendable {
     /// Settings fixed when a space is created. The defaults are those of an unprivileged process
     /// on the reference machine (Linux 6.18 x86-64).
     public struct Configuration: Sendable, Hashable {
+        /// Which fault path serves faults (default ``FaultPath/speculative``).
         public var faultPath: FaultPath
+        /// How the subscriber list is protected (default ``NotifierListProtection/rcu``).
         public var notifierList: NotifierListProtection
+        /// How PTE tables are locked (default ``PageTableLocking/split``).
         public var pageTableLocking: PageTableLocking
         /// Top of the area searched top-down for non-fixed mappings (`mm->mmap_base`).
         public var mmapBase: UInt64
@@ -68,13 +73,16 @@ public final class AddressSpace: @unchecked Sendable {
         /// `mm->start_brk`: where the program break starts (page-aligned); `nil` for a space
         /// without a brk area (brk then always returns 0, refusing).
         public var programBreakStart: UInt64?
+        /// Whether loads and stores go through per-thread software TLBs (docs/tlb.md).
+        public var tlb: TLBMode
 
+        /// A configuration; the defaults are the engine's normal settings.
         public init(
             faultPath: FaultPath = .speculative, notifierList: NotifierListProtection = .rcu,
             pageTableLocking: PageTableLocking = .split, mmapBase: UInt64 = 0x7F00_0000_0000,
             mmapMinAddress: UInt64 = 4096, hintMinAddress: UInt64 = 65536, maxMapCount: Int = 65530,
             lockedMemoryLimit: UInt64? = 8 << 20, capabilities: Capabilities = [], stackLimit: UInt64 = 8 << 20,
-            programBreakStart: UInt64? = nil
+            programBreakStart: UInt64? = nil, tlb: TLBMode = .none
         ) {
             self.faultPath = faultPath
             self.notifierList = notifierList
@@ -87,6 +95,7 @@ public final class AddressSpace: @unchecked Sendable {
             self.capabilities = capabilities
             self.stackLimit = stackLimit
             self.programBreakStart = programBreakStart
+            self.tlb = tlb
         }
     }
 
@@ -104,6 +113,7 @@ public final class AddressSpace: @unchecked Sendable {
     private let headerPadding = CacheLinePadding()
     /// A process-unique identifier, carried by every ``InvalidationRange``.
     public let id: UInt64
+    /// The settings the space was created with.
     public let configuration: Configuration
     /// The frames this space maps (shared with its forks).
     public let memory: PhysicalMemory
@@ -111,12 +121,15 @@ public final class AddressSpace: @unchecked Sendable {
     @usableFromInline let mmapLock = MmapLock()
     @usableFromInline let pageTable: PageTable
     @usableFromInline let index = VMAIndex()
-    /// `Unmanaged<NotifierSubscriptions>` bits, 0 until the first subscriber.
-    @usableFromInline let subscriptionsWord = Atomic<UInt>(0)
+    /// `Unmanaged<NotifierSubscriptions>` bits, 0 until the first subscriber (with software TLBs,
+    /// set from the start: see ``tlbSubscriptions(_:)``).
+    @usableFromInline let subscriptionsWord: Atomic<UInt>
     @usableFromInline let counters = SlotCounters(width: SpaceCounter.allCases.count)
     @usableFromInline let speculativeEnabled: Bool
     /// Set by teardown (read without the lock by accessors; written under the mmap write lock).
     @usableFromInline let dead = Atomic<Bool>(false)
+    /// The per-thread software TLBs, with ``TLBMode/perThread`` (owned: unmapped in `deinit`).
+    @usableFromInline let tlb: SoftwareTLB?
     /// Keeps the writer-owned fields below off the lines the fault path reads.
     private let writerPadding = CacheLinePadding()
     /// Where the last top-down search ended (`free_area_cache`; mmap write lock).
@@ -143,8 +156,20 @@ public final class AddressSpace: @unchecked Sendable {
             configuration.maxMapCount > 0,
             configuration.programBreakStart.map { $0 % Self.pageSize == 0 && $0 < Self.userLimit } ?? true
         else { throw .invalidArgument }
-        guard let pageTable = PageTable(locking: configuration.pageTableLocking) else { throw .outOfMemory }
+        var tlb: SoftwareTLB? = nil
+        if configuration.tlb != .none {
+            tlb = SoftwareTLB.allocate(membarrier: configuration.tlb == .perThread && Membarrier.available)
+            if tlb == nil { throw .outOfMemory }
+        }
+        guard let pageTable = PageTable(locking: configuration.pageTableLocking) else {
+            tlb?.deallocate()
+            throw .outOfMemory
+        }
+        self.tlb = tlb
         id = Self.nextID.wrappingAdd(1, ordering: .relaxed).oldValue
+        var subscriptions: UInt = 0
+        if let tlb { subscriptions = Self.tlbSubscriptions(tlb, space: id, configuration, counters) }
+        subscriptionsWord = Atomic(subscriptions)
         self.configuration = configuration
         self.memory = memory
         self.pageTable = pageTable
@@ -156,6 +181,7 @@ public final class AddressSpace: @unchecked Sendable {
     deinit {
         if !dead.load(ordering: .relaxed) { teardown() }
         if let subscriptions = subscriptionsPointer { subscriptions.release() }
+        tlb?.deallocate()
     }
 
     // MARK: - Notifier plumbing
@@ -167,11 +193,16 @@ public final class AddressSpace: @unchecked Sendable {
         return bits == 0 ? nil : Unmanaged.fromOpaque(UnsafeRawPointer(bitPattern: bits).unsafelyUnwrapped)
     }
 
-    /// The subscriptions, created if needed. Caller holds the mmap write lock.
+    /// The subscriptions, created if needed, marked as having had a registration. Caller holds
+    /// the mmap write lock.
     func ensureSubscriptions() -> NotifierSubscriptions {
-        if let existing = subscriptionsPointer { return existing.takeUnretainedValue() }
+        if let existing = subscriptionsPointer?.takeUnretainedValue() {
+            existing.registered.store(true, ordering: .relaxed)
+            return existing
+        }
         let created = NotifierSubscriptions(
             space: id, protection: configuration.notifierList, domain: SleepableRCU.notifiers, counters: counters)
+        created.registered.store(true, ordering: .relaxed)
         // Releasing: the object is complete before any dispatcher sees it.
         subscriptionsWord.store(UInt(bitPattern: Unmanaged.passRetained(created).toOpaque()), ordering: .releasing)
         return created

@@ -4,7 +4,7 @@ import Synchronization
 /// a content token per frame, and the swap space that holds evicted pages.
 ///
 /// Frames are what secondary mirrors cache, so the rule is: a frame is never recycled before every
-/// notifier has seen the invalidation that unmapped it. Zaps gather frames into a ``FrameChain``
+/// notifier has seen the invalidation that unmapped it. Zaps gather frames into a `FrameChain`
 /// and release the chain only after the invalidation's end has been called.
 ///
 /// Frame `0` is the shared zero page: read faults on anonymous memory map it read-only, and it is
@@ -14,7 +14,7 @@ import Synchronization
 /// Free frames live on 16 shards picked by thread slot (lock-free Treiber stacks with ABA tags;
 /// slots 16 apart share one), refilled a block at a time, so concurrent faults on different cores do not share a cache line. Whole free
 /// blocks for huge pages live on a separate stack. Frames freed on one thread and needed on
-/// another (an munmap on one core, faults on others) move in batches of ``stealBatch``: a shard
+/// another (an munmap on one core, faults on others) move in batches of `stealBatch`: a shard
 /// that runs dry takes that many frames from another shard in one detach, like the kernel's
 /// per-CPU page lists refilling in bulk from the buddy allocator.
 ///

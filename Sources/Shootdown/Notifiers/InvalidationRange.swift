@@ -23,6 +23,7 @@ public enum InvalidationEvent: UInt8, Sendable, CaseIterable, CustomStringConver
     /// modelled), but subscribers must treat it like `clear`.
     case exclusive
 
+    /// The case name.
     public var description: String {
         switch self {
         case .unmap: "unmap"
@@ -39,7 +40,9 @@ public enum InvalidationEvent: UInt8, Sendable, CaseIterable, CustomStringConver
 
 /// Flags of an invalidation.
 public struct InvalidationFlags: OptionSet, Hashable, Sendable {
+    /// The bits.
     public let rawValue: UInt8
+    /// The flags with bits `rawValue`.
     public init(rawValue: UInt8) { self.rawValue = rawValue }
 
     /// Subscribers may sleep. Without it (OOM reaping) a subscriber may refuse instead.
@@ -49,22 +52,34 @@ public struct InvalidationFlags: OptionSet, Hashable, Sendable {
 /// An opaque tag naming who caused an invalidation (migration, device exclusivity), so a mirror
 /// can skip invalidations it caused itself. `0` means nobody in particular.
 public struct InvalidationOwner: Hashable, Sendable {
+    /// The tag (`0`: nobody in particular).
     public let rawValue: UInt64
+    /// The tag `rawValue`.
     public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// Nobody in particular.
     public static let none = InvalidationOwner(rawValue: 0)
 }
 
 /// A snapshot of the VMA an invalidation concerns: its bounds and, for mprotect, the *new*
 /// protection and flags.
 public struct VMASnapshot: Hashable, Sendable {
+    /// First address of the VMA.
     public var start: UInt64
+    /// End of the VMA (exclusive).
     public var end: UInt64
+    /// The VMA's protection (for mprotect: the new one).
     public var protection: Protection
     /// The VMA's flags; their access bits (`rd wr ex`) always mirror ``protection``.
     public var flags: MappingFlags
 
-    /// - Parameter flags: the VMA's flags; the access bits are taken from `protection`, as in
-    ///   ``Mapping/init(start:end:protection:flags:)``.
+    /// A snapshot with these fields.
+    ///
+    /// - Parameters:
+    ///   - start: the VMA's first address.
+    ///   - end: the VMA's end address (exclusive).
+    ///   - protection: its protection (for mprotect, the new one).
+    ///   - flags: the VMA's flags; the access bits are taken from `protection`, as in
+    ///     ``Mapping/init(start:end:protection:flags:)``.
     public init(start: UInt64, end: UInt64, protection: Protection, flags: MappingFlags) {
         self.start = start
         self.end = end
@@ -80,14 +95,20 @@ public struct VMASnapshot: Hashable, Sendable {
 public struct InvalidationRange: Hashable, Sendable, CustomStringConvertible {
     /// Identifier of the address space (``AddressSpace/id``).
     public let space: UInt64
+    /// First address of the range (page-aligned).
     public let start: UInt64
+    /// End of the range (exclusive, page-aligned).
     public let end: UInt64
+    /// Why the translations are removed or weakened.
     public let event: InvalidationEvent
+    /// Whether subscribers may sleep (``InvalidationFlags/blockable``).
     public let flags: InvalidationFlags
     /// The VMA concerned, if the change concerns one (mprotect: with the new protection).
     public let vma: VMASnapshot?
+    /// Who caused the invalidation (migrations), else ``InvalidationOwner/none``.
     public let owner: InvalidationOwner
 
+    /// A range as the engine builds it (for tests and for subscribers that replay ranges).
     public init(
         space: UInt64, start: UInt64, end: UInt64, event: InvalidationEvent,
         flags: InvalidationFlags = .blockable, vma: VMASnapshot? = nil, owner: InvalidationOwner = .none
@@ -121,6 +142,7 @@ public struct InvalidationRange: Hashable, Sendable, CustomStringConvertible {
         otherStart < end && start < otherEnd
     }
 
+    /// `InvalidationRange(event, 0xstart-0xend)`, with `, non-blockable` when it is not blockable.
     public var description: String {
         let bounds = "0x" + String(start, radix: 16) + "-0x" + String(end, radix: 16)
         return "InvalidationRange(\(event), \(bounds)\(isBlockable ? "" : ", non-blockable"))"

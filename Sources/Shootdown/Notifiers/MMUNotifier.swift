@@ -132,6 +132,8 @@ extension MMUNotifier {
 /// list while a registration change waits, and writers may starve while readers overlap). A design
 /// knob chosen at space creation.
 public enum NotifierListProtection: String, Sendable, CaseIterable {
+    /// An immutable array swapped by writers, read under sleepable RCU (default).
     case rcu
+    /// The same array under a reader-preferring reader-writer spin lock.
     case rwlock
 }

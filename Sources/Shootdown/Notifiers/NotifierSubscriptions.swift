@@ -14,12 +14,24 @@ final class NotifierSubscriptions: @unchecked Sendable {
     /// `has_itree`: set (under the mmap write lock) by the first interval insertion, never cleared.
     @usableFromInline let hasIntervals = Atomic<Bool>(false)
     @usableFromInline let counters: SlotCounters
+    /// The space's software TLBs, shot down at the end of every invalidation (docs/tlb.md). A
+    /// space with TLBs creates its subscriptions at once for this, so the end of every change is
+    /// the one choke point; without TLBs nothing here changes.
+    let tlb: SoftwareTLB?
+    /// Whether a subscriber or interval notifier was ever registered (set under the mmap write
+    /// lock). Teardown releases subscribers only then: subscriptions that exist only for the TLBs
+    /// have nothing to release and must not wait for a notifier-domain grace period.
+    let registered = Atomic<Bool>(false)
 
-    init(space: UInt64, protection: NotifierListProtection, domain: SleepableRCU, counters: SlotCounters) {
+    init(
+        space: UInt64, protection: NotifierListProtection, domain: SleepableRCU, counters: SlotCounters,
+        tlb: SoftwareTLB? = nil
+    ) {
         self.space = space
         list = NotifierList(protection: protection, domain: domain)
         intervals = IntervalNotifierState(counters: counters)
         self.counters = counters
+        self.tlb = tlb
     }
 
     // MARK: Invalidation
@@ -59,6 +71,14 @@ final class NotifierSubscriptions: @unchecked Sendable {
         }
         if !accepted && itree { intervals.invalidateEnd() }
         return accepted
+    }
+
+    /// Shoots the space's software TLBs down over `range`, if it has any (``InvalidationScope/end()``
+    /// calls this before ``invalidateRangeEnd(_:)``: the page-table change is complete, and the
+    /// caller frees frames only after both).
+    @inline(__always)
+    func shootDownTLBs(_ range: InvalidationRange) {
+        if let tlb { tlb.shootDown(range.start, range.end, counters: counters) }
     }
 
     /// Ends an invalidation (`__mmu_notifier_invalidate_range_end`).
@@ -194,11 +214,39 @@ struct InvalidationScope: ~Copyable {
         self.subscriptions = subscriptions
     }
 
-    /// Calls every end owed and consumes the scope.
+    /// Calls every end owed and consumes the scope. In a space with software TLBs this is where
+    /// they are shot down (docs/tlb.md), before the caller frees the frames it unmapped.
+    @inline(__always)
     consuming func end() {
+        if subscriptions == nil {
+            discard self
+            return
+        }
+        finish(shootingDownTLBs: true)
+    }
+
+    /// ``end()`` without the TLB shootdown, for a change whose caller shot the TLBs down itself
+    /// under the split lock, before copying content out of the old frames (copy-on-write,
+    /// page-out, migration, collapse), or that changed no entry.
+    @inline(__always)
+    consuming func endWithoutTLBShootdown() {
+        if subscriptions == nil {
+            discard self
+            return
+        }
+        finish(shootingDownTLBs: false)
+    }
+
+    /// Both ends, out of line: one call site of the end dispatch (two cost every end a
+    /// reabstraction thunk).
+    @inline(never)
+    consuming func finish(shootingDownTLBs: Bool) {
         if let subscriptions {
             let range = self.range
-            subscriptions._withUnsafeGuaranteedRef { $0.invalidateRangeEnd(range) }
+            subscriptions._withUnsafeGuaranteedRef {
+                if shootingDownTLBs { $0.shootDownTLBs(range) }
+                $0.invalidateRangeEnd(range)
+            }
         }
         discard self
     }

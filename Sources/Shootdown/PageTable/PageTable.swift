@@ -4,7 +4,9 @@ import Synchronization
 /// one lock for the whole space (the kernel without `USE_SPLIT_PTE_PTLOCKS`). A design knob for
 /// honest comparisons; chosen when the space is created.
 public enum PageTableLocking: String, Sendable, CaseIterable {
+    /// One lock per PTE table (default).
     case split
+    /// One lock for every PTE table of the space.
     case single
 }
 

@@ -8,17 +8,25 @@ import Synchronization
 /// next table block.
 @frozen
 public struct PageTableEntry: Hashable, Sendable, CustomStringConvertible {
+    /// The 64 bits of the entry.
     public let rawValue: UInt64
 
+    /// The entry with bits `rawValue`.
     @inlinable public init(rawValue: UInt64) { self.rawValue = rawValue }
 
     // MARK: Bits
 
+    /// The entry maps a frame (or a table) and may be used.
     public static let present: UInt64 = 1 << 0
+    /// Writes are allowed.
     public static let writable: UInt64 = 1 << 1
+    /// User-accessible (set on every entry of this model).
     public static let user: UInt64 = 1 << 2
+    /// The page was accessed since the bit was last cleared (aging).
     public static let accessed: UInt64 = 1 << 5
+    /// The page was written since it was mapped or cleaned.
     public static let dirty: UInt64 = 1 << 6
+    /// A PMD entry mapping 2 MiB directly.
     public static let huge: UInt64 = 1 << 7
     /// Not present, frame still mapped, access denied (mprotect PROT_NONE).
     public static let protNone: UInt64 = 1 << 8
@@ -28,6 +36,7 @@ public struct PageTableEntry: Hashable, Sendable, CustomStringConvertible {
     /// access faults with SIGSEGV; zaps by madvise keep it, munmap and `MADV_GUARD_REMOVE` clear
     /// it, fork and mremap carry it.
     public static let guardMarker: UInt64 = 1 << 10
+    /// Written since soft-dirty tracking was last re-armed (``AddressSpace/clearSoftDirty(address:length:)``).
     public static let softDirty: UInt64 = 1 << 11
     /// Bits 12–51: frame number, table address, or swap slot.
     public static let numberMask: UInt64 = ((1 << 40) - 1) << 12
@@ -65,14 +74,23 @@ public struct PageTableEntry: Hashable, Sendable, CustomStringConvertible {
 
     // MARK: Queries
 
+    /// Whether the entry is empty.
     @inlinable public var isNone: Bool { rawValue == 0 }
+    /// Whether the ``present`` bit is set.
     @inlinable public var isPresent: Bool { rawValue & Self.present != 0 }
+    /// Whether the ``writable`` bit is set.
     @inlinable public var isWritable: Bool { rawValue & Self.writable != 0 }
+    /// Whether the ``accessed`` bit is set.
     @inlinable public var isAccessed: Bool { rawValue & Self.accessed != 0 }
+    /// Whether the ``dirty`` bit is set.
     @inlinable public var isDirty: Bool { rawValue & Self.dirty != 0 }
+    /// Whether the ``softDirty`` bit is set.
     @inlinable public var isSoftDirty: Bool { rawValue & Self.softDirty != 0 }
+    /// Whether the entry maps 2 MiB (``huge``).
     @inlinable public var isHuge: Bool { rawValue & Self.huge != 0 }
+    /// Whether the entry is a PROT_NONE entry: frame mapped, access denied.
     @inlinable public var isProtNone: Bool { rawValue & (Self.present | Self.protNone) == Self.protNone }
+    /// Whether the entry is a swap entry (``swapSlot``).
     @inlinable public var isSwap: Bool { rawValue & (Self.present | Self.swap | Self.guardMarker) == Self.swap }
     /// A guard-region marker.
     @inlinable public var isGuard: Bool {

@@ -20,3 +20,11 @@ enum ThreadSlot {
     @inlinable @inline(__always)
     static var current: Int { Int(cinterop_thread_slot()) }
 }
+
+extension ThreadSlot {
+    /// The calling thread's block in tables of ``count`` blocks of `1 << CINTEROP_SLOT_BLOCK_SHIFT`
+    /// bytes whose block 0 belongs to no slot: the byte offset `(slot + 1) << shift` when the
+    /// thread owns its slot, 0 when it shares the overflow slot or has none yet (one TLS load).
+    @inlinable @inline(__always)
+    static var blockOffset: Int { Int(truncatingIfNeeded: cinterop_thread_block()) }
+}

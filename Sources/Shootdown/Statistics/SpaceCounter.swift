@@ -3,51 +3,110 @@ import Synchronization
 /// them with ``AddressSpace/statistics``.
 public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
     // Faults, by path and kind.
+    /// Faults completed on the speculative path (no mmap lock).
     case speculativeFaults
+    /// Faults completed on the classic path, under the mmap read lock.
     case classicFaults
+    /// Faults that installed a 2 MiB mapping.
     case hugeFaults
+    /// Write faults that copied a shared page (copy-on-write broken).
     case copyOnWriteFaults
+    /// Read faults on private anonymous memory that mapped the shared zero page.
     case zeroPageFaults
+    /// Faults that read a page back from swap.
     case swapInFaults
+    /// Faults that found the entry already allowing the access (another thread got there first).
     case spuriousFaults
+    /// Faults refused as segmentation faults (no VMA, or against its protection).
     case segmentationFaults
+    /// Faults that failed because frames (or swap) ran out.
     case outOfMemoryFaults
     // Speculative-fault aborts, by reason (then the classic path runs).
+    /// Speculative attempts that found no VMA at the address.
     case speculativeAbortNoVMA
+    /// Speculative attempts that found the VMA being changed (odd sequence count).
     case speculativeAbortSequenceOdd
+    /// Speculative attempts whose VMA changed before the entry was installed.
     case speculativeAbortVMAChanged
+    /// Speculative attempts whose entry (or PMD) changed under them.
     case speculativeAbortEntryChanged
+    /// Speculative attempts that could not take the split lock in time.
     case speculativeAbortLockContention
+    /// Speculative attempts on faults the path does not handle (copy-on-write, swap-in, shared or huge mappings, ...).
     case speculativeAbortNotSupported
+    /// Speculative attempts that could not allocate a frame.
     case speculativeAbortNoMemory
+    /// Speculative attempts that met a missing page table (only the classic path installs tables).
     case speculativeAbortNoTable
     // Invalidations, by event.
+    /// Invalidations with event ``InvalidationEvent/unmap``.
     case invalidationsUnmap
+    /// Invalidations with event ``InvalidationEvent/clear``.
     case invalidationsClear
+    /// Invalidations with event ``InvalidationEvent/protectionVMA``.
     case invalidationsProtectionVMA
+    /// Invalidations with event ``InvalidationEvent/protectionPage``.
     case invalidationsProtectionPage
+    /// Invalidations with event ``InvalidationEvent/softDirty``.
     case invalidationsSoftDirty
+    /// Invalidations with event ``InvalidationEvent/release``.
     case invalidationsRelease
+    /// Invalidations with event ``InvalidationEvent/migrate``.
     case invalidationsMigrate
+    /// Invalidations with event ``InvalidationEvent/exclusive`` (none in this model).
     case invalidationsExclusive
+    /// Non-blockable invalidations a subscriber refused (the range was left alone).
     case invalidationsRefused
+    /// Blockable invalidations a subscriber or handler refused anyway (a bug in the subscriber; the change went ahead).
     case notifierContractViolations
     // Page-table work.
+    /// 4 KiB entries removed.
     case pagesZapped
+    /// 2 MiB mappings removed.
     case hugePagesZapped
+    /// Swap entries removed (their slots released).
     case swapEntriesZapped
+    /// Page tables freed after unmapping.
     case tablesFreed
+    /// 2 MiB mappings split into 4 KiB entries.
     case hugePagesSplit
+    /// Ranges of 512 pages collapsed into a 2 MiB mapping.
     case hugePagesCollapsed
+    /// Pages written to swap by reclaim or page-out.
     case pagesSwappedOut
+    /// Pages moved to new frames.
     case pagesMigrated
+    /// Entries made read-only (mprotect, fork, soft-dirty re-arming).
     case pagesWriteProtected
     // Interval notifiers and mirrors.
+    /// Interval-notifier handler calls.
     case intervalInvalidations
+    /// `readRetry` calls that reported a collision.
     case intervalCollisions
+    /// `readBegin` calls that waited for an invalidation epoch to close.
     case intervalReadWaits
     // Grace periods this space waited for (notifier domain).
+    /// Grace periods of the notifier domain this space waited for (unregistration, teardown).
     case notifierGracePeriods
+    // Software TLBs (``AddressSpace/Configuration/tlb``; docs/tlb.md).
+    /// Accesses served by a thread's TLB.
+    case tlbHits
+    /// Accesses through a TLB that walked the page table (and filled the entry).
+    case tlbMisses
+    /// Catch-ups one generation behind a small recorded range: those pages flushed.
+    case tlbPartialFlushes
+    /// Catch-ups that flushed a whole TLB.
+    case tlbFullFlushes
+    /// Pages flushed by partial flushes.
+    case tlbPagesFlushed
+    /// Changes that bumped the TLB generation (every invalidation of a space with TLBs).
+    case tlbShootdowns
+    /// Shootdowns that forced barriers with `membarrier` (another slot held entries).
+    case tlbShootdownBarriers
+    /// Slots a shootdown found inside an access and waited for.
+    case tlbShootdownWaits
+    /// Time initiators spent waiting for those accesses.
+    case tlbShootdownWaitNanoseconds
 
     /// The case name. (Spelled out: `String(describing: self)` would call this property again and
     /// recurse until the stack overflows.)
@@ -93,6 +152,15 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .intervalCollisions: "intervalCollisions"
         case .intervalReadWaits: "intervalReadWaits"
         case .notifierGracePeriods: "notifierGracePeriods"
+        case .tlbHits: "tlbHits"
+        case .tlbMisses: "tlbMisses"
+        case .tlbPartialFlushes: "tlbPartialFlushes"
+        case .tlbFullFlushes: "tlbFullFlushes"
+        case .tlbPagesFlushed: "tlbPagesFlushed"
+        case .tlbShootdowns: "tlbShootdowns"
+        case .tlbShootdownBarriers: "tlbShootdownBarriers"
+        case .tlbShootdownWaits: "tlbShootdownWaits"
+        case .tlbShootdownWaitNanoseconds: "tlbShootdownWaitNanoseconds"
         }
     }
 

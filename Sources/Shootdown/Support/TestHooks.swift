@@ -11,6 +11,12 @@ enum TestHookPoint: Int, CaseIterable, Sendable {
     /// The speculative fault looked its VMA up and took its sequence snapshot, and is about to walk
     /// the page table (inside an RCU read section: the closure must not wait for a grace period).
     case speculativeAfterLookup
+    /// A software-TLB access found its entry and is about to load or store through it (inside the
+    /// access: the closure must not wait for a TLB shootdown of this space to return).
+    case tlbHitBeforeAccess
+    /// A device access (`deviceRead`/`deviceWrite`) checked that the space is alive and is about to
+    /// validate the translation under the split lock (no lock held).
+    case deviceAccessAfterAliveCheck
 }
 
 #if SHOOTDOWN_INTERNAL_CHECKS

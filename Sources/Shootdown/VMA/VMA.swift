@@ -7,8 +7,11 @@ public struct Protection: OptionSet, Hashable, Sendable, CustomStringConvertible
     public let rawValue: UInt32
     @inlinable public init(rawValue: UInt32) { self.rawValue = rawValue }
 
+    /// `PROT_READ`.
     public static let read = Protection(rawValue: 1)
+    /// `PROT_WRITE`.
     public static let write = Protection(rawValue: 2)
+    /// `PROT_EXEC`.
     public static let exec = Protection(rawValue: 4)
     /// `PROT_SEM` (x86 accepts it and ignores it).
     public static let sem = Protection(rawValue: 8)
@@ -16,7 +19,9 @@ public struct Protection: OptionSet, Hashable, Sendable, CustomStringConvertible
     public static let growsDown = Protection(rawValue: 0x0100_0000)
     /// `PROT_GROWSUP`: no growsup VMAs exist on x86, so mprotect rejects it.
     public static let growsUp = Protection(rawValue: 0x0200_0000)
+    /// `PROT_NONE`: no access.
     public static let none: Protection = []
+    /// `PROT_READ | PROT_WRITE`.
     public static let readWrite: Protection = [.read, .write]
 
     /// Only the access bits (read, write, exec): what a VMA stores.

@@ -1,4 +1,5 @@
 @_spi(Benchmarking) import Shootdown
+import Synchronization
 
 // Hot loops of the benchmarks: free functions, never in main.swift, taking their state as
 // parameters (docs/swift-notes.md, "Hot loops"), so what is timed is the engine, not the harness.
@@ -107,4 +108,68 @@ func writePages(_ space: AddressSpace, _ base: UInt64, _ count: Int, token: UInt
         try space.write(token &+ UInt64(index), at: address)
         address &+= 4096
     }
+}
+
+/// `count` loads from a working set of `pages` pages at `base`, one page after another (wrapping);
+/// returns the sum of the tokens read.
+@inline(never)
+func readSequential(_ space: AddressSpace, _ base: UInt64, pages: Int, _ count: Int) throws -> UInt64 {
+    var sum: UInt64 = 0
+    var page = 0
+    for _ in 0..<count {
+        sum &+= try space.read(at: base &+ UInt64(truncatingIfNeeded: page) &<< 12)
+        page &+= 1
+        if page == pages { page = 0 }
+    }
+    return sum
+}
+
+/// `count` stores to a working set of `pages` pages at `base`, one page after another (wrapping).
+@inline(never)
+func writeSequential(_ space: AddressSpace, _ base: UInt64, pages: Int, _ count: Int) throws {
+    var page = 0
+    for index in 0..<count {
+        try space.write(UInt64(truncatingIfNeeded: index), at: base &+ UInt64(truncatingIfNeeded: page) &<< 12)
+        page &+= 1
+        if page == pages { page = 0 }
+    }
+}
+
+/// A pseudo-random page of `pages` (xorshift, reduced by multiply-shift: no division).
+@inline(__always)
+func randomPage(_ state: inout UInt64, pages: Int) -> UInt64 {
+    ((xorshift(&state) &>> 32) &* UInt64(truncatingIfNeeded: pages)) &>> 32
+}
+
+/// `count` loads from pseudo-random pages of a working set of `pages` pages at `base`.
+@inline(never)
+func readRandom(_ space: AddressSpace, _ base: UInt64, pages: Int, _ count: Int, state: inout UInt64) throws -> UInt64 {
+    var sum: UInt64 = 0
+    for _ in 0..<count {
+        sum &+= try space.read(at: base &+ randomPage(&state, pages: pages) &<< 12)
+    }
+    return sum
+}
+
+/// `count` stores to pseudo-random pages of a working set of `pages` pages at `base`.
+@inline(never)
+func writeRandom(_ space: AddressSpace, _ base: UInt64, pages: Int, _ count: Int, state: inout UInt64) throws {
+    for index in 0..<count {
+        try space.write(UInt64(truncatingIfNeeded: index), at: base &+ randomPage(&state, pages: pages) &<< 12)
+    }
+}
+
+/// Loads from pseudo-random pages of `pages` pages at `base` until `stop` is set (a thread that
+/// holds TLB entries for the space and is inside an access most of the time); returns the loads.
+@inline(never)
+func readUntilStopped(_ space: AddressSpace, _ base: UInt64, pages: Int, stop: borrowing Atomic<Bool>) -> Int {
+    var state: UInt64 = 0x5DEE_CE66_D1CE_4E5B
+    var loads = 0
+    while !stop.load(ordering: .relaxed) {
+        for _ in 0..<64 {
+            _ = try? space.read(at: base &+ randomPage(&state, pages: pages) &<< 12)
+        }
+        loads &+= 64
+    }
+    return loads
 }

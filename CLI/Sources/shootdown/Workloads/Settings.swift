@@ -11,17 +11,28 @@ struct BenchSettings: Sendable {
     var faultPath: AddressSpace.FaultPath = .speculative
     var notifierList: NotifierListProtection = .rcu
     var locking: PageTableLocking = .split
+    /// `--tlb`; `nil`: the workload's default (per-thread TLBs for access and shootdown, none
+    /// elsewhere).
+    var tlb: TLBMode? = nil
     var iterations = 1_000_000
     var repeats = 5
 
     var configuration: AddressSpace.Configuration {
-        AddressSpace.Configuration(faultPath: faultPath, notifierList: notifierList, pageTableLocking: locking)
+        AddressSpace.Configuration(
+            faultPath: faultPath, notifierList: notifierList, pageTableLocking: locking, tlb: tlb ?? .none)
     }
 
     /// The design knobs, for the `config` object of a result.
     var knobs: [(String, String)] {
         [("fault_path", faultPath.rawValue), ("notifier_list", notifierList.rawValue),
-         ("page_table_locking", locking.rawValue)]
+         ("page_table_locking", locking.rawValue), ("tlb", (tlb ?? .none).rawValue)]
+    }
+
+    /// These settings with `mode` as the TLB mode unless `--tlb` (or a comparison) chose one.
+    func withTLB(defaultingTo mode: TLBMode) -> BenchSettings {
+        var copy = self
+        if copy.tlb == nil { copy.tlb = mode }
+        return copy
     }
 
     /// A physical memory large enough for `pages` pages plus slack.
