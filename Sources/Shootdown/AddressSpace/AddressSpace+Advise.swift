@@ -167,7 +167,7 @@ extension AddressSpace {
                     case .dontFork: flags.insert(.dontCopy)
                     case .doFork: flags.remove(.dontCopy)
                     case .wipeOnFork:
-                        if vma.isShared { throw .invalidArgument }
+                        if vma.sharedObject != nil { throw .invalidArgument }  // shared or file memory
                         flags.insert(.wipeOnFork)
                     case .keepOnFork: flags.remove(.wipeOnFork)
                     case .dontDump: flags.insert(.dontDump)
@@ -201,9 +201,12 @@ extension AddressSpace {
                     }
                     if vma.isLocked && advice != .dontNeedLocked { throw .invalidArgument }
                     switch advice {
-                    case .free: if vma.isShared { throw .invalidArgument }
+                    case .free: if vma.sharedObject != nil { throw .invalidArgument }  // anonymous memory only
                     case .remove:
-                        guard vma.isShared else { throw .invalidArgument }
+                        // Needs an object (`EINVAL` for anonymous memory) mapped shared
+                        // (`EACCES` for a private file mapping).
+                        guard vma.sharedObject != nil else { throw .invalidArgument }
+                        guard vma.isShared else { throw .accessDenied }
                         // `VM_MAYWRITE`, not the current protection (oracle: a PROT_NONE part of a
                         // writable shared mapping is punched too).
                         guard vma.flags.contains(.mayWrite) else { throw .accessDenied }

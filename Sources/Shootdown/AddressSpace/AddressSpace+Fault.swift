@@ -51,7 +51,7 @@ extension AddressSpace {
     /// Handles a fault at `address` in `vma` (mmap read lock held, access already checked).
     func handleFault(_ vma: VMA, _ address: UInt64, _ access: Access) throws(MemoryError) {
         let write = access == .write
-        if write && vma.anonVMA == 0 && vma.sharedObject == nil { prepareAnonVMA(vma) }
+        if write && vma.anonVMA == 0 && !vma.isShared { prepareAnonVMA(vma) }
         guard let pmd = pageTable.pmdTable(for: address) else { throw .outOfMemory }
         let pmdIndex = PageTable.index(address, level: 1)
         let hugeStart = address & ~(Self.hugePageSize - 1)
@@ -128,10 +128,19 @@ extension AddressSpace {
 
         if entry.isNone {
             if let object = vma.sharedObject {
-                // Shared memory (`do_shared_fault`): the object's page, writable if the VMA is.
                 let offset = vma.pageOffset + (address - vma.start) / Self.pageSize
+                if write && !vma.isShared {
+                    // A private file mapping's first write (`do_cow_fault`): a copy of the
+                    // file's page, anonymous memory of this VMA.
+                    guard let frame = memory.allocate() else { throw .outOfMemory }
+                    memory.setToken(object.token(at: offset), of: frame)
+                    let installed = PageTableEntry.leaf(frame: frame, writable: true, dirty: true, softDirty: true)
+                    return installIfUnchanged(pte, slot, lock, expected: entry, installed, orRelease: frame)
+                }
+                // Shared memory (`do_shared_fault`): the object's page, writable if the VMA is;
+                // a private file mapping's read (`do_read_fault`): the file's page, read-only.
                 guard let frame = object.mapPage(at: offset) else { throw .outOfMemory }
-                let writable = vma.protection.contains(.write)
+                let writable = vma.isShared && vma.protection.contains(.write)
                 let installed = PageTableEntry.leaf(frame: frame, writable: writable, dirty: write, softDirty: true)
                 return installIfUnchanged(pte, slot, lock, expected: entry, installed, orRelease: frame)
             }
@@ -301,7 +310,10 @@ extension AddressSpace {
     /// (which `flags` never carry) and contiguous page offsets; else 0.
     static func reusableIdentity(of other: VMA, for vma: VMA) -> UInt64 {
         let identity = other.anonVMA
-        guard identity != 0, !AnonVMA.isInherited(identity), other.sharedObject == nil else { return 0 }
+        // The same backing: none, or the same file (`anon_vma_compatible` compares `vm_file`).
+        guard identity != 0, !AnonVMA.isInherited(identity), other.sharedObject === vma.sharedObject,
+            !other.isShared
+        else { return 0 }
         let (lower, upper) = other.start < vma.start ? (other, vma) : (vma, other)
         let ignored = VMFlags.ignoredByMerge
         guard lower.end == upper.start, lower.flags.subtracting(ignored) == upper.flags.subtracting(ignored),

@@ -13,6 +13,13 @@ public struct Mapping: Hashable, Sendable, CustomStringConvertible {
     /// The VMA's flags, including `rd wr ex` mirroring ``protection``.
     public var vmFlags: VMFlags
 
+    /// The path of the file a file mapping maps (its ``FileObject/path``); `nil` for anonymous
+    /// memory.
+    public var path: String? = nil
+    /// The file offset of ``start`` in bytes (the offset column of `/proc/PID/maps`); 0 for
+    /// anonymous memory, as Linux prints it.
+    public var offset: UInt64 = 0
+
     /// The flags (``vmFlags``; the former name).
     public var flags: VMFlags {
         get { vmFlags }
@@ -46,10 +53,14 @@ public struct Mapping: Hashable, Sendable, CustomStringConvertible {
     /// (two-letter names in its order, each followed by a space), e.g. `"rd wr mr mw me ac "`.
     public var smapsFlags: String { vmFlags.smapsLetters }
 
-    /// A `/proc/self/maps` line: `start-end perms`, `p` or `s`.
+    /// A `/proc/self/maps` line: `start-end perms`, `p` or `s` (`VM_MAYSHARE`), then for a file
+    /// mapping its offset (8 hex digits at least) and path.
     public var description: String {
-        String(start, radix: 16) + "-" + String(end, radix: 16) + " " + protection.description
-            + (vmFlags.contains(.shared) ? "s" : "p")
+        let line = String(start, radix: 16) + "-" + String(end, radix: 16) + " " + protection.description
+            + (vmFlags.contains(.mayShare) ? "s" : "p")
+        guard let path else { return line }
+        let hex = String(offset, radix: 16)
+        return line + " " + String(repeating: "0", count: max(0, 8 - hex.count)) + hex + " " + path
     }
 }
 
@@ -60,9 +71,14 @@ extension VMA {
     var mapping: Mapping {
         // One load of the attribute word: protection in the low byte (its access bits), flags above.
         let attributes = attributeWord.load(ordering: .relaxed)
-        return Mapping(
+        var mapping = Mapping(
             start: start, end: end, access: Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 7)),
-            vmFlags: VMFlags(rawValue: (attributes >> 8) | (attributes & 7)))
+            vmFlags: VMFlags(rawValue: ((attributes >> 8) & ~VMFlags.fileBacked.rawValue) | (attributes & 7)))
+        if let path = sharedObject?.path {
+            mapping.path = path
+            mapping.offset = pageOffset &* PageTable.pageSize
+        }
+        return mapping
     }
 }
 

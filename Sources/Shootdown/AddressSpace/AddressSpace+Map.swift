@@ -76,6 +76,14 @@ extension AddressSpace {
         length: UInt64, protection: Protection = .readWrite, placement: Placement = .anywhere,
         options: MapOptions = []
     ) throws(MemoryError) -> UInt64 {
+        try mapArea(length: length, protection: protection, placement: placement, options: options, file: nil)
+    }
+
+    /// The body of mmap, anonymous (`file == nil`) or file-backed (see
+    /// ``map(file:offset:length:protection:placement:options:access:)``).
+    func mapArea(
+        length: UInt64, protection: Protection, placement: Placement, options: MapOptions, file: FileBacking?
+    ) throws(MemoryError) -> UInt64 {
         guard length != 0 else { throw .invalidArgument }
         guard let length = Self.pageAlign(length), length != 0 else { throw .noMemory }
         guard length <= Self.userLimit else { throw .noMemory }
@@ -88,6 +96,12 @@ extension AddressSpace {
             var flags: VMFlags = [.mayRead, .mayWrite, .mayExec, .softDirty]
             flags.formUnion(defaultFlags)
             if options.contains(.shared) { flags.formUnion([.shared, .mayShare]) }
+            if let file {
+                flags.insert(.fileBacked)
+                // A file opened read-only: a shared mapping may never write (`VM_SHARED` and
+                // `VM_MAYWRITE` cleared; `ms` stays).
+                if options.contains(.shared) && file.access == .readOnly { flags.subtract([.shared, .mayWrite]) }
+            }
             if options.contains(.noReserve) { flags.insert(.noReserve) }
             if !options.contains(.shared) && protection.contains(.write) && !options.contains(.noReserve) {
                 flags.insert(.account)
@@ -96,8 +110,16 @@ extension AddressSpace {
             if options.contains(.hugePage) { flags.insert(.hugePage) }
             // `MAP_LOCKED` adds `lo`; `lf` from `mlockall(MCL_FUTURE|MCL_ONFAULT)` stays (oracle).
             if options.contains(.locked) { flags.insert(.locked) }
-            let address = try placementAddress(length: length, placement: placement, shared: options.contains(.shared))
+            let address = try placementAddress(
+                length: length, placement: placement, shared: options.contains(.shared), file: file)
             if flags.contains(.locked) { try checkLockLimit(adding: length, mapping: options.contains(.locked)) }
+            if let file {
+                // The file's open mode, then no growsdown file mappings (after the lock checks).
+                if options.contains(.shared) && file.access == .readOnly && protection.contains(.write) {
+                    throw .accessDenied
+                }
+                if options.contains(.growsDown) { throw .invalidArgument }
+            }
             // Shared and growsdown: EINVAL only now, after placement (EEXIST) and the lock checks.
             if options.contains(.shared) && options.contains(.growsDown) { throw .invalidArgument }
             let end = address + length
@@ -107,9 +129,16 @@ extension AddressSpace {
             }
             let edit = VMAEdit(self)
             if case .fixed = placement { unmapLocked(address, end, edit: edit) }
-            let vma = VMA(
-                start: address, end: end, protection: protection, flags: flags,
-                sharedObject: options.contains(.shared) ? SharedMemoryObject(memory: memory) : nil)
+            let vma: VMA
+            if let file {
+                vma = VMA(
+                    start: address, end: end, protection: protection, flags: flags, sharedObject: file.object,
+                    pageOffset: file.pageOffset)
+            } else {
+                vma = VMA(
+                    start: address, end: end, protection: protection, flags: flags,
+                    sharedObject: options.contains(.shared) ? SharedMemoryObject(memory: memory) : nil)
+            }
             edit.insert(vma)
             edit.mergeNeighbours(vma)
             edit.finish()
@@ -141,10 +170,12 @@ extension AddressSpace {
 
     /// Chooses the address of a new mapping of `length` bytes (`get_unmapped_area` and the checks
     /// around it). Caller: mmap write lock.
-    private func placementAddress(length: UInt64, placement: Placement, shared: Bool) throws(MemoryError) -> UInt64 {
+    private func placementAddress(
+        length: UInt64, placement: Placement, shared: Bool, file: FileBacking? = nil
+    ) throws(MemoryError) -> UInt64 {
         // THP alignment is for private anonymous memory: shared anonymous memory is shmem, which
-        // does not align with shmem THP off (oracle).
-        let alignment = shared ? Self.pageSize : Self.placementAlignment(length)
+        // does not align with shmem THP off (oracle); files have their own rule.
+        let alignment = shared || file != nil ? Self.pageSize : Self.placementAlignment(length)
         switch placement {
         case .fixed(let address), .fixedNoReplace(let address):
             guard address <= Self.userLimit - length else { throw .noMemory }
@@ -158,6 +189,10 @@ extension AddressSpace {
             var aligned = hint & ~(Self.pageSize - 1)
             let floor = max(configuration.hintMinAddress, configuration.mmapMinAddress)
             if aligned != 0 && aligned < floor { aligned = floor }
+            if let file, let address = fileAlignedAddress(length: length, pageOffset: file.pageOffset, hint: aligned) {
+                try checkMinAddress(address)
+                return address
+            }
             if aligned != 0, aligned <= Self.userLimit - length, isFreeForPlacement(aligned, aligned + length) {
                 try checkMinAddress(aligned)
                 return aligned
@@ -165,6 +200,9 @@ extension AddressSpace {
             // Only without a hint: a nonzero hint that cannot be taken searches unaligned (oracle).
             return try findFreeArea(length: length, alignment: aligned != 0 ? Self.pageSize : alignment)
         case .anywhere:
+            if let file, let address = fileAlignedAddress(length: length, pageOffset: file.pageOffset, hint: 0) {
+                return address
+            }
             return try findFreeArea(length: length, alignment: alignment)
         }
     }

@@ -58,13 +58,18 @@ extension AddressSpace {
             defer { edit.finish() }
             try walkVMAs(start, end, stopAtHole: true) { vma, pieceStart, pieceEnd throws(MemoryError) in
                 if vma.isSealed { throw .permissionDenied }
+                // `VM_MAY*` bounds the protection (a shared mapping of a read-only file has no
+                // `mw`): `EACCES`, with the VMAs before it changed.
+                if access.contains(.write) && !vma.flags.contains(.mayWrite) { throw .accessDenied }
                 // A VMA that already has the protection is left alone: no split, no
                 // invalidation (`mprotect_fixup` returns early), so mirrors keep translations.
                 if vma.protection == access { return }
                 var flags = vma.flags
                 if access.contains(.write) {
                     if !vma.isShared && !flags.contains(.noReserve) { flags.insert(.account) }
-                } else if flags.contains(.account) && !vma.isShared && vma.anonVMA == 0 {
+                } else if flags.contains(.account) && vma.sharedObject == nil && vma.anonVMA == 0 {
+                    // Anonymous memory only (`vma_is_anonymous`): a private file mapping keeps
+                    // `ac` (measured), so it no longer merges with its never-writable neighbours.
                     flags.remove(.account)
                 }
                 let wasWritable = vma.protection.contains(.write)
@@ -201,7 +206,7 @@ struct VMAShape {
             && flags.subtracting(VMFlags.ignoredByMerge) == upper.flags.subtracting(VMFlags.ignoredByMerge)
             && pageOffset + (end - start) / PageTable.pageSize == upper.pageOffset
             && object == upper.object
-            && (object != nil || AnonVMA.compatible(anonVMA, upper.anonVMA))
+            && (flags.contains(.shared) || AnonVMA.compatible(anonVMA, upper.anonVMA))
     }
 }
 

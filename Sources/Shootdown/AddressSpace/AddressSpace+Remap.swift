@@ -108,7 +108,7 @@ extension AddressSpace {
             guard let vma = index.find(containing: address) else { throw .badAddress }
             if vma.isSealed { throw .permissionDenied }
             if oldLength == 0 {
-                guard vma.isShared else { throw .invalidArgument }
+                guard vma.flags.contains(.mayShare) else { throw .invalidArgument }
                 if !flags.contains(.mayMove) { throw .noMemory }
             }
             // A fixed target below `mmap_min_addr`: after the source checks (oracle: EFAULT for no

@@ -55,7 +55,7 @@ extension AddressSpace {
     /// Handles the common cases (a missing entry of a private anonymous VMA whose PTE table exists:
     /// a fresh frame for a write, the zero page for a read; and spurious faults on present entries)
     /// and aborts on everything else: a missing page table (it never allocates one), copy-on-write,
-    /// swap-in, shared or huge-page memory, conflicts.
+    /// swap-in, shared, file-backed or huge-page memory, conflicts.
     /// No heap allocation, no retain/release.
     @inlinable
     func speculativeFault(_ address: UInt64, _ access: Access) -> SpeculativeOutcome {
@@ -73,7 +73,7 @@ extension AddressSpace {
                 // A real violation only if the snapshot was consistent.
                 return vma.sequence.hasChanged(since: sequence) ? .abortVMAChanged : .segmentationFault
             }
-            if flags.contains(.shared) { return .abortNotSupported }
+            if !flags.isDisjoint(with: .objectBacked) { return .abortNotSupported }
             let write = access == .write
             testHook(.speculativeAfterLookup)
 

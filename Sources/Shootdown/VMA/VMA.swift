@@ -61,12 +61,14 @@ final class VMA: @unchecked Sendable {
 
     private let writerPadding = CacheLinePadding()
 
-    /// Backing of a shared mapping; `nil` for private anonymous memory. Writer-owned.
-    var sharedObject: SharedMemoryObject?
-    /// Page offset of `start` (`vm_pgoff`): within `sharedObject` for shared memory; for private
+    /// Backing object: shmem of a shared anonymous mapping, or the pages of a file mapping
+    /// (private or shared; such VMAs carry ``VMFlags/fileBacked``); `nil` for private anonymous
+    /// memory. Set once, at creation.
+    @usableFromInline let sharedObject: SharedMemoryObject?
+    /// Page offset of `start` (`vm_pgoff`): within `sharedObject` for shared and file memory; for private
     /// memory the start page number at mmap, kept by splits and by moves of VMAs that have
     /// anonymous pages (merging needs contiguous offsets). Writer-owned.
-    var pageOffset: UInt64
+    @usableFromInline var pageOffset: UInt64
 
     /// Neighbours in address order (writer-owned; read under the mmap lock).
     unowned(unsafe) var previous: VMA?
@@ -117,7 +119,7 @@ final class VMA: @unchecked Sendable {
     @inlinable
     func allowsHuge(at hugeStart: UInt64) -> Bool {
         let flags = self.flags
-        return flags.contains(.hugePage) && !flags.contains(.noHugePage) && !flags.contains(.shared)
+        return flags.contains(.hugePage) && !flags.contains(.noHugePage) && flags.isDisjoint(with: .objectBacked)
             && hugeStart >= start && hugeStart &+ PageTable.hugePageSize <= end
     }
 

@@ -76,6 +76,13 @@ public struct VMFlags: OptionSet, Hashable, Sendable, CustomStringConvertible {
     /// `sl` (`VM_SEALED`, mseal): munmap, mprotect, mremap and discarding madvise fail with `EPERM`.
     public static let sealed = VMFlags(rawValue: 1 << 24)
 
+    /// A file-backed VMA (an internal marker, never printed and never part of a ``Mapping``):
+    /// faults map the object's pages, so the speculative path leaves it to the classic one.
+    @usableFromInline static let fileBacked = VMFlags(rawValue: 1 << 40)
+    /// VMAs whose pages come from an object (shared memory or a file): no anonymous huge pages,
+    /// no speculative faults.
+    @usableFromInline static let objectBacked: VMFlags = [.shared, .fileBacked]
+
     /// The protection bits.
     public static let access: VMFlags = [.read, .write, .exec]
     /// Flags that never prevent a merge and are kept by the merged VMA when either side had them

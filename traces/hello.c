@@ -1,0 +1,3 @@
+#include <stdio.h>
+int square(int x) { return x * x; }
+int main(void) { printf("%d\n", square(7)); return 0; }
