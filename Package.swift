@@ -46,7 +46,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ShootdownTests",
-            dependencies: ["Shootdown", "CInterop"],
+            dependencies: ["Shootdown", "ShootdownVerification", "CInterop"],
             swiftSettings: [.enableUpcomingFeature("ExistentialAny")]
         ),
     ]

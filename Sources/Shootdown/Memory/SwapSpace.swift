@@ -37,7 +37,7 @@ public final class SwapSpace: @unchecked Sendable {
     }
 
     /// The token held by `slot`.
-    func token(of slot: UInt32) -> UInt64 { tokens[Int(slot)].load(ordering: .acquiring) }
+    public func token(of slot: UInt32) -> UInt64 { tokens[Int(slot)].load(ordering: .acquiring) }
 
     /// Adds a reference to `slot` (fork copied a swap entry).
     func duplicate(_ slot: UInt32) { references[Int(slot)].wrappingAdd(1, ordering: .relaxed) }

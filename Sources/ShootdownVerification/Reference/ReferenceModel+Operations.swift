@@ -1,257 +1,11 @@
-@testable import Shootdown
+import Shootdown
 
-/// A deliberately simple oracle of an ``AddressSpace``, used by the differential tests.
-///
-/// It keeps a sorted array of areas (VMAs) and a dictionary from page address to page state, and
-/// implements the operations of the library with the semantics and error codes that the
-/// library's doc comments state, which follow what the kernel does (partial effects before holes
-/// in mprotect and madvise, `anon_vma` identity and page offsets deciding merges, `VM_ACCOUNT`, ...).
-/// Everything is done the slow, obvious way: linear scans, whole-array rewrites, a global merge
-/// pass after every structural change.
-///
-/// Not modelled: huge mappings (the tests never let an area cover a whole 2 MiB block with huge
-/// pages allowed), fork (so private frames are always exclusive), frame exhaustion (the tests use
-/// enough frames and swap), accessed/dirty bits.
-final class ReferenceModel {
-    /// One VMA. Shared areas name their backing object and the object page at `start`.
-    struct Area: Equatable, CustomStringConvertible {
-        var start: UInt64
-        var end: UInt64
-        var protection: Protection
-        var flags: MappingFlags
-        var object: Int?
-        /// `vm_pgoff`: the object page at `start` for shared areas; for private ones the start
-        /// page at mmap, kept by splits and by moves of areas with anonymous pages.
-        var objectPage: UInt64
-        /// The `anon_vma` identity (0: none).
-        var anon: UInt64 = 0
-
-        var isShared: Bool { object != nil }
-
-        var description: String {
-            "[\(start.hex)-\(end.hex) \(protection)\(isShared ? "s" : "p") flags:\(flags.rawValue)"
-                + (object.map { " obj\($0)@\(objectPage)" } ?? "") + "]"
-        }
-    }
-
-    /// What a page holds.
-    enum Content: Equatable {
-        /// The shared zero page (reads as token 0, never writable).
-        case zeroPage
-        /// A private page with its content token.
-        case anonymous(UInt64)
-        /// Page `page` of shared object `object`; the token lives in the object.
-        case shared(object: Int, page: UInt64)
-    }
-
-    /// Where the page-table entry stands.
-    enum Residence: Equatable {
-        /// A present entry.
-        case mapped
-        /// A PROT_NONE entry: the frame stays, access is denied.
-        case protNone
-        /// A swap entry (private pages only).
-        case swapped
-    }
-
-    /// A page that has a page-table entry. Pages without an entry are absent from ``pages``.
-    struct Page: Equatable {
-        var content: Content
-        var residence: Residence
-        var writable: Bool
-        var softDirty: Bool
-    }
-
-    static let pageSize: UInt64 = 4096
-    static let limit: UInt64 = AddressSpace.userLimit
-
-    let configuration: AddressSpace.Configuration
-    var areas: [Area] = []
-    var pages: [UInt64: Page] = [:]
-    var dead = false
-    /// Content tokens of shared objects' pages (a page never written reads 0).
-    var sharedTokens: [Int: [UInt64: UInt64]] = [:]
-    var nextObject = 1
-    var nextAnon: UInt64 = 2
-    /// Pages of shared objects in their page cache (faulted in through any mapping).
-    var sharedResident: [Int: Set<UInt64>] = [:]
-    /// `mm->def_flags` after `mlockall(MCL_FUTURE)`.
-    var defaultFlags: MappingFlags = []
-    /// The program break (`start_brk` is `configuration.programBreakStart`).
-    var programBreak: UInt64 = 0
-
-    init(configuration: AddressSpace.Configuration) {
-        self.configuration = configuration
-        programBreak = configuration.programBreakStart ?? 0
-    }
-
-    // MARK: - Small helpers
-
-    var limit: UInt64 { Self.limit }
-
-    func isAligned(_ value: UInt64) -> Bool { value % Self.pageSize == 0 }
-
-    /// `length` rounded up to whole pages, or `nil` if that overflows.
-    func roundUp(_ length: UInt64) -> UInt64? {
-        let (sum, overflow) = length.addingReportingOverflow(Self.pageSize - 1)
-        return overflow ? nil : sum / Self.pageSize * Self.pageSize
-    }
-
-    func pageOf(_ address: UInt64) -> UInt64 { address / Self.pageSize * Self.pageSize }
-
-    func index(containing address: UInt64) -> Int? {
-        areas.firstIndex { $0.start <= address && address < $0.end }
-    }
-
-    func area(containing address: UInt64) -> Area? { index(containing: address).map { areas[$0] } }
-
-    func overlapping(_ start: UInt64, _ end: UInt64) -> [Area] {
-        areas.filter { $0.start < end && start < $0.end }
-    }
-
-    /// Whether `[start, end)` is covered by areas without a hole.
-    func isCovered(_ start: UInt64, _ end: UInt64) -> Bool {
-        var covered = start
-        for area in areas where area.end > covered && area.start < end {
-            if area.start > covered { return false }
-            covered = area.end
-        }
-        return covered >= end
-    }
-
-    /// Splits an unmap of `[start, end)` needs beyond the ones that shrink: one when a single area
-    /// sticks out on both sides (the library's rule).
-    func unmapSplits(_ start: UInt64, _ end: UInt64) -> Int {
-        guard let area = area(containing: start) else { return 0 }
-        return area.start < start && area.end > end ? 1 : 0
-    }
-
-    /// Splits needed so that `[start, end)` is made of whole areas.
-    /// Whether `splits` more areas would pass the map-count limit (checked only when splitting).
-    func exceeds(_ splits: Int) -> Bool {
-        splits > 0 && areas.count + splits > configuration.maxMapCount
-    }
-
-    func isolateSplits(_ start: UInt64, _ end: UInt64, where changes: (Area) -> Bool = { _ in true }) -> Int {
-        let inside = overlapping(start, end)
-        guard let first = inside.first, let last = inside.last else { return 0 }
-        return (first.start < start && changes(first) ? 1 : 0) + (last.end > end && changes(last) ? 1 : 0)
-    }
-
-    /// Splits the area strictly containing `address`, if any.
-    func split(at address: UInt64) {
-        guard let i = index(containing: address), areas[i].start < address else { return }
-        var lower = areas[i]
-        var upper = areas[i]
-        lower.end = address
-        upper.start = address
-        upper.objectPage += (address - lower.start) / Self.pageSize
-        areas[i] = lower
-        areas.insert(upper, at: i + 1)
-    }
-
-    /// Splits at both ends of `[start, end)` and returns the indices of the areas inside.
-    func isolate(_ start: UInt64, _ end: UInt64) -> [Int] {
-        split(at: start)
-        split(at: end)
-        return areas.indices.filter { areas[$0].start >= start && areas[$0].end <= end }
-    }
-
-    /// Removes every area (or part of one) and every page in `[start, end)`.
-    func removeRange(_ start: UInt64, _ end: UInt64) {
-        split(at: start)
-        split(at: end)
-        areas.removeAll { $0.start >= start && $0.end <= end }
-        dropPages(start, end)
-    }
-
-    func dropPages(_ start: UInt64, _ end: UInt64) {
-        for address in pages.keys where address >= start && address < end {
-            pages[address] = nil
-        }
-    }
-
-    func insert(_ area: Area) {
-        let position = areas.firstIndex { $0.start >= area.end } ?? areas.count
-        areas.insert(area, at: position)
-    }
-
-    /// Whether `upper` may be merged into `lower` (ignoring soft-dirty; offsets contiguous; one
-    /// `anon_vma` or none).
-    func canMerge(_ lower: Area, _ upper: Area) -> Bool {
-        lower.end == upper.start && lower.protection == upper.protection
-            && lower.flags.subtracting(.softDirty) == upper.flags.subtracting(.softDirty)
-            && lower.object == upper.object
-            && lower.objectPage + (lower.end - lower.start) / Self.pageSize == upper.objectPage
-            && (lower.anon == upper.anon || lower.anon == 0 || upper.anon == 0)
-    }
-
-    /// Merges every pair of compatible neighbours; the merged area is soft-dirty if either was.
-    func mergeAll() {
-        var merged: [Area] = []
-        for area in areas {
-            if let last = merged.last, canMerge(last, area) {
-                merged[merged.count - 1].end = area.end
-                if area.flags.contains(.softDirty) { merged[merged.count - 1].flags.insert(.softDirty) }
-                if last.anon == 0 { merged[merged.count - 1].anon = area.anon }
-            } else {
-                merged.append(area)
-            }
-        }
-        areas = merged
-    }
-
-    private static func allows(_ protection: Protection, _ access: AddressSpace.Access) -> Bool {
-        access == .write ? protection.contains(.write) : !protection.isEmpty
-    }
-
-    /// The content token a page reads.
-    func token(of page: Page) -> UInt64 {
-        switch page.content {
-        case .zeroPage: 0
-        case .anonymous(let token): token
-        case .shared(let object, let objectPage): sharedTokens[object]?[objectPage] ?? 0
-        }
-    }
-
-    /// Pages mapped by areas (for bounding tests).
-    var mappedPages: UInt64 { areas.reduce(0) { $0 + ($1.end - $1.start) / Self.pageSize } }
-
-    /// The areas as the library reports them.
-    func mappings() -> [Mapping] {
-        areas.map { Mapping(start: $0.start, end: $0.end, protection: $0.protection, flags: $0.flags) }
-    }
-
-    // MARK: - Placement
-
-    /// The highest gap below the mmap base that fits, else the lowest one above it.
-    func freeArea(length: UInt64) throws(MemoryError) -> UInt64 {
-        guard length <= limit else { throw .noMemory }
-        let low = configuration.mmapMinAddress
-        let high = configuration.mmapBase
-        var gaps: [(start: UInt64, end: UInt64)] = []
-        var cursor = low
-        for area in areas where area.end > low && area.start < high {
-            if area.start > cursor { gaps.append((cursor, area.start)) }
-            cursor = max(cursor, area.end)
-        }
-        if cursor < high { gaps.append((cursor, high)) }
-        for gap in gaps.reversed() where gap.end - gap.start >= length {
-            return gap.end - length
-        }
-        var candidate = high
-        for area in areas where area.end > high {
-            if candidate > limit - length { break }
-            if area.start >= candidate + length { return candidate }
-            candidate = max(candidate, area.end)
-        }
-        if candidate <= limit - length { return candidate }
-        throw .noMemory
-    }
-
+// The operations of the original differential surface: map, unmap, mprotect, mremap, madvise,
+// faults and accesses, migration, soft-dirty, mirror faults and teardown.
+extension ReferenceModel {
     // MARK: - Operations
 
-    func map(
+    public func map(
         length: UInt64, protection: Protection, placement: AddressSpace.Placement,
         options: AddressSpace.MapOptions
     ) throws(MemoryError) -> UInt64 {
@@ -319,7 +73,7 @@ final class ReferenceModel {
         return address
     }
 
-    func unmap(address: UInt64, length: UInt64) throws(MemoryError) {
+    public func unmap(address: UInt64, length: UInt64) throws(MemoryError) {
         guard isAligned(address), length != 0, let length = roundUp(length), address <= limit,
             length <= limit - address
         else { throw .invalidArgument }
@@ -331,13 +85,13 @@ final class ReferenceModel {
     }
 
     /// Whether a sealed area intersects `[start, end)`.
-    func isSealed(_ start: UInt64, _ end: UInt64) -> Bool {
+    public func isSealed(_ start: UInt64, _ end: UInt64) -> Bool {
         overlapping(start, end).contains { $0.flags.contains(.sealed) }
     }
 
     /// Visits the areas of `[start, end)` in order with their piece of the range; a hole is
     /// `ENOMEM`, at once when `stopAtHole`, else after the walk.
-    func walk(
+    public func walk(
         _ start: UInt64, _ end: UInt64, stopAtHole: Bool, _ body: (Area, UInt64, UInt64) throws(MemoryError) -> Void
     ) throws(MemoryError) {
         var cursor = start
@@ -361,7 +115,7 @@ final class ReferenceModel {
 
     /// Gives `[start, end)` of `area` new attributes: `ENOMEM` if the splits it needs (after
     /// merging into a touching compatible neighbour) pass the map-count limit.
-    func modify(_ area: Area, _ start: UInt64, _ end: UInt64, protection: Protection, flags: MappingFlags)
+    public func modify(_ area: Area, _ start: UInt64, _ end: UInt64, protection: Protection, flags: MappingFlags)
         throws(MemoryError)
     {
         if area.protection == protection && area.flags == flags { return }
@@ -387,7 +141,7 @@ final class ReferenceModel {
         mergeAll()
     }
 
-    func protect(address: UInt64, length: UInt64, protection: Protection) throws(MemoryError) {
+    public func protect(address: UInt64, length: UInt64, protection: Protection) throws(MemoryError) {
         guard isAligned(address) else { throw .invalidArgument }
         if length == 0 { return }
         guard let length = roundUp(length), !address.addingReportingOverflow(length).overflow else { throw .noMemory }
@@ -434,7 +188,7 @@ final class ReferenceModel {
         }
     }
 
-    func remap(
+    public func remap(
         address: UInt64, oldLength: UInt64, newLength: UInt64, move: AddressSpace.RemapMove
     ) throws(MemoryError) -> UInt64 {
         switch move {
@@ -446,7 +200,7 @@ final class ReferenceModel {
     }
 
     /// mremap with raw flags (the library's documented rules, which follow the measured kernel).
-    func remap(
+    public func remap(
         address: UInt64, oldLength: UInt64, newLength: UInt64, flags: AddressSpace.RemapFlags, newAddress: UInt64
     ) throws(MemoryError) -> UInt64 {
         guard flags.isSubset(of: [.mayMove, .fixed, .dontUnmap]), isAligned(address) else { throw .invalidArgument }
@@ -563,7 +317,7 @@ final class ReferenceModel {
 
     /// Moves the pages of `[source, source + length)` to a new area of `newLength` bytes at
     /// `target` (which is free), then unmaps the source. Moved present pages become soft-dirty.
-    func moveArea(_ source: UInt64, _ length: UInt64, to target: UInt64, newLength: UInt64, keepSource: Bool = false) {
+    public func moveArea(_ source: UInt64, _ length: UInt64, to target: UInt64, newLength: UInt64, keepSource: Bool = false) {
         let from = area(containing: source)!
         let offset = from.object == nil && from.anon == 0
             ? target / Self.pageSize : from.objectPage + (source - from.start) / Self.pageSize
@@ -591,7 +345,7 @@ final class ReferenceModel {
         mergeAll()
     }
 
-    func advise(address: UInt64, length: UInt64, advice: AddressSpace.Advice) throws(MemoryError) {
+    public func advise(address: UInt64, length: UInt64, advice: AddressSpace.Advice) throws(MemoryError) {
         guard isAligned(address), let length = roundUp(length), !address.addingReportingOverflow(length).overflow
         else { throw .invalidArgument }
         if length == 0 { return }
@@ -684,7 +438,7 @@ final class ReferenceModel {
         }
     }
 
-    func fault(at address: UInt64, access: AddressSpace.Access) throws(MemoryError) {
+    public func fault(at address: UInt64, access: AddressSpace.Access) throws(MemoryError) {
         guard !dead, address < limit, let area = area(containing: address), Self.allows(area.protection, access)
         else { throw .segmentationFault }
         let address = pageOf(address)
@@ -727,7 +481,7 @@ final class ReferenceModel {
 
     /// `anon_vma_prepare`: the next, else the previous, adjacent area's identity when it differs
     /// at most in protection and soft-dirty and its offsets are contiguous; else a new one.
-    func prepareAnon(at address: UInt64) {
+    public func prepareAnon(at address: UInt64) {
         let i = index(containing: address)!
         let area = areas[i]
         var chosen: UInt64 = 0
@@ -747,14 +501,14 @@ final class ReferenceModel {
         areas[i].anon = chosen
     }
 
-    func read(at address: UInt64) throws(MemoryError) -> UInt64 {
+    public func read(at address: UInt64) throws(MemoryError) -> UInt64 {
         let page = pageOf(address)
         if address < limit, let entry = pages[page], entry.residence == .mapped { return token(of: entry) }
         try fault(at: address, access: .read)
         return token(of: pages[page]!)
     }
 
-    func write(_ token: UInt64, at address: UInt64) throws(MemoryError) {
+    public func write(_ token: UInt64, at address: UInt64) throws(MemoryError) {
         let page = pageOf(address)
         let ready = address < limit && pages[page].map { $0.residence == .mapped && $0.writable } == true
         if !ready { try fault(at: address, access: .write) }
@@ -767,7 +521,7 @@ final class ReferenceModel {
         pages[page] = entry
     }
 
-    func migrate(address: UInt64, length: UInt64) throws(MemoryError) -> Int {
+    public func migrate(address: UInt64, length: UInt64) throws(MemoryError) -> Int {
         guard isAligned(address), let length = roundUp(length), length != 0, address <= limit,
             length <= limit - address
         else { throw .invalidArgument }
@@ -784,7 +538,7 @@ final class ReferenceModel {
         return migrated
     }
 
-    func clearSoftDirty(address: UInt64, length: UInt64) throws(MemoryError) {
+    public func clearSoftDirty(address: UInt64, length: UInt64) throws(MemoryError) {
         guard isAligned(address), let length = roundUp(length), address <= limit, length <= limit - address
         else { throw .invalidArgument }
         if length == 0 { return }
@@ -799,7 +553,7 @@ final class ReferenceModel {
         }
     }
 
-    func softDirtyPages(address: UInt64, length: UInt64) throws(MemoryError) -> [UInt64] {
+    public func softDirtyPages(address: UInt64, length: UInt64) throws(MemoryError) -> [UInt64] {
         guard isAligned(address), let length = roundUp(length), address <= limit, length <= limit - address
         else { throw .invalidArgument }
         guard !dead else { throw .addressSpaceDead }
@@ -816,7 +570,7 @@ final class ReferenceModel {
 
     /// `faultRange` (`hmm_range_fault`): faults `[start, end)` in page by page, failing with
     /// `EFAULT` at the first page without a VMA allowing the access (earlier pages stay faulted).
-    func faultRange(_ start: UInt64, _ end: UInt64, write: Bool) throws(MemoryError) {
+    public func faultRange(_ start: UInt64, _ end: UInt64, write: Bool) throws(MemoryError) {
         guard isAligned(start), isAligned(end), start < end, end <= limit else { throw .invalidArgument }
         guard !dead else { throw .addressSpaceDead }
         let access: AddressSpace.Access = write ? .write : .read
@@ -826,207 +580,9 @@ final class ReferenceModel {
         }
     }
 
-    func teardown() {
+    public func teardown() {
         dead = true
         areas.removeAll()
         pages.removeAll()
-    }
-}
-
-// MARK: - The rest of the syscall surface
-
-extension ReferenceModel {
-    /// Pages in locked areas, optionally only inside `[start, end)`.
-    func lockedPages(_ start: UInt64 = 0, _ end: UInt64 = .max) -> UInt64 {
-        areas.filter { $0.flags.contains(.locked) }.reduce(0) {
-            $0 + (min($1.end, end) > max($1.start, start) ? (min($1.end, end) - max($1.start, start)) / Self.pageSize : 0)
-        }
-    }
-
-    var canLockFreely: Bool { configuration.capabilities.contains(.ipcLock) || configuration.lockedMemoryLimit == nil }
-
-    func checkLockLimit(adding length: UInt64, mapping: Bool) throws(MemoryError) {
-        if canLockFreely { return }
-        let limit = configuration.lockedMemoryLimit!
-        if mapping && limit == 0 { throw .permissionDenied }
-        if (lockedPages() + length / Self.pageSize) * Self.pageSize > limit { throw .wouldBlock }
-    }
-
-    func checkCanLock() throws(MemoryError) {
-        if !configuration.capabilities.contains(.ipcLock) && configuration.lockedMemoryLimit == 0 { throw .permissionDenied }
-    }
-
-    /// Faults the locked, not lock-on-fault areas of `[start, end)`: private writable memory for
-    /// write, the rest for read; a PROT_NONE area stops it (`ENOMEM`) unless `ignoreErrors`.
-    func populateLocked(_ start: UInt64, _ end: UInt64, ignoreErrors: Bool) throws(MemoryError) {
-        var cursor = start
-        while cursor < end, let area = areas.first(where: { $0.end > cursor && $0.start < end }) {
-            cursor = max(cursor, area.start)
-            let stop = min(end, area.end)
-            if area.flags.contains(.locked) && !area.flags.contains(.lockOnFault) {
-                if area.protection.isEmpty {
-                    if !ignoreErrors { throw .noMemory }
-                } else {
-                    let write = !area.isShared && area.protection.contains(.write)
-                    for page in eachPage(cursor, stop) {
-                        do throws(MemoryError) {
-                            try fault(at: page, access: write ? .write : .read)
-                        } catch {
-                            if !ignoreErrors { throw .noMemory }
-                        }
-                    }
-                }
-            }
-            cursor = stop
-        }
-    }
-
-    func lock(address: UInt64, length: UInt64, onFault: Bool) throws(MemoryError) {
-        try checkCanLock()
-        let start = pageOf(address)
-        guard let rounded = roundUp(length &+ (address - start)), rounded != 0 else { return }
-        let (end, overflow) = start.addingReportingOverflow(rounded)
-        guard !overflow else { throw .invalidArgument }
-        guard !dead else { throw .addressSpaceDead }
-        if !canLockFreely {
-            let limit = configuration.lockedMemoryLimit!
-            let total = lockedPages() + rounded / Self.pageSize - lockedPages(start, end)
-            if total * Self.pageSize > limit { throw .noMemory }
-        }
-        try walk(start, end, stopAtHole: true) { area, pieceStart, pieceEnd throws(MemoryError) in
-            var flags = area.flags
-            flags.insert(.locked)
-            if onFault { flags.insert(.lockOnFault) } else { flags.remove(.lockOnFault) }
-            try modify(area, pieceStart, pieceEnd, protection: area.protection, flags: flags)
-        }
-        if !onFault { try populateLocked(start, end, ignoreErrors: false) }
-    }
-
-    func unlock(address: UInt64, length: UInt64) throws(MemoryError) {
-        let start = pageOf(address)
-        guard let rounded = roundUp(length &+ (address - start)), rounded != 0 else { return }
-        let (end, overflow) = start.addingReportingOverflow(rounded)
-        guard !overflow else { throw .invalidArgument }
-        guard !dead else { throw .addressSpaceDead }
-        try walk(start, end, stopAtHole: true) { area, pieceStart, pieceEnd throws(MemoryError) in
-            try modify(area, pieceStart, pieceEnd, protection: area.protection, flags: area.flags.subtracting([.locked, .lockOnFault]))
-        }
-    }
-
-    func lockAll(_ flags: AddressSpace.LockAllFlags) throws(MemoryError) {
-        guard !flags.isEmpty, flags.isSubset(of: [.current, .future, .onFault]),
-            !flags.intersection([.current, .future]).isEmpty
-        else { throw .invalidArgument }
-        try checkCanLock()
-        guard !dead else { throw .addressSpaceDead }
-        if flags.contains(.current) && !canLockFreely {
-            if mappedPages * Self.pageSize > configuration.lockedMemoryLimit! { throw .noMemory }
-        }
-        var added: MappingFlags = [.locked]
-        if flags.contains(.onFault) { added.insert(.lockOnFault) }
-        defaultFlags = flags.contains(.future) ? added : []
-        guard flags.contains(.current) else { return }
-        var cursor: UInt64 = 0
-        while let area = areas.first(where: { $0.start >= cursor }) {
-            try modify(area, area.start, area.end, protection: area.protection,
-                       flags: area.flags.subtracting([.locked, .lockOnFault]).union(added))
-            cursor = area.end
-        }
-        if !flags.contains(.onFault) { try? populateLocked(0, limit, ignoreErrors: true) }
-    }
-
-    func unlockAll() throws(MemoryError) {
-        guard !dead else { throw .addressSpaceDead }
-        defaultFlags = []
-        var cursor: UInt64 = 0
-        while let area = areas.first(where: { $0.start >= cursor }) {
-            try modify(area, area.start, area.end, protection: area.protection, flags: area.flags.subtracting([.locked, .lockOnFault]))
-            cursor = area.end
-        }
-    }
-
-    func seal(address: UInt64, length: UInt64) throws(MemoryError) {
-        guard isAligned(address), let rounded = roundUp(length), !address.addingReportingOverflow(rounded).overflow
-        else { throw .invalidArgument }
-        if length == 0 { return }
-        guard !dead else { throw .addressSpaceDead }
-        let end = address + rounded
-        guard isCovered(address, end) else { throw .noMemory }
-        try walk(address, end, stopAtHole: true) { area, start, stop throws(MemoryError) in
-            try modify(area, start, stop, protection: area.protection, flags: area.flags.union(.sealed))
-        }
-    }
-
-    func residency(address: UInt64, length: UInt64) throws(MemoryError) -> [Bool] {
-        guard isAligned(address) else { throw .invalidArgument }
-        if length == 0 { return [] }
-        guard let rounded = roundUp(length), rounded != 0, address <= limit, rounded <= limit - address else { throw .noMemory }
-        guard !dead else { throw .addressSpaceDead }
-        var result: [Bool] = []
-        try walk(address, address + rounded, stopAtHole: true) { area, start, stop throws(MemoryError) in
-            for page in eachPage(start, stop) {
-                if let object = area.object {
-                    let objectPage = area.objectPage + (page - area.start) / Self.pageSize
-                    result.append(sharedResident[object]?.contains(objectPage) == true)
-                } else if let entry = pages[page] {
-                    result.append(entry.residence != .swapped)
-                } else {
-                    result.append(false)
-                }
-            }
-        }
-        return result
-    }
-
-    func sync(address: UInt64, length: UInt64, flags: AddressSpace.SyncFlags) throws(MemoryError) {
-        guard flags.isSubset(of: [.async, .invalidate, .sync]), isAligned(address) else { throw .invalidArgument }
-        if flags.contains(.async) && flags.contains(.sync) { throw .invalidArgument }
-        let rounded = (length &+ (Self.pageSize - 1)) & ~(Self.pageSize - 1)
-        let end = address &+ rounded
-        if end < address { throw .noMemory }
-        if end == address { return }
-        guard !dead else { throw .addressSpaceDead }
-        try walk(address, end, stopAtHole: false) { area, _, _ throws(MemoryError) in
-            if flags.contains(.invalidate) && area.flags.contains(.locked) { throw .busy }
-        }
-    }
-
-    /// brk: the new break, or the current one when refused.
-    func setBreak(_ address: UInt64) throws(MemoryError) -> UInt64 {
-        guard !dead else { throw .addressSpaceDead }
-        guard let startBreak = configuration.programBreakStart else { return 0 }
-        if address < startBreak { return programBreak }
-        guard let newEnd = roundUp(address), let oldEnd = roundUp(programBreak) else { return programBreak }
-        if newEnd == oldEnd {
-            programBreak = address
-            return address
-        }
-        if newEnd < oldEnd {
-            if isSealed(newEnd, oldEnd) { return programBreak }
-            if exceeds(unmapSplits(newEnd, oldEnd)) { return programBreak }
-            removeRange(newEnd, oldEnd)
-            programBreak = address
-            return address
-        }
-        guard newEnd <= limit - Self.pageSize else { return programBreak }
-        if let next = areas.first(where: { $0.end > oldEnd }) {
-            let gapStart = next.flags.contains(.growsDown) ? next.start &- AddressSpace.stackGuardGap : next.start
-            if newEnd + Self.pageSize > gapStart { return programBreak }
-        }
-        var flags: MappingFlags = [.mayRead, .mayWrite, .mayExec, .account, .softDirty]
-        flags.formUnion(defaultFlags)
-        if flags.contains(.locked) && !canLockFreely
-            && lockedPages() * Self.pageSize + (newEnd - oldEnd) > configuration.lockedMemoryLimit!
-        {
-            return programBreak
-        }
-        if areas.count >= configuration.maxMapCount { return programBreak }
-        insert(Area(start: oldEnd, end: newEnd, protection: .readWrite, flags: flags, object: nil, objectPage: oldEnd / Self.pageSize))
-        mergeAll()
-        if flags.contains(.locked) && !flags.contains(.lockOnFault) {
-            for page in eachPage(oldEnd, newEnd) { try? fault(at: page, access: .write) }
-        }
-        programBreak = address
-        return address
     }
 }
