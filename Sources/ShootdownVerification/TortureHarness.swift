@@ -157,6 +157,10 @@ public enum TortureHarness {
             shared.record(TortureViolation(seed: configuration.seed, thread: -1, step: 0, operation: nil, detail: detail))
         }
         let audit = space.audit()
+        let statistics = space.statistics
+        if statistics[.notifierContractViolations] != 0 {
+            fail("the engine counted \(statistics[.notifierContractViolations]) notifier contract violations")
+        }
         for (field, value) in audit.failures { fail("audit: \(field) = \(value)") }
         let starts = pairing.starts.load(ordering: .sequentiallyConsistent)
         let ends = pairing.ends.load(ordering: .sequentiallyConsistent)
@@ -201,6 +205,7 @@ public enum TortureHarness {
             seconds: elapsed, counts: counts, errors: errors, checks: checks, pagesChecked: pages,
             translationsChecked: translations, violationCount: shared.violationCount.load(ordering: .relaxed),
             violations: shared.violations.withLock { $0 }, audit: audit.fields,
+            statistics: Dictionary(uniqueKeysWithValues: statistics.nonZero.map { ($0.name, $0.value) }),
             framesInUseAfterTeardown: memory.framesInUse, swapSlotsInUseAfterTeardown: memory.swap.slotsInUse,
             classicInvalidations: starts, intervalInvalidations: shared.intervalHandler.invalidations.load(ordering: .relaxed))
     }

@@ -56,7 +56,7 @@ public enum TortureOperation: String, Sendable, CaseIterable, Hashable, Codable 
     /// The mix the CLI uses: page-level operations often, structural ones regularly, whole-space
     /// ones (fork, mlockall, reclaim) rarely.
     public static let defaultMix: [TortureOperation: Int] = [
-        .map: 60, .unmap: 30, .protect: 50, .remap: 30, .adviseDiscard: 40, .advisePageOut: 20,
+        .map: 60, .unmap: 20, .protect: 50, .remap: 30, .adviseDiscard: 40, .advisePageOut: 20,
         .advisePopulate: 20, .adviseHuge: 6, .adviseGuard: 8, .adviseOther: 10, .lock: 15, .lockAll: 1,
         .fork: 2, .access: 120, .fault: 80, .pin: 15, .intervalNotifier: 10, .mirrorPopulate: 60,
         .mirrorRead: 60, .mirrorWrite: 50, .mirrorMigrate: 10, .reclaim: 4, .migrate: 15, .softDirty: 10,

@@ -57,7 +57,10 @@ public struct TortureReport: Sendable, Codable {
     public var violations: [TortureViolation]
     /// The space's audit after the concurrent phase, before teardown (field name to value).
     public var audit: [String: Int]
-    /// Frames and swap slots still in use after teardown (must be 0).
+    /// The space's nonzero counters after the concurrent phase (``SpaceStatistics``): evidence of
+    /// what the run reached (huge faults, collapses, splits, swap-ins, copy-on-write breaks...).
+    public var statistics: [String: Int64]
+    /// Frames still in use after teardown (must be 0).
     public var framesInUseAfterTeardown: Int
     /// Swap slots still in use after teardown (must be 0).
     public var swapSlotsInUseAfterTeardown: Int

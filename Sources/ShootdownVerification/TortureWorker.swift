@@ -270,7 +270,7 @@ final class TortureWorker {
 
     /// Every form of `mmap` (placements, options, protections).
     private func map() {
-        var (address, pages) = range(maximum: 64)
+        var (address, pages) = range(maximum: 256)
         var options: AddressSpace.MapOptions = []
         if random.chance(20) { options.insert(.shared) }
         if random.chance(10) {
@@ -344,10 +344,31 @@ final class TortureWorker {
             ok(try? space.advise(address: block, length: length, advice: .hugePage))
             ok(try? space.fault(at: block + random.below(UInt64(Self.hugePages)) * Self.page, access: .write))
         case 5: ok(try? space.advise(address: block, length: length, advice: .noHugePage))
-        case 6, 7, 8: ok(try? space.advise(address: block, length: length, advice: .collapse))
-        default: ok(try? space.collapse(address: block, length: length))
+        case 6, 7, 8:
+            // Half the time on a fresh block with a few pages written and mirrored, so the
+            // collapse has something to replace (churned blocks rarely qualify).
+            if random.chance(50) { prepareCollapse(block, hugePage: false) }
+            ok(try? space.advise(address: block, length: length, advice: .collapse))
+        default:
+            if random.chance(50) { prepareCollapse(block, hugePage: true) }
+            ok(try? space.collapse(address: block, length: length))
         }
         check(block, Self.hugePages)
+    }
+
+    /// Maps a fresh private block over `block` (huge-page-allowed if `hugePage`, populated page by
+    /// page then, so no fault installs a huge mapping yet), writes a few of its pages and mirrors
+    /// some of them for writing (a zero-page entry would keep the block from collapsing).
+    private func prepareCollapse(_ block: UInt64, hugePage: Bool) {
+        guard ok(try? space.map(length: AddressSpace.hugePageSize, placement: .fixed(block))) != nil else { return }
+        for _ in 0..<random.int(1...8) {
+            ok(try? space.write(token, at: block + random.below(UInt64(Self.hugePages)) * Self.page))
+        }
+        if hugePage { ok(try? space.advise(address: block, length: AddressSpace.hugePageSize, advice: .hugePage)) }
+        if let mirror = mirror() {
+            let first = random.below(UInt64(Self.hugePages - 8))
+            ok(try? mirror.populate(address: block + first * Self.page, length: 8 * Self.page, write: true))
+        }
     }
 
     /// `fork`, then the child writes, reads and discards a little of this region, and goes away.
