@@ -44,8 +44,11 @@ struct TortureChecker {
                 if let entry, entry.isPresent, entry.frame == held.frame, !held.writable || entry.isWritable { continue }
                 let access = held.writable ? "writable" : "read-only"
                 let now = entry.map { "\($0)" } ?? "nothing"
+                // Context for the report: the entry and the VMA as they are now.
+                let later = space.translate(held.address).map { "\($0)" } ?? "nothing"
+                let vma = space.mapping(containing: held.address).map { "\($0)" } ?? "no VMA"
                 violation(
-                    "\(mirror.name) holds 0x\(hex(held.address)) -> frame \(held.frame) \(access), but the CPU maps \(now) there")
+                    "\(mirror.name) holds 0x\(hex(held.address)) -> frame \(held.frame) \(access), but the CPU maps \(now) there (now: \(later); \(vma))")
             }
         }
     }

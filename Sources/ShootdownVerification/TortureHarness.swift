@@ -162,6 +162,15 @@ public enum TortureHarness {
             fail("the engine counted \(statistics[.notifierContractViolations]) notifier contract violations")
         }
         for (field, value) in audit.failures { fail("audit: \(field) = \(value)") }
+        if audit.unmergedNeighbours != 0 {
+            // Which pairs: adjacent mappings with the same protection and flags (the audit also
+            // compares what the public view does not show, such as anon_vma identities).
+            let mappings = space.mappings()
+            for (left, right) in zip(mappings, mappings.dropFirst())
+            where left.end == right.start && left.protection == right.protection && left.vmFlags == right.vmFlags {
+                fail("audit: adjacent mappings with equal protection and flags: \(left) | \(right)")
+            }
+        }
         let starts = pairing.starts.load(ordering: .sequentiallyConsistent)
         let ends = pairing.ends.load(ordering: .sequentiallyConsistent)
         if starts != ends { fail("classic subscriber: \(starts) invalidation starts but \(ends) ends") }

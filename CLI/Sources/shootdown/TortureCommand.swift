@@ -34,7 +34,7 @@ struct Torture: ParsableCommand {
     }
 
     func run() throws {
-        let frames = max(1 << 16, threads * regionPages * 8)
+        let frames = max(1 << 20, threads * regionPages * 64)
         let memory = PhysicalMemory(capacity: frames, swapSlots: max(1 << 16, threads * regionPages * 4))
         let space = try AddressSpace(
             configuration: AddressSpace.Configuration(faultPath: faultPath, capabilities: [.ipcLock]), memory: memory)
