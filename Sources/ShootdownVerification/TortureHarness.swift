@@ -91,7 +91,12 @@ public enum TortureHarness {
 
     /// The arena of `threads` regions of `regionPages` pages from `arenaStart`.
     public static func arena(threads: Int, arenaStart: UInt64 = defaultArenaStart, regionPages: Int = 1024) -> Range<UInt64> {
-        arenaStart..<(arenaStart + UInt64(max(threads, 0)) * UInt64(max(regionPages, 0)) * AddressSpace.pageSize)
+        // Saturating: a configuration this large is rejected by `run`, never trapped on.
+        let pages = UInt64(max(threads, 0)).multipliedReportingOverflow(by: UInt64(max(regionPages, 0)))
+        let bytes = pages.partialValue.multipliedReportingOverflow(by: AddressSpace.pageSize)
+        let end = arenaStart.addingReportingOverflow(bytes.partialValue)
+        if pages.overflow || bytes.overflow || end.overflow { return arenaStart..<UInt64.max }
+        return arenaStart..<end.partialValue
     }
 
     /// Runs the torture and returns its report (violations are in the report; nothing traps on
@@ -100,8 +105,8 @@ public enum TortureHarness {
     /// Context: blocks the calling thread until the run ends; calls `progress` on it about every
     /// `progressInterval` seconds. Must not be called from a notifier callback.
     ///
-    /// - Throws: ``MemoryError/invalidArgument`` for a configuration without a budget, with no
-    ///   thread, a region size that is not a positive multiple of 512 pages, an unaligned arena or
+    /// - Throws: ``MemoryError/invalidArgument`` for a configuration without a budget, a negative,
+    ///   infinite or NaN budget (or one past 10^9 seconds), with no thread or more than 4096, a region size that is not a positive multiple of 512 pages, an unaligned arena or
     ///   one past the user address space, an empty mix, or a mirror of another space;
     ///   ``MemoryError/addressSpaceDead`` for a torn-down space; ``MemoryError/alreadyExists`` if the
     ///   arena is not free.
@@ -221,7 +226,9 @@ public enum TortureHarness {
 
     private static func validate(_ configuration: Configuration) throws(MemoryError) {
         guard configuration.threads > 0, configuration.operations != nil || configuration.seconds != nil,
-            (configuration.operations ?? 0) >= 0, (configuration.seconds ?? 0) >= 0,
+            (configuration.operations ?? 0) >= 0,
+            configuration.seconds.map({ $0.isFinite && $0 >= 0 && $0 <= 1e9 }) ?? true,
+            configuration.arenaStart < AddressSpace.userLimit,
             configuration.regionPages > 0, configuration.regionPages % 512 == 0,
             configuration.arenaStart % AddressSpace.hugePageSize == 0, configuration.arenaStart != 0,
             configuration.threads <= 1 << 12, configuration.regionPages <= 1 << 20,

@@ -136,6 +136,15 @@ final class LeakyMirror: TortureMirror, IntervalNotifierHandler, @unchecked Send
         #expect(throws: MemoryError.invalidArgument) {
             try TortureHarness.run(TortureHarness.Configuration(space: space, threads: 0, operations: 10))
         }
+        for seconds in [Double.nan, .infinity, -1, 1e300] {
+            #expect(throws: MemoryError.invalidArgument) {
+                try TortureHarness.run(TortureHarness.Configuration(space: space, seconds: seconds))
+            }
+        }
+        #expect(throws: MemoryError.invalidArgument) {
+            try TortureHarness.run(TortureHarness.Configuration(
+                space: space, threads: 4096, operations: 10, arenaStart: UInt64.max & ~((2 << 20) - 1)))
+        }
         try space.map(length: 4096, placement: .fixed(TortureHarness.defaultArenaStart))
         #expect(throws: MemoryError.alreadyExists) {
             try TortureHarness.run(TortureHarness.Configuration(space: space, operations: 10))
