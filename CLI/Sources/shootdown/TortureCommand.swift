@@ -1,85 +1,85 @@
-@_spi(Benchmarking) import Shootdown
 import ArgumentParser
 import Foundation
-import Synchronization
+import Shootdown
+import ShootdownVerification
 
-/// A randomized concurrency torture run with audits: faulting threads, a mirror reading through
-/// an interval notifier, and a churning thread; checks the engine's invariants at the end and
-/// after each structural operation.
+/// `shootdown torture`: the library's ``TortureHarness`` on a fresh space, against two
+/// ``SoftwareMirror``s over the arena, with progress lines on stderr and a per-kind summary (or one
+/// JSON object) on stdout. Fails (exit 1) on any violation.
 struct Torture: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Run a concurrent torture test with audits.")
+    static let configuration = CommandConfiguration(
+        abstract: "Run every operation from several threads against two software mirrors, with a mirror oracle.",
+        discussion: """
+            Each thread works in its own region of an arena that both mirrors cover; after every \
+            operation it checks that no mirror holds a translation the CPU page table no longer \
+            maps (or maps read-only). At the end: audit, notifier pairing, and every frame and \
+            swap slot back after teardown. Stops at --seconds or --operations, whichever comes first.
+            """)
 
-    @Option(help: "Structural operations by the churning thread.") var operations = 20_000
-    @Option(help: "Faulting threads.") var threads = 2
-    @Option(help: "Seed of the churning thread's choices.") var seed: UInt64 = 1
-    @Option(name: .customLong("fault-path"), help: "speculative | mmap-lock | per-vma-lock")
+    @Option(help: "Wall-clock budget in seconds.") var seconds: Double?
+    @Option(help: "Operation budget over all threads (default 20000 when --seconds is not given).") var operations: Int?
+    @Option(help: "Worker threads (one region each).") var threads = 2
+    @Option(help: "Seed of the workers' random streams.") var seed: UInt64 = 1
+    @Option(help: "Pages per thread region (a multiple of 512).") var regionPages = 1024
+    @Option(help: "Fault path of the space (\(AddressSpace.FaultPath.allCases.map(\.rawValue).joined(separator: ", "))).")
     var faultPath: AddressSpace.FaultPath = .speculative
+    @Option(help: "Seconds between progress lines on stderr (0: none).") var progress: Double = 5
+    @Flag(help: "One JSON object on stdout instead of the summary.") var json = false
+
+    func validate() throws {
+        guard threads > 0 else { throw ValidationError("--threads must be positive") }
+        guard regionPages > 0, regionPages % 512 == 0 else { throw ValidationError("--region-pages must be a positive multiple of 512") }
+        if let seconds, seconds < 0 { throw ValidationError("--seconds must not be negative") }
+        if let operations, operations < 0 { throw ValidationError("--operations must not be negative") }
+    }
 
     func run() throws {
-        installInterruptHandler()
-        let memory = PhysicalMemory(capacity: 1 << 16)
-        let space = try AddressSpace(configuration: .init(faultPath: faultPath), memory: memory)
-        let pages = 1024
-        let base = try space.map(length: UInt64(pages) * 4096)
-        let mirror = try SoftwareMirror(space: space, start: base, length: UInt64(pages) * 4096)
-        let stop = Atomic<Bool>(false)
-        let violations = Atomic<Int>(0)
-        let churned = Atomic<Int>(0)
-        let operations = self.operations
-        let seed = self.seed
-        runOnThreads(threads + 2) { index in
-            var state = seed &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15
-            if index == 0 {
-                for _ in 0..<operations where !interrupted {
-                    let first = Int(xorshift(&state) % UInt64(pages - 8))
-                    let count = UInt64(1 + xorshift(&state) % 8)
-                    let address = base + UInt64(first) * 4096
-                    switch xorshift(&state) % 4 {
-                    case 0:
-                        try? space.unmap(address: address, length: count * 4096)
-                        for page in 0..<count where space.translate(address + page * 4096) != nil {
-                            violations.wrappingAdd(1, ordering: .relaxed)
-                        }
-                        _ = try? space.map(length: count * 4096, placement: .fixed(address))
-                    case 1:
-                        try? space.protect(address: address, length: count * 4096, protection: .read)
-                        for page in 0..<count where space.translate(address + page * 4096)?.isWritable == true {
-                            violations.wrappingAdd(1, ordering: .relaxed)
-                        }
-                        try? space.protect(address: address, length: count * 4096, protection: .readWrite)
-                    case 2:
-                        try? space.advise(address: address, length: count * 4096, advice: .dontNeed)
-                    default:
-                        try? space.advise(address: address, length: count * 4096, advice: .pageOut)
-                    }
-                    churned.wrappingAdd(1, ordering: .relaxed)
-                }
-                stop.store(true, ordering: .releasing)
-            } else if index == 1 {
-                while !stop.load(ordering: .acquiring) {
-                    let page = base + (xorshift(&state) % UInt64(pages)) * 4096
-                    _ = try? mirror.read(at: page)
-                }
-            } else {
-                while !stop.load(ordering: .acquiring) {
-                    let page = base + (xorshift(&state) % UInt64(pages)) * 4096
-                    try? space.fault(at: page, access: xorshift(&state) % 2 == 0 ? .write : .read)
-                }
-            }
+        let frames = max(1 << 20, threads * regionPages * 64)
+        let memory = PhysicalMemory(capacity: frames, swapSlots: max(1 << 16, threads * regionPages * 4))
+        let space = try AddressSpace(
+            configuration: AddressSpace.Configuration(faultPath: faultPath, capabilities: [.ipcLock]), memory: memory)
+        let arena = TortureHarness.arena(threads: threads, regionPages: regionPages)
+        let mirrors = try (0..<2).map { _ in
+            try SoftwareMirror(space: space, start: arena.lowerBound, length: UInt64(arena.count))
         }
-        let audit = space.audit()
-        let statistics = space.statistics
-        space.teardown()
-        mirror.detach()
-        BenchmarkSupport.drainDeferredReclamation()
-        print("operations: \(churned.load(ordering: .relaxed)), faults: \(statistics.faults), speculative aborts: \(statistics.speculativeAborts), VMA-lock fallbacks: \(statistics.vmaLockFallbacks)")
-        print("stale entries after unmap/protect: \(violations.load(ordering: .relaxed))")
-        print("audit: entries outside VMAs \(audit.entriesOutsideVMAs), exceeding protection \(audit.entriesExceedingProtection), dead tables reached \(audit.deadTablesReached)")
-        print("after teardown: frames in use \(memory.framesInUse), swap slots in use \(memory.swap.slotsInUse), mirror translations \(mirror.count)")
-        let failed = violations.load(ordering: .relaxed) != 0 || audit.entriesOutsideVMAs != 0
-            || audit.entriesExceedingProtection != 0 || audit.deadTablesReached != 0 || memory.framesInUse != 0
-            || memory.swap.slotsInUse != 0 || mirror.count != 0
-        print(failed ? "FAILED" : "passed")
-        if failed { throw ExitCode.failure }
+        let budget = operations ?? (seconds == nil ? 20_000 : nil)
+        let configuration = TortureHarness.Configuration(
+            space: space, threads: threads, seed: seed, operations: budget, seconds: seconds, mirrors: mirrors,
+            regionPages: regionPages)
+        let limit = [seconds.map { "\($0) s" }, budget.map { "\($0) operations" }].compactMap { $0 }.joined(separator: " or ")
+        stderr("torture: seed \(seed), \(threads) threads, \(limit), fault path \(faultPath.rawValue), 2 software mirrors")
+        let report = try TortureHarness.run(configuration, progressInterval: progress > 0 ? progress : 3600) { state in
+            guard progress > 0 else { return }
+            let rate = state.seconds > 0 ? Double(state.operations) / state.seconds : 0
+            stderr(String(
+                format: "torture: %.0f s, %d operations (%.0f/s), %d violations", state.seconds, state.operations, rate,
+                state.violations))
+        }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            FileHandle.standardOutput.write(try encoder.encode(report))
+            print()
+        } else {
+            print(String(
+                format: "operations: %d in %.1f s (%.0f/s), seed %d, %d threads", report.operations, report.seconds,
+                report.seconds > 0 ? Double(report.operations) / report.seconds : 0, report.seed, report.threads))
+            for line in report.summaryLines { print("  \(line)") }
+            print("oracle: \(report.checks) checks, \(report.pagesChecked) pages, \(report.translationsChecked) mirror translations compared")
+            print("invalidations: \(report.classicInvalidations) classic, \(report.intervalInvalidations) to the workers' interval notifiers")
+            let audit = report.audit.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+            print("audit: \(audit)")
+            let counters = report.statistics.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+            print("engine counters: \(counters.joined(separator: ", "))")
+            print("after teardown: frames in use \(report.framesInUseAfterTeardown), swap slots in use \(report.swapSlotsInUseAfterTeardown)")
+            print("violations: \(report.violationCount)")
+            for violation in report.violations { print("  \(violation)") }
+            print(report.passed ? "passed" : "FAILED")
+        }
+        if !report.passed { throw ExitCode.failure }
+    }
+
+    private func stderr(_ line: String) {
+        FileHandle.standardError.write(Data((line + "\n").utf8))
     }
 }

@@ -149,7 +149,9 @@ extension AddressSpace {
         public var entriesExceedingProtection = 0
         /// VMAs in the index.
         public var vmas = 0
-        /// Adjacent VMAs that should have been merged: must be 0.
+        /// Adjacent VMAs that should have been merged: must be 0. A grows-down VMA above its
+        /// neighbour is not counted (stack expansion up to a neighbour never merges, in Linux
+        /// either).
         public var unmergedNeighbours = 0
     }
 
@@ -160,7 +162,10 @@ extension AddressSpace {
             if dead.load(ordering: .relaxed) { return result }  // no VMAs, and the tables are retired
             let vmas = index.all
             result.vmas = vmas.count
-            for (lower, upper) in zip(vmas, vmas.dropFirst()) where lower.canMerge(with: upper) {
+            // A grows-down VMA that expanded until it touched the VMA below stays separate, as in
+            // Linux (stack expansion never merges): such pairs are not counted.
+            for (lower, upper) in zip(vmas, vmas.dropFirst())
+            where lower.canMerge(with: upper) && !upper.flags.contains(.growsDown) {
                 result.unmergedNeighbours += 1
             }
             var cursor = 0

@@ -4,7 +4,8 @@ extension AddressSpace {
     /// Re-arms soft-dirty tracking for `[address, address + length)` (the default: the whole
     /// space), like `echo 4 > /proc/pid/clear_refs`: clears the soft-dirty bit of every entry and
     /// write-protects present ones under one `softDirty` invalidation, and clears `VM_SOFTDIRTY` on
-    /// VMAs wholly inside the range. The next write to a page faults and marks it soft-dirty again.
+    /// VMAs wholly inside the range. A huge mapping the range only partly covers is write-protected
+    /// as a whole (not split), and the invalidation then reaches to that block's edge. The next write to a page faults and marks it soft-dirty again.
     ///
     /// - Throws: `EINVAL` for an unaligned or overflowing range; ``MemoryError/addressSpaceDead``.
     public func clearSoftDirty(address: UInt64 = 0, length: UInt64 = AddressSpace.userLimit) throws(MemoryError) {
@@ -23,7 +24,14 @@ extension AddressSpace {
             if let first = vmas.first, let last = vmas.last {
                 let start = max(address, first.start)
                 let stop = min(end, last.end)
-                let scope = beginInvalidation(start, stop, .softDirty)
+                // A huge entry the range only partly covers is write-protected whole (not split):
+                // the invalidation then covers its whole block, or a mirror would keep writable
+                // translations of its other pages. (Entries cannot become huge meanwhile: the
+                // VMAs are touched under the mmap write lock.)
+                let mask = Self.hugePageSize - 1
+                let low = start & mask != 0 && translate(start)?.isHuge == true ? start & ~mask : start
+                let high = stop & mask != 0 && translate(stop - 1)?.isHuge == true ? (stop | mask) + 1 : stop
+                let scope = beginInvalidation(low, high, .softDirty)
                 let clear = PageTableEntry.softDirty | PageTableEntry.writable
                 var protected = 0
                 withSecondaryTLBHook { hook in
