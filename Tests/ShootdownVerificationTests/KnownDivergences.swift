@@ -5,29 +5,18 @@ extension KnownDivergence {
     /// (THP madvise mode, no swap, unprivileged child). Owner "surface": the engine's Linux
     /// syscall surface.
     static let all: [KnownDivergence] = [
-        // mmap flags the engine's map cannot take
+        // mmap without MAP_ANONYMOUS (fd -1): the file-mapping path
         KnownDivergence(
             signatures: [
-                "mmap inexpressible: MAP_32BIT",
-                "mmap inexpressible: MAP_DENYWRITE",
-                "mmap inexpressible: MAP_EXECUTABLE",
-                "mmap inexpressible: MAP_NONBLOCK",
-                "mmap inexpressible: MAP_STACK",
-                "mmap inexpressible: MAP_TYPE 0",
-                "mmap inexpressible: MAP_TYPE 15",
-                "mmap inexpressible: MAP_TYPE 3",
-                "mmap inexpressible: MAP_TYPE 4",
-                "mmap inexpressible: MAP_UNINITIALIZED",
                 "mmap inexpressible: a file mapping",
             ],
             reproducer: [
-                .mmap(.window(-0x7af02e), length: 0x7000, protection: 0x3, flags: 0x20022),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_STACK
+                .mmap(.absolute(0x0), length: 0x1000, protection: 0x3, flags: 0x2),  // PROT_READ|PROT_WRITE, MAP_PRIVATE
             ],
-            note: "The engine's map has no form for these raw mmap flags: MAP_STACK (Linux sets nh on the VMA),"
-                + " MAP_32BIT (placed below 2 GiB), MAP_NONBLOCK (MAP_POPULATE then populates nothing), the ignored"
-                + " legacy bits MAP_DENYWRITE, MAP_EXECUTABLE and MAP_UNINITIALIZED, MAP_SHARED_VALIDATE and invalid"
-                + " map types (EINVAL for anonymous memory), and a missing MAP_ANONYMOUS with fd -1 (EBADF).",
-            owner: "surface"),
+            note: "An mmap without MAP_ANONYMOUS is a file mapping: with fd -1 Linux fails it with EBADF before"
+                + " any other check. The engine's anonymous mmap has no file path; file mappings are being added"
+                + " on their own branch.",
+            owner: "replay"),
         // shared memory has a size
         KnownDivergence(
             signatures: [
