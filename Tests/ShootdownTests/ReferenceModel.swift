@@ -67,6 +67,9 @@ final class ReferenceModel {
 
     let configuration: AddressSpace.Configuration
     var areas: [Area] = []
+    /// Boundaries between two compatible areas that a failed munmap split (``checkNotSealed``),
+    /// with the two areas as they were: kept apart by ``mergeAll()`` until either changes.
+    var keptApart: [UInt64: (lower: Area, upper: Area)] = [:]
     var pages: [UInt64: Page] = [:]
     var dead = false
     /// Content tokens of shared objects' pages (a page never written reads 0).
@@ -186,11 +189,36 @@ final class ReferenceModel {
             && (lower.anon == upper.anon || lower.anon == 0 || upper.anon == 0)
     }
 
+    /// Whether the split at `boundary` still separates the two areas it made, unchanged.
+    func isKeptApart(_ boundary: UInt64) -> Bool {
+        guard let pair = keptApart[boundary] else { return false }
+        let lower = areas.first { $0.end == boundary }
+        let upper = areas.first { $0.start == boundary }
+        return lower.map { Self.shape($0, at: boundary) } == Self.shape(pair.lower, at: boundary)
+            && upper.map { Self.shape($0, at: boundary) } == Self.shape(pair.upper, at: boundary)
+    }
+
+    /// Compatible neighbours the model keeps apart (the library's audit counts them as unmerged).
+    var keptApartCount: Int { keptApart.keys.count { isKeptApart($0) } }
+
+    /// What decides whether an area beside a kept-apart `boundary` changed: its attributes and
+    /// its object page at the boundary, not its other end (a merge there, with a VMA an operation
+    /// changed, does not make the library or Linux look at this boundary), nor the soft-dirty bit
+    /// or the `anon_vma`, which faults and soft-dirty clearing change without looking at merges.
+    static func shape(_ area: Area, at boundary: UInt64) -> [UInt64] {
+        let pageAtBoundary = area.end == boundary ? area.objectPage + (area.end - area.start) / pageSize : area.objectPage
+        return [UInt64(area.protection.rawValue), area.flags.subtracting(.softDirty).rawValue,
+                UInt64(bitPattern: Int64(area.object ?? -1)), pageAtBoundary]
+    }
+
     /// Merges every pair of compatible neighbours; the merged area is soft-dirty if either was.
     func mergeAll() {
+        // A failed munmap's split stays until an operation changes either half (only a change
+        // makes Linux and the library look at merging them).
+        for boundary in keptApart.keys where !isKeptApart(boundary) { keptApart[boundary] = nil }
         var merged: [Area] = []
         for area in areas {
-            if let last = merged.last, canMerge(last, area) {
+            if let last = merged.last, keptApart[area.start] == nil, canMerge(last, area) {
                 merged[merged.count - 1].end = area.end
                 if area.flags.contains(.softDirty) { merged[merged.count - 1].flags.insert(.softDirty) }
                 if last.anon == 0 { merged[merged.count - 1].anon = area.anon }
@@ -287,7 +315,7 @@ final class ReferenceModel {
             try checkLockLimit(adding: length, mapping: options.contains(.locked))
         }
         if replaces {
-            if isSealed(address, address + length) { throw .permissionDenied }
+            try checkNotSealed(address, address + length)
             if exceeds(unmapSplits(address, address + length)) {
                 throw .noMemory
             }
@@ -325,9 +353,30 @@ final class ReferenceModel {
         else { throw .invalidArgument }
         guard !dead else { throw .addressSpaceDead }
         let end = address + length
-        if isSealed(address, end) { throw .permissionDenied }
+        try checkNotSealed(address, end)
         if exceeds(unmapSplits(address, end)) { throw .noMemory }
         removeRange(address, end)
+    }
+
+    /// munmap's check (and `MAP_FIXED`'s, and mremap's targets): `EPERM` if a sealed area
+    /// intersects `[start, end)`, after splitting the unsealed area that strictly contains `start`
+    /// (Linux splits it before it meets the sealed one). The two halves stay apart (see
+    /// ``keptApart``).
+    func checkNotSealed(_ start: UInt64, _ end: UInt64) throws(MemoryError) {
+        guard isSealed(start, end) else { return }
+        if let i = index(containing: start), areas[i].start < start, !areas[i].flags.contains(.sealed) {
+            let kept = keptApart.keys.filter { isKeptApart($0) }
+            split(at: start)
+            // A split merges nothing: earlier splits that bordered the split area stay apart.
+            for boundary in kept + [start] {
+                if let lower = areas.first(where: { $0.end == boundary }),
+                    let upper = areas.first(where: { $0.start == boundary })
+                {
+                    keptApart[boundary] = (lower, upper)
+                }
+            }
+        }
+        throw .permissionDenied
     }
 
     /// Whether a sealed area intersects `[start, end)`.
@@ -475,7 +524,7 @@ final class ReferenceModel {
         if fixedTarget == nil && !dontUnmap && newLength <= oldLength {
             if newLength < oldLength {
                 guard !overflow, oldEnd <= limit else { throw .invalidArgument }
-                if isSealed(address + newLength, oldEnd) { throw .permissionDenied }
+                try checkNotSealed(address + newLength, oldEnd)
                 if exceeds(unmapSplits(address + newLength, oldEnd)) { throw .noMemory }
                 removeRange(address + newLength, oldEnd)
             }
@@ -490,7 +539,7 @@ final class ReferenceModel {
                 let start = max(next.start, cursor)
                 let stop = min(next.end, oldEnd)
                 let pieceTarget = target + (start - address)
-                if isSealed(pieceTarget, pieceTarget + (stop - start)) { throw .permissionDenied }
+                try checkNotSealed(pieceTarget, pieceTarget + (stop - start))
                 removeRange(pieceTarget, pieceTarget + (stop - start))
                 moveArea(start, stop - start, to: pieceTarget, newLength: stop - start, keepSource: dontUnmap)
                 cursor = stop
@@ -504,7 +553,7 @@ final class ReferenceModel {
         else { throw .badAddress }
         if fixedShrink {
             guard oldEnd <= limit else { throw .invalidArgument }
-            if isSealed(address + newLength, oldEnd) { throw .permissionDenied }
+            try checkNotSealed(address + newLength, oldEnd)
         }
         if source.flags.contains(.locked) && newLength > oldLength && oldLength != 0 {
             try checkLockLimit(adding: newLength - oldLength, mapping: false)
@@ -527,7 +576,7 @@ final class ReferenceModel {
         if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
         let target: UInt64
         if let fixedTarget {
-            if isSealed(fixedTarget, fixedTarget + newLength) { throw .permissionDenied }
+            try checkNotSealed(fixedTarget, fixedTarget + newLength)
             removeRange(fixedTarget, fixedTarget + newLength)
             target = fixedTarget
         } else if dontUnmap && newAddress != 0 {

@@ -75,19 +75,6 @@ extension KnownDivergence {
             note: "MADV_PAGEOUT reclaims clean shared (shmem) pages: mincore shows them absent afterwards; the"
                 + " engine pages out private memory only.",
             owner: "surface"),
-        // mmap(MAP_FIXED) over a sealed VMA splits before it fails
-        KnownDivergence(
-            signatures: [
-                "mmap mappings after EPERM: layout",
-            ],
-            reproducer: [
-                .mmap(.absolute(0x0), length: 0xc82000, protection: 0x0, flags: 0x4022),  // PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_NORESERVE
-                .mseal(.window(-0x703000), length: 0x5000, flags: 0x0),
-                .mmap(.window(-0x706000), length: 0x8000, protection: 0x3, flags: 0x4032),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_FIXED|MAP_ANONYMOUS|MAP_NORESERVE
-            ],
-            note: "MAP_FIXED over a range that reaches a sealed VMA fails with EPERM in Linux after splitting the"
-                + " unsealed VMA at the range's start; the engine fails before changing anything.",
-            owner: "surface"),
         // mremap(MREMAP_DONTUNMAP) layout after mlockall(MCL_FUTURE|MCL_ONFAULT), not analysed yet
         KnownDivergence(
             signatures: [

@@ -133,7 +133,8 @@ extension AddressSpace {
         public var entriesExceedingProtection = 0
         /// VMAs in the index.
         public var vmas = 0
-        /// Adjacent VMAs that should have been merged: must be 0.
+        /// Adjacent VMAs that could merge but were not: 0, except that a munmap (or `MAP_FIXED`,
+        /// or mremap target) failing on a sealed VMA leaves the split it made first, as Linux does.
         public var unmergedNeighbours = 0
     }
 

@@ -124,12 +124,17 @@ extension AddressSpace {
             // and the lock checks (oracle).
             if invalidType || (options.contains(.shared) && options.contains(.growsDown)) { throw .invalidArgument }
             let end = address + length
-            if case .fixed = placement {
-                try checkNotSealed(address, end)
-                try checkUnmapBudget(address, end)
-            }
             let edit = VMAEdit(self)
-            if case .fixed = placement { unmapLocked(address, end, edit: edit) }
+            if case .fixed = placement {
+                do throws(MemoryError) {
+                    try checkNotSealed(address, end, splittingWith: edit)
+                    try checkUnmapBudget(address, end)
+                } catch {
+                    edit.finish()
+                    throw error
+                }
+                unmapLocked(address, end, edit: edit)
+            }
             let vma = VMA(
                 start: address, end: end, protection: protection, flags: flags,
                 sharedObject: options.contains(.shared) ? SharedMemoryObject(memory: memory) : nil)
@@ -384,11 +389,11 @@ extension AddressSpace {
         let end = try Self.userRangeEnd(address, length, nonEmpty: true)
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
-            try checkNotSealed(address, end)
-            try checkUnmapBudget(address, end)
             let edit = VMAEdit(self)
+            defer { edit.finish() }
+            try checkNotSealed(address, end, splittingWith: edit)
+            try checkUnmapBudget(address, end)
             unmapLocked(address, end, edit: edit)
-            edit.finish()
         }
     }
 
@@ -412,10 +417,18 @@ extension AddressSpace {
     }
 
 
-    /// `EPERM` if a sealed VMA intersects `[start, end)`.
-    func checkNotSealed(_ start: UInt64, _ end: UInt64) throws(MemoryError) {
-        // No array and no reference counting: munmap calls this before every zap.
-        if index.contains(intersecting: start, end, where: { $0.isSealed }) { throw .permissionDenied }
+    /// `EPERM` if a sealed VMA intersects `[start, end)`, with munmap's partial effect
+    /// (`vms_gather_munmap_vmas`, measured on 6.18 for munmap, `MAP_FIXED` and mremap targets):
+    /// the VMA containing `start`, when it begins below `start` and is not sealed itself, is split
+    /// at `start` (by `edit`) before the sealed VMA is found. Caller: mmap write lock.
+    func checkNotSealed(_ start: UInt64, _ end: UInt64, splittingWith edit: VMAEdit) throws(MemoryError) {
+        guard index.contains(intersecting: start, end, where: { $0.isSealed }) else { return }
+        if let first = index.find(containing: start), first.start < start, !first.isSealed {
+            splitHugeMapping(across: start)
+            edit.split(first, at: start)
+            edit.publish()
+        }
+        throw .permissionDenied
     }
 
     func recordZap(_ result: ZapResult) {

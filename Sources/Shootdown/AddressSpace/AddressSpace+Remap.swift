@@ -119,7 +119,7 @@ extension AddressSpace {
             if !flags.contains(.fixed) && !flags.contains(.dontUnmap) && newLength <= oldLength {
                 if newLength < oldLength {
                     guard !oldEnd.overflow, oldEnd.partialValue <= Self.userLimit else { throw .invalidArgument }
-                    try checkNotSealed(address + newLength, oldEnd.partialValue)
+                    try checkNotSealed(address + newLength, oldEnd.partialValue, splittingWith: edit)
                     try checkUnmapBudget(address + newLength, oldEnd.partialValue)
                     unmapLocked(address + newLength, oldEnd.partialValue, edit: edit)
                 }
@@ -138,7 +138,7 @@ extension AddressSpace {
                 // The tail goes through munmap's checks: past the user space it is EINVAL (nothing
                 // changed; the engine used to zap far beyond the space).
                 guard oldEnd.partialValue <= Self.userLimit else { throw .invalidArgument }
-                try checkNotSealed(address + newLength, oldEnd.partialValue)
+                try checkNotSealed(address + newLength, oldEnd.partialValue, splittingWith: edit)
             }
             // Growing a locked VMA: the locked-memory limit before any search for room (EAGAIN).
             if vma.isLocked && newLength > oldLength && oldLength != 0 {
@@ -166,7 +166,7 @@ extension AddressSpace {
             try checkMoveBudget()
             let target: UInt64
             if flags.contains(.fixed) {
-                try checkNotSealed(newAddress, newAddress + newLength)
+                try checkNotSealed(newAddress, newAddress + newLength, splittingWith: edit)
                 unmapLocked(newAddress, newAddress + newLength, edit: edit)
                 target = newAddress
             } else if flags.contains(.dontUnmap) && newAddress != 0 {
@@ -224,7 +224,7 @@ extension AddressSpace {
             let stop = min(vma.end, end)
             let pieceTarget = target + (start - address)
             try checkMoveBudget()
-            try checkNotSealed(pieceTarget, pieceTarget + (stop - start))
+            try checkNotSealed(pieceTarget, pieceTarget + (stop - start), splittingWith: edit)
             unmapLocked(pieceTarget, pieceTarget + (stop - start), edit: edit)
             moveMapping(start, stop - start, to: pieceTarget, newLength: stop - start, edit: edit, keepSource: keepSource)
             moved = true

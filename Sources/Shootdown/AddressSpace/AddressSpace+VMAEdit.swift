@@ -11,6 +11,8 @@ final class VMAEdit {
     let retire = RetireList()
     private var touched: [VMA] = []
     private var touchedSet: Set<ObjectIdentifier> = []
+    /// VMAs this edit split off (``split(_:at:)``), for ``mergeNeighbours(_:)``.
+    private var splitOff: Set<ObjectIdentifier> = []
     private let holdsWriterLocks: Bool
 
     /// - Parameter writerLocks: `true` when the caller holds only the mmap read lock, so VMA
@@ -71,6 +73,7 @@ final class VMAEdit {
             pageOffset: vma.pageOffset + (address - vma.start) / PageTable.pageSize, anonVMA: vma.anonVMA)
         vma.setBounds(start: vma.start, end: address)
         space.index.insert(upper)
+        splitOff.insert(ObjectIdentifier(upper))
         return upper
     }
 
@@ -92,8 +95,12 @@ final class VMAEdit {
         }
         // A loop: when `vma` was split off a VMA that already had its new attributes (mprotect or
         // madvise over a range ending inside such a VMA), merging forward makes the split-off tail
-        // a compatible neighbour in turn.
-        while let next = survivor.next, survivor.canMerge(with: next) {
+        // a compatible neighbour in turn. Beyond the first next VMA only pieces this edit touched
+        // or split off: like Linux, a merge never reaches past the VMA after the one that changed
+        // (two compatible VMAs a failed munmap split apart stay apart; measured).
+        var mergedForward = false
+        while let next = survivor.next, !mergedForward || isPartOfEdit(next), survivor.canMerge(with: next) {
+            mergedForward = true
             let end = next.end
             let flags = survivor.flags.union(next.flags.intersection(VMFlags.ignoredByMerge))
             let anon = next.anonVMA
@@ -104,6 +111,11 @@ final class VMAEdit {
             survivor.setBounds(start: survivor.start, end: end)
         }
         return survivor
+    }
+
+    /// Whether this edit touched `vma` or split it off.
+    private func isPartOfEdit(_ vma: VMA) -> Bool {
+        touchedSet.contains(ObjectIdentifier(vma)) || splitOff.contains(ObjectIdentifier(vma))
     }
 
     /// Makes the index changes visible to lockless readers.
@@ -127,6 +139,7 @@ final class VMAEdit {
         }
         touched.removeAll()
         touchedSet.removeAll()
+        splitOff.removeAll()
         retire.submit()
     }
 }

@@ -93,3 +93,82 @@ import Testing
     }
 }
 
+/// munmap, `MAP_FIXED` and mremap's fixed target over a range that reaches a sealed VMA fail with
+/// EPERM after splitting the unsealed VMA at the range's start (Linux 6.18, measured: 16
+/// `PROT_NONE` pages, pages 8–9 sealed).
+@Suite struct SealedUnmapSplitTests {
+    let b = kernelBase
+
+    func sealedSpace() throws -> AddressSpace {
+        let space = try kernelLikeSpace(privileged: false)
+        try space.map(length: 16 * page, protection: [], placement: .fixed(b))
+        try space.seal(address: b + 8 * page, length: 2 * page)
+        return space
+    }
+
+    let splitAtSix = [
+        "200000000-200006000 ---p mr mw me ",
+        "200006000-200008000 ---p mr mw me ",
+        "200008000-20000a000 ---p mr mw me sl ",
+        "20000a000-200010000 ---p mr mw me ",
+    ]
+    let unsplit = [
+        "200000000-200008000 ---p mr mw me ",
+        "200008000-20000a000 ---p mr mw me sl ",
+        "20000a000-200010000 ---p mr mw me ",
+    ]
+
+    @Test func mapFixedOverASealedVMASplitsFirst() throws {
+        let space = try sealedSpace()
+        #expect(outcome { () throws(MemoryError) in _ = try space.map(length: 6 * page, placement: .fixed(b + 6 * page)) } == "EPERM")
+        #expect(space.kernelView() == splitAtSix)
+    }
+
+    @Test func munmapOverASealedVMASplitsFirst() throws {
+        let space = try sealedSpace()
+        #expect(outcome { () throws(MemoryError) in try space.unmap(address: b + 6 * page, length: 6 * page) } == "EPERM")
+        #expect(space.kernelView() == splitAtSix)
+    }
+
+    @Test func mremapFixedOntoASealedVMASplitsFirst() throws {
+        let space = try sealedSpace()
+        try space.map(length: 6 * page, placement: .fixed(b + 32 * page))
+        #expect(outcome { () throws(MemoryError) in
+            _ = try space.remap(address: b + 32 * page, oldLength: 6 * page, newLength: 6 * page,
+                                flags: [.mayMove, .fixed], newAddress: b + 6 * page)
+        } == "EPERM")
+        #expect(space.kernelView(b, b + 16 * page) == splitAtSix)
+    }
+
+    /// No split when the range starts inside the sealed VMA or at a VMA's start.
+    @Test func noSplitFromASealedOrAlignedStart() throws {
+        let space = try sealedSpace()
+        #expect(outcome { () throws(MemoryError) in _ = try space.map(length: 6 * page, placement: .fixed(b + 9 * page)) } == "EPERM")
+        #expect(outcome { () throws(MemoryError) in _ = try space.map(length: 12 * page, placement: .fixed(b)) } == "EPERM")
+        #expect(space.kernelView() == unsplit)
+    }
+
+    /// The two halves of such a split stay apart: a new mapping below merges with the next VMA
+    /// only, not on through the split (the engine's forward merge used to run on); changing the
+    /// upper half and back merges it with both neighbours (Linux, measured).
+    @Test func aFailedUnmapSplitStaysApartUntilAHalfChanges() throws {
+        let space = try kernelLikeSpace(privileged: false)
+        try space.map(length: 16 * page, protection: [.read, .exec], placement: .fixed(b + 16 * page))
+        try space.seal(address: b + 24 * page, length: 4 * page)
+        #expect(outcome { () throws(MemoryError) in try space.unmap(address: b + 20 * page, length: 8 * page) } == "EPERM")
+        try space.map(length: 8 * page, protection: [.read, .exec], placement: .fixed(b + 8 * page))
+        #expect(space.kernelView() == [
+            "200008000-200014000 r-xp rd ex mr mw me ",
+            "200014000-200018000 r-xp rd ex mr mw me ",
+            "200018000-20001c000 r-xp rd ex mr mw me sl ",
+            "20001c000-200020000 r-xp rd ex mr mw me ",
+        ])
+        try space.protect(address: b + 20 * page, length: 2 * page, protection: .read)
+        try space.protect(address: b + 20 * page, length: 2 * page, protection: [.read, .exec])
+        #expect(space.kernelView() == [
+            "200008000-200018000 r-xp rd ex mr mw me ",
+            "200018000-20001c000 r-xp rd ex mr mw me sl ",
+            "20001c000-200020000 r-xp rd ex mr mw me ",
+        ])
+    }
+}
