@@ -38,19 +38,6 @@ extension KnownDivergence {
                 + " locked mapping grown by a move populates only the pages inside the object). The"
                 + " engine's shared object has no size, so the pages just work.",
             owner: "surface"),
-        // fork: no page-table copy without an anon_vma
-        KnownDivergence(
-            signatures: [
-                "fork residency after forked: engine resident, Linux not",
-            ],
-            reproducer: [
-                .mmap(.absolute(0x800000000000), length: 0x21000, protection: 0x1, flags: 0x6022),  // PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS|MAP_LOCKED|MAP_NORESERVE
-                .fork,
-            ],
-            note: "fork copies no page-table entries of a private VMA that has no anon_vma (only zero-page reads,"
-                + " or MAP_LOCKED|MAP_POPULATE of read-only memory): the child faults them in later, mincore shows"
-                + " them absent. The engine copies every entry.",
-            owner: "surface"),
         // brk: overcommit refuses growth larger than memory
         KnownDivergence(
             signatures: [
