@@ -31,4 +31,43 @@ import Testing
         #expect(try child.read(at: b) == 0)
         #expect(try child.read(at: b + 0x200000 + 2 * page) == 1)
     }
+
+    /// MADV_COLLAPSE of shared memory: a block of which the object holds no page fails (EINVAL,
+    /// after the other blocks), as does one whose object pages are not 2 MiB-aligned; a block
+    /// with one page, read-only or PROT_NONE too, succeeds and caches all 512 pages. A piece inside
+    /// one block that does not start at its start is EINVAL, one that does is ok. (The engine
+    /// accepted every shared block and cached nothing.)
+    @Test func collapseOfSharedMemory() throws {
+        func collapse(_ space: AddressSpace, _ address: UInt64, _ length: UInt64) -> String {
+            outcome { () throws(MemoryError) in try space.advise(address: address, length: length, advice: .collapse) }
+        }
+        let space = try kernelLikeSpace(privileged: false)
+        let blocks = Int(huge / page)
+        try space.map(length: 0xaa1000, placement: .fixed(b), options: .shared)
+        #expect(collapse(space, b, 0xaa1000) == "EINVAL")  // nothing cached
+
+        try space.map(length: 2 * huge, placement: .fixed(b + 0x1000_0000), options: .shared)
+        try space.write(1, at: b + 0x1000_0000)
+        #expect(collapse(space, b + 0x1000_0000, 2 * huge) == "EINVAL")  // the second block is empty
+        #expect(space.residencyString(b + 0x1000_0000, pages: 2 * blocks)
+            == String(repeating: "1", count: blocks) + String(repeating: "0", count: blocks))
+
+        try space.map(length: 0x600000, placement: .fixed(b + 0x2000_5000), options: .shared)
+        try space.write(1, at: b + 0x2020_0000)
+        #expect(collapse(space, b + 0x2020_0000, huge) == "EINVAL")  // object pages 507...: unaligned
+
+        try space.map(length: 2 * huge, protection: .read, placement: .fixed(b + 0x3000_0000), options: .shared)
+        _ = try space.read(at: b + 0x3000_0000)
+        #expect(collapse(space, b + 0x3000_0000, huge) == "ok")
+        try space.map(length: 2 * huge, placement: .fixed(b + 0x4000_0000), options: .shared)
+        try space.write(1, at: b + 0x4000_0000)
+        try space.protect(address: b + 0x4000_0000, length: 2 * huge, protection: [])
+        #expect(collapse(space, b + 0x4000_0000, huge) == "ok")
+        #expect(space.residencyString(b + 0x4000_0000, pages: blocks) == String(repeating: "1", count: blocks))
+
+        try space.map(length: 2 * huge, placement: .fixed(b + 0x5000_0000), options: .shared)
+        try space.write(1, at: b + 0x5000_0000)
+        #expect(collapse(space, b + 0x5000_0000 + page, 2 * page) == "EINVAL")
+        #expect(collapse(space, b + 0x5000_0000 + huge, 2 * page) == "ok")
+    }
 }
