@@ -70,6 +70,9 @@ final class ReferenceModel {
     /// Boundaries between two compatible areas that a failed munmap split (``checkNotSealed``),
     /// with the two areas as they were: kept apart by ``mergeAll()`` until either changes.
     var keptApart: [UInt64: (lower: Area, upper: Area)] = [:]
+    /// `locked_vm` pages a DONTUNMAP move of a locked area left charged (the library's
+    /// `leakedLockedPages`).
+    var leakedLockedPages: UInt64 = 0
     var pages: [UInt64: Page] = [:]
     var dead = false
     /// Content tokens of shared objects' pages (a page never written reads 0).
@@ -630,6 +633,8 @@ final class ReferenceModel {
             // DONTUNMAP: the old area stays (emptied) and loses its lock as a whole.
             dropPages(source, source + length)
             let i = index(containing: source)!
+            // Unlocked without being uncharged (`locked_vm` keeps the whole old area).
+            if areas[i].flags.contains(.locked) { leakedLockedPages += (areas[i].end - areas[i].start) / Self.pageSize }
             areas[i].flags.subtract([.locked, .lockOnFault])
             if areas[i].start == source && areas[i].end == source + length && areas[i].object == nil { areas[i].anon = 0 }
         } else {
@@ -898,7 +903,7 @@ extension ReferenceModel {
         if canLockFreely { return }
         let limit = configuration.lockedMemoryLimit!
         if mapping && limit == 0 { throw .permissionDenied }
-        if (lockedPages() + length / Self.pageSize) * Self.pageSize > limit { throw .wouldBlock }
+        if (lockedPages() + leakedLockedPages + length / Self.pageSize) * Self.pageSize > limit { throw .wouldBlock }
     }
 
     func checkCanLock() throws(MemoryError) {
@@ -939,7 +944,7 @@ extension ReferenceModel {
         guard !dead else { throw .addressSpaceDead }
         if !canLockFreely {
             let limit = configuration.lockedMemoryLimit!
-            let total = lockedPages() + rounded / Self.pageSize - lockedPages(start, end)
+            let total = lockedPages() + leakedLockedPages + rounded / Self.pageSize - lockedPages(start, end)
             if total * Self.pageSize > limit { throw .noMemory }
         }
         try walk(start, end, stopAtHole: true) { area, pieceStart, pieceEnd throws(MemoryError) in
@@ -1065,7 +1070,7 @@ extension ReferenceModel {
         var flags: MappingFlags = [.mayRead, .mayWrite, .mayExec, .account, .softDirty]
         flags.formUnion(defaultFlags)
         if flags.contains(.locked) && !canLockFreely
-            && lockedPages() * Self.pageSize + (newEnd - oldEnd) > configuration.lockedMemoryLimit!
+            && (lockedPages() + leakedLockedPages) * Self.pageSize + (newEnd - oldEnd) > configuration.lockedMemoryLimit!
         {
             return programBreak
         }

@@ -271,6 +271,8 @@ extension AddressSpace {
             // `MREMAP_DONTUNMAP`: the old VMA stays, unsplit, and loses its lock as a whole
             // (measured: the parts outside the moved range are unlocked too).
             if vma.flags.contains(.locked) || vma.flags.contains(.lockOnFault) {
+                // Unlocked without being uncharged: `locked_vm` keeps counting the old VMA.
+                if vma.flags.contains(.locked) { leakedLockedPages += (vma.end - vma.start) / Self.pageSize }
                 vma.setAttributes(protection: vma.protection, flags: vma.flags.subtracting([.locked, .lockOnFault]))
             }
             // The whole VMA moved: it gives up its anon_vma (`unlink_anon_vmas`; oracle: a

@@ -70,4 +70,24 @@ import Testing
         #expect(collapse(space, b + 0x5000_0000 + page, 2 * page) == "EINVAL")
         #expect(collapse(space, b + 0x5000_0000 + huge, 2 * page) == "ok")
     }
+
+    /// A MREMAP_DONTUNMAP move of a locked VMA unlocks the whole old VMA without uncharging it:
+    /// the locked total grows by the moved length and stays (munlockall does not give it back),
+    /// so RLIMIT_MEMLOCK is reached sooner; a fork's child starts from nothing. (The engine
+    /// counted only locked VMAs.)
+    @Test func dontUnmapMoveOfALockedVMALeavesItCharged() throws {
+        let space = try kernelLikeSpace(privileged: false, lockedMemoryLimit: 64 * page)
+        try space.map(length: 32 * page, placement: .fixed(b))
+        try space.lock(address: b, length: 32 * page)
+        _ = try space.remap(address: b + 8 * page, oldLength: 8 * page, newLength: 8 * page, flags: [.mayMove, .dontUnmap], newAddress: 0)
+        #expect(space.kernelView(b, b + 32 * page) == ["200000000-200020000 rw-p rd wr mr mw me ac "])
+        // Charged: 32 (old, leaked) + 8 (new): 24 more fit, 25 do not.
+        #expect(outcome { () throws(MemoryError) in _ = try space.map(length: 25 * page, options: .locked) } == "EAGAIN")
+        try space.unlockAll()
+        #expect(outcome { () throws(MemoryError) in _ = try space.map(length: 33 * page, options: .locked) } == "EAGAIN")
+        #expect(outcome { () throws(MemoryError) in _ = try space.map(length: 32 * page, options: .locked) } == "ok")
+        let child = try space.fork()
+        defer { child.teardown() }
+        #expect(outcome { () throws(MemoryError) in _ = try child.map(length: 64 * page, options: .locked) } == "ok")
+    }
 }
