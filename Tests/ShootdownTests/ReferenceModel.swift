@@ -522,7 +522,6 @@ final class ReferenceModel {
             guard source.isShared else { throw .invalidArgument }
             if !mayMove { throw .noMemory }
         }
-        if let target = fixedTarget, target < configuration.mmapMinAddress { throw .permissionDenied }
         let (oldEnd, overflow) = address.addingReportingOverflow(oldLength)
         if fixedTarget == nil && !dontUnmap && newLength <= oldLength {
             if newLength < oldLength {
@@ -544,6 +543,7 @@ final class ReferenceModel {
                 let pieceTarget = target + (start - address)
                 try checkNotSealed(pieceTarget, pieceTarget + (stop - start))
                 removeRange(pieceTarget, pieceTarget + (stop - start))
+                if pieceTarget < configuration.mmapMinAddress { throw .permissionDenied }
                 moveArea(start, stop - start, to: pieceTarget, newLength: stop - start, keepSource: dontUnmap)
                 cursor = stop
             }
@@ -593,6 +593,9 @@ final class ReferenceModel {
         } else {
             target = try freeArea(length: newLength)
         }
+        // A fixed target below mmap_min_addr: EPERM once the target (and a shrinking tail) is gone.
+        if fixedTarget != nil && oldLength > newLength { removeRange(address + newLength, address + oldLength) }
+        if let fixedTarget, fixedTarget < configuration.mmapMinAddress { throw .permissionDenied }
         if oldLength == 0 {
             var copy = source
             copy.objectPage = source.objectPage + (address - source.start) / Self.pageSize
@@ -602,7 +605,6 @@ final class ReferenceModel {
             mergeAll()
             return target
         }
-        if fixedTarget != nil && oldLength > newLength { removeRange(address + newLength, address + oldLength) }
         moveArea(address, moveLength, to: target, newLength: newLength, keepSource: dontUnmap)
         if source.flags.contains(.locked) && !source.flags.contains(.lockOnFault) && newLength > moveLength
             && !source.protection.isEmpty

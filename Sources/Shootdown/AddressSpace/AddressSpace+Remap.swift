@@ -56,8 +56,9 @@ extension AddressSpace {
     ///   ``RemapFlags/dontUnmap`` alone `newAddress` is then only a hint, 0 included);
     /// - no VMA at `address` is `EFAULT`; that VMA sealed is `EPERM` (whatever the lengths); a
     ///   zero old length duplicates a shared mapping (needs ``RemapFlags/mayMove``, else `ENOMEM`)
-    ///   and is `EINVAL` for private memory; then a fixed target below `mmapMinAddress` without
-    ///   `CAP_SYS_RAWIO` is `EPERM`;
+    ///   and is `EINVAL` for private memory; a fixed target below `mmapMinAddress` without
+    ///   `CAP_SYS_RAWIO` is `EPERM` only once the target (and a shrinking source's tail) is
+    ///   unmapped, where Linux validates the new address (measured);
     /// - shrinking (new < old, not fixed) unmaps `[address + new, address + old)` whatever VMAs or
     ///   holes it spans (`EINVAL` past `userLimit`, `EPERM` with nothing unmapped if a sealed VMA
     ///   is there) and returns `address`; equal lengths without a move return `address`;
@@ -111,9 +112,6 @@ extension AddressSpace {
                 guard vma.isShared else { throw .invalidArgument }
                 if !flags.contains(.mayMove) { throw .noMemory }
             }
-            // A fixed target below `mmap_min_addr`: after the source checks (oracle: EFAULT for no
-            // VMA, EINVAL for duplicating private memory, both come first).
-            if flags.contains(.fixed) { try checkMinAddress(newAddress) }
             let edit = VMAEdit(self)
             defer { edit.finish() }
             if !flags.contains(.fixed) && !flags.contains(.dontUnmap) && newLength <= oldLength {
@@ -181,6 +179,12 @@ extension AddressSpace {
                 // Private memory moves 2 MiB-aligned when the length is a 2 MiB multiple, as mmap places it.
                 target = try findFreeArea(length: newLength, alignment: vma.isShared ? Self.pageSize : Self.placementAlignment(newLength))
             }
+            if flags.contains(.fixed) && oldLength > newLength {
+                unmapLocked(address + newLength, address + oldLength, edit: edit)
+            }
+            // A fixed target below `mmap_min_addr` is EPERM only now, when the target's address is
+            // validated: after the target and a shrinking source's tail were unmapped (measured).
+            if flags.contains(.fixed) { try checkMinAddress(target) }
             if oldLength == 0 {
                 // Duplicate a shared mapping: a new VMA over the same object pages.
                 let copy = VMA(
@@ -189,9 +193,6 @@ extension AddressSpace {
                 edit.insert(copy)
                 edit.mergeNeighbours(copy)
                 return target
-            }
-            if flags.contains(.fixed) && oldLength > newLength {
-                unmapLocked(address + newLength, address + oldLength, edit: edit)
             }
             moveMapping(address, moveLength, to: target, newLength: newLength, edit: edit,
                         keepSource: flags.contains(.dontUnmap))
@@ -226,6 +227,7 @@ extension AddressSpace {
             try checkMoveBudget()
             try checkNotSealed(pieceTarget, pieceTarget + (stop - start), splittingWith: edit)
             unmapLocked(pieceTarget, pieceTarget + (stop - start), edit: edit)
+            try checkMinAddress(pieceTarget)  // after the piece's target is unmapped (measured)
             moveMapping(start, stop - start, to: pieceTarget, newLength: stop - start, edit: edit, keepSource: keepSource)
             moved = true
             cursor = stop

@@ -90,4 +90,22 @@ import Testing
         defer { child.teardown() }
         #expect(outcome { () throws(MemoryError) in _ = try child.map(length: 64 * page, options: .locked) } == "ok")
     }
+
+    /// mremap(MREMAP_FIXED) to a target below mmap_min_addr: EPERM only after the target was
+    /// unmapped (and a shrinking source's tail): growing, equal and shrinking moves to 0 of a
+    /// mapping at 0x200000000 with `[0x10000, 0x40000)` mapped. (The engine failed first.)
+    @Test func mremapFixedBelowMinAddressUnmapsTheTargetFirst() throws {
+        func run(_ oldLength: UInt64, _ newLength: UInt64) throws -> (String, [String]) {
+            let space = try kernelLikeSpace(privileged: false)
+            try space.map(length: 0x30000, protection: [.read, .exec], placement: .fixed(0x10000))
+            try space.map(length: oldLength, placement: .fixed(b))
+            let result = outcome { () throws(MemoryError) in
+                _ = try space.remap(address: b, oldLength: oldLength, newLength: newLength, flags: [.mayMove, .fixed], newAddress: 0)
+            }
+            return (result, space.kernelView(0, b + 0x100000).map { String($0.prefix(22)) })
+        }
+        #expect(try run(0x4000, 0x26000) == ("EPERM", ["26000-40000 r-xp rd ex", "200000000-200004000 rw"]))
+        #expect(try run(0x12000, 0x12000) == ("EPERM", ["12000-40000 r-xp rd ex", "200000000-200012000 rw"]))
+        #expect(try run(0x4000, 0x2000) == ("EPERM", ["10000-40000 r-xp rd ex", "200000000-200002000 rw"]))
+    }
 }
