@@ -1058,7 +1058,7 @@ extension ReferenceModel {
             return address
         }
         if newEnd < oldEnd {
-            if isSealed(newEnd, oldEnd) { return programBreak }
+            do throws(MemoryError) { try checkNotSealed(newEnd, oldEnd) } catch { return programBreak }
             if exceeds(unmapSplits(newEnd, oldEnd)) { return programBreak }
             removeRange(newEnd, oldEnd)
             programBreak = address

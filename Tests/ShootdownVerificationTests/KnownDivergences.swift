@@ -52,6 +52,7 @@ extension KnownDivergence {
         // MADV_PAGEOUT of shared memory
         KnownDivergence(
             signatures: [
+                "madvise(MADV_PAGEOUT) residency after EINVAL: engine resident, Linux not",
                 "madvise(MADV_PAGEOUT) residency after ENOMEM: engine resident, Linux not",
                 "madvise(MADV_PAGEOUT) residency after success: engine resident, Linux not",
             ],
@@ -59,8 +60,11 @@ extension KnownDivergence {
                 .mmap(.window(-0x19cb000), length: 0x200000, protection: 0x7, flags: 0x8021),  // PROT_READ|PROT_WRITE|PROT_EXEC, MAP_SHARED|MAP_ANONYMOUS|MAP_POPULATE
                 .madvise(.window(-0x19cd000), length: 0xb1000, advice: 21),  // MADV_PAGEOUT
             ],
-            note: "MADV_PAGEOUT reclaims clean shared (shmem) pages: mincore shows them absent afterwards; the"
-                + " engine pages out private memory only.",
+            note: "MADV_PAGEOUT reclaims clean shared (shmem) pages, those never written through any mapping and"
+                + " mapped by this process only: mincore shows them absent afterwards (measured: read-faulted and"
+                + " MADV_POPULATE_READ pages go, written ones and pages a fork child maps too stay; also when the"
+                + " call fails later with EINVAL or ENOMEM). The engine pages out private memory only: its shared"
+                + " object keeps no dirty state.",
             owner: "surface"),
         // mremap(MREMAP_DONTUNMAP) layout after mlockall(MCL_FUTURE|MCL_ONFAULT), not analysed yet
         KnownDivergence(

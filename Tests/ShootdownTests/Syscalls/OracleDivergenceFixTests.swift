@@ -108,4 +108,18 @@ import Testing
         #expect(try run(0x12000, 0x12000) == ("EPERM", ["12000-40000 r-xp rd ex", "200000000-200012000 rw"]))
         #expect(try run(0x4000, 0x2000) == ("EPERM", ["10000-40000 r-xp rd ex", "200000000-200002000 rw"]))
     }
+
+    /// brk shrinking over a sealed part of the heap returns the old break after splitting the
+    /// heap VMA at the new end, as munmap does (the oracle: brk(+0x17000), mseal of the last two
+    /// pages, brk(+0x1000)). (The engine refused before changing anything.)
+    @Test func brkShrinkOverASealedHeapSplitsFirst() throws {
+        let space = try AddressSpace(
+            configuration: .init(programBreakStart: b), memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
+        #expect(try space.setBreak(b + 0x17000) == b + 0x17000)
+        try space.seal(address: b + 0x15000, length: 0x2000)
+        #expect(try space.setBreak(b + 0x1000) == b + 0x17000)
+        #expect(space.kernelView().map { String($0.prefix(17)) } == [
+            "200000000-2000010", "200001000-2000150", "200015000-2000170",
+        ])
+    }
 }
