@@ -632,17 +632,20 @@ final class ReferenceModel {
             carried[target + offset] = entry
         }
         if keepSource {
-            // DONTUNMAP: the old area stays (emptied) and loses its lock as a whole.
+            // DONTUNMAP: the new area merges first, still locked (a neighbour of the old area
+            // becomes part of it); the old area (or what it merged into) stays, emptied, and
+            // loses its lock as a whole, still charged.
             dropPages(source, source + length)
+            insert(moved)
+            mergeAll()
             let i = index(containing: source)!
-            // Unlocked without being uncharged (`locked_vm` keeps the whole old area).
             if areas[i].flags.contains(.locked) { leakedLockedPages += (areas[i].end - areas[i].start) / Self.pageSize }
             areas[i].flags.subtract([.locked, .lockOnFault])
             if areas[i].start == source && areas[i].end == source + length && areas[i].object == nil { areas[i].anon = 0 }
         } else {
             removeRange(source, source + length)
+            insert(moved)
         }
-        insert(moved)
         pages.merge(carried) { _, new in new }
         mergeAll()
     }

@@ -66,26 +66,5 @@ extension KnownDivergence {
                 + " call fails later with EINVAL or ENOMEM). The engine pages out private memory only: its shared"
                 + " object keeps no dirty state.",
             owner: "surface"),
-        // mremap(MREMAP_DONTUNMAP) layout after mlockall(MCL_FUTURE|MCL_ONFAULT), not analysed yet
-        KnownDivergence(
-            signatures: [
-                "mremap mappings after success: layout",
-            ],
-            reproducer: [
-                .mmap(.absolute(0x0), length: 0xa000, protection: 0x0, flags: 0x22),  // PROT_NONE, MAP_PRIVATE|MAP_ANONYMOUS
-                .mmap(.absolute(0x0), length: 0x2000, protection: 0x1, flags: 0x21),  // PROT_READ, MAP_SHARED|MAP_ANONYMOUS
-                .mmap(.absolute(0x0), length: 0x6000, protection: 0x0, flags: 0x21),  // PROT_NONE, MAP_SHARED|MAP_ANONYMOUS
-                .mlockall(flags: 0x6),
-                .mremap(.window(-0x344000), oldLength: 0x4000, newLength: 0x1, flags: 0x2, newAddress: .window(-0x161000)),  // MREMAP_FIXED
-                .write(.window(-0x1d8000), value: 0x33ef8b15e260df7f),
-                .mmap(.window(-0xa000), length: 0x1c000, protection: 0x5, flags: 0x22),  // PROT_READ|PROT_EXEC, MAP_PRIVATE|MAP_ANONYMOUS
-                .read(.window(-0xc000)),
-                .read(.window(-0x1d8000)),
-                .mremap(.window(-0x2e000), oldLength: 0x1c000, newLength: 0x1c000, flags: 0x5, newAddress: .absolute(0x0)),  // MREMAP_MAYMOVE|MREMAP_DONTUNMAP
-            ],
-            note: "Found by the oracle after the surface branch's fixes: a DONTUNMAP move of a whole private VMA"
-                + " after mlockall(MCL_FUTURE|MCL_ONFAULT) leaves a VMA layout that differs from Linux's (which"
-                + " VMAs stay apart). Not analysed yet.",
-            owner: "surface"),
     ]
 }

@@ -270,21 +270,27 @@ extension AddressSpace {
         }
         scope.end()
         if keepSource {
-            // `MREMAP_DONTUNMAP`: the old VMA stays, unsplit, and loses its lock as a whole
-            // (measured: the parts outside the moved range are unlocked too).
-            if vma.flags.contains(.locked) || vma.flags.contains(.lockOnFault) {
-                // Unlocked without being uncharged: `locked_vm` keeps counting the old VMA.
-                if vma.flags.contains(.locked) { leakedLockedPages += (vma.end - vma.start) / Self.pageSize }
-                vma.setAttributes(protection: vma.protection, flags: vma.flags.subtracting([.locked, .lockOnFault]))
+            // `MREMAP_DONTUNMAP`: the new VMA merges first, still locked like the old one
+            // (`copy_vma`): placed right beside the old VMA it becomes part of it. Then the old
+            // VMA (or the one it merged into) stays, unsplit, and loses its lock as a whole
+            // (measured: the parts outside the moved range are unlocked too; a move right below
+            // a locked VMA leaves one unlocked VMA).
+            let merged = edit.mergeNeighbours(moved)
+            let old = vma.isRemoved ? merged : vma
+            edit.touch(old)
+            if old.flags.contains(.locked) || old.flags.contains(.lockOnFault) {
+                // Unlocked without being uncharged: `locked_vm` keeps counting these pages.
+                if old.flags.contains(.locked) { leakedLockedPages += (old.end - old.start) / Self.pageSize }
+                old.setAttributes(protection: old.protection, flags: old.flags.subtracting([.locked, .lockOnFault]))
             }
             // The whole VMA moved: it gives up its anon_vma (`unlink_anon_vmas`; oracle: a
             // read-only mprotect then drops `ac`).
-            if vma.start == source && vma.end == source + length && vma.sharedObject == nil {
-                vma.anonVMAWord.store(0, ordering: .relaxed)
+            if old.start == source && old.end == source + length && old.sharedObject == nil {
+                old.anonVMAWord.store(0, ordering: .relaxed)
             }
         } else {
             unmapLocked(source, source + length, edit: edit)
+            edit.mergeNeighbours(moved)
         }
-        edit.mergeNeighbours(moved)
     }
 }

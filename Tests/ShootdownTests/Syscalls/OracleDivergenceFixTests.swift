@@ -122,4 +122,25 @@ import Testing
             "200000000-2000010", "200001000-2000150", "200015000-2000170",
         ])
     }
+
+    /// MREMAP_DONTUNMAP of a whole VMA locked by mlockall(MCL_FUTURE|MCL_ONFAULT) to right below
+    /// itself: the new VMA merges with the old one while both are locked, and the merged VMA
+    /// loses its lock as a whole; moved elsewhere, the new VMA stays locked (Linux, measured).
+    /// (The engine kept the locked new VMA apart from the unlocked old one.)
+    @Test func dontUnmapMoveRightBelowALockedVMAMergesAndUnlocks() throws {
+        let space = try kernelLikeSpace(privileged: false)
+        try space.lockAll([.future, .onFault])
+        try space.map(length: 0x1c000, protection: [.read, .exec], placement: .fixed(b + 0x100000))
+        _ = try space.read(at: b + 0x101000)
+        #expect(try space.remap(address: b + 0x100000, oldLength: 0x1c000, newLength: 0x1c000,
+                                flags: [.mayMove, .dontUnmap], newAddress: b + 0xe4000) == b + 0xe4000)
+        #expect(space.kernelView() == ["2000e4000-20011c000 r-xp rd ex mr mw me "])
+        try space.map(length: 0x1c000, protection: [.read, .exec], placement: .fixed(b + 0x400000))
+        #expect(try space.remap(address: b + 0x400000, oldLength: 0x1c000, newLength: 0x1c000,
+                                flags: [.mayMove, .dontUnmap], newAddress: b + 0x800000) == b + 0x800000)
+        #expect(space.kernelView(b + 0x400000) == [
+            "200400000-20041c000 r-xp rd ex mr mw me ",
+            "200800000-20081c000 r-xp rd ex mr mw me lo lf ",
+        ])
+    }
 }
