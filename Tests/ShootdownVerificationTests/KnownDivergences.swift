@@ -38,17 +38,6 @@ extension KnownDivergence {
                 + " locked mapping grown by a move populates only the pages inside the object). The"
                 + " engine's shared object has no size, so the pages just work.",
             owner: "surface"),
-        // brk: overcommit refuses growth larger than memory
-        KnownDivergence(
-            signatures: [
-                "brk outcome: both success, different values",
-            ],
-            reproducer: [
-                .brk(.absolute(0x7ffff1d9f000)),
-            ],
-            note: "With heuristic overcommit (vm.overcommit_memory 0) Linux refuses a brk growth larger than RAM"
-                + " plus swap and returns the old break; the engine has no commit accounting and grows the heap.",
-            owner: "surface"),
         // MADV_PAGEOUT of shared memory
         KnownDivergence(
             signatures: [

@@ -12,7 +12,7 @@ extension AddressSpace {
     /// end plus one page to stay below the next VMA (its stack guard gap included) and within
     /// `userLimit`, and the locked-memory limit after `mlockall(MCL_FUTURE)`; the new pages join
     /// the previous VMA when compatible (the `[heap]` VMA: `rd wr mr mw me ac`) and are populated
-    /// when locked. Regrown pages read zero.
+    /// when locked, and refused past ``Configuration/commitLimit``. Regrown pages read zero.
     ///
     /// - Throws: only ``MemoryError/addressSpaceDead``.
     @discardableResult
@@ -44,6 +44,8 @@ extension AddressSpace {
                 return address
             }
             guard newEnd <= Self.userLimit - Self.pageSize else { return programBreak }
+            // Heuristic overcommit: a growth larger than RAM plus swap (measured).
+            if let limit = configuration.commitLimit, newEnd - oldEnd > limit { return programBreak }
             if let next = index.findFirst(endingAfter: oldEnd), newEnd + Self.pageSize > gapStart(next) {
                 return programBreak
             }

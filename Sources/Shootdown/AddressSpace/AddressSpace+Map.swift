@@ -125,16 +125,23 @@ extension AddressSpace {
             if invalidType || (options.contains(.shared) && options.contains(.growsDown)) { throw .invalidArgument }
             let end = address + length
             let edit = VMAEdit(self)
-            if case .fixed = placement {
-                do throws(MemoryError) {
+            do throws(MemoryError) {
+                if case .fixed = placement {
                     try checkNotSealed(address, end, splittingWith: edit)
                     try checkUnmapBudget(address, end)
-                } catch {
-                    edit.finish()
-                    throw error
                 }
-                unmapLocked(address, end, edit: edit)
+                // Heuristic overcommit: private writable memory is charged to the mapping, shared
+                // memory to its object, unless `MAP_NORESERVE` (measured).
+                if let limit = configuration.commitLimit, length > limit,
+                    flags.contains(.account) || (options.contains(.shared) && !options.contains(.noReserve))
+                {
+                    throw .noMemory
+                }
+            } catch {
+                edit.finish()
+                throw error
             }
+            if case .fixed = placement { unmapLocked(address, end, edit: edit) }
             let vma = VMA(
                 start: address, end: end, protection: protection, flags: flags,
                 sharedObject: options.contains(.shared) ? SharedMemoryObject(memory: memory) : nil)

@@ -143,4 +143,29 @@ import Testing
             "200800000-20081c000 r-xp rd ex mr mw me lo lf ",
         ])
     }
+
+    /// Heuristic overcommit (`vm.overcommit_memory` 0, 24 GiB of RAM, no swap; measured with
+    /// 64 GiB requests): one charge above RAM plus swap fails. brk returns the old break; mmap of
+    /// private writable memory and of shared memory (read-only too) is ENOMEM, with
+    /// MAP_NORESERVE or read-only private memory it succeeds. (The engine had no commit limit.)
+    @Test func overcommitRefusesChargesAboveTheCommitLimit() throws {
+        let gib: UInt64 = 1 << 30
+        let space = try AddressSpace(
+            configuration: .init(programBreakStart: b, commitLimit: 24 * gib),
+            memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
+        #expect(try space.setBreak(b + 64 * gib) == b)
+        #expect(try space.setBreak(b + gib) == b + gib)
+        func map(_ protection: Protection, _ options: AddressSpace.MapOptions) -> String {
+            outcome { () throws(MemoryError) in
+                let address = try space.map(length: 64 * gib, protection: protection, options: options)
+                try space.unmap(address: address, length: 64 * gib)
+            }
+        }
+        #expect(map(.readWrite, []) == "ENOMEM")
+        #expect(map(.read, []) == "ok")
+        #expect(map(.readWrite, .noReserve) == "ok")
+        #expect(map(.readWrite, .shared) == "ENOMEM")
+        #expect(map(.read, .shared) == "ENOMEM")
+        #expect(map(.readWrite, [.shared, .noReserve]) == "ok")
+    }
 }
