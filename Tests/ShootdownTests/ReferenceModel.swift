@@ -1061,6 +1061,7 @@ extension ReferenceModel {
             return address
         }
         if newEnd < oldEnd {
+            if overlapping(newEnd, oldEnd).isEmpty { return programBreak }
             do throws(MemoryError) { try checkNotSealed(newEnd, oldEnd) } catch { return programBreak }
             if exceeds(unmapSplits(newEnd, oldEnd)) { return programBreak }
             removeRange(newEnd, oldEnd)

@@ -7,8 +7,8 @@ extension AddressSpace {
     /// Linux rules (measured on 6.18): the break starts at `programBreakStart` (a space without one
     /// refuses everything and returns 0); `brk(0)` or any address below the start returns the
     /// current break; the break itself may be unaligned, the heap VMA ends at it rounded up to a
-    /// page. Shrinking unmaps the freed pages (`unmap`; refused if sealed, after splitting the
-    /// VMA at the new end as munmap does); growing needs the new
+    /// page. Shrinking unmaps the freed pages (`unmap`; refused if nothing is mapped there, and if
+    /// sealed, after splitting the VMA at the new end as munmap does); growing needs the new
     /// end plus one page to stay below the next VMA (its stack guard gap included) and within
     /// `userLimit`, and the locked-memory limit after `mlockall(MCL_FUTURE)`; the new pages join
     /// the previous VMA when compatible (the `[heap]` VMA: `rd wr mr mw me ac`) and are populated
@@ -30,6 +30,8 @@ extension AddressSpace {
                 return address
             }
             if newEnd < oldEnd {
+                // Nothing mapped in the range given up: refused (Linux looks for the brk VMA there).
+                if !index.contains(intersecting: newEnd, oldEnd, where: { _ in true }) { return programBreak }
                 let edit = VMAEdit(self)
                 defer { edit.finish() }
                 // munmap's checks, with its split before a sealed VMA (oracle).

@@ -168,4 +168,15 @@ import Testing
         #expect(map(.read, .shared) == "ENOMEM")
         #expect(map(.readWrite, [.shared, .noReserve]) == "ok")
     }
+
+    /// brk shrinking over a range where nothing is mapped any more (the heap was munmapped) is
+    /// refused: the old break comes back (the oracle: brk(+0x1e000), munmap of the heap,
+    /// brk(+0x6000) returned +0x1e000). (The engine moved the break.)
+    @Test func brkShrinkOverAnUnmappedHeapIsRefused() throws {
+        let space = try AddressSpace(
+            configuration: .init(programBreakStart: b), memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
+        #expect(try space.setBreak(b + 0x1e000) == b + 0x1e000)
+        try space.unmap(address: b, length: 0x1e000)
+        #expect(try space.setBreak(b + 0x6000) == b + 0x1e000)
+    }
 }
