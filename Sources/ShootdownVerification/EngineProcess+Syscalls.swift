@@ -30,25 +30,8 @@ extension EngineProcess {
             guard let protection = Self.protection(bits: protectionBits) else {
                 return .inexpressible("protection \(hex(protectionBits))")
             }
-            let start = a(address)
-            let placement: AddressSpace.Placement =
-                if flags & LinuxABI.mapFixedNoReplace != 0 {
-                    .fixedNoReplace(start)
-                } else if flags & LinuxABI.mapFixed != 0 {
-                    .fixed(start)
-                } else if start == 0 {
-                    .anywhere
-                } else {
-                    .hint(start)
-                }
-            var options: AddressSpace.MapOptions = []
-            if flags & LinuxABI.mapType == LinuxABI.mapShared { options.insert(.shared) }
-            if flags & LinuxABI.mapPopulate != 0 { options.insert(.populate) }
-            if flags & LinuxABI.mapLocked != 0 { options.insert(.locked) }
-            if flags & LinuxABI.mapNoReserve != 0 { options.insert(.noReserve) }
-            if flags & LinuxABI.mapGrowsDown != 0 { options.insert(.growsDown) }
             return run { () throws(MemoryError) in
-                try space.map(length: length, protection: protection, placement: placement, options: options)
+                try space.map(address: a(address), length: length, protection: protection, rawFlags: flags)
             }
         case .munmap(let address, let length):
             return done { () throws(MemoryError) in try space.unmap(address: a(address), length: length) }

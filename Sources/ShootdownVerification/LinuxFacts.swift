@@ -40,6 +40,9 @@ public struct LinuxFacts: Sendable, Hashable {
     public var mmapBase: UInt64
     /// Threads in the child (must be 1: a raw fork copies only the calling thread).
     public var threads: Int
+    /// `MemTotal` plus `SwapTotal` of `/proc/meminfo` in bytes: heuristic overcommit refuses one
+    /// charge larger than this.
+    public var commitLimit: UInt64 = 0
 
     /// `CAP_IPC_LOCK` (bit 14): mlock without limits.
     public var hasIPCLock: Bool { effectiveCapabilities & (1 << 14) != 0 }
@@ -123,7 +126,17 @@ public struct LinuxFacts: Sendable, Hashable {
             transparentHugePages: huge,
             transparentHugePageSizes: sizes, uid: uid, effectiveCapabilities: capabilities, stackLimit: stackLimit,
             lockedMemoryLimit: try limit("Max locked memory"), programBreakStart: startBreak,
-            programBreak: UInt64(bitPattern: currentBreak), mmapBase: mmapBase, threads: threads)
+            programBreak: UInt64(bitPattern: currentBreak), mmapBase: mmapBase, threads: threads,
+            commitLimit: try meminfoBytes("MemTotal") + meminfoBytes("SwapTotal"))
+    }
+
+    /// A `/proc/meminfo` field (in kB there) in bytes.
+    static func meminfoBytes(_ field: String) throws(OracleError) -> UInt64 {
+        let meminfo = try ProcFile.text(of: "/proc/meminfo")
+        guard let line = meminfo.split(separator: "\n").first(where: { $0.hasPrefix(field + ":") }),
+            let kib = UInt64(line.dropFirst(field.count + 1).split(separator: " ").first ?? "")
+        else { throw .procfs(path: "/proc/meminfo", reason: "no \(field)") }
+        return kib * 1024
     }
 
     /// `SwapTotal` of `/proc/meminfo` in pages (at most 2^20).

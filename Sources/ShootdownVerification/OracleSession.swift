@@ -67,7 +67,8 @@ public final class OracleSession {
         return AddressSpace.Configuration(
             mmapBase: facts.mmapBase, mmapMinAddress: facts.mmapMinAddress, hintMinAddress: facts.hintMinAddress,
             maxMapCount: facts.maxMapCount, lockedMemoryLimit: facts.lockedMemoryLimit, capabilities: capabilities,
-            stackLimit: facts.stackLimit ?? UInt64.max, programBreakStart: facts.programBreakStart)
+            stackLimit: facts.stackLimit ?? UInt64.max, programBreakStart: facts.programBreakStart,
+            commitLimit: facts.overcommitMemory == 0 ? facts.commitLimit : nil)
     }
 
     /// Ends every process, forks first (idempotent).

@@ -7,11 +7,12 @@ extension AddressSpace {
     /// Linux rules (measured on 6.18): the break starts at `programBreakStart` (a space without one
     /// refuses everything and returns 0); `brk(0)` or any address below the start returns the
     /// current break; the break itself may be unaligned, the heap VMA ends at it rounded up to a
-    /// page. Shrinking unmaps the freed pages (`unmap`; refused if sealed); growing needs the new
+    /// page. Shrinking unmaps the freed pages (`unmap`; refused if nothing is mapped there, and if
+    /// sealed, after splitting the VMA at the new end as munmap does); growing needs the new
     /// end plus one page to stay below the next VMA (its stack guard gap included) and within
     /// `userLimit`, and the locked-memory limit after `mlockall(MCL_FUTURE)`; the new pages join
     /// the previous VMA when compatible (the `[heap]` VMA: `rd wr mr mw me ac`) and are populated
-    /// when locked. Regrown pages read zero.
+    /// when locked, and refused past ``Configuration/commitLimit``. Regrown pages read zero.
     ///
     /// - Throws: only ``MemoryError/addressSpaceDead``.
     @discardableResult
@@ -29,15 +30,24 @@ extension AddressSpace {
                 return address
             }
             if newEnd < oldEnd {
-                if index.intersecting(newEnd, oldEnd).contains(where: \.isSealed) { return programBreak }
-                if exceedsMapCount(splitting: splitsNeeded(newEnd, oldEnd)) { return programBreak }
+                // Nothing mapped in the range given up: refused (Linux looks for the brk VMA there).
+                if !index.contains(intersecting: newEnd, oldEnd, where: { _ in true }) { return programBreak }
                 let edit = VMAEdit(self)
+                defer { edit.finish() }
+                // munmap's checks, with its split before a sealed VMA (oracle).
+                do throws(MemoryError) {
+                    try checkNotSealed(newEnd, oldEnd, splittingWith: edit)
+                } catch {
+                    return programBreak
+                }
+                if exceedsMapCount(splitting: splitsNeeded(newEnd, oldEnd)) { return programBreak }
                 unmapLocked(newEnd, oldEnd, edit: edit)
-                edit.finish()
                 programBreak = address
                 return address
             }
             guard newEnd <= Self.userLimit - Self.pageSize else { return programBreak }
+            // Heuristic overcommit: a growth larger than RAM plus swap (measured).
+            if let limit = configuration.commitLimit, newEnd - oldEnd > limit { return programBreak }
             if let next = index.findFirst(endingAfter: oldEnd), newEnd + Self.pageSize > gapStart(next) {
                 return programBreak
             }

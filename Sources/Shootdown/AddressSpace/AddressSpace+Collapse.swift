@@ -33,15 +33,19 @@ extension AddressSpace {
     /// like every advice (holes are `ENOMEM` at the end), each 2 MiB-aligned block inside both the
     /// range and the VMA collapsed synchronously, whatever the VMA's `hg` (a forced collapse).
     ///
-    /// Linux rules (measured on 6.18, and by the oracle): a VMA with `nh`, too small to hold an
-    /// aligned block or without write access, and a private one that never had a page written (no
-    /// `anon_vma`), is `EINVAL`, stopping the walk; a
-    /// range holding no whole block of an eligible VMA succeeds doing nothing; a block already
-    /// huge succeeds; a block that cannot be collapsed (no page table: nothing was ever touched
-    /// there; a guard marker; a swap entry; a frame shared with a fork) makes the call `EINVAL`
-    /// after the VMA's other blocks were tried (those collapsed stay collapsed). Shared memory is
-    /// accepted and left as it is (this kernel collapses shmem into its page cache, which this
-    /// model does not have). Each collapse sends a `clear` invalidation of its block.
+    /// Linux rules (measured on 6.18, and by the oracle): a VMA with `nh` or too small to hold an
+    /// aligned block, a private one without write access or that never had a page written (no
+    /// `anon_vma`), and a VMA piece that lies inside one block without reaching its end (the
+    /// aligned start passes the aligned end), is `EINVAL`, stopping the walk; a piece holding no
+    /// whole block otherwise succeeds doing nothing; a block already huge succeeds; a block that
+    /// cannot be collapsed (no page table: nothing was ever touched there; a guard marker; a swap
+    /// entry; a frame shared with a fork) makes the call `EINVAL` after the VMA's other blocks were
+    /// tried (those collapsed stay collapsed). Shared memory (shmem) collapses into its object,
+    /// whatever the protection: a block whose object pages are not 2 MiB-aligned, or of which the
+    /// object holds no page at all, fails the same way; otherwise every page of the block is put
+    /// in the object (mincore then shows all 512 resident) and the mappings are left as they are
+    /// (no huge mapping of shared memory here). Each private collapse sends a `clear`
+    /// invalidation of its block.
     func adviseCollapse(_ address: UInt64, _ end: UInt64) throws(MemoryError) {
         let huge = Self.hugePageSize
         try mmapLock.withWriteLock { () throws(MemoryError) in
@@ -52,15 +56,20 @@ extension AddressSpace {
             defer { count(.hugePagesCollapsed, collapsed) }
             try walkVMAs(address, end, stopAtHole: false) { vma, start, stop throws(MemoryError) in
                 let vmaFirst = (vma.start + huge - 1) & ~(huge - 1)
-                // Without write access (read-only or PROT_NONE, shared memory too: oracle) or, for
-                // private memory, without anonymous pages (no anon_vma: oracle) nothing collapses.
-                if vma.flags.contains(.noHugePage) || vmaFirst + huge > vma.end || !vma.protection.contains(.write) {
-                    throw .invalidArgument
+                if vma.flags.contains(.noHugePage) || vmaFirst + huge > vma.end { throw .invalidArgument }
+                // `madvise_collapse` counts blocks as (aligned end - aligned start): a piece inside
+                // one block that starts past its start makes that negative, never matched.
+                let firstBlock = (start + huge - 1) & ~(huge - 1)
+                if firstBlock > stop & ~(huge - 1) { throw .invalidArgument }
+                if let object = vma.sharedObject {
+                    if !collapseShared(object, vma: vma, firstBlock, stop) { throw .invalidArgument }
+                    return
                 }
-                if vma.isShared { return }
-                if vma.anonVMA == 0 { throw .invalidArgument }
+                // Private memory without write access (read-only or PROT_NONE) or without anonymous
+                // pages (no anon_vma: oracle) collapses nothing.
+                if !vma.protection.contains(.write) || vma.anonVMA == 0 { throw .invalidArgument }
                 var failed = false
-                var block = (start + huge - 1) & ~(huge - 1)
+                var block = firstBlock
                 while block + huge <= stop {
                     defer { block += huge }
                     if translate(block)?.isHuge == true { continue }
@@ -70,6 +79,22 @@ extension AddressSpace {
                 if failed { throw .invalidArgument }
             }
         }
+    }
+
+    /// Collapses the blocks of shared `vma` from `firstBlock` to `stop` into `object` (shmem's
+    /// `collapse_file`): each block's object pages must start 2 MiB-aligned and hold at least one
+    /// cached page; then all 512 are cached (new ones zero-filled). Returns whether every block
+    /// collapsed. Caller: mmap write lock.
+    private func collapseShared(_ object: SharedMemoryObject, vma: VMA, _ firstBlock: UInt64, _ stop: UInt64) -> Bool {
+        let pagesPerBlock = Self.hugePageSize / Self.pageSize
+        var failed = false
+        var block = firstBlock
+        while block + Self.hugePageSize <= stop {
+            defer { block += Self.hugePageSize }
+            let first = vma.pageOffset + (block - vma.start) / Self.pageSize
+            if first % pagesPerBlock != 0 || !object.cacheWholeBlock(first, pages: pagesPerBlock) { failed = true }
+        }
+        return !failed
     }
 
     private func collapseBlock(_ block: UInt64, vma: VMA, retire: RetireList) -> Bool {
@@ -128,5 +153,22 @@ extension AddressSpace {
             memory.freeUnusedHuge(head)
         }
         return stillEligible
+    }
+}
+
+extension SharedMemoryObject {
+    /// Caches every page of `[first, first + pages)` (zero-filled frames for the missing ones)
+    /// if at least one is cached already; returns whether it did (false also when out of frames,
+    /// with the pages cached so far kept, as a partly filled block is in the page cache).
+    fileprivate func cacheWholeBlock(_ first: UInt64, pages count: UInt64) -> Bool {
+        pages.withLock { pages -> Bool in
+            guard (first..<first + count).contains(where: { pages[$0] != nil }) else { return false }
+            for offset in first..<first + count where pages[offset] == nil {
+                // One reference: the cache's.
+                guard let frame = memory.allocate(initialCounts: PhysicalMemory.refOne) else { return false }
+                pages[offset] = frame
+            }
+            return true
+        }
     }
 }

@@ -17,7 +17,9 @@ extension AddressSpace {
     /// Linux rules (measured on 6.18): `dc` (`MADV_DONTFORK`) VMAs are not copied; `wf`
     /// (`MADV_WIPEONFORK`) VMAs are copied empty (the child reads zeros; the flag stays); `lo` and
     /// `lf` are cleared in the child, whose pages stay mapped copy-on-write; `mlockall(MCL_FUTURE)`
-    /// is not inherited; guard markers are copied; VMAs are copied one for one, never merged.
+    /// is not inherited; guard markers are copied; VMAs are copied one for one, never merged; a
+    /// private VMA without an `anon_vma` (only zero pages, never written) has no entries copied:
+    /// the child faults them in when it touches them.
     ///
     /// - Throws: ``MemoryError/addressSpaceDead``; ``MemoryError/outOfMemory`` if the child's
     ///   page-table root or a copy of a pinned page cannot be allocated (the child is discarded).
@@ -36,7 +38,7 @@ extension AddressSpace {
                 if vma.flags.contains(.dontCopy) { continue }
                 let cow = vma.isAnonymousPrivate
                 let wipe = cow && vma.flags.contains(.wipeOnFork)
-                if cow && !wipe { splitHugeMappings(vma.start, vma.end) }
+                if cow && !wipe && vma.anonVMA != 0 { splitHugeMappings(vma.start, vma.end) }
                 // `anon_vma_fork`: every child VMA gets an anon_vma of its own, even parts of one
                 // parent VMA that share theirs (measured: the child's parts then never merge).
                 let anon: UInt64 = vma.anonVMA != 0 && !wipe ? AnonVMA.make(inherited: true) : 0
@@ -44,7 +46,10 @@ extension AddressSpace {
                     VMA(start: vma.start, end: vma.end, protection: vma.protection,
                         flags: vma.flags.subtracting([.locked, .lockOnFault]),
                         sharedObject: vma.sharedObject, pageOffset: vma.pageOffset, anonVMA: anon))
-                if wipe { continue }
+                // `vma_needs_copy`: a private VMA without an anon_vma (never written: zero pages
+                // only; guard installation gives it one) copies no entries; the child faults its
+                // pages in later (measured: mincore shows them absent in the child).
+                if wipe || (cow && vma.anonVMA == 0) { continue }
                 var copied = true
                 if cow {
                     let scope = beginInvalidation(vma.start, vma.end, .protectionPage, vma: snapshot(vma))

@@ -149,9 +149,11 @@ extension AddressSpace {
         public var entriesExceedingProtection = 0
         /// VMAs in the index.
         public var vmas = 0
-        /// Adjacent VMAs that should have been merged: must be 0. A grows-down VMA above its
-        /// neighbour is not counted (stack expansion up to a neighbour never merges, in Linux
-        /// either).
+        /// Adjacent VMAs that could merge but were not: 0, except where Linux keeps such a pair
+        /// apart too: a munmap (or `MAP_FIXED`, or mremap target) failing on a sealed VMA leaves the
+        /// split it made first, a fork's child keeps the parent's VMAs as they were, and a locked
+        /// VMA moved with `MREMAP_DONTUNMAP` stays apart from its neighbour. A grows-down VMA above
+        /// its neighbour is never counted (stack expansion up to a neighbour never merges).
         public var unmergedNeighbours = 0
     }
 

@@ -17,9 +17,9 @@ extension AddressSpace {
     /// `mlock2`'s `MLOCK_ONFAULT`.
     public static let lockOnFaultFlag: UInt32 = 1
 
-    /// Pages in locked VMAs (`mm->locked_vm`). Caller: mmap lock.
+    /// Pages in locked VMAs plus ``leakedLockedPages`` (`mm->locked_vm`). Caller: mmap lock.
     func lockedPages() -> UInt64 {
-        index.all.reduce(0) { $0 + ($1.isLocked ? ($1.end - $1.start) / Self.pageSize : 0) }
+        index.all.reduce(leakedLockedPages) { $0 + ($1.isLocked ? ($1.end - $1.start) / Self.pageSize : 0) }
     }
 
     /// Locked pages inside `[start, end)`. Caller: mmap lock.

@@ -35,7 +35,17 @@ extension AddressSpace {
         /// `MAP_GROWSDOWN`: a stack VMA (`gd`); private only (`EINVAL` with ``shared``). Non-fixed
         /// placements keep the stack guard gap (256 pages) free below it.
         public static let growsDown = MapOptions(rawValue: 1 << 5)
+        /// `VM_NOHUGEPAGE` (`nh`) from the start, as `MAP_STACK` sets it on this kernel: faults
+        /// never install 2 MiB mappings, and the VMA merges only with `nh` neighbours.
+        public static let noHugePage = MapOptions(rawValue: 1 << 6)
+        /// `MAP_32BIT` (x86-64): a non-fixed placement in the low 2 GiB. The search runs
+        /// bottom-up in `[1 GiB, 2 GiB)` (`ENOMEM` when nothing fits there, no fallback); a hint is
+        /// taken when the range ends at or below 2 GiB and is free; fixed placements ignore it.
+        public static let below2GiB = MapOptions(rawValue: 1 << 7)
     }
+
+    /// Where `MAP_32BIT` placements search (x86-64 `find_start_end`, no randomisation).
+    public static let low32BitRange: Range<UInt64> = 0x4000_0000..<0x8000_0000
 
     /// `stack_guard_gap`: non-fixed placements keep this much free below a growsdown VMA.
     public static let stackGuardGap: UInt64 = 256 * 4096
@@ -80,9 +90,12 @@ extension AddressSpace {
     }
 
     /// The body of mmap, anonymous (`file == nil`) or file-backed (see
-    /// ``map(file:offset:length:protection:placement:options:access:)``).
+    /// ``map(file:offset:length:protection:placement:options:access:)``). `invalidType` (a raw mmap
+    /// with a map type Linux rejects for anonymous memory) fails with `EINVAL` where Linux checks
+    /// the type: after placement and the lock checks, before anything changes.
     func mapArea(
-        length: UInt64, protection: Protection, placement: Placement, options: MapOptions, file: FileBacking?
+        length: UInt64, protection: Protection, placement: Placement, options: MapOptions, file: FileBacking?,
+        invalidType: Bool = false
     ) throws(MemoryError) -> UInt64 {
         guard length != 0 else { throw .invalidArgument }
         guard let length = Self.pageAlign(length), length != 0 else { throw .noMemory }
@@ -108,10 +121,12 @@ extension AddressSpace {
             }
             if options.contains(.growsDown) { flags.insert(.growsDown) }
             if options.contains(.hugePage) { flags.insert(.hugePage) }
+            if options.contains(.noHugePage) { flags.insert(.noHugePage) }
             // `MAP_LOCKED` adds `lo`; `lf` from `mlockall(MCL_FUTURE|MCL_ONFAULT)` stays (oracle).
             if options.contains(.locked) { flags.insert(.locked) }
             let address = try placementAddress(
-                length: length, placement: placement, shared: options.contains(.shared), file: file)
+                length: length, placement: placement, shared: options.contains(.shared), file: file,
+                below2GiB: options.contains(.below2GiB))
             if flags.contains(.locked) { try checkLockLimit(adding: length, mapping: options.contains(.locked)) }
             if let file {
                 // The file's open mode, then no growsdown file mappings (after the lock checks).
@@ -120,14 +135,27 @@ extension AddressSpace {
                 }
                 if options.contains(.growsDown) { throw .invalidArgument }
             }
-            // Shared and growsdown: EINVAL only now, after placement (EEXIST) and the lock checks.
-            if options.contains(.shared) && options.contains(.growsDown) { throw .invalidArgument }
+            // An invalid type, or shared and growsdown: EINVAL only now, after placement (EEXIST)
+            // and the lock checks (oracle).
+            if invalidType || (options.contains(.shared) && options.contains(.growsDown)) { throw .invalidArgument }
             let end = address + length
-            if case .fixed = placement {
-                try checkNotSealed(address, end)
-                try checkUnmapBudget(address, end)
-            }
             let edit = VMAEdit(self)
+            do throws(MemoryError) {
+                if case .fixed = placement {
+                    try checkNotSealed(address, end, splittingWith: edit)
+                    try checkUnmapBudget(address, end)
+                }
+                // Heuristic overcommit: private writable memory is charged to the mapping, shared
+                // memory to its object, unless `MAP_NORESERVE` (measured).
+                if let limit = configuration.commitLimit, length > limit,
+                    flags.contains(.account) || (options.contains(.shared) && !options.contains(.noReserve))
+                {
+                    throw .noMemory
+                }
+            } catch {
+                edit.finish()
+                throw error
+            }
             if case .fixed = placement { unmapLocked(address, end, edit: edit) }
             let vma: VMA
             if let file {
@@ -171,11 +199,27 @@ extension AddressSpace {
     /// Chooses the address of a new mapping of `length` bytes (`get_unmapped_area` and the checks
     /// around it). Caller: mmap write lock.
     private func placementAddress(
-        length: UInt64, placement: Placement, shared: Bool, file: FileBacking? = nil
+        length: UInt64, placement: Placement, shared: Bool, file: FileBacking? = nil, below2GiB: Bool = false
     ) throws(MemoryError) -> UInt64 {
         // THP alignment is for private anonymous memory: shared anonymous memory is shmem, which
         // does not align with shmem THP off (oracle); files have their own rule.
         let alignment = shared || file != nil ? Self.pageSize : Self.placementAlignment(length)
+        if below2GiB, case .hint(let hint) = placement {
+            // `MAP_32BIT`: the bottom-up `arch_get_unmapped_area` takes a hint that ends at or
+            // below 2 GiB, whatever its start.
+            var aligned = hint & ~(Self.pageSize - 1)
+            let floor = max(configuration.hintMinAddress, configuration.mmapMinAddress)
+            if aligned != 0 && aligned < floor { aligned = floor }
+            let top = Self.low32BitRange.upperBound
+            if aligned != 0, length <= top, aligned <= top - length, isFreeForPlacement(aligned, aligned + length) {
+                try checkMinAddress(aligned)
+                return aligned
+            }
+            return try findFreeArea32(length: length, alignment: aligned != 0 ? Self.pageSize : alignment)
+        }
+        if below2GiB, placement == .anywhere {
+            return try findFreeArea32(length: length, alignment: alignment)
+        }
         switch placement {
         case .fixed(let address), .fixedNoReplace(let address):
             guard address <= Self.userLimit - length else { throw .noMemory }
@@ -275,6 +319,34 @@ extension AddressSpace {
         throw .noMemory
     }
 
+    /// The lowest free `alignment`-aligned range of `length` bytes inside ``low32BitRange``
+    /// (`MAP_32BIT`: bottom-up `vm_unmapped_area` between 1 and 2 GiB, with the stack guard gap
+    /// below growsdown VMAs). A THP alignment pads the search as ``findFreeArea(length:alignment:)``
+    /// does, and as there an already aligned start moves up by the alignment (the space is
+    /// top-down). Nothing fits: `ENOMEM`. Caller: mmap write lock.
+    func findFreeArea32(length: UInt64, alignment: UInt64 = pageSize) throws(MemoryError) -> UInt64 {
+        let (low, high) = (Self.low32BitRange.lowerBound, Self.low32BitRange.upperBound)
+        guard length <= high - low else { throw .noMemory }
+        if alignment > Self.pageSize {
+            if length <= high - low - alignment,
+                let padded = try? findFreeArea32(length: length + alignment, alignment: Self.pageSize)
+            {
+                let offset = (alignment - padded % alignment) % alignment
+                return offset == 0 ? padded + alignment : padded + offset
+            }
+            return try findFreeArea32(length: length, alignment: Self.pageSize)
+        }
+        var candidate = low
+        var cursor = index.findFirst(endingAfter: candidate)
+        while candidate <= high - length {
+            guard let vma = cursor else { return candidate }
+            if gapStart(vma) >= candidate + length { return candidate }
+            candidate = max(candidate, (vma.end + alignment - 1) & ~(alignment - 1))
+            cursor = vma.next
+        }
+        throw .noMemory
+    }
+
     /// Keeps the free-area cache invariant after `[start, end)` became free.
     func noteFreed(_ start: UInt64, _ end: UInt64) {
         let base = configuration.mmapBase
@@ -353,11 +425,11 @@ extension AddressSpace {
         let end = try Self.userRangeEnd(address, length, nonEmpty: true)
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
-            try checkNotSealed(address, end)
-            try checkUnmapBudget(address, end)
             let edit = VMAEdit(self)
+            defer { edit.finish() }
+            try checkNotSealed(address, end, splittingWith: edit)
+            try checkUnmapBudget(address, end)
             unmapLocked(address, end, edit: edit)
-            edit.finish()
         }
     }
 
@@ -380,10 +452,19 @@ extension AddressSpace {
         count(.tablesFreed, freed)
     }
 
-    /// `EPERM` if a sealed VMA intersects `[start, end)`.
-    func checkNotSealed(_ start: UInt64, _ end: UInt64) throws(MemoryError) {
-        // No array and no reference counting: munmap calls this before every zap.
-        if index.contains(intersecting: start, end, where: { $0.isSealed }) { throw .permissionDenied }
+
+    /// `EPERM` if a sealed VMA intersects `[start, end)`, with munmap's partial effect
+    /// (`vms_gather_munmap_vmas`, measured on 6.18 for munmap, `MAP_FIXED` and mremap targets):
+    /// the VMA containing `start`, when it begins below `start` and is not sealed itself, is split
+    /// at `start` (by `edit`) before the sealed VMA is found. Caller: mmap write lock.
+    func checkNotSealed(_ start: UInt64, _ end: UInt64, splittingWith edit: VMAEdit) throws(MemoryError) {
+        guard index.contains(intersecting: start, end, where: { $0.isSealed }) else { return }
+        if let first = index.find(containing: start), first.start < start, !first.isSealed {
+            splitHugeMapping(across: start)
+            edit.split(first, at: start)
+            edit.publish()
+        }
+        throw .permissionDenied
     }
 
     func recordZap(_ result: ZapResult) {

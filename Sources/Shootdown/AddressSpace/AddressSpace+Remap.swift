@@ -56,8 +56,9 @@ extension AddressSpace {
     ///   ``RemapFlags/dontUnmap`` alone `newAddress` is then only a hint, 0 included);
     /// - no VMA at `address` is `EFAULT`; that VMA sealed is `EPERM` (whatever the lengths); a
     ///   zero old length duplicates a shared mapping (needs ``RemapFlags/mayMove``, else `ENOMEM`)
-    ///   and is `EINVAL` for private memory; then a fixed target below `mmapMinAddress` without
-    ///   `CAP_SYS_RAWIO` is `EPERM`;
+    ///   and is `EINVAL` for private memory; a fixed target below `mmapMinAddress` without
+    ///   `CAP_SYS_RAWIO` is `EPERM` only once the target (and a shrinking source's tail) is
+    ///   unmapped, where Linux validates the new address (measured);
     /// - shrinking (new < old, not fixed) unmaps `[address + new, address + old)` whatever VMAs or
     ///   holes it spans (`EINVAL` past `userLimit`, `EPERM` with nothing unmapped if a sealed VMA
     ///   is there) and returns `address`; equal lengths without a move return `address`;
@@ -111,15 +112,12 @@ extension AddressSpace {
                 guard vma.flags.contains(.mayShare) else { throw .invalidArgument }
                 if !flags.contains(.mayMove) { throw .noMemory }
             }
-            // A fixed target below `mmap_min_addr`: after the source checks (oracle: EFAULT for no
-            // VMA, EINVAL for duplicating private memory, both come first).
-            if flags.contains(.fixed) { try checkMinAddress(newAddress) }
             let edit = VMAEdit(self)
             defer { edit.finish() }
             if !flags.contains(.fixed) && !flags.contains(.dontUnmap) && newLength <= oldLength {
                 if newLength < oldLength {
                     guard !oldEnd.overflow, oldEnd.partialValue <= Self.userLimit else { throw .invalidArgument }
-                    try checkNotSealed(address + newLength, oldEnd.partialValue)
+                    try checkNotSealed(address + newLength, oldEnd.partialValue, splittingWith: edit)
                     try checkUnmapBudget(address + newLength, oldEnd.partialValue)
                     unmapLocked(address + newLength, oldEnd.partialValue, edit: edit)
                 }
@@ -138,7 +136,7 @@ extension AddressSpace {
                 // The tail goes through munmap's checks: past the user space it is EINVAL (nothing
                 // changed; the engine used to zap far beyond the space).
                 guard oldEnd.partialValue <= Self.userLimit else { throw .invalidArgument }
-                try checkNotSealed(address + newLength, oldEnd.partialValue)
+                try checkNotSealed(address + newLength, oldEnd.partialValue, splittingWith: edit)
             }
             // Growing a locked VMA: the locked-memory limit before any search for room (EAGAIN).
             if vma.isLocked && newLength > oldLength && oldLength != 0 {
@@ -166,7 +164,7 @@ extension AddressSpace {
             try checkMoveBudget()
             let target: UInt64
             if flags.contains(.fixed) {
-                try checkNotSealed(newAddress, newAddress + newLength)
+                try checkNotSealed(newAddress, newAddress + newLength, splittingWith: edit)
                 unmapLocked(newAddress, newAddress + newLength, edit: edit)
                 target = newAddress
             } else if flags.contains(.dontUnmap) && newAddress != 0 {
@@ -181,6 +179,12 @@ extension AddressSpace {
                 // Private memory moves 2 MiB-aligned when the length is a 2 MiB multiple, as mmap places it.
                 target = try findFreeArea(length: newLength, alignment: vma.isShared ? Self.pageSize : Self.placementAlignment(newLength))
             }
+            if flags.contains(.fixed) && oldLength > newLength {
+                unmapLocked(address + newLength, address + oldLength, edit: edit)
+            }
+            // A fixed target below `mmap_min_addr` is EPERM only now, when the target's address is
+            // validated: after the target and a shrinking source's tail were unmapped (measured).
+            if flags.contains(.fixed) { try checkMinAddress(target) }
             if oldLength == 0 {
                 // Duplicate a shared mapping: a new VMA over the same object pages.
                 let copy = VMA(
@@ -189,9 +193,6 @@ extension AddressSpace {
                 edit.insert(copy)
                 edit.mergeNeighbours(copy)
                 return target
-            }
-            if flags.contains(.fixed) && oldLength > newLength {
-                unmapLocked(address + newLength, address + oldLength, edit: edit)
             }
             moveMapping(address, moveLength, to: target, newLength: newLength, edit: edit,
                         keepSource: flags.contains(.dontUnmap))
@@ -224,8 +225,9 @@ extension AddressSpace {
             let stop = min(vma.end, end)
             let pieceTarget = target + (start - address)
             try checkMoveBudget()
-            try checkNotSealed(pieceTarget, pieceTarget + (stop - start))
+            try checkNotSealed(pieceTarget, pieceTarget + (stop - start), splittingWith: edit)
             unmapLocked(pieceTarget, pieceTarget + (stop - start), edit: edit)
+            try checkMinAddress(pieceTarget)  // after the piece's target is unmapped (measured)
             moveMapping(start, stop - start, to: pieceTarget, newLength: stop - start, edit: edit, keepSource: keepSource)
             moved = true
             cursor = stop
@@ -268,19 +270,27 @@ extension AddressSpace {
         }
         scope.end()
         if keepSource {
-            // `MREMAP_DONTUNMAP`: the old VMA stays, unsplit, and loses its lock as a whole
-            // (measured: the parts outside the moved range are unlocked too).
-            if vma.flags.contains(.locked) || vma.flags.contains(.lockOnFault) {
-                vma.setAttributes(protection: vma.protection, flags: vma.flags.subtracting([.locked, .lockOnFault]))
+            // `MREMAP_DONTUNMAP`: the new VMA merges first, still locked like the old one
+            // (`copy_vma`): placed right beside the old VMA it becomes part of it. Then the old
+            // VMA (or the one it merged into) stays, unsplit, and loses its lock as a whole
+            // (measured: the parts outside the moved range are unlocked too; a move right below
+            // a locked VMA leaves one unlocked VMA).
+            let merged = edit.mergeNeighbours(moved)
+            let old = vma.isRemoved ? merged : vma
+            edit.touch(old)
+            if old.flags.contains(.locked) || old.flags.contains(.lockOnFault) {
+                // Unlocked without being uncharged: `locked_vm` keeps counting these pages.
+                if old.flags.contains(.locked) { leakedLockedPages += (old.end - old.start) / Self.pageSize }
+                old.setAttributes(protection: old.protection, flags: old.flags.subtracting([.locked, .lockOnFault]))
             }
             // The whole VMA moved: it gives up its anon_vma (`unlink_anon_vmas`; oracle: a
             // read-only mprotect then drops `ac`).
-            if vma.start == source && vma.end == source + length && vma.sharedObject == nil {
-                vma.anonVMAWord.store(0, ordering: .relaxed)
+            if old.start == source && old.end == source + length && old.sharedObject == nil {
+                old.anonVMAWord.store(0, ordering: .relaxed)
             }
         } else {
             unmapLocked(source, source + length, edit: edit)
+            edit.mergeNeighbours(moved)
         }
-        edit.mergeNeighbours(moved)
     }
 }

@@ -15,6 +15,8 @@ final class VMAEdit {
     let retire = RetireList()
     private var touched: [VMA] = []
     private var touchedSet: Set<ObjectIdentifier> = []
+    /// VMAs this edit split off (``split(_:at:)``), for ``mergeNeighbours(_:)``.
+    private var splitOff: Set<ObjectIdentifier> = []
     private let holdsWriterLocks: Bool
     /// The space's mmap lock when its faults use per-VMA locks and this edit holds the mmap write
     /// lock (touched VMAs are then write-locked); `nil` otherwise.
@@ -85,6 +87,7 @@ final class VMAEdit {
             pageOffset: vma.pageOffset + (address - vma.start) / PageTable.pageSize, anonVMA: vma.anonVMA)
         vma.setBounds(start: vma.start, end: address)
         space.index.insert(upper)
+        splitOff.insert(ObjectIdentifier(upper))
         return upper
     }
 
@@ -106,8 +109,12 @@ final class VMAEdit {
         }
         // A loop: when `vma` was split off a VMA that already had its new attributes (mprotect or
         // madvise over a range ending inside such a VMA), merging forward makes the split-off tail
-        // a compatible neighbour in turn.
-        while let next = survivor.next, survivor.canMerge(with: next) {
+        // a compatible neighbour in turn. Beyond the first next VMA only pieces this edit touched
+        // or split off: like Linux, a merge never reaches past the VMA after the one that changed
+        // (two compatible VMAs a failed munmap split apart stay apart; measured).
+        var mergedForward = false
+        while let next = survivor.next, !mergedForward || isPartOfEdit(next), survivor.canMerge(with: next) {
+            mergedForward = true
             let end = next.end
             let flags = survivor.flags.union(next.flags.intersection(VMFlags.ignoredByMerge))
             let anon = next.anonVMA
@@ -118,6 +125,11 @@ final class VMAEdit {
             survivor.setBounds(start: survivor.start, end: end)
         }
         return survivor
+    }
+
+    /// Whether this edit touched `vma` or split it off.
+    private func isPartOfEdit(_ vma: VMA) -> Bool {
+        touchedSet.contains(ObjectIdentifier(vma)) || splitOff.contains(ObjectIdentifier(vma))
     }
 
     /// Makes the index changes visible to lockless readers.
@@ -146,6 +158,7 @@ final class VMAEdit {
         }
         touched.removeAll()
         touchedSet.removeAll()
+        splitOff.removeAll()
         retire.submit()
     }
 }

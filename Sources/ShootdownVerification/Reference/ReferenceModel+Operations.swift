@@ -41,7 +41,7 @@ extension ReferenceModel {
             try checkLockLimit(adding: length, mapping: options.contains(.locked))
         }
         if replaces {
-            if isSealed(address, address + length) { throw .permissionDenied }
+            try checkNotSealed(address, address + length)
             if exceeds(unmapSplits(address, address + length)) {
                 throw .noMemory
             }
@@ -79,9 +79,30 @@ extension ReferenceModel {
         else { throw .invalidArgument }
         guard !dead else { throw .addressSpaceDead }
         let end = address + length
-        if isSealed(address, end) { throw .permissionDenied }
+        try checkNotSealed(address, end)
         if exceeds(unmapSplits(address, end)) { throw .noMemory }
         removeRange(address, end)
+    }
+
+    /// munmap's check (and `MAP_FIXED`'s, and mremap's targets): `EPERM` if a sealed area
+    /// intersects `[start, end)`, after splitting the unsealed area that strictly contains `start`
+    /// (Linux splits it before it meets the sealed one). The two halves stay apart (see
+    /// ``keptApart``).
+    func checkNotSealed(_ start: UInt64, _ end: UInt64) throws(MemoryError) {
+        guard isSealed(start, end) else { return }
+        if let i = index(containing: start), areas[i].start < start, !areas[i].flags.contains(.sealed) {
+            let kept = keptApart.keys.filter { isKeptApart($0) }
+            split(at: start)
+            // A split merges nothing: earlier splits that bordered the split area stay apart.
+            for boundary in kept + [start] {
+                if let lower = areas.first(where: { $0.end == boundary }),
+                    let upper = areas.first(where: { $0.start == boundary })
+                {
+                    keptApart[boundary] = (lower, upper)
+                }
+            }
+        }
+        throw .permissionDenied
     }
 
     /// Whether a sealed area intersects `[start, end)`.
@@ -224,12 +245,11 @@ extension ReferenceModel {
             guard source.isShared else { throw .invalidArgument }
             if !mayMove { throw .noMemory }
         }
-        if let target = fixedTarget, target < configuration.mmapMinAddress { throw .permissionDenied }
         let (oldEnd, overflow) = address.addingReportingOverflow(oldLength)
         if fixedTarget == nil && !dontUnmap && newLength <= oldLength {
             if newLength < oldLength {
                 guard !overflow, oldEnd <= limit else { throw .invalidArgument }
-                if isSealed(address + newLength, oldEnd) { throw .permissionDenied }
+                try checkNotSealed(address + newLength, oldEnd)
                 if exceeds(unmapSplits(address + newLength, oldEnd)) { throw .noMemory }
                 removeRange(address + newLength, oldEnd)
             }
@@ -244,8 +264,9 @@ extension ReferenceModel {
                 let start = max(next.start, cursor)
                 let stop = min(next.end, oldEnd)
                 let pieceTarget = target + (start - address)
-                if isSealed(pieceTarget, pieceTarget + (stop - start)) { throw .permissionDenied }
+                try checkNotSealed(pieceTarget, pieceTarget + (stop - start))
                 removeRange(pieceTarget, pieceTarget + (stop - start))
+                if pieceTarget < configuration.mmapMinAddress { throw .permissionDenied }
                 moveArea(start, stop - start, to: pieceTarget, newLength: stop - start, keepSource: dontUnmap)
                 cursor = stop
             }
@@ -258,7 +279,7 @@ extension ReferenceModel {
         else { throw .badAddress }
         if fixedShrink {
             guard oldEnd <= limit else { throw .invalidArgument }
-            if isSealed(address + newLength, oldEnd) { throw .permissionDenied }
+            try checkNotSealed(address + newLength, oldEnd)
         }
         if source.flags.contains(.locked) && newLength > oldLength && oldLength != 0 {
             try checkLockLimit(adding: newLength - oldLength, mapping: false)
@@ -281,7 +302,7 @@ extension ReferenceModel {
         if areas.count + 3 >= configuration.maxMapCount { throw .noMemory }
         let target: UInt64
         if let fixedTarget {
-            if isSealed(fixedTarget, fixedTarget + newLength) { throw .permissionDenied }
+            try checkNotSealed(fixedTarget, fixedTarget + newLength)
             removeRange(fixedTarget, fixedTarget + newLength)
             target = fixedTarget
         } else if dontUnmap && newAddress != 0 {
@@ -295,6 +316,9 @@ extension ReferenceModel {
         } else {
             target = try freeArea(length: newLength)
         }
+        // A fixed target below mmap_min_addr: EPERM once the target (and a shrinking tail) is gone.
+        if fixedTarget != nil && oldLength > newLength { removeRange(address + newLength, address + oldLength) }
+        if let fixedTarget, fixedTarget < configuration.mmapMinAddress { throw .permissionDenied }
         if oldLength == 0 {
             var copy = source
             copy.objectPage = source.objectPage + (address - source.start) / Self.pageSize
@@ -304,7 +328,6 @@ extension ReferenceModel {
             mergeAll()
             return target
         }
-        if fixedTarget != nil && oldLength > newLength { removeRange(address + newLength, address + oldLength) }
         moveArea(address, moveLength, to: target, newLength: newLength, keepSource: dontUnmap)
         if source.flags.contains(.locked) && !source.flags.contains(.lockOnFault) && newLength > moveLength
             && !source.protection.isEmpty
@@ -332,15 +355,20 @@ extension ReferenceModel {
             carried[target + offset] = entry
         }
         if keepSource {
-            // DONTUNMAP: the old area stays (emptied) and loses its lock as a whole.
+            // DONTUNMAP: the new area merges first, still locked (a neighbour of the old area
+            // becomes part of it); the old area (or what it merged into) stays, emptied, and
+            // loses its lock as a whole, still charged.
             dropPages(source, source + length)
+            insert(moved)
+            mergeAll()
             let i = index(containing: source)!
+            if areas[i].flags.contains(.locked) { leakedLockedPages += (areas[i].end - areas[i].start) / Self.pageSize }
             areas[i].flags.subtract([.locked, .lockOnFault])
             if areas[i].start == source && areas[i].end == source + length && areas[i].object == nil { areas[i].anon = 0 }
         } else {
             removeRange(source, source + length)
+            insert(moved)
         }
-        insert(moved)
         pages.merge(carried) { _, new in new }
         mergeAll()
     }

@@ -16,7 +16,7 @@ extension ReferenceModel {
         if canLockFreely { return }
         let limit = configuration.lockedMemoryLimit!
         if mapping && limit == 0 { throw .permissionDenied }
-        if (lockedPages() + length / Self.pageSize) * Self.pageSize > limit { throw .wouldBlock }
+        if (lockedPages() + leakedLockedPages + length / Self.pageSize) * Self.pageSize > limit { throw .wouldBlock }
     }
 
     public func checkCanLock() throws(MemoryError) {
@@ -57,7 +57,7 @@ extension ReferenceModel {
         guard !dead else { throw .addressSpaceDead }
         if !canLockFreely {
             let limit = configuration.lockedMemoryLimit!
-            let total = lockedPages() + rounded / Self.pageSize - lockedPages(start, end)
+            let total = lockedPages() + leakedLockedPages + rounded / Self.pageSize - lockedPages(start, end)
             if total * Self.pageSize > limit { throw .noMemory }
         }
         try walk(start, end, stopAtHole: true) { area, pieceStart, pieceEnd throws(MemoryError) in
@@ -169,7 +169,8 @@ extension ReferenceModel {
             return address
         }
         if newEnd < oldEnd {
-            if isSealed(newEnd, oldEnd) { return programBreak }
+            if overlapping(newEnd, oldEnd).isEmpty { return programBreak }
+            do throws(MemoryError) { try checkNotSealed(newEnd, oldEnd) } catch { return programBreak }
             if exceeds(unmapSplits(newEnd, oldEnd)) { return programBreak }
             removeRange(newEnd, oldEnd)
             programBreak = address
@@ -183,7 +184,7 @@ extension ReferenceModel {
         var flags: MappingFlags = [.mayRead, .mayWrite, .mayExec, .account, .softDirty]
         flags.formUnion(defaultFlags)
         if flags.contains(.locked) && !canLockFreely
-            && lockedPages() * Self.pageSize + (newEnd - oldEnd) > configuration.lockedMemoryLimit!
+            && (lockedPages() + leakedLockedPages) * Self.pageSize + (newEnd - oldEnd) > configuration.lockedMemoryLimit!
         {
             return programBreak
         }

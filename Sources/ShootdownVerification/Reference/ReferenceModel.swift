@@ -92,6 +92,12 @@ public final class ReferenceModel {
 
     public let configuration: AddressSpace.Configuration
     public var areas: [Area] = []
+    /// Boundaries between two compatible areas that a failed munmap split (``checkNotSealed(_:_:)``),
+    /// with the two areas as they were: kept apart by ``mergeAll()`` until either changes.
+    public var keptApart: [UInt64: (lower: Area, upper: Area)] = [:]
+    /// `locked_vm` pages a DONTUNMAP move of a locked area left charged (the library's
+    /// `leakedLockedPages`).
+    public var leakedLockedPages: UInt64 = 0
     public var pages: [UInt64: Page] = [:]
     public var dead = false
     /// Content tokens of shared objects' pages (a page never written reads 0).
@@ -211,11 +217,36 @@ public final class ReferenceModel {
             && (lower.anon == upper.anon || lower.anon == 0 || upper.anon == 0)
     }
 
+    /// Whether the split at `boundary` still separates the two areas it made, unchanged.
+    public func isKeptApart(_ boundary: UInt64) -> Bool {
+        guard let pair = keptApart[boundary] else { return false }
+        let lower = areas.first { $0.end == boundary }
+        let upper = areas.first { $0.start == boundary }
+        return lower.map { Self.shape($0, at: boundary) } == Self.shape(pair.lower, at: boundary)
+            && upper.map { Self.shape($0, at: boundary) } == Self.shape(pair.upper, at: boundary)
+    }
+
+    /// Compatible neighbours the model keeps apart (the library's audit counts them as unmerged).
+    public var keptApartCount: Int { keptApart.keys.count { isKeptApart($0) } }
+
+    /// What decides whether an area beside a kept-apart `boundary` changed: its attributes and
+    /// its object page at the boundary, not its other end (a merge there, with a VMA an operation
+    /// changed, does not make the library or Linux look at this boundary), nor the soft-dirty bit
+    /// or the `anon_vma`, which faults and soft-dirty clearing change without looking at merges.
+    static func shape(_ area: Area, at boundary: UInt64) -> [UInt64] {
+        let pageAtBoundary = area.end == boundary ? area.objectPage + (area.end - area.start) / pageSize : area.objectPage
+        return [UInt64(area.protection.rawValue), area.flags.subtracting(.softDirty).rawValue,
+                UInt64(bitPattern: Int64(area.object ?? -1)), pageAtBoundary]
+    }
+
     /// Merges every pair of compatible neighbours; the merged area is soft-dirty if either was.
     public func mergeAll() {
+        // A failed munmap's split stays until an operation changes either half (only a change
+        // makes Linux and the library look at merging them).
+        for boundary in keptApart.keys where !isKeptApart(boundary) { keptApart[boundary] = nil }
         var merged: [Area] = []
         for area in areas {
-            if let last = merged.last, canMerge(last, area) {
+            if let last = merged.last, keptApart[area.start] == nil, canMerge(last, area) {
                 merged[merged.count - 1].end = area.end
                 if area.flags.contains(.softDirty) { merged[merged.count - 1].flags.insert(.softDirty) }
                 if last.anon == 0 { merged[merged.count - 1].anon = area.anon }
