@@ -17,6 +17,9 @@ enum TestHookPoint: Int, CaseIterable, Sendable {
     /// A device access (`deviceRead`/`deviceWrite`) checked that the space is alive and is about to
     /// validate the translation under the split lock (no lock held).
     case deviceAccessAfterAliveCheck
+    /// A TLB shootdown bumped the generation and is about to store its flush record (no lock of
+    /// its own; the caller's split lock if it flushes under one).
+    case tlbShootdownBeforeRecord
 }
 
 #if SHOOTDOWN_INTERNAL_CHECKS

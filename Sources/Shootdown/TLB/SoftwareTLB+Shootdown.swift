@@ -18,7 +18,8 @@ extension SoftwareTLB {
     ///
     /// Ordering: the bump is a sequentially consistent increment (it releases the page-table
     /// changes before it and is ordered before the mask load, see ``catchUp(_:_:_:)``); the record
-    /// store releases; the sequence loads acquire (they pair with the access's releasing end).
+    /// is published under its sequence (``publishRecord(_:_:)``); the slot sequence loads acquire
+    /// (they pair with the access's releasing end).
     ///
     /// Context: may run under a split lock (copy-on-write, page-out, migration and collapse flush
     /// before copying content) or none; never sleeps (waits spin, then yield) and takes no lock.
@@ -27,8 +28,8 @@ extension SoftwareTLB {
     func shootDown(_ start: UInt64, _ end: UInt64, counters: SlotCounters) {
         // Sequentially consistent: see the ordering note above.
         let generation = space(Self.generation).pointee.wrappingAdd(1, ordering: .sequentiallyConsistent).newValue
-        // Releasing: a catch-up that reads this record for `generation` sees the bump's changes.
-        space(Self.record).pointee.store(Self.record(generation: generation, start: start, end: end), ordering: .releasing)
+        testHook(.tlbShootdownBeforeRecord)
+        publishRecord(generation, Self.record(start: start, end: end))
         counters.increment(SpaceCounter.tlbShootdowns.rawValue)
         // Sequentially consistent: a slot joining concurrently is either seen here or sees the bump.
         var others = space(Self.slotMask).pointee.load(ordering: .sequentiallyConsistent)
@@ -65,5 +66,42 @@ extension SoftwareTLB {
             counters.add(
                 SpaceCounter.tlbShootdownWaitNanoseconds.rawValue, Int64(cinterop_monotonic_ns() &- waitStarted))
         }
+    }
+
+    /// Stores the record of the flush of `generation` unless a newer generation's record is
+    /// there already (an initiator preempted between its bump and this store must not replace the
+    /// record of a later flush: a slot one generation behind would flush the wrong range). Writers
+    /// exclude each other by making ``recordSequence`` odd (a few stores long; spins, never
+    /// sleeps); catch-ups read the record as a seqcount reader (``recordedRange(of:)``), so they
+    /// see the full 64-bit generation and the range of one and the same flush.
+    func publishRecord(_ generation: UInt64, _ record: UInt64) {
+        let sequence = space(Self.recordSequence)
+        var current = sequence.pointee.load(ordering: .relaxed)
+        var rounds = 0
+        while true {
+            // Acquiring: the previous writer's stores are visible before this one compares
+            // generations.
+            if current & 1 == 0,
+                sequence.pointee.compareExchange(
+                    expected: current, desired: current &+ 1, ordering: .acquiring
+                ).exchanged
+            {
+                break
+            }
+            rounds &+= 1
+            if rounds < 128 { cinterop_cpu_relax() } else { cinterop_yield() }
+            current = sequence.pointee.load(ordering: .relaxed)
+        }
+        // Releasing fence: a reader that sees any of the stores below also sees the odd sequence
+        // (the write side of a seqcount).
+        atomicMemoryFence(ordering: .releasing)
+        // A full generation never wraps (2^64 shootdowns), so "newer" is a plain comparison.
+        if space(Self.recordGeneration).pointee.load(ordering: .relaxed) < generation {
+            space(Self.recordGeneration).pointee.store(generation, ordering: .relaxed)
+            space(Self.record).pointee.store(record, ordering: .relaxed)
+        }
+        // Releasing: a catch-up that reads this even sequence sees the record, the bump of its
+        // generation and the page-table changes before that bump.
+        sequence.pointee.store(current &+ 2, ordering: .releasing)
     }
 }

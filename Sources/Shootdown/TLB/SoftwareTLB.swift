@@ -27,7 +27,8 @@ public enum TLBMode: String, Sendable, CaseIterable {
 /// frees it in its `deinit`. Pages are populated on first touch, so a slot that never accesses the
 /// space costs no memory. Layout, in blocks of ``blockWords`` words (8 KiB), found from the
 /// thread's ``ThreadSlot/blockOffset`` with one TLS load:
-/// - block 0: the space-wide words — ``generation`` and ``record`` on one line, read by every
+/// - block 0: the space-wide words — ``generation`` and the flush record (``record``,
+///   ``recordGeneration``, ``recordSequence``) on one line, read by every
 ///   access and written by every shootdown; ``slotMask`` on the next line, written once per
 ///   joining slot.
 /// - block `s + 1` for each owned slot `s` (threads sharing the overflow slot never use a TLB:
@@ -68,9 +69,15 @@ struct SoftwareTLB {
     /// `tlb_gen`: incremented by every change that removes or downgrades a translation. Starts at
     /// 1, so a slot's `caughtUp` of 0 always differs.
     @usableFromInline static let generation = 0
-    /// The last flush: the generation's low ``recordGenerationBits`` bits, the first page and the
-    /// number of pages (0: flush everything).
+    /// The last flush's range: the first page number and the number of pages (0: flush
+    /// everything); its generation is ``recordGeneration``. Both are written under
+    /// ``recordSequence``.
     static let record = 1
+    /// The full generation of the flush ``record`` describes (0: none yet).
+    static let recordGeneration = 2
+    /// The record's seqcount: odd while an initiator writes the record (writers exclude each other
+    /// by making it odd), +2 per record written.
+    static let recordSequence = 3
     /// `mm_cpumask`: bit `s` set once slot `s` accessed the space (never cleared: a lazy slot is
     /// skipped by the in-access test, not by the mask).
     static let slotMask = cacheLineSize / 8
@@ -83,7 +90,6 @@ struct SoftwareTLB {
     /// A range of at most this many pages is flushed page by page, anything larger whole (the
     /// kernel's `tlb_single_page_flush_ceiling`).
     static let singlePageFlushCeiling: UInt64 = 33
-    static let recordGenerationBits: UInt64 = 23
 
     @usableFromInline let words: UnsafeMutablePointer<Atomic<UInt64>>
     /// Shootdowns force barriers with `membarrier` and an access needs only a compiler barrier;
@@ -261,25 +267,30 @@ struct SoftwareTLB {
     }
 
     /// The pages (first page number, count) the flush of `generation` covers, if the record is
-    /// that generation's and small; `nil` means flush everything.
+    /// that generation's and small; `nil` means flush everything. A seqcount read of the record
+    /// (``publishRecord(_:_:)``): a record being written, or another generation's, is a full flush.
     @usableFromInline
     func recordedRange(of generation: UInt64) -> (UInt64, UInt64)? {
-        // Acquiring: pairs with the initiator's releasing store of the record.
-        let record = space(Self.record).pointee.load(ordering: .acquiring)
-        let mask: UInt64 = (1 << Self.recordGenerationBits) - 1
-        guard record >> 41 == generation & mask else { return nil }  // another generation's record
+        let sequence = space(Self.recordSequence)
+        // Acquiring: pairs with the writer's releasing store of the even sequence.
+        let before = sequence.pointee.load(ordering: .acquiring)
+        if before & 1 != 0 { return nil }
+        let recorded = space(Self.recordGeneration).pointee.load(ordering: .relaxed)
+        let record = space(Self.record).pointee.load(ordering: .relaxed)
+        // Acquiring fence: the loads above happen before the re-check below (the read side of a
+        // seqcount; pairs with the writer's releasing fence).
+        atomicMemoryFence(ordering: .acquiring)
+        guard sequence.pointee.load(ordering: .relaxed) == before, recorded == generation else { return nil }
         let count = record & 63
-        return count == 0 ? nil : ((record >> 6) & ((1 << 35) - 1), count)
+        return count == 0 ? nil : (record >> 6, count)
     }
 
-    /// The record of a flush of `[start, end)` at `generation`. The record names the generation by
-    /// its low 23 bits; a catch-up reads it for the generation it just loaded, and every initiator
-    /// bumping meanwhile waits for that access, so the bits cannot wrap in between.
-    static func record(generation: UInt64, start: UInt64, end: UInt64) -> UInt64 {
+    /// The record of a flush of `[start, end)`: the first page number and the page count (0:
+    /// everything, for ranges above the single-page ceiling).
+    static func record(start: UInt64, end: UInt64) -> UInt64 {
         let pages = (end &- start) >> 12
         let count = pages >= 1 && pages <= singlePageFlushCeiling && end <= PageTable.userLimit ? pages : 0
-        let mask: UInt64 = (1 << recordGenerationBits) - 1
-        return (generation & mask) << 41 | ((start >> 12) & ((1 << 35) - 1)) << 6 | count
+        return (start >> 12) << 6 | count
     }
 
     /// Adds `count` to a word only its slot's thread writes (others only read it).
