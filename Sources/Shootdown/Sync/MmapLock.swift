@@ -74,9 +74,11 @@ final class MmapLock: @unchecked Sendable {
         let word = sequenceWord
         let value = word.pointee.load(ordering: .relaxed)
         checkInvariant(value & 1 == 0, "mm_lock_seq odd at mmap write lock")
-        // Relaxed: readers compare it with `vm_lock_seq`, which a writer publishes with a releasing
-        // RMW of the VMA's count after this store; nothing needs this store to be seen earlier.
-        word.pointee.store(value &+ 1, ordering: .relaxed)
+        // Releasing (free on x86, a plain store there): a reader that loads this odd value with
+        // acquire and finds its VMA unlocked must also see every change of the previous hold; the
+        // previous hold's releasing even store alone does not give that in the language's memory
+        // model once this store overwrites it (found by an outside review; no hardware failure).
+        word.pointee.store(value &+ 1, ordering: .releasing)
     }
 
     /// `vma_end_write_all` (`mm_lock_seqcount_end`): makes the sequence even, which write-unlocks
