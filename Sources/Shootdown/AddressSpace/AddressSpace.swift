@@ -13,7 +13,7 @@ import Synchronization
 /// page-level operations (madvise, reclaim, migration, aging) take it for reading; the speculative
 /// fault path takes no lock but an RCU read section and one split lock; the per-VMA-lock fault
 /// path takes the VMA's read lock, which writers of that VMA take for writing under the mmap
-/// write lock (``VMAEdit``).
+/// write lock (`VMAEdit`).
 ///
 /// Every public operation validates its input and throws a ``MemoryError``; where Linux has
 /// partial effects before an error (mprotect, madvise, mlock over holes; mremap's fixed target) the
@@ -174,7 +174,7 @@ public final class AddressSpace: @unchecked Sendable {
             configuration.hintMinAddress % Self.pageSize == 0,
             configuration.mmapMinAddress < configuration.mmapBase, configuration.mmapBase <= Self.userLimit,
             configuration.maxMapCount > 0,
-            configuration.programBreakStart.map { $0 % Self.pageSize == 0 && $0 < Self.userLimit } ?? true
+            configuration.programBreakStart.map({ $0 % Self.pageSize == 0 && $0 < Self.userLimit }) ?? true
         else { throw .invalidArgument }
         var tlb: SoftwareTLB? = nil
         if configuration.tlb != .none {
