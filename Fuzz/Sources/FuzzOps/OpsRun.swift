@@ -288,11 +288,12 @@ struct OpsRun {
             }
             if audit.deadTablesReached != 0 { problems.append("[\(index)] audit: \(audit.deadTablesReached) dead tables reached") }
             if audit.tablesInHoles != 0 { problems.append("[\(index)] audit: \(audit.tablesInHoles) page tables in holes") }
-            // A forked child's VMAs are copied one for one and never merged (Linux 6.18 shows a
-            // child's adjacent identical VMAs as separate lines too): only the first space merges.
-            if index == 0, audit.unmergedNeighbours != 0 {
-                problems.append("[\(index)] audit: \(audit.unmergedNeighbours) unmerged neighbours")
-            }
+            // No check of unmerged neighbours here. Linux itself leaves compatible neighbours
+            // apart: a forked child's VMAs are copied one for one, a munmap that meets a sealed
+            // VMA fails with EPERM after splitting the first VMA (seen on Linux 6.18), DONTUNMAP
+            // of a locked VMA unlocks it in place. While the run is checked the model says which
+            // pairs stay apart and `ReferenceComparison` compares the count; once unchecked,
+            // nothing can tell such a pair from a missed merge.
         }
         if let mirror { problems += ReferenceComparison.checkCoherence(mirror, spaces[0]) }
         let stray = handler.stray.load(ordering: .relaxed)
