@@ -20,13 +20,20 @@ extension EngineProcess {
         let capabilities = EngineCapabilities.current
         switch op {
         case .mmap(let address, let length, let protectionBits, let flags):
+            // Without MAP_ANONYMOUS the child's mmap names fd -1, which Linux looks up before it
+            // reads any other argument: the engine's raw-flag mmap fails the same way (EBADF)
+            // whatever the other bits, so they are not screened.
+            if flags & LinuxABI.mapAnonymous == 0 {
+                return run { () throws(MemoryError) in
+                    try space.map(address: a(address), length: length, protection: [], rawFlags: flags)
+                }
+            }
             guard capabilities.mapTypes.contains(flags & LinuxABI.mapType) else {
                 return .inexpressible("MAP_TYPE \(flags & LinuxABI.mapType)")
             }
             let extra = flags & ~LinuxABI.mapType & ~capabilities.mapFlags
             // The lowest flag the engine lacks names the gap (one signature per flag).
             guard extra == 0 else { return .inexpressible(LinuxABI.mapFlagNames(extra & (~extra &+ 1))) }
-            guard flags & LinuxABI.mapAnonymous != 0 else { return .inexpressible("a file mapping") }
             guard let protection = Self.protection(bits: protectionBits) else {
                 return .inexpressible("protection \(hex(protectionBits))")
             }

@@ -5,18 +5,6 @@ extension KnownDivergence {
     /// (THP madvise mode, no swap, unprivileged child). Owner "surface": the engine's Linux
     /// syscall surface.
     static let all: [KnownDivergence] = [
-        // mmap without MAP_ANONYMOUS (fd -1): the file-mapping path
-        KnownDivergence(
-            signatures: [
-                "mmap inexpressible: a file mapping",
-            ],
-            reproducer: [
-                .mmap(.absolute(0x0), length: 0x1000, protection: 0x3, flags: 0x2),  // PROT_READ|PROT_WRITE, MAP_PRIVATE
-            ],
-            note: "An mmap without MAP_ANONYMOUS is a file mapping: with fd -1 Linux fails it with EBADF before"
-                + " any other check. The engine's anonymous mmap has no file path; file mappings are being added"
-                + " on their own branch.",
-            owner: "replay"),
         // shared memory has a size
         KnownDivergence(
             signatures: [
@@ -72,42 +60,5 @@ extension KnownDivergence {
                 + " VMA has no anon_vma: ac goes. A harness limitation (the engine's rule is Linux's), not analysed"
                 + " further.",
             owner: "harness"),
-        // MADV_REMOVE does not reach another process's mappings of the shared object
-        KnownDivergence(
-            signatures: [
-                "mlock residency after success: Linux resident, engine not",
-                // Not verified to be this cause: KernelOracleTests seed 3 reaches it at step 1017
-                // of a session, but that session replayed on its own does not diverge.
-                "switch residency after switched: engine resident, Linux not",
-            ],
-            reproducer: [
-                .mmap(.window(-0x4f5df6), length: 0xb000, protection: 0x3, flags: 0x22),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
-                .read(.window(-0x4f5000)),
-                .mmap(.window(-0x22f0000), length: 0x8000, protection: 0x1, flags: 0x100022),  // PROT_READ, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE
-                .mmap(.absolute(0x7ffffffff000), length: 0x200000, protection: 0x3, flags: 0x2021),  // PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS|MAP_LOCKED
-                .madvise(.window(-0x5ad000), length: 0x1000, advice: 4),  // MADV_DONTNEED
-                .munmap(.window(-0x3ba000), length: 0x1000),
-                .mmap(.window(-0x2380000), length: 0x10000, protection: 0x3, flags: 0x22),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
-                .fork,
-                .mmap(.absolute(0x0), length: 0x800000000000, protection: 0x3, flags: 0x22),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
-                .read(.window(-0x36a000)),
-                .madvise(.window(-0x7000), length: 0x7000, advice: 9),  // MADV_REMOVE
-                .mprotect(.window(-0x466000), length: 0x6000, protection: 0x3),  // PROT_READ|PROT_WRITE
-                .mmap(.absolute(0x0), length: 0xd000, protection: 0x4, flags: 0x21),  // PROT_EXEC, MAP_SHARED|MAP_ANONYMOUS
-                .mmap(.window(-0x624000), length: 0x1000, protection: 0x3, flags: 0x100021),  // PROT_READ|PROT_WRITE, MAP_SHARED|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE
-                .switchProcess(0),
-                .read(.window(-0x3e7000)),
-                .mmap(.window(-0xae2000), length: 0x400000, protection: 0x3, flags: 0x100022),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS|MAP_FIXED_NOREPLACE
-                .write(.window(-0x1b0b000), value: 0xd9d0070e9985f8fd),
-                .mlock(.window(-0x9000), length: 0x4000),
-            ],
-            note: "MADV_REMOVE in a fork child punches a hole in the shared object and, in Linux, zaps every"
-                + " mapping of those pages in every process; the engine zaps only the calling space's mappings, so"
-                + " the parent keeps entries to frames the object no longer holds (mincore: not cached; a later"
-                + " mlock does not refault them). Needs a reverse map from the object to every space mapping it."
-                + " The switch residency signature (a page resident in the engine, not in Linux, after a switch to"
-                + " another process) is filed here as the likeliest cause, unverified: its only reproducer, 1 018"
-                + " operations of KernelOracleTests seed 3, does not diverge when replayed alone.",
-            owner: "surface"),
     ]
 }

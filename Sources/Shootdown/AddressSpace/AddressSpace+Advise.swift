@@ -191,6 +191,13 @@ extension AddressSpace {
                 try walkVMAs(address, end, stopAtHole: false) { _, _, _ throws(MemoryError) in }
             }
         case .dontNeed, .dontNeedLocked, .free, .remove, .cold, .pageOut:
+            // Hole punches, reaching the other spaces that map the object once this space's lock
+            // is dropped (as Linux drops mmap_lock before it punches), also after a failure later
+            // in the walk: the pages are gone from the object either way.
+            var punches: [(object: SharedMemoryObject, first: UInt64, last: UInt64)] = []
+            defer {
+                for punch in punches { zapObjectPagesElsewhere(punch.object, from: punch.first, to: punch.last) }
+            }
             try mmapLock.withReadLock { () throws(MemoryError) in
                 try checkAlive()
                 let edit = VMAEdit(self, writerLocks: true)
@@ -221,9 +228,10 @@ extension AddressSpace {
                         zapAndEnd(beginInvalidation(start, stop, .clear, vma: snapshot(vma)), start, stop, keepGuards: true)
                         let first = vma.pageOffset + (start - vma.start) / Self.pageSize
                         let last = vma.pageOffset + (stop - vma.start) / Self.pageSize
-                        // A hole punched in the object leaves no mapping of those pages anywhere in
-                        // this space (Linux unmaps them from every mapping of the file): other VMAs
-                        // over the same object pages are zapped too.
+                        // A hole punched in the object leaves no mapping of those pages anywhere
+                        // (Linux unmaps them from every mapping of the file): other VMAs of this
+                        // space over the same object pages are zapped here, other spaces' after
+                        // the lock is dropped.
                         if let object = vma.sharedObject {
                             for other in index.all where other !== vma && other.sharedObject === object {
                                 let low = max(first, other.pageOffset)
@@ -235,6 +243,7 @@ extension AddressSpace {
                                 zapAndEnd(beginInvalidation(from, to, .clear, vma: snapshot(other)), from, to, keepGuards: true)
                             }
                             object.removePages(from: first, to: last)
+                            punches.append((object, first, last))
                         }
                     case .free: lazyFree(start, stop, vma: vma)
                     case .pageOut: if vma.isAnonymousPrivate { pageOut(start, stop, vma: vma) }
@@ -390,5 +399,46 @@ extension AddressSpace {
         memory.release(chain)
         count(.pagesSwappedOut, swapped)
         return swapped
+    }
+}
+
+extension AddressSpace {
+    /// After a hole punch in `object` (page offsets `[from, to)`, already dropped from its cache):
+    /// zaps every mapping of those pages in every other space that maps the object (the
+    /// kernel's `unmap_mapping_range` over the `i_mmap` tree), event `clear`. Takes each space's
+    /// mmap lock in turn and holds no other: call it with no lock held. Rereads the mapper list
+    /// until no space joined it meanwhile (a fork that copied a stale entry before its parent's
+    /// zap lists its child first). A fault racing with the punch cannot reinstall a dropped page:
+    /// it rechecks the cache under the split lock this zap takes.
+    func zapObjectPagesElsewhere(_ object: SharedMemoryObject, from: UInt64, to: UInt64) {
+        var done: Set<ObjectIdentifier> = [ObjectIdentifier(self)]
+        while true {
+            let (spaces, generation) = object.mappingSpaces()
+            for space in spaces where done.insert(ObjectIdentifier(space)).inserted {
+                space.zapObjectPages(object, from: from, to: to)
+            }
+            if object.mappingSpaces().generation == generation { return }
+        }
+    }
+
+    /// Zaps this space's mappings of `object`'s pages `[from, to)` (event `clear`), under the
+    /// mmap read lock with the VMAs write-locked (as `MADV_DONTNEED` does); nothing if the space
+    /// is dead or maps none of them.
+    func zapObjectPages(_ object: SharedMemoryObject, from: UInt64, to: UInt64) {
+        mmapLock.withReadLock {
+            guard !dead.load(ordering: .relaxed) else { return }
+            let edit = VMAEdit(self, writerLocks: true)
+            defer { edit.finish() }
+            for vma in index.all where vma.sharedObject === object {
+                let low = max(from, vma.pageOffset)
+                let high = min(to, vma.pageOffset + (vma.end - vma.start) / Self.pageSize)
+                guard low < high else { continue }
+                edit.touch(vma)
+                let start = vma.start + (low - vma.pageOffset) * Self.pageSize
+                let stop = vma.start + (high - vma.pageOffset) * Self.pageSize
+                splitPartialHugeMappings(start, stop)
+                zapAndEnd(beginInvalidation(start, stop, .clear, vma: snapshot(vma)), start, stop, keepGuards: true)
+            }
+        }
     }
 }

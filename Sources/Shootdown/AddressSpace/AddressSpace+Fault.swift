@@ -139,10 +139,13 @@ extension AddressSpace {
                 }
                 // Shared memory (`do_shared_fault`): the object's page, writable if the VMA is;
                 // a private file mapping's read (`do_read_fault`): the file's page, read-only.
+                // Acquiring: pairs with a hole punch's releasing bump (see `punches`).
+                let punches = object.punches.load(ordering: .acquiring)
                 guard let frame = object.mapPage(at: offset) else { throw .outOfMemory }
                 let writable = vma.isShared && vma.protection.contains(.write)
                 let installed = PageTableEntry.leaf(frame: frame, writable: writable, dirty: write, softDirty: true)
-                return installIfUnchanged(pte, slot, lock, expected: entry, installed, orRelease: frame)
+                return installIfUnchanged(
+                    pte, slot, lock, expected: entry, installed, orRelease: frame, unlessPunched: object, since: punches)
             }
             if !write {
                 // Read of private anonymous memory: the zero page, read-only (`do_anonymous_page`).
@@ -206,12 +209,17 @@ extension AddressSpace {
 
     /// Installs `installed` if slot still holds `expected`; otherwise drops the mapping reference
     /// of `frame` (if any) and asks for a retry.
+    /// With `object`, the frame came from its cache after its punch count read `punches`, and is
+    /// installed only if no hole punch happened since (checked under the split lock; relaxed: a
+    /// punch whose zap already passed this table released the split lock after its bump). Else
+    /// the page may be gone from the object and the zap past this table: the fault retries.
     private func installIfUnchanged(
         _ pte: TableBlock, _ slot: Int, _ lock: SpinLockHandle, expected: PageTableEntry,
-        _ installed: PageTableEntry, orRelease frame: UInt64?
+        _ installed: PageTableEntry, orRelease frame: UInt64?,
+        unlessPunched object: SharedMemoryObject? = nil, since punches: UInt64 = 0
     ) -> Bool {
         lock.lock()
-        if pte.load(slot) == expected {
+        if pte.load(slot) == expected, object.map({ $0.punches.load(ordering: .relaxed) == punches }) ?? true {
             // Releasing: the frame's state is visible to lockless readers of the entry.
             pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
             lock.unlock()

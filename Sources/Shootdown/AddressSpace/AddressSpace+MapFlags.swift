@@ -7,6 +7,7 @@ extension AddressSpace {
         /// The map type field (`MAP_SHARED`, `MAP_PRIVATE`, `MAP_SHARED_VALIDATE`, `MAP_DROPPABLE`).
         public static let type: UInt64 = 0x0F
         public static let fixed: UInt64 = 0x10
+        public static let anonymous: UInt64 = 0x20
         public static let low32Bit: UInt64 = 0x40
         public static let growsDown: UInt64 = 0x100
         public static let locked: UInt64 = 0x2000
@@ -17,8 +18,10 @@ extension AddressSpace {
         public static let fixedNoReplace: UInt64 = 0x10_0000
     }
 
-    /// `mmap(addr, length, prot, flags, -1, 0)` of anonymous memory, from the raw `MAP_*` bits as
-    /// the syscall takes them (`MAP_ANONYMOUS` is implied: there are no files). Decodes them into
+    /// `mmap(addr, length, prot, flags, -1, 0)`, from the raw `MAP_*` bits as the syscall takes
+    /// them. Without `MAP_ANONYMOUS` the call names file descriptor -1: `EBADF` before any other
+    /// check, as Linux looks the descriptor up first (file mappings are made with
+    /// ``map(file:offset:length:protection:placement:options:access:)``). With it, decodes the bits into
     /// ``map(length:protection:placement:options:)``, whose rules and order apply, as Linux 6.18
     /// does (measured):
     /// - the type: `MAP_SHARED` or `MAP_PRIVATE`; any other (0, `MAP_SHARED_VALIDATE`, 4–15) is
@@ -40,6 +43,7 @@ extension AddressSpace {
         -> UInt64
     {
         typealias Flag = RawMapFlag
+        guard rawFlags & Flag.anonymous != 0 else { throw .badFileDescriptor }
         let type = rawFlags & Flag.type
         var options: MapOptions = type == Flag.shared ? .shared : []
         if rawFlags & Flag.populate != 0 && rawFlags & Flag.nonBlock == 0 { options.insert(.populate) }

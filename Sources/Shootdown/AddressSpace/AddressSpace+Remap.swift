@@ -192,6 +192,12 @@ extension AddressSpace {
                     sharedObject: vma.sharedObject, pageOffset: vma.pageOffset + (address - vma.start) / Self.pageSize)
                 edit.insert(copy)
                 edit.mergeNeighbours(copy)
+                if vma.isLocked && !vma.flags.contains(.lockOnFault) && !vma.protection.isEmpty {
+                    // A locked duplicate is populated whole, as a locked move populates its new
+                    // pages (oracle: the object pages past the source's populated part become
+                    // resident in both mappings).
+                    populate = (target, newLength, false)
+                }
                 return target
             }
             moveMapping(address, moveLength, to: target, newLength: newLength, edit: edit,

@@ -47,6 +47,7 @@ final class VMAEdit {
     /// Adds a new VMA to the index (visible at ``publish()``).
     func insert(_ vma: VMA) {
         space.index.insert(vma)
+        vma.sharedObject?.addMapper(space)
         // A VMA right below the free-area cache fills the top of the gap there: lower the cache
         // (only here, once the VMA exists: a placement whose mmap fails later, as a `MAP_LOCKED`
         // one over the locked-memory limit does, must leave it where it was).

@@ -14,6 +14,9 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
     case noMemory
     /// `EEXIST`: `MAP_FIXED_NOREPLACE` over an existing mapping.
     case alreadyExists
+    /// `EBADF`: an mmap without `MAP_ANONYMOUS` names a file descriptor, and the raw-flag API
+    /// (``AddressSpace/map(address:length:protection:rawFlags:)``) passes none (`-1`).
+    case badFileDescriptor
     /// `EFAULT`: an address the operation needs mapped, with a given access, is not: mremap of a
     /// range that is not inside one mapping; `faultRange`, `mirror`, `pin` or `MADV_POPULATE_*` over
     /// a page that is unmapped or lacks the access; a device access through a translation the CPU
@@ -51,6 +54,7 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         case .invalidArgument: 22
         case .noMemory, .outOfMemory: 12
         case .alreadyExists: 17
+        case .badFileDescriptor: 9
         case .badAddress: 14
         case .segmentationFault: 11
         case .wouldBlock: 11
@@ -69,6 +73,7 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         case 22: self = .invalidArgument
         case 12: self = .noMemory
         case 17: self = .alreadyExists
+        case 9: self = .badFileDescriptor
         case 14: self = .badAddress
         case 11: self = .wouldBlock
         case 1: self = .permissionDenied
@@ -86,6 +91,7 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         case .invalidArgument: "EINVAL"
         case .noMemory, .outOfMemory: "ENOMEM"
         case .alreadyExists: "EEXIST"
+        case .badFileDescriptor: "EBADF"
         case .badAddress: "EFAULT"
         case .segmentationFault: "SIGSEGV"
         case .wouldBlock: "EAGAIN"
@@ -102,6 +108,7 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         case .invalidArgument: "EINVAL (invalid argument)"
         case .noMemory: "ENOMEM (no memory / outside the address space)"
         case .alreadyExists: "EEXIST (mapping exists)"
+        case .badFileDescriptor: "EBADF (bad file descriptor)"
         case .badAddress: "EFAULT (bad address)"
         case .segmentationFault: "SIGSEGV (segmentation fault)"
         case .outOfMemory: "out of memory (frames exhausted)"

@@ -8,10 +8,25 @@ import Synchronization
 ///
 /// Lifetime: referenced by the VMAs that map it (and by its ``FileObject``); when the last
 /// reference goes (VMAs after a grace period) the object drops its frame references.
+///
+/// Reverse map: the object lists (weakly) every address space that has had a VMA over it, the
+/// role of the kernel's `i_mmap` tree at the granularity of spaces, so a hole punch reaches the
+/// mappings of every process (``AddressSpace/zapObjectPages(_:from:to:)``). A space stays listed
+/// after its last VMA over the object goes: a zap there finds nothing to do.
 @usableFromInline
 final class SharedMemoryObject: @unchecked Sendable {
     let memory: PhysicalMemory
     let pages = FutexLock<[UInt64: UInt64]>([:])
+    let mappers = FutexLock<MapperList>(MapperList())
+    /// Hole punches so far, bumped (releasing) after each punch dropped its pages and before it
+    /// zaps any mapping of them. A fault reads it (acquiring) before it takes a page from the
+    /// cache and installs the page only if it is unchanged under the entry's split lock
+    /// (``AddressSpace``'s `installIfUnchanged`): a page the fault took before a punch dropped it
+    /// was in the cache while the fault's page table already existed, so the punch's zap reaches
+    /// that table and takes its split lock, either after the install (and zaps the entry) or
+    /// before it (and the fault sees the new count and retries). `FutexLock` sleeps, so the
+    /// cache itself cannot be rechecked under a split lock; the count can.
+    let punches = Atomic<UInt64>(0)
     /// The file's path for a file object; `nil` for shmem.
     @usableFromInline let path: String?
 
@@ -53,8 +68,9 @@ extension SharedMemoryObject {
         pages.withLock { pages in pages[offset].map { memory.token(of: $0) } ?? 0 }
     }
 
-    /// Drops the cached pages `[from, to)` (`MADV_REMOVE`'s hole punch); the caller zapped every
-    /// mapping of them first.
+    /// Drops the cached pages `[from, to)` (`MADV_REMOVE`'s hole punch). Mappings of them keep
+    /// their own references: the caller then zaps them in every space
+    /// (``AddressSpace/zapObjectPages(_:from:to:)``).
     func removePages(from: UInt64, to: UInt64) {
         var chain = FrameChain()
         pages.withLock { pages in
@@ -62,6 +78,39 @@ extension SharedMemoryObject {
                 if let frame = pages.removeValue(forKey: offset) { memory.unpin(frame, into: &chain) }
             }
         }
+        // Releasing: a fault that reads the new count takes pages from the cache without these.
+        punches.add(1, ordering: .releasing)
         memory.release(chain)
+    }
+}
+
+/// The spaces that map a ``SharedMemoryObject`` (weak references), with a generation that
+/// changes whenever one is added: a hole punch that zapped every listed space rereads it and
+/// zaps the newcomers (a fork whose child copied entries of the parent before the parent's zap).
+struct MapperList {
+    struct Mapper {
+        weak var space: AddressSpace?
+        let identity: ObjectIdentifier
+    }
+    var mappers: [Mapper] = []
+    var generation: UInt64 = 0
+}
+
+extension SharedMemoryObject {
+    /// Lists `space` as a mapper (idempotent). Called when a VMA over the object is inserted into
+    /// `space` (under its mmap write lock), before any entry of it can exist.
+    func addMapper(_ space: AddressSpace) {
+        let identity = ObjectIdentifier(space)
+        mappers.withLock { list in
+            if list.mappers.contains(where: { $0.identity == identity }) { return }
+            list.mappers.removeAll { $0.space == nil }
+            list.mappers.append(MapperList.Mapper(space: space, identity: identity))
+            list.generation &+= 1
+        }
+    }
+
+    /// The live spaces listed and the list's generation.
+    func mappingSpaces() -> (spaces: [AddressSpace], generation: UInt64) {
+        mappers.withLock { list in (list.mappers.compactMap(\.space), list.generation) }
     }
 }

@@ -19,6 +19,28 @@ import Testing
         }
     }
 
+    /// Linux: an mmap without `MAP_ANONYMOUS` and fd -1 is `EBADF` before any other check: an
+    /// unaligned hint, an unknown type, a zero length, `MAP_HUGETLB` or a fixed address over an
+    /// existing mapping do not change it, and nothing is mapped or unmapped.
+    @Test func mapWithoutAnonymousIsBadFileDescriptor() throws {
+        let space = try kernelLikeSpace()
+        let mapped = mmap(space, b, 4 * page, Flag.private | Flag.fixed)
+        let before = space.kernelView()
+        func fileMmap(_ address: UInt64, _ length: UInt64, _ flags: UInt64) -> String {
+            do {
+                return "0x" + String(try space.map(address: address, length: length, protection: .readWrite, rawFlags: flags), radix: 16)
+            } catch {
+                return error.errnoName
+            }
+        }
+        #expect(mapped == "0x200000000")
+        #expect(fileMmap(0, page, Flag.private) == "EBADF")
+        #expect(fileMmap(b, 2 * page, Flag.shared | Flag.fixed) == "EBADF")
+        #expect(fileMmap(b + 1, 0, 0) == "EBADF")
+        #expect(fileMmap(b, page, Flag.private | Flag.fixed | 0x40000) == "EBADF")  // MAP_HUGETLB
+        #expect(space.kernelView() == before)
+    }
+
     /// Linux: `MAP_STACK` sets `nh` (`VM_NOHUGEPAGE`), private or shared.
     @Test func mapStackSetsNoHugePage() throws {
         let space = try kernelLikeSpace()
