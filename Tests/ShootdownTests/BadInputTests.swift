@@ -581,6 +581,21 @@ import Testing
         mirror.detach()
     }
 
+    /// Fuzzer finding: `pin` (and `faultRange`) reserved one array slot per page of the range
+    /// before looking at it, so a range of most of the address space that starts at a hole
+    /// allocated hundreds of GiB and aborted instead of failing with EFAULT.
+    @Test func enormousRangesStartingAtAHoleFailWithoutReservingPerPage() throws {
+        let f = try Fixture()
+        let huge = limit - f.at(16)
+        f.rejects(.badAddress, "pin") { _ = try f.space.pin(address: f.at(16), length: huge, write: false) }
+        let notifier = try f.space.insertIntervalNotifier(start: f.at(0), length: limit - f.at(0), handler: NullIntervalHandler())
+        let sequence = notifier.readBegin()
+        f.rejects(.badAddress, "faultRange") {
+            try f.space.faultRange(address: f.at(16), length: huge, write: false, notifier: notifier, sequence: sequence)
+        }
+        notifier.remove()
+    }
+
     @Test func faultRangeRejectsBadInput() throws {
         let f = try Fixture()
         let notifier = try f.space.insertIntervalNotifier(start: f.at(0), length: 64 * page, handler: NullIntervalHandler())

@@ -54,7 +54,9 @@ extension AddressSpace {
             try checkAlive()
             try checkNotifier(notifier)
             var pages: [MirrorPage] = []
-            pages.reserveCapacity(Int((end - address) / Self.pageSize))
+            // At most a few thousand up front: the range may be enormous and end at a hole (the fuzzer
+            // found a 256 GiB reservation for a one-page mapping).
+            pages.reserveCapacity(Self.initialPageCapacity(address, end))
             var page = address
             while page < end {
                 // Unretained: VMAs cannot be freed while the mmap read lock is held.

@@ -31,7 +31,9 @@ extension AddressSpace {
         let end = try Self.userRangeEnd(address, length, nonEmpty: true)
         let access: Access = write ? .write : .read
         var frames: [UInt64] = []
-        frames.reserveCapacity(Int((end - address) / Self.pageSize))
+        // At most a few thousand up front: the range may be enormous and end at a hole (the fuzzer
+        // found a 256 GiB reservation for a one-page mapping).
+        frames.reserveCapacity(Self.initialPageCapacity(address, end))
         do {
             try mmapLock.withReadLock { () throws(MemoryError) in
                 try checkAlive()
@@ -134,5 +136,13 @@ extension AddressSpace {
         scope.end()
         memory.release(chain)
         if !replaced { memory.freeUnused(copy) }
+    }
+}
+
+extension AddressSpace {
+    /// How many per-page results to reserve for `[address, end)` before its pages are known to be
+    /// mapped: the page count, at most 4 096.
+    static func initialPageCapacity(_ address: UInt64, _ end: UInt64) -> Int {
+        Int(min((end - address) / pageSize, 4096))
     }
 }
