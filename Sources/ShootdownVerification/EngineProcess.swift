@@ -63,6 +63,10 @@ final class EngineProcess {
     }
 
     static func touchFailure(_ error: MemoryError) -> KernelOutcome {
-        error == .segmentationFault ? .signal(LinuxABI.sigsegv) : .error(error.errno)
+        switch error {
+        case .segmentationFault: .signal(LinuxABI.sigsegv)
+        case .busError: .signal(LinuxABI.sigbus)
+        default: .error(error.errno)
+        }
     }
 }

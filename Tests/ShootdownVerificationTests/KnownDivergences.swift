@@ -5,29 +5,6 @@ extension KnownDivergence {
     /// (THP madvise mode, no swap, unprivileged child). Owner "surface": the engine's Linux
     /// syscall surface.
     static let all: [KnownDivergence] = [
-        // shared memory has a size
-        KnownDivergence(
-            signatures: [
-                "mlock outcome: Linux ENOMEM, engine success",
-                "mlock2 outcome: Linux ENOMEM, engine success",
-                "mlock residency after ENOMEM: engine resident, Linux not",
-                "mremap residency after success: engine resident, Linux not",
-                "madvise(MADV_POPULATE_READ) outcome: Linux EFAULT, engine success",
-                "madvise(MADV_POPULATE_WRITE) outcome: Linux EFAULT, engine success",
-                "read outcome: Linux SIGBUS, engine loaded",
-                "write outcome: Linux SIGBUS, engine stored",
-            ],
-            reproducer: [
-                .mmap(.window(-0x1728000), length: 0x2f000, protection: 0x3, flags: 0x31),  // PROT_READ|PROT_WRITE, MAP_SHARED|MAP_FIXED|MAP_ANONYMOUS
-                .mremap(.window(-0x16fc000), oldLength: 0x3000, newLength: 0x3a000, flags: 0x3, newAddress: .window(-0x5fb000)),  // MREMAP_MAYMOVE|MREMAP_FIXED
-                .write(.window(-0x5f5000), value: 0xb9b9b48738b19d0f),
-            ],
-            note: "Shared anonymous memory keeps the size it was created with: mremap can grow the mapping, but a"
-                + " page past the object's end raises SIGBUS on access (MADV_POPULATE_*: EFAULT; mlock, mlock2: ENOMEM,"
-                + " having populated the pages before the object's end; a"
-                + " locked mapping grown by a move populates only the pages inside the object). The"
-                + " engine's shared object has no size, so the pages just work.",
-            owner: "surface"),
         // MADV_PAGEOUT of shared memory
         KnownDivergence(
             signatures: [
@@ -60,5 +37,22 @@ extension KnownDivergence {
                 + " VMA has no anon_vma: ac goes. A harness limitation (the engine's rule is Linux's), not analysed"
                 + " further.",
             owner: "harness"),
+        // a fork child's grown-by-move VMA merges with its neighbour in the engine only
+        KnownDivergence(
+            signatures: [
+                "mremap mappings after success: layout",
+            ],
+            reproducer: [
+                .mmap(.window(-0x780cb2), length: 0x400000, protection: 0x3, flags: 0x22),  // PROT_READ|PROT_WRITE, MAP_PRIVATE|MAP_ANONYMOUS
+                .mremap(.window(-0x394000), oldLength: 0x200000, newLength: 0x3000, flags: 0x1, newAddress: .absolute(0x0)),  // MREMAP_MAYMOVE
+                .mlock(.window(-0x42a000), length: 0x3b8000),
+                .fork,
+                .mremap(.window(-0x42a000), oldLength: 0x99000, newLength: 0x9d000, flags: 0x1, newAddress: .absolute(0x0)),  // MREMAP_MAYMOVE
+            ],
+            note: "In a fork child, a private VMA that mremap grows by moving it lands right after another VMA of"
+                + " the child; Linux keeps the two apart, the engine merges them. Found by KernelOracleTests seed 6"
+                + " once the shared-object size stopped its sessions earlier; not analysed yet (the child's"
+                + " anon_vma identities or vm_pgoff after the earlier shrink are the suspects).",
+            owner: "surface"),
     ]
 }

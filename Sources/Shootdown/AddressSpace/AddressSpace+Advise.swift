@@ -265,7 +265,12 @@ extension AddressSpace {
                 }
                 while cursor < stop {
                     if translate(cursor)?.isGuard == true { throw .badAddress }
-                    try fault(at: cursor, access: write ? .write : .read)
+                    do throws(MemoryError) {
+                        try fault(at: cursor, access: write ? .write : .read)
+                    } catch {
+                        // Past a shared object's end: `VM_FAULT_SIGBUS`, reported as `EFAULT`.
+                        throw error == .busError ? .badAddress : error
+                    }
                     cursor += Self.pageSize
                 }
             }

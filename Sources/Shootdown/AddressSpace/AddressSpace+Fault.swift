@@ -129,6 +129,8 @@ extension AddressSpace {
         if entry.isNone {
             if let object = vma.sharedObject {
                 let offset = vma.pageOffset + (address - vma.start) / Self.pageSize
+                // Past the object's end (a shared mapping grown by mremap): `VM_FAULT_SIGBUS`.
+                guard offset < object.pageLimit else { throw .busError }
                 if write && !vma.isShared {
                     // A private file mapping's first write (`do_cow_fault`): a copy of the
                     // file's page, anonymous memory of this VMA.

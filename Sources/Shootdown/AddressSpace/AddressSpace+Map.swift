@@ -165,7 +165,8 @@ extension AddressSpace {
             } else {
                 vma = VMA(
                     start: address, end: end, protection: protection, flags: flags,
-                    sharedObject: options.contains(.shared) ? SharedMemoryObject(memory: memory) : nil)
+                    sharedObject: options.contains(.shared)
+                        ? SharedMemoryObject(memory: memory, pageLimit: length / Self.pageSize) : nil)
             }
             edit.insert(vma)
             edit.mergeNeighbours(vma)

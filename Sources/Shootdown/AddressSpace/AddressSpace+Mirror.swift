@@ -75,7 +75,8 @@ extension AddressSpace {
                         do throws(MemoryError) {
                             try handleFault(vma, page, access)
                         } catch {
-                            return error
+                            // GUP reports `VM_FAULT_SIGBUS` as `-EFAULT`.
+                            return error == .busError ? .badAddress : error
                         }
                     }
                     return nil

@@ -86,7 +86,12 @@ extension AddressSpace {
     private func pinStep(_ vma: VMA, _ page: UInt64, write: Bool) throws(MemoryError) -> UInt64? {
         let found = RCU.withReadSection { pageTable.lookup(page) }
         guard let leaf = found, leaf.entry.isPresent, !write || leaf.entry.isWritable else {
-            try handleFault(vma, page, write ? .write : .read)
+            do throws(MemoryError) {
+                try handleFault(vma, page, write ? .write : .read)
+            } catch {
+                // GUP reports `VM_FAULT_SIGBUS` as `-EFAULT`.
+                throw error == .busError ? .badAddress : error
+            }
             return nil
         }
         if leaf.isHuge {

@@ -26,6 +26,11 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
     /// `SIGSEGV`: a fault on an unmapped address, against the mapping's protection, or on a guard
     /// region.
     case segmentationFault
+    /// `SIGBUS`: an access to a page of a shared object past its end (shared anonymous memory
+    /// keeps the size it was made with; mremap can grow a mapping past it). Calls that fault pages
+    /// in for the caller report it as `EFAULT` (`MADV_POPULATE_*`, `faultRange`, `pin`) or
+    /// `ENOMEM` (mlock), as Linux does.
+    case busError
     /// The frame allocator (or swap) is exhausted (the kernel's OOM, here an error, not a crash),
     /// or a frame already carries ``PhysicalMemory/maxPins`` pins.
     case outOfMemory
@@ -47,7 +52,8 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
     /// `mirror`, an unpinned ``PinnedRange``. Modelled on `ESHUTDOWN`.
     case detached
 
-    /// The Linux errno value this error models (`SIGSEGV` for a segmentation fault; `ENOMEM` for
+    /// The Linux errno value this error models (the signal number for a segmentation fault or a
+    /// bus error; `ENOMEM` for
     /// frame exhaustion; `ESRCH` for a dead space).
     public var errno: Int32 {
         switch self {
@@ -57,6 +63,7 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         case .badFileDescriptor: 9
         case .badAddress: 14
         case .segmentationFault: 11
+        case .busError: 7
         case .wouldBlock: 11
         case .permissionDenied: 1
         case .busy: 16
@@ -94,6 +101,7 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         case .badFileDescriptor: "EBADF"
         case .badAddress: "EFAULT"
         case .segmentationFault: "SIGSEGV"
+        case .busError: "SIGBUS"
         case .wouldBlock: "EAGAIN"
         case .permissionDenied: "EPERM"
         case .busy: "EBUSY"
@@ -111,6 +119,7 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         case .badFileDescriptor: "EBADF (bad file descriptor)"
         case .badAddress: "EFAULT (bad address)"
         case .segmentationFault: "SIGSEGV (segmentation fault)"
+        case .busError: "SIGBUS (past the end of a shared object)"
         case .outOfMemory: "out of memory (frames exhausted)"
         case .wouldBlock: "EAGAIN (would block)"
         case .permissionDenied: "EPERM (operation not permitted)"

@@ -29,10 +29,15 @@ final class SharedMemoryObject: @unchecked Sendable {
     let punches = Atomic<UInt64>(0)
     /// The file's path for a file object; `nil` for shmem.
     @usableFromInline let path: String?
+    /// The object's size in pages: an access to a page at or past it is `SIGBUS`. Shared
+    /// anonymous memory keeps the length it was mapped with (no `ftruncate` here); file objects
+    /// are unbounded (their size is not modelled).
+    let pageLimit: UInt64
 
-    init(memory: PhysicalMemory, path: String? = nil) {
+    init(memory: PhysicalMemory, path: String? = nil, pageLimit: UInt64 = .max) {
         self.memory = memory
         self.path = path
+        self.pageLimit = pageLimit
     }
 
     deinit {

@@ -52,6 +52,7 @@ extension ReferenceModel {
         if options.contains(.shared) {
             flags.formUnion([.shared, .mayShare])
             object = nextObject
+            objectPageLimits[nextObject] = length / Self.pageSize
             nextObject += 1
         } else if protection.contains(.write) && !options.contains(.noReserve) {
             flags.insert(.account)
@@ -458,7 +459,13 @@ extension ReferenceModel {
             while cursor < end {
                 guard let area = area(containing: cursor) else { throw .noMemory }
                 if !area.protection.contains(access == .write ? .write : .read) { throw .invalidArgument }
-                for page in eachPage(cursor, min(end, area.end)) { try fault(at: page, access: access) }
+                for page in eachPage(cursor, min(end, area.end)) {
+                    do throws(MemoryError) {
+                        try fault(at: page, access: access)
+                    } catch {
+                        throw error == .busError ? .badAddress : error
+                    }
+                }
                 cursor = min(end, area.end)
             }
         default:
@@ -475,6 +482,7 @@ extension ReferenceModel {
         guard var entry = pages[address] else {
             if let object = area.object {
                 let objectPage = area.objectPage + (address - area.start) / Self.pageSize
+                if objectPage >= objectPageLimits[object] ?? .max { throw .busError }
                 sharedResident[object, default: []].insert(objectPage)
                 pages[address] = Page(
                     content: .shared(object: object, page: objectPage), residence: .mapped,
@@ -604,7 +612,11 @@ extension ReferenceModel {
         let access: AddressSpace.Access = write ? .write : .read
         for page in eachPage(start, end) {
             guard let area = area(containing: page), Self.allows(area.protection, access) else { throw .badAddress }
-            try fault(at: page, access: access)
+            do throws(MemoryError) {
+                try fault(at: page, access: access)
+            } catch {
+                throw error == .busError ? .badAddress : error
+            }
         }
     }
 

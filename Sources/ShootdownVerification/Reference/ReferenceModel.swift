@@ -103,6 +103,9 @@ public final class ReferenceModel {
     /// Content tokens of shared objects' pages (a page never written reads 0).
     public var sharedTokens: [Int: [UInt64: UInt64]] = [:]
     public var nextObject = 1
+    /// Each shared object's size in pages (the length it was mapped with): pages at or past it
+    /// are `SIGBUS`.
+    public var objectPageLimits: [Int: UInt64] = [:]
     public var nextAnon: UInt64 = 2
     /// Pages of shared objects in their page cache (faulted in through any mapping).
     public var sharedResident: [Int: Set<UInt64>] = [:]
