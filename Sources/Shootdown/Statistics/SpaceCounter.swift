@@ -82,6 +82,9 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
     case hugePagesSplit
     /// Ranges of 512 pages collapsed into a 2 MiB mapping.
     case hugePagesCollapsed
+    /// 2 MiB-aligned blocks inside a VMA that ``AddressSpace/collapse(address:length:)`` examined
+    /// (holes in its range are skipped, not scanned).
+    case hugePageBlocksScanned
     /// Pages written to swap by reclaim or page-out.
     case pagesSwappedOut
     /// Pages moved to new frames.
@@ -159,6 +162,7 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .tablesFreed: "tablesFreed"
         case .hugePagesSplit: "hugePagesSplit"
         case .hugePagesCollapsed: "hugePagesCollapsed"
+        case .hugePageBlocksScanned: "hugePageBlocksScanned"
         case .pagesSwappedOut: "pagesSwappedOut"
         case .pagesMigrated: "pagesMigrated"
         case .pagesWriteProtected: "pagesWriteProtected"
