@@ -233,15 +233,7 @@ extension AddressSpace {
                         // space over the same object pages are zapped here, other spaces' after
                         // the lock is dropped.
                         if let object = vma.sharedObject {
-                            for other in index.all where other !== vma && other.sharedObject === object {
-                                let low = max(first, other.pageOffset)
-                                let high = min(last, other.pageOffset + (other.end - other.start) / Self.pageSize)
-                                guard low < high else { continue }
-                                edit.touch(other)
-                                let from = other.start + (low - other.pageOffset) * Self.pageSize
-                                let to = other.start + (high - other.pageOffset) * Self.pageSize
-                                zapAndEnd(beginInvalidation(from, to, .clear, vma: snapshot(other)), from, to, keepGuards: true)
-                            }
+                            zapObjectMappings(object, from: first, to: last, edit: edit, skipping: vma)
                             object.removePages(from: first, to: last)
                             punches.append((object, first, last))
                         }
@@ -268,8 +260,7 @@ extension AddressSpace {
                     do throws(MemoryError) {
                         try fault(at: cursor, access: write ? .write : .read)
                     } catch {
-                        // Past a shared object's end: `VM_FAULT_SIGBUS`, reported as `EFAULT`.
-                        throw error == .busError ? .badAddress : error
+                        throw error.reportedByFaultIn
                     }
                     cursor += Self.pageSize
                 }
@@ -417,12 +408,14 @@ extension AddressSpace {
     /// it rechecks the cache under the split lock this zap takes.
     func zapObjectPagesElsewhere(_ object: SharedMemoryObject, from: UInt64, to: UInt64) {
         var done: Set<ObjectIdentifier> = [ObjectIdentifier(self)]
+        var zappedGeneration: UInt64? = nil
         while true {
             let (spaces, generation) = object.mappingSpaces()
+            if generation == zappedGeneration { return }
             for space in spaces where done.insert(ObjectIdentifier(space)).inserted {
                 space.zapObjectPages(object, from: from, to: to)
             }
-            if object.mappingSpaces().generation == generation { return }
+            zappedGeneration = generation
         }
     }
 
@@ -434,16 +427,24 @@ extension AddressSpace {
             guard !dead.load(ordering: .relaxed) else { return }
             let edit = VMAEdit(self, writerLocks: true)
             defer { edit.finish() }
-            for vma in index.all where vma.sharedObject === object {
-                let low = max(from, vma.pageOffset)
-                let high = min(to, vma.pageOffset + (vma.end - vma.start) / Self.pageSize)
-                guard low < high else { continue }
-                edit.touch(vma)
-                let start = vma.start + (low - vma.pageOffset) * Self.pageSize
-                let stop = vma.start + (high - vma.pageOffset) * Self.pageSize
-                splitPartialHugeMappings(start, stop)
-                zapAndEnd(beginInvalidation(start, stop, .clear, vma: snapshot(vma)), start, stop, keepGuards: true)
-            }
+            zapObjectMappings(object, from: from, to: to, edit: edit)
+        }
+    }
+
+    /// Zaps, in every VMA of this space over `object` but `skipping`, the entries of the object
+    /// pages `[from, to)` (event `clear`), write-locking each VMA it changes. Shared memory is
+    /// never mapped huge, so no huge mapping needs splitting. Caller: the mmap lock and `edit`.
+    func zapObjectMappings(
+        _ object: SharedMemoryObject, from: UInt64, to: UInt64, edit: VMAEdit, skipping: VMA? = nil
+    ) {
+        for vma in index.all where vma !== skipping && vma.sharedObject === object {
+            let low = max(from, vma.pageOffset)
+            let high = min(to, vma.pageOffset + (vma.end - vma.start) / Self.pageSize)
+            guard low < high else { continue }
+            edit.touch(vma)
+            let start = vma.start + (low - vma.pageOffset) * Self.pageSize
+            let stop = vma.start + (high - vma.pageOffset) * Self.pageSize
+            zapAndEnd(beginInvalidation(start, stop, .clear, vma: snapshot(vma)), start, stop, keepGuards: true)
         }
     }
 }

@@ -221,7 +221,7 @@ extension AddressSpace {
         unlessPunched object: SharedMemoryObject? = nil, since punches: UInt64 = 0
     ) -> Bool {
         lock.lock()
-        if pte.load(slot) == expected, object.map({ $0.punches.load(ordering: .relaxed) == punches }) ?? true {
+        if pte.load(slot) == expected, (object?.punches.load(ordering: .relaxed) ?? punches) == punches {
             // Releasing: the frame's state is visible to lockless readers of the entry.
             pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
             lock.unlock()

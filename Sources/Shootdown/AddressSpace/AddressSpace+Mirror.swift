@@ -75,8 +75,7 @@ extension AddressSpace {
                         do throws(MemoryError) {
                             try handleFault(vma, page, access)
                         } catch {
-                            // GUP reports `VM_FAULT_SIGBUS` as `-EFAULT`.
-                            return error == .busError ? .badAddress : error
+                            return error.reportedByFaultIn
                         }
                     }
                     return nil

@@ -89,8 +89,7 @@ extension AddressSpace {
             do throws(MemoryError) {
                 try handleFault(vma, page, write ? .write : .read)
             } catch {
-                // GUP reports `VM_FAULT_SIGBUS` as `-EFAULT`.
-                throw error == .busError ? .badAddress : error
+                throw error.reportedByFaultIn
             }
             return nil
         }

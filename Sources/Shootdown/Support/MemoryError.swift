@@ -130,3 +130,9 @@ public enum MemoryError: Error, Hashable, Sendable, CustomStringConvertible {
         }
     }
 }
+
+extension MemoryError {
+    /// The error a call that faults pages in for its caller (GUP: `MADV_POPULATE_*`, `faultRange`,
+    /// `pin`) reports for a fault that failed with `self`: `VM_FAULT_SIGBUS` becomes `EFAULT`.
+    var reportedByFaultIn: MemoryError { self == .busError ? .badAddress : self }
+}
