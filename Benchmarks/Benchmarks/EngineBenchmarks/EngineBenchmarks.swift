@@ -1,5 +1,5 @@
 import Benchmark
-import Shootdown
+@_spi(Benchmarking) import Shootdown
 
 // Hot-path benchmarks. CI-style gating uses only `mallocCountTotal` (deterministic); wall clock
 // and throughput are reported for people, never gated (this class of machine is too noisy:
@@ -99,7 +99,9 @@ let benchmarks: @Sendable () -> Void = {
             }
             blackHole(found)
         } setup: {
-            let space = try AddressSpace(memory: PhysicalMemory(capacity: 1024))
+            // Linux's default vm.max_map_count (65 530) would refuse the 100 000-VMA space.
+            let space = try AddressSpace(
+                configuration: .init(maxMapCount: 2 * count), memory: PhysicalMemory(capacity: 1024))
             for index in 0..<count {
                 try space.map(length: 4096, placement: .fixed(0x1000_0000 + UInt64(index) * 8192))
             }
