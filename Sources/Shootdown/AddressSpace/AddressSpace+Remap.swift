@@ -132,14 +132,9 @@ extension AddressSpace {
             guard oldLength == 0
                 || (!oldEnd.overflow && address + moveLength <= vma.end && (fixedShrink || oldEnd.partialValue <= vma.end))
             else { throw .badAddress }
-            if fixedShrink {
-                // The tail goes through munmap's checks: past the user space it is EINVAL (nothing
-                // changed; the engine used to zap far beyond the space).
-                guard oldEnd.partialValue <= Self.userLimit else { throw .invalidArgument }
-                try checkNotSealed(address + newLength, oldEnd.partialValue, splittingWith: edit)
-            }
-            // Growing a locked VMA: the locked-memory limit before any search for room (EAGAIN).
-            if vma.isLocked && newLength > oldLength && oldLength != 0 {
+            // Growing a locked VMA, or duplicating one (old length 0, the whole new length
+            // counts): the locked-memory limit before any search for room (EAGAIN; measured).
+            if vma.isLocked && newLength > oldLength {
                 try checkLockLimit(adding: newLength - oldLength, mapping: false)
             }
             if !flags.contains(.fixed) && !flags.contains(.dontUnmap) && oldLength != 0 {
@@ -149,10 +144,12 @@ extension AddressSpace {
                 if address + oldLength == vma.end, !newEnd.overflow, newEnd.partialValue <= Self.userLimit,
                     !index.contains(intersecting: vma.end, newEnd.partialValue, where: { _ in true })
                 {
-                    // Grow in place (`vma_expand`), merging with the next VMA if compatible.
+                    // Grow in place (`vma_merge_extend`), merging with the next VMA if
+                    // compatible, never with the one before (oracle: in a fork child, two equal
+                    // VMAs stay apart when the upper one grows).
                     let oldVMAEnd = vma.end
                     edit.setBounds(vma, start: vma.start, end: newEnd.partialValue)
-                    let merged = edit.mergeNeighbours(vma)
+                    let merged = edit.mergeNeighbours(vma, backward: false)
                     if merged.isLocked && !merged.flags.contains(.lockOnFault) && !merged.protection.isEmpty {
                         let write = !merged.isShared && merged.protection.contains(.write)
                         populate = (oldVMAEnd, newEnd.partialValue - oldVMAEnd, write)
@@ -166,6 +163,13 @@ extension AddressSpace {
             if flags.contains(.fixed) {
                 try checkNotSealed(newAddress, newAddress + newLength, splittingWith: edit)
                 unmapLocked(newAddress, newAddress + newLength, edit: edit)
+                if fixedShrink {
+                    // Then the tail goes through munmap's checks, the target already unmapped
+                    // (measured): past the user space it is EINVAL (the engine used to zap far
+                    // beyond the space), a seal in it EPERM after the split before the seal.
+                    guard oldEnd.partialValue <= Self.userLimit else { throw .invalidArgument }
+                    try checkNotSealed(address + newLength, oldEnd.partialValue, splittingWith: edit)
+                }
                 target = newAddress
             } else if flags.contains(.dontUnmap) && newAddress != 0 {
                 var hint = newAddress & ~(Self.pageSize - 1)

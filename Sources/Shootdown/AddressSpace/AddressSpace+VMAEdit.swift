@@ -93,11 +93,13 @@ final class VMAEdit {
     }
 
     /// Merges `vma` with its neighbours where they are compatible (`vma_merge`). Returns the VMA
-    /// that now covers `vma`'s range.
+    /// that now covers `vma`'s range. `backward: false` merges only with what follows: a VMA that
+    /// grew at its end (`vma_merge_extend`) is the merge's lower side and never looks back, so two
+    /// compatible VMAs that a fork copied apart stay apart.
     @discardableResult
-    func mergeNeighbours(_ vma: VMA) -> VMA {
+    func mergeNeighbours(_ vma: VMA, backward: Bool = true) -> VMA {
         var survivor = vma
-        if let previous = survivor.previous, previous.canMerge(with: survivor) {
+        if backward, let previous = survivor.previous, previous.canMerge(with: survivor) {
             let end = survivor.end
             let flags = previous.flags.union(survivor.flags.intersection(VMFlags.ignoredByMerge))
             let anon = survivor.anonVMA

@@ -150,6 +150,30 @@ import Testing
         #expect(cleanChild.kernelView() == ["200000000-200008000 rw-p rd wr mr mw me ac "])
     }
 
+    /// Kernel, in a fork child of a process with `[b, b+2p)` rw, `[b+2p, b+4p)` rw locked on
+    /// fault (kept apart by the lock, never written) and `[b+6p, b+8p)` rw: the child's first two
+    /// VMAs have equal flags and stay apart (fork copies VMAs, it never merges them). Growing the
+    /// second in place by mremap (`vma_merge_extend`) merges it only with the VMA after it:
+    /// `200002000-200005000`, then `200002000-200008000` once it reaches `b+6p`; the VMA before
+    /// stays apart. An mprotect round trip over it then merges all three (`200000000-200008000`).
+    @Test func mremapGrowInPlaceMergesOnlyWithTheNextVMA() throws {
+        let parent = try kernelLikeSpace()
+        try parent.map(length: 2 * page, placement: .fixed(b))
+        try parent.map(length: 2 * page, placement: .fixed(b + 2 * page))
+        try parent.lock(address: b + 2 * page, length: 2 * page, onFault: true)
+        try parent.map(length: 2 * page, placement: .fixed(b + 6 * page))
+        let child = try parent.fork()
+        let rw = "rw-p rd wr mr mw me ac "
+        #expect(child.kernelView() == ["200000000-200002000 " + rw, "200002000-200004000 " + rw, "200006000-200008000 " + rw])
+        #expect(try child.remap(address: b + 2 * page, oldLength: 2 * page, newLength: 3 * page, move: .mayMove) == b + 2 * page)
+        #expect(child.kernelView() == ["200000000-200002000 " + rw, "200002000-200005000 " + rw, "200006000-200008000 " + rw])
+        try child.remap(address: b + 2 * page, oldLength: 3 * page, newLength: 4 * page)
+        #expect(child.kernelView() == ["200000000-200002000 " + rw, "200002000-200008000 " + rw])
+        try child.protect(address: b + 2 * page, length: 6 * page, protection: .read)
+        try child.protect(address: b + 2 * page, length: 6 * page, protection: .readWrite)
+        #expect(child.kernelView() == ["200000000-200008000 " + rw])
+    }
+
     /// Kernel: a parent VMA written, then split by mprotect (both parts share one anon_vma);
     /// after fork, the child's parts each have an anon_vma of their own: restoring the protection
     /// in the child, mlock and munlockall leave them apart, while the parent merges back.

@@ -282,3 +282,43 @@ import Testing
         #expect(remap(space, b, 2 * page, 2 * page, .mayMove, b + 32 * page) == "0x200000000")
     }
 }
+
+/// A fixed shrink unmaps its target before its tail: the tail's errors come after the target is gone.
+extension MremapTests {
+    /// Kernel: `[b, b+8p)` rw with `[b+6p, b+7p)` sealed, `[b+16p, b+24p)` shared;
+    /// `mremap(b, 8 pages, 2 pages, MAYMOVE|FIXED, b+18p)`: EPERM, after the target
+    /// `[b+18p, b+20p)` was unmapped and the source split at b+2p by the tail's munmap.
+    /// Then a tail past the top of the user space (`mremap(0x7fff00000000, to 0x800000004000,
+    /// 2 pages, MAYMOVE|FIXED, b+20p)`): EINVAL, after `[b+20p, b+22p)` was unmapped.
+    @Test func fixedShrinkUnmapsTheTargetBeforeTheTailFails() throws {
+        let space = try kernelLikeSpace()
+        try space.map(length: 8 * page, placement: .fixed(b))
+        try space.seal(address: b + 6 * page, length: page)
+        try space.map(length: 8 * page, placement: .fixed(b + 16 * page), options: .shared)
+        #expect(remap(space, b, 8 * page, 2 * page, [.mayMove, .fixed], b + 18 * page) == "EPERM")
+        let rw = "rw-p rd wr mr mw me ac "
+        let source = ["200000000-200002000 " + rw, "200002000-200006000 " + rw, "200006000-200007000 rw-p rd wr mr mw me ac sl ",
+                      "200007000-200008000 " + rw]
+        #expect(space.kernelView() == source + ["200010000-200012000 rw-s rd wr sh mr mw me ms ", "200014000-200018000 rw-s rd wr sh mr mw me ms "])
+        let top: UInt64 = 0x7fff_0000_0000
+        try space.map(length: 4 * page, placement: .fixed(top))
+        #expect(remap(space, top, 0x8000_0000_0000 - top + 4 * page, 2 * page, [.mayMove, .fixed], b + 20 * page) == "EINVAL")
+        #expect(space.kernelView().prefix(6) == (source + ["200010000-200012000 rw-s rd wr sh mr mw me ms ", "200016000-200018000 rw-s rd wr sh mr mw me ms "])[...])
+    }
+}
+
+extension MremapTests {
+    /// Kernel (unprivileged, 8 MiB locked-memory limit): a 16-page shared mapping with its first
+    /// 4 pages locked; duplicating the locked VMA (`mremap(a, 0, new, MAYMOVE)`) checks the limit
+    /// on the whole new length: 0x7ffffffff000 and 16 MiB are EAGAIN, 4 pages succeed; the same
+    /// huge duplicate of the unlocked part is ENOMEM (no room).
+    @Test func duplicatingALockedMappingChecksTheLockLimit() throws {
+        let space = try kernelLikeSpace(privileged: false)
+        try space.map(length: 16 * page, protection: .read, placement: .fixed(b), options: .shared)
+        try space.lock(address: b, length: 4 * page)
+        #expect(remap(space, b, 0, 0x7fff_ffff_f000, .mayMove) == "EAGAIN")
+        #expect(remap(space, b, 0, 16 << 20, .mayMove) == "EAGAIN")
+        #expect(remap(space, b, 0, 4 * page, .mayMove) != "EAGAIN")
+        #expect(remap(space, b + 8 * page, 0, 0x7fff_ffff_f000, .mayMove) == "ENOMEM")
+    }
+}
