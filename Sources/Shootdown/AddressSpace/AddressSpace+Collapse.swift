@@ -51,8 +51,8 @@ extension AddressSpace {
     /// aligned start passes the aligned end), is `EINVAL`, stopping the walk; a piece holding no
     /// whole block otherwise succeeds doing nothing; a block already huge succeeds; a block that
     /// cannot be collapsed (no page table: nothing was ever touched there; a guard marker; a swap
-    /// entry; a frame shared with a fork) makes the call `EINVAL` after the VMA's other blocks were
-    /// tried (those collapsed stay collapsed). Shared memory (shmem) collapses into its object,
+    /// entry; a pinned frame; a frame a fork shares is copied, not refused) makes the call
+    /// `EINVAL` after the VMA's other blocks were tried (those collapsed stay collapsed). Shared memory (shmem) collapses into its object,
     /// whatever the protection: a block whose object pages are not 2 MiB-aligned, or of which the
     /// object holds no page at all, fails the same way; otherwise every page of the block is put
     /// in the object (mincore then shows all 512 resident) and the mappings are left as they are
@@ -86,7 +86,7 @@ extension AddressSpace {
                     defer { block += huge }
                     if translate(block)?.isHuge == true { continue }
                     edit.touch(vma)
-                    if collapseBlock(block, vma: vma, retire: edit.retire) { collapsed += 1 } else { failed = true }
+                    if collapseBlock(block, vma: vma, retire: edit.retire, forced: true) { collapsed += 1 } else { failed = true }
                 }
                 if failed { throw .invalidArgument }
             }
@@ -109,7 +109,11 @@ extension AddressSpace {
         return !failed
     }
 
-    private func collapseBlock(_ block: UInt64, vma: VMA, retire: RetireList) -> Bool {
+    /// Collapses one block of private `vma`. Every frame must be referenced by mappings only;
+    /// khugepaged (`forced: false`) also wants them mapped by this table alone, `MADV_COLLAPSE`
+    /// (`forced: true`) copies pages a fork shares too (measured: both the parent and the child
+    /// collapse, the other keeps its small pages). Caller: mmap write lock.
+    private func collapseBlock(_ block: UInt64, vma: VMA, retire: RetireList, forced: Bool = false) -> Bool {
         guard let (pmd, pmdIndex) = pageTable.existingPMDSlot(block) else { return false }
         let pmdEntry = pmd.load(pmdIndex)
         guard !pmdEntry.isNone, !pmdEntry.isHuge else { return false }
@@ -121,7 +125,8 @@ extension AddressSpace {
                 if entry.isNone { continue }
                 guard entry.isPresent else { return false }
                 if entry.number != PhysicalMemory.zeroFrame {
-                    guard memory.isExclusive(entry.number) else { return false }
+                    guard forced ? memory.isReferencedOnlyByMappings(entry.number) : memory.isExclusive(entry.number)
+                    else { return false }
                     present += 1
                 }
             }

@@ -33,6 +33,15 @@ extension PhysicalMemory {
         frame != Self.zeroFrame && counts[Int(frame)].load(ordering: .acquiring) & ~Self.pinMask == Self.exclusivelyMapped
     }
 
+    /// Whether every reference to `frame` is a page-table mapping: no pin and no page-cache
+    /// reference (Linux's `is_refcount_suitable`). A private page a fork shares qualifies.
+    @inlinable
+    func isReferencedOnlyByMappings(_ frame: UInt64) -> Bool {
+        guard frame != Self.zeroFrame else { return false }
+        let word = counts[Int(frame)].load(ordering: .acquiring)
+        return word & Self.pinMask == 0 && word & Self.referenceMask == word >> 32
+    }
+
     /// Whether `frame` carries a pin.
     @inlinable
     func isPinned(_ frame: UInt64) -> Bool {

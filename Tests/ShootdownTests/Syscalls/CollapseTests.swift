@@ -103,3 +103,31 @@ import Testing
         }
     }
 }
+
+extension CollapseTests {
+    /// Kernel: pages 5 and 512+3 written (1), then fork. `MADV_COLLAPSE` of both blocks in the
+    /// child: ok, both huge (512 resident each), page 5 reads 1; the parent keeps its small pages
+    /// (1 resident in the first block). The same collapse in the parent instead: ok, both huge;
+    /// the child keeps its small pages. A frame shared with a fork is copied like any other
+    /// (`MADV_COLLAPSE` has no shared-page limit; only khugepaged has one).
+    @Test(arguments: [true, false])
+    func collapsesPagesSharedWithAFork(inChild: Bool) throws {
+        let parent = try kernelLikeSpace()
+        try parent.map(length: 2 * huge, placement: .fixed(b))
+        try parent.write(1, at: b + 5 * page)
+        try parent.write(1, at: b + huge + 3 * page)
+        let child = try parent.fork()
+        let (collapsing, other) = inChild ? (child, parent) : (parent, child)
+        #expect(collapse(collapsing, b, 2 * huge) == "ok")
+        #expect(collapsing.translate(b)?.isHuge == true)
+        #expect(collapsing.translate(b + huge)?.isHuge == true)
+        #expect(try collapsing.read(at: b + 5 * page) == 1)
+        #expect(other.translate(b)?.isHuge != true)
+        #expect(other.residencyString(b, pages: 8) == "00000100")
+        #expect(try other.read(at: b + 5 * page) == 1)
+        try collapsing.write(2, at: b + 5 * page)
+        #expect(try other.read(at: b + 5 * page) == 1)
+        try child.teardown()
+        try parent.audit()
+    }
+}
