@@ -99,6 +99,7 @@ extension AddressSpace {
                 let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
                 if entry.rawValue & wanted != wanted {
                     leaf.table[leaf.index].pointee.store(entry.rawValue | wanted, ordering: .relaxed)
+                    if write { memory.markDirty(frame) }
                 }
                 if let tlb {
                     tlb.fill(

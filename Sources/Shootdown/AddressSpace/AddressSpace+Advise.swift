@@ -238,7 +238,12 @@ extension AddressSpace {
                             punches.append((object, first, last))
                         }
                     case .free: lazyFree(start, stop, vma: vma)
-                    case .pageOut: if vma.isAnonymousPrivate { pageOut(start, stop, vma: vma) }
+                    case .pageOut:
+                        if vma.isAnonymousPrivate {
+                            pageOut(start, stop, vma: vma)
+                        } else if vma.isShared, let object = vma.sharedObject, object.path == nil {
+                            pageOutShared(start, stop, vma: vma, object: object)
+                        }
                     default: break
                     }
                 }
@@ -399,6 +404,51 @@ extension AddressSpace {
 }
 
 extension AddressSpace {
+    /// `MADV_PAGEOUT` of shared memory (shmem) over `[start, end)` of `vma`: every present entry
+    /// whose page only this entry maps (no other mapping, no pin) is unmapped under one `clear`
+    /// invalidation, as reclaim's `try_to_unmap` does; then each such page that is still clean
+    /// (no entry ever dirtied it, ``PhysicalMemory/markDirty(_:)``) and still mapped by nobody
+    /// leaves the object's cache. Dirty pages stay cached: without swap, shmem cannot write them
+    /// out (measured: read-faulted and `MADV_POPULATE_READ` pages go, written ones and pages a
+    /// fork child maps too stay). Software TLBs are shot down under each table's lock before
+    /// its entries go (a store through a stale entry must not dirty a page judged clean).
+    ///
+    /// - Precondition: mmap lock held; the VMA in an edit's write section; no split lock held
+    ///   (the object's cache lock sleeps).
+    func pageOutShared(_ start: UInt64, _ end: UInt64, vma: VMA, object: SharedMemoryObject) {
+        let scope = beginInvalidation(start, end, .clear, vma: snapshot(vma))
+        var chain = FrameChain()
+        var clean: [(offset: UInt64, frame: UInt64)] = []
+        let firstOffset = vma.pageOffset + (start - vma.start) / Self.pageSize
+        // One mapping and the cache's reference: the page is this entry's alone.
+        let mappedOnce = 2 * PhysicalMemory.refOne | PhysicalMemory.mapOne
+        withSecondaryTLBHook { hook in
+            pageTable.forEachLockedLeafRun(
+                from: start, to: end, huge: { _, _, _, _, _ in },
+                pte: { table, first, last, chunkStart in
+                    shootDownTLBsLocked(table, first, last, chunkStart) {
+                        $0.isPresent && memory.refcountWord($0.number) == mappedOnce
+                    }
+                    for index in first..<last {
+                        let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
+                        guard entry.isPresent, entry.number != PhysicalMemory.zeroFrame,
+                            memory.refcountWord(entry.number) == mappedOnce
+                        else { continue }
+                        table[index].pointee.store(0, ordering: .relaxed)
+                        if !entry.isDirty && !memory.isDirty(entry.number) {
+                            let address = chunkStart + UInt64(index - first) * Self.pageSize
+                            clean.append((firstOffset + (address - start) / Self.pageSize, entry.number))
+                        }
+                        memory.unmapFrame(entry.number, into: &chain)
+                    }
+                },
+                flush: hook)
+        }
+        scope.endWithoutTLBShootdown()  // shot down per table above
+        memory.release(chain)
+        if !clean.isEmpty { count(.sharedPagesReclaimed, object.dropCleanPages(clean)) }
+    }
+
     /// After a hole punch in `object` (page offsets `[from, to)`, already dropped from its cache):
     /// zaps every mapping of those pages in every other space that maps the object (the
     /// kernel's `unmap_mapping_range` over the `i_mmap` tree), event `clear`. Takes each space's

@@ -81,6 +81,7 @@ extension AddressSpace {
                 if write {
                     if !entry.isDirty {
                         leaf.table[leaf.index].pointee.store(entry.rawValue | PageTableEntry.dirty, ordering: .relaxed)
+                        memory.markDirty(frame)
                     }
                     memory.setToken(token, of: frame)
                     return token

@@ -146,8 +146,11 @@ extension AddressSpace {
                 guard let frame = object.mapPage(at: offset) else { throw .outOfMemory }
                 let writable = vma.isShared && vma.protection.contains(.write)
                 let installed = PageTableEntry.leaf(frame: frame, writable: writable, dirty: write, softDirty: true)
-                return installIfUnchanged(
+                let done = installIfUnchanged(
                     pte, slot, lock, expected: entry, installed, orRelease: frame, unlessPunched: object, since: punches)
+                if done && write { memory.markDirty(frame) }
+                if done && !write { faultAround(vma, object, pte: pte, address: address, writable: writable) }
+                return done
             }
             if !write {
                 // Read of private anonymous memory: the zero page, read-only (`do_anonymous_page`).
@@ -186,6 +189,7 @@ extension AddressSpace {
             guard current == entry else { return false }
             if current.rawValue & wanted != wanted {
                 pte[slot].pointee.store(current.rawValue | wanted, ordering: .relaxed)
+                if write { memory.markDirty(current.number) }
             } else {
                 count(.spuriousFaults)
             }
@@ -204,9 +208,59 @@ extension AddressSpace {
             let bits = PageTableEntry.writable | PageTableEntry.dirty | PageTableEntry.softDirty
                 | PageTableEntry.accessed
             pte[slot].pointee.store(entry.rawValue | bits, ordering: .relaxed)
+            memory.markDirty(frame)
             return true
         }
         return try copyOnWrite(vma, pte: pte, slot: slot, entry: entry, address: address)
+    }
+
+    /// Pages a read fault of a page-cache page also maps around it (Linux's default
+    /// `fault_around_bytes`, 64 KiB).
+    static let faultAroundPages: UInt64 = 16
+
+    /// Fault-around (`do_fault_around` and `filemap_map_pages`): after a read fault installed a
+    /// page of `object`, maps the other pages of the aligned 16-page window around `address`
+    /// that the object already caches and whose entries are empty, clean (a later store dirties
+    /// them without a fault). The window starts at the aligned start or the VMA's start, spans 16
+    /// entries from there, and stops at the VMA's end and the PTE table's. Observable in Linux
+    /// through the mapcount: a page another mapping faulted around is shared, so `MADV_PAGEOUT`
+    /// leaves it alone (measured). Takes the object's cache lock, then `pte`'s split lock; skips
+    /// everything if a hole punch happened meanwhile. Allocates nothing on the heap.
+    ///
+    /// - Precondition: as ``handleFault(_:_:_:)``: the mmap read lock or the VMA's read lock.
+    private func faultAround(_ vma: VMA, _ object: SharedMemoryObject, pte: TableBlock, address: UInt64, writable: Bool) {
+        let window = Self.faultAroundPages
+        let pteOffset = UInt64(PageTable.index(address, level: 0))
+        let vmaOffset = (address - vma.start) / Self.pageSize
+        let from = max(pteOffset & ~(window - 1), pteOffset - min(pteOffset, vmaOffset))
+        let to = min(from + window, UInt64(TableBlock.entries), pteOffset + (vma.end - vma.start) / Self.pageSize - vmaOffset)
+        guard to > from + 1 else { return }
+        let count = Int(to - from)
+        let firstPage = vma.pageOffset + vmaOffset - (pteOffset - from)
+        // Acquiring: pairs with a hole punch's releasing bump (see `SharedMemoryObject.punches`).
+        let punches = object.punches.load(ordering: .acquiring)
+        withUnsafeTemporaryAllocation(of: UInt64.self, capacity: Int(window)) { frames in
+            object.mapCachedPages(from: firstPage, count: count, skipping: Int(pteOffset - from), into: frames)
+            var chain = FrameChain()
+            var mapped = 0
+            let lock = pageTable.pteLock(pte)
+            lock.lock()
+            let unpunched = object.punches.load(ordering: .relaxed) == punches
+            for index in 0..<count where frames[index] != 0 {
+                let slot = Int(from) + index
+                if unpunched && pte.load(slot).isNone {
+                    mapped += 1
+                    let entry = PageTableEntry.leaf(frame: frames[index], writable: writable, dirty: false, softDirty: true)
+                    // Releasing: as every install, for lockless readers of the entry.
+                    pte[slot].pointee.store(entry.rawValue, ordering: .releasing)
+                } else {
+                    memory.unmapFrame(frames[index], into: &chain)  // never mapped: nothing to invalidate
+                }
+            }
+            lock.unlock()
+            memory.release(chain)
+            if mapped > 0 { self.count(.faultAroundPages, mapped) }
+        }
     }
 
     /// Installs `installed` if slot still holds `expected`; otherwise drops the mapping reference

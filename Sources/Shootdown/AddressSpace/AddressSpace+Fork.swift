@@ -46,10 +46,12 @@ extension AddressSpace {
                     VMA(start: vma.start, end: vma.end, protection: vma.protection,
                         flags: vma.flags.subtracting([.locked, .lockOnFault]),
                         sharedObject: vma.sharedObject, pageOffset: vma.pageOffset, anonVMA: anon))
-                // `vma_needs_copy`: a private VMA without an anon_vma (never written: zero pages
-                // only; guard installation gives it one) copies no entries; the child faults its
-                // pages in later (measured: mincore shows them absent in the child).
-                if wipe || (cow && vma.anonVMA == 0) { continue }
+                // `vma_needs_copy`: a VMA without an anon_vma copies no entries; the child faults
+                // its pages in later (measured: mincore shows a private one's absent in the child;
+                // a shared one's pages stay unmapped there, so the parent's `MADV_PAGEOUT` may take
+                // them). Guard installation gives a private VMA an anon_vma; a shared VMA that ever
+                // had guards (`gu`) is copied whole, entries and markers (measured).
+                if wipe || (vma.anonVMA == 0 && !(vma.isShared && vma.flags.contains(.maybeGuard))) { continue }
                 var copied = true
                 if cow {
                     let scope = beginInvalidation(vma.start, vma.end, .protectionPage, vma: snapshot(vma))

@@ -134,6 +134,7 @@ extension AddressSpace {
                 if entry.isPresent {
                     // Setting accessed/dirty is not a spurious fault (as on the classic path).
                     pte[slot].pointee.store(entry.rawValue | wanted, ordering: .relaxed)
+                    if write { memory.markDirty(entry.number) }
                 } else {
                     let installed = PageTableEntry.leaf(frame: frame, writable: write, dirty: write, softDirty: write)
                     // Releasing: the frame's counts and zeroed token are visible to lockless readers

@@ -49,6 +49,9 @@ public final class PhysicalMemory: @unchecked Sendable {
     @usableFromInline let counts: UnsafeMutablePointer<Atomic<UInt64>>
     @usableFromInline let links: UnsafeMutablePointer<Atomic<UInt32>>
     @usableFromInline let tokens: UnsafeMutablePointer<Atomic<UInt64>>
+    /// One byte per frame: 1 once a page-table entry mapping the frame became dirty (the folio's
+    /// dirty flag; see ``markDirty(_:)``). Meaningful for page-cache frames only.
+    @usableFromInline let dirtyFlags: UnsafeMutablePointer<Atomic<UInt8>>
     /// Shard stacks, one per cache line: `tag << 32 | top frame` (0 = empty).
     @usableFromInline let shards: UnsafeMutablePointer<Atomic<UInt64>>
     /// Three words, ``cacheLineSize`` apart: the next never-used block (``freshBlockWord``), the
@@ -70,6 +73,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         counts = RawMemory.allocateAtomics(UInt64.self, count: totalFrames, initial: 0)
         links = RawMemory.allocateAtomics(UInt32.self, count: totalFrames, initial: 0)
         tokens = RawMemory.allocateAtomics(UInt64.self, count: totalFrames, initial: 0)
+        dirtyFlags = RawMemory.allocateAtomics(UInt8.self, count: totalFrames, initial: 0)
         shards = RawMemory.allocateAtomics(UInt64.self, count: Self.shardCount * Self.shardStride, initial: 0)
         global = RawMemory.allocateAtomics(UInt64.self, count: 3 * Self.globalStride, initial: 0)
         global[0].store(1, ordering: .relaxed)  // block 0 holds the zero page
@@ -81,6 +85,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         RawMemory.deallocateAtomics(counts, count: totalFrames)
         RawMemory.deallocateAtomics(links, count: totalFrames)
         RawMemory.deallocateAtomics(tokens, count: totalFrames)
+        RawMemory.deallocateAtomics(dirtyFlags, count: totalFrames)
         RawMemory.deallocateAtomics(shards, count: Self.shardCount * Self.shardStride)
         RawMemory.deallocateAtomics(global, count: 3 * Self.globalStride)
     }
@@ -365,6 +370,10 @@ public final class PhysicalMemory: @unchecked Sendable {
         return Int(word & Self.referenceMask) + Int((word & Self.pinMask) >> 20)
     }
 
+    /// The whole counts word of `frame` (references, pins and mappings; acquiring, so what the
+    /// last holder did before dropping its count is visible).
+    func refcountWord(_ frame: UInt64) -> UInt64 { counts[Int(frame)].load(ordering: .acquiring) }
+
     /// The number of page-table entries mapping `frame`.
     public func mapcount(_ frame: UInt64) -> Int {
         Int(counts[Int(frame)].load(ordering: .relaxed) >> 32)
@@ -399,6 +408,25 @@ public final class PhysicalMemory: @unchecked Sendable {
         checkInvariant(frame != Self.zeroFrame, "writing the zero page")
         tokens[Int(frame)].store(token, ordering: .relaxed)
     }
+
+    // MARK: - Dirty state
+
+    /// Records that an entry mapping `frame` became dirty (a store, or a write fault). Linux moves
+    /// a page-table entry's dirty bit into the folio when the entry goes; shared memory is never
+    /// written back without swap, so "ever dirtied while cached" is the folio's dirty flag here.
+    /// Set where an entry's dirty bit is set, under that entry's split lock; relaxed: readers
+    /// order through the frame's counts (acquiring) or the object's cache lock.
+    @inlinable
+    func markDirty(_ frame: UInt64) {
+        if frame != Self.zeroFrame { dirtyFlags[Int(frame)].store(1, ordering: .relaxed) }
+    }
+
+    /// Whether ``markDirty(_:)`` was called for `frame` since ``clearDirty(_:)``.
+    func isDirty(_ frame: UInt64) -> Bool { dirtyFlags[Int(frame)].load(ordering: .relaxed) != 0 }
+
+    /// A clean frame: called when a frame enters a page cache (the flag is not reset on every
+    /// allocation, so private faults pay nothing for it).
+    func clearDirty(_ frame: UInt64) { dirtyFlags[Int(frame)].store(0, ordering: .relaxed) }
 
     // MARK: - Accounting
 

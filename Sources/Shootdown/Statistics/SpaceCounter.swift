@@ -87,6 +87,10 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
     case hugePageBlocksScanned
     /// Pages written to swap by reclaim or page-out.
     case pagesSwappedOut
+    /// Clean shared-memory pages `MADV_PAGEOUT` dropped from their object's cache.
+    case sharedPagesReclaimed
+    /// Cached pages a read fault mapped around the faulting one (fault-around).
+    case faultAroundPages
     /// Pages moved to new frames.
     case pagesMigrated
     /// Entries made read-only (mprotect, fork, soft-dirty re-arming).
@@ -163,6 +167,8 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .hugePagesSplit: "hugePagesSplit"
         case .hugePagesCollapsed: "hugePagesCollapsed"
         case .hugePageBlocksScanned: "hugePageBlocksScanned"
+        case .sharedPagesReclaimed: "sharedPagesReclaimed"
+        case .faultAroundPages: "faultAroundPages"
         case .pagesSwappedOut: "pagesSwappedOut"
         case .pagesMigrated: "pagesMigrated"
         case .pagesWriteProtected: "pagesWriteProtected"

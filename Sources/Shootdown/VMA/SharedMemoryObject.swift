@@ -60,6 +60,7 @@ final class SharedMemoryObject: @unchecked Sendable {
             }
             // One reference for the cache, one reference plus one mapping for the caller.
             guard let frame = memory.allocate(initialCounts: 2 | PhysicalMemory.mapOne) else { return nil }
+            memory.clearDirty(frame)
             pages[offset] = frame
             return frame
         }
@@ -67,6 +68,20 @@ final class SharedMemoryObject: @unchecked Sendable {
 }
 
 extension SharedMemoryObject {
+    /// For fault-around: writes into `frames[i]` the frame caching page `from + i` with one more
+    /// mapping reference taken for the caller, or 0 where the page is not cached, for `i` in
+    /// `0..<count` except `skipping` (the faulting page, already mapped). Never allocates pages.
+    func mapCachedPages(from: UInt64, count: Int, skipping: Int, into frames: UnsafeMutableBufferPointer<UInt64>) {
+        pages.withLock { pages in
+            for index in 0..<count {
+                frames[index] = 0
+                guard index != skipping, let frame = pages[from + UInt64(index)] else { continue }
+                memory.mapAgain(frame)
+                frames[index] = frame
+            }
+        }
+    }
+
     /// The content token of page `offset` (0, a zero page, when it is not cached), without
     /// caching it: what a private mapping's first write copies.
     func token(at offset: UInt64) -> UInt64 {
@@ -86,6 +101,28 @@ extension SharedMemoryObject {
         // Releasing: a fault that reads the new count takes pages from the cache without these.
         punches.add(1, ordering: .releasing)
         memory.release(chain)
+    }
+}
+
+extension SharedMemoryObject {
+    /// Drops each listed page from the cache if it still caches that frame, nobody maps or pins
+    /// it (the cache's reference is its only one) and it is still clean: reclaim of a clean shmem
+    /// page (`MADV_PAGEOUT`). A fault that took the page meanwhile holds a reference, so the page
+    /// stays. Caller: no split lock (this lock sleeps).
+    func dropCleanPages(_ candidates: [(offset: UInt64, frame: UInt64)]) -> Int {
+        var chain = FrameChain()
+        let dropped = pages.withLock { pages -> Int in
+            var dropped = 0
+            for (offset, frame) in candidates
+            where pages[offset] == frame && memory.refcountWord(frame) == PhysicalMemory.refOne && !memory.isDirty(frame) {
+                pages.removeValue(forKey: offset)
+                memory.unpin(frame, into: &chain)
+                dropped += 1
+            }
+            return dropped
+        }
+        memory.release(chain)
+        return dropped
     }
 }
 

@@ -278,11 +278,7 @@ extension ReferenceModel {
         let fixedShrink = fixedTarget != nil && oldLength > newLength
         guard oldLength == 0 || (!overflow && address + moveLength <= source.end && (fixedShrink || oldEnd <= source.end))
         else { throw .badAddress }
-        if fixedShrink {
-            guard oldEnd <= limit else { throw .invalidArgument }
-            try checkNotSealed(address + newLength, oldEnd)
-        }
-        if source.flags.contains(.locked) && newLength > oldLength && oldLength != 0 {
+        if source.flags.contains(.locked) && newLength > oldLength {
             try checkLockLimit(adding: newLength - oldLength, mapping: false)
         }
         if fixedTarget == nil && !dontUnmap && oldLength != 0 {
@@ -305,6 +301,11 @@ extension ReferenceModel {
         if let fixedTarget {
             try checkNotSealed(fixedTarget, fixedTarget + newLength)
             removeRange(fixedTarget, fixedTarget + newLength)
+            if fixedShrink {
+                // The shrinking tail's munmap checks, once the target is gone.
+                guard oldEnd <= limit else { throw .invalidArgument }
+                try checkNotSealed(address + newLength, oldEnd)
+            }
             target = fixedTarget
         } else if dontUnmap && newAddress != 0 {
             var hint = pageOf(newAddress)
@@ -433,12 +434,27 @@ extension ReferenceModel {
                     for objectPage in first..<last {
                         sharedTokens[object]?[objectPage] = nil
                         sharedResident[object]?.remove(objectPage)
+                        sharedDirty[object]?.remove(objectPage)
                     }
                     // Every other mapping of those object pages loses them too.
                     for other in areas where other.object == object {
                         for page in eachPage(other.start, other.end) {
                             let objectPage = other.objectPage + (page - other.start) / Self.pageSize
                             if objectPage >= first && objectPage < last { pages[page] = nil }
+                        }
+                    }
+                case .pageOut where area.isShared:
+                    // Unmapped where this entry is the page's only mapping; dropped from the
+                    // object's cache if never written.
+                    for page in pages.keys.sorted() where page >= start && page < stop {
+                        guard let entry = pages[page], entry.residence == .mapped,
+                            case .shared(let object, let objectPage) = entry.content,
+                            pages.values.filter({ $0.content == entry.content }).count == 1
+                        else { continue }
+                        pages[page] = nil
+                        if sharedDirty[object]?.contains(objectPage) != true {
+                            sharedResident[object]?.remove(objectPage)
+                            sharedTokens[object]?[objectPage] = nil
                         }
                     }
                 case .pageOut:
@@ -487,6 +503,11 @@ extension ReferenceModel {
                 pages[address] = Page(
                     content: .shared(object: object, page: objectPage), residence: .mapped,
                     writable: area.protection.contains(.write), softDirty: true)
+                if write {
+                    sharedDirty[object, default: []].insert(objectPage)
+                } else {
+                    faultAround(area, address, object: object)
+                }
             } else if write {
                 pages[address] = Page(content: .anonymous(0), residence: .mapped, writable: true, softDirty: true)
             } else {
@@ -506,6 +527,9 @@ extension ReferenceModel {
         case .mapped:
             break
         }
+        if write, case .shared(let object, let objectPage) = entry.content {
+            sharedDirty[object, default: []].insert(objectPage)
+        }
         if write && !entry.writable {
             // Copy the zero page; reuse anything else (shared, or private and exclusive).
             if entry.content == .zeroPage { entry.content = .anonymous(0) }
@@ -513,6 +537,25 @@ extension ReferenceModel {
             entry.softDirty = true
         }
         pages[address] = entry
+    }
+
+    /// Fault-around after a read fault of shared page `address`: every page of the 16-entry
+    /// window (aligned, or from the area's start; within the area and the PTE table) that the
+    /// object caches and that has no entry gets one.
+    func faultAround(_ area: Area, _ address: UInt64, object: Int) {
+        let window: UInt64 = 16
+        let pteOffset = (address / Self.pageSize) % 512
+        let areaOffset = (address - area.start) / Self.pageSize
+        let from = max(pteOffset / window * window, pteOffset - min(pteOffset, areaOffset))
+        let to = min(from + window, 512, pteOffset + (area.end - area.start) / Self.pageSize - areaOffset)
+        for slot in from..<to where slot != pteOffset {
+            let page = address - pteOffset * Self.pageSize + slot * Self.pageSize
+            let objectPage = area.objectPage + (page - area.start) / Self.pageSize
+            guard pages[page] == nil, sharedResident[object]?.contains(objectPage) == true else { continue }
+            pages[page] = Page(
+                content: .shared(object: object, page: objectPage), residence: .mapped,
+                writable: area.protection.contains(.write), softDirty: true)
+        }
     }
 
     /// `anon_vma_prepare`: the next, else the previous, adjacent area's identity when it differs
@@ -552,7 +595,9 @@ extension ReferenceModel {
         switch entry.content {
         case .zeroPage: preconditionFailure("writable zero page")
         case .anonymous: entry.content = .anonymous(token)
-        case .shared(let object, let objectPage): sharedTokens[object, default: [:]][objectPage] = token
+        case .shared(let object, let objectPage):
+            sharedTokens[object, default: [:]][objectPage] = token
+            sharedDirty[object, default: []].insert(objectPage)
         }
         pages[page] = entry
     }

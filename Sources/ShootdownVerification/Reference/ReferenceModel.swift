@@ -109,6 +109,9 @@ public final class ReferenceModel {
     public var nextAnon: UInt64 = 2
     /// Pages of shared objects in their page cache (faulted in through any mapping).
     public var sharedResident: [Int: Set<UInt64>] = [:]
+    /// Pages of shared objects written (or write-faulted) since they entered the cache: reclaim
+    /// keeps them (no swap for shmem).
+    public var sharedDirty: [Int: Set<UInt64>] = [:]
     /// `mm->def_flags` after `mlockall(MCL_FUTURE)`.
     public var defaultFlags: MappingFlags = []
     /// The program break (`start_brk` is `configuration.programBreakStart`).

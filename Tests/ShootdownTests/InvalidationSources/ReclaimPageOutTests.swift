@@ -37,7 +37,10 @@ private let base = NotifierTestConstants.base
         #expect(memory.framesInUse == 0)
     }
 
-    @Test func pageOutLeavesSharedAndZeroPagesAndForkedFramesAlone() throws {
+    /// Zero pages and frames a fork shares stay mapped. A written shared page (the child maps
+    /// none of the parent's shared pages: fork copies no entries of a shared VMA) is unmapped,
+    /// as reclaim unmaps it, but stays in its object: it is dirty and there is no swap for shmem.
+    @Test func pageOutLeavesZeroPagesAndForkedFramesAloneAndKeepsDirtySharedPages() throws {
         let memory = PhysicalMemory(capacity: 1024, swapSlots: 64)
         let space = try AddressSpace(memory: memory)
         try space.map(length: 4 * p, placement: .fixed(base))
@@ -50,7 +53,9 @@ private let base = NotifierTestConstants.base
         try space.advise(address: base + 64 * p, length: 4 * p, advice: .pageOut)
         #expect(space.translate(base)?.number == PhysicalMemory.zeroFrame)
         #expect(space.translate(base + p)?.isPresent == true)
-        #expect(space.translate(base + 64 * p)?.isPresent == true)
+        #expect(space.translate(base + 64 * p)?.isPresent != true)
+        #expect(space.residencyString(base + 64 * p, pages: 2) == "10")
+        #expect(try space.read(at: base + 64 * p) == 2)
         #expect(space.statistics[.pagesSwappedOut] == 0)
         child.teardown()
         try space.advise(address: base, length: 4 * p, advice: .pageOut)

@@ -1,0 +1,95 @@
+import Testing
+
+@testable import Shootdown
+
+/// `MADV_PAGEOUT` of shared anonymous memory (shmem, no swap) and the fault-around that decides
+/// which pages it may take, against values measured on the live kernel (`mincore` strings, one
+/// digit per page; see `KernelView.swift`); `b` is 0x200000000, each mapping 10 pages. Reclaim
+/// drops a clean page mapped only by the calling entry; a page ever dirtied stays (shmem cannot
+/// be written out without swap); a page another mapping maps stays, and a read fault maps every
+/// cached page of its 16-page window, so one read elsewhere keeps a whole window.
+@Suite struct SharedPageOutTests {
+    let b = kernelBase
+
+    func shared(_ space: AddressSpace, at address: UInt64) throws {
+        try space.map(length: 10 * page, placement: .fixed(address), options: .shared)
+    }
+
+    func read(_ space: AddressSpace, _ address: UInt64, pages: [UInt64]) throws {
+        for index in pages { _ = try space.read(at: address + index * page) }
+    }
+
+    func pageOut(_ space: AddressSpace, _ address: UInt64, pages: UInt64 = 10) throws {
+        try space.advise(address: address, length: pages * page, advice: .pageOut)
+    }
+
+    /// Kernel: pages 0, 1, 7, 8 read, 2 written, 3–4 `MADV_POPULATE_READ`, 5
+    /// `MADV_POPULATE_WRITE`, 6 written, dropped by `MADV_DONTNEED` and read again (`1111111110`);
+    /// after `MADV_PAGEOUT` of all ten: `0010011000`. Every page still reads what it held.
+    @Test func cleanPagesGoDirtyPagesStay() throws {
+        let space = try kernelLikeSpace()
+        try shared(space, at: b)
+        try read(space, b, pages: [0, 1])
+        try space.write(1, at: b + 2 * page)
+        try space.advise(address: b + 3 * page, length: 2 * page, advice: .populateRead)
+        try space.advise(address: b + 5 * page, length: page, advice: .populateWrite)
+        try space.write(1, at: b + 6 * page)
+        try space.advise(address: b + 6 * page, length: page, advice: .dontNeed)
+        try read(space, b, pages: [6, 7, 8])
+        #expect(space.residencyString(b, pages: 10) == "1111111110")
+        try pageOut(space, b)
+        #expect(space.residencyString(b, pages: 10) == "0010011000")
+        #expect(space.statistics[.sharedPagesReclaimed] == 6)
+        #expect(try space.read(at: b) == 0)
+        #expect(try space.read(at: b + 2 * page) == 1)
+        #expect(try space.read(at: b + 6 * page) == 1)
+        try space.audit()
+    }
+
+    /// Kernel: pages 0–5 read, pages 3–4 made read-only (three VMAs): `MADV_PAGEOUT` of all ten
+    /// pages takes all six (`0000000000`); of the first three only: `0001110000`.
+    @Test(arguments: [10, 3] as [UInt64])
+    func splitVMAsOfOneObject(pagedOut: UInt64) throws {
+        let space = try kernelLikeSpace()
+        try shared(space, at: b)
+        try read(space, b, pages: [0, 1, 2, 3, 4, 5])
+        try space.protect(address: b + 3 * page, length: 2 * page, protection: .read)
+        try pageOut(space, b, pages: pagedOut)
+        #expect(space.residencyString(b, pages: 10) == (pagedOut == 10 ? "0000000000" : "0001110000"))
+    }
+
+    /// Kernel: pages 0, 1, 3, 4, 5 read and 2 written, then fork. A child that touches nothing
+    /// leaves the parent's `MADV_PAGEOUT` free to take the clean pages (`0010000000`). A child
+    /// that reads page 9 (fault-around maps 0–5 and 9 in the child), or reads it and then drops
+    /// it with `MADV_DONTNEED` or munmap, keeps every page: `1111110001`.
+    @Test(arguments: ["none", "read", "dontneed", "munmap"])
+    func aForkChildsFaultAroundKeepsTheParentsPages(child action: String) throws {
+        let parent = try kernelLikeSpace()
+        try shared(parent, at: b)
+        try read(parent, b, pages: [0, 1, 3, 4, 5])
+        try parent.write(1, at: b + 2 * page)
+        let child = try parent.fork()
+        if action != "none" { try read(child, b, pages: [9]) }
+        if action == "dontneed" { try child.advise(address: b + 9 * page, length: page, advice: .dontNeed) }
+        if action == "munmap" { try child.unmap(address: b + 9 * page, length: page) }
+        try pageOut(parent, b)
+        #expect(parent.residencyString(b, pages: 10) == (action == "none" ? "0010000000" : "1111110001"))
+        if action == "read" { #expect(child.statistics[.faultAroundPages] == 6) }
+        child.teardown()
+        try parent.audit()
+    }
+
+    /// Kernel: pages 0, 1, 3 read and 2 written; a duplicate of the mapping (`mremap(a, 0, 10
+    /// pages, MAYMOVE)`) reads its page 9: `MADV_PAGEOUT` of the original keeps everything
+    /// (`1111000001`), its pages being mapped twice.
+    @Test func aDuplicateMappingsFaultAroundKeepsThePages() throws {
+        let space = try kernelLikeSpace()
+        try shared(space, at: b)
+        try read(space, b, pages: [0, 1, 3])
+        try space.write(1, at: b + 2 * page)
+        let duplicate = try space.remap(address: b, oldLength: 0, newLength: 10 * page, flags: .mayMove, newAddress: 0)
+        _ = try space.read(at: duplicate + 9 * page)
+        try pageOut(space, b)
+        #expect(space.residencyString(b, pages: 10) == "1111000001")
+    }
+}
