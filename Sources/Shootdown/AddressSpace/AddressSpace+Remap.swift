@@ -147,6 +147,7 @@ extension AddressSpace {
                     // Grow in place (`vma_merge_extend`), merging with the next VMA if
                     // compatible, never with the one before (oracle: in a fork child, two equal
                     // VMAs stay apart when the upper one grows).
+                    try checkRemapCharge(vma, oldLength, newLength, keepSource: false)
                     let oldVMAEnd = vma.end
                     edit.setBounds(vma, start: vma.start, end: newEnd.partialValue)
                     let merged = edit.mergeNeighbours(vma, backward: false)
@@ -189,6 +190,7 @@ extension AddressSpace {
             // A fixed target below `mmap_min_addr` is EPERM only now, when the target's address is
             // validated: after the target and a shrinking source's tail were unmapped (measured).
             if flags.contains(.fixed) { try checkMinAddress(target) }
+            try checkRemapCharge(vma, oldLength, newLength, keepSource: flags.contains(.dontUnmap))
             if oldLength == 0 {
                 // Duplicate a shared mapping: a new VMA over the same object pages.
                 let copy = VMA(
@@ -212,6 +214,17 @@ extension AddressSpace {
             }
             return target
         }
+    }
+
+    /// `vrm_calc_charge`: growing an accounted VMA in place or moving it charges the change in
+    /// size (the whole new length when the source stays); heuristic overcommit refuses more than
+    /// RAM plus swap with `ENOMEM` (measured: a fixed shrink of a 64 GiB range fails after its
+    /// target and tail were unmapped; a 64 GiB growth fails before anything changed; a shrink in
+    /// place charges nothing). Caller: mmap write lock.
+    private func checkRemapCharge(_ vma: VMA, _ oldLength: UInt64, _ newLength: UInt64, keepSource: Bool) throws(MemoryError) {
+        guard let limit = configuration.commitLimit, vma.flags.contains(.account) else { return }
+        let charged = keepSource ? newLength : max(oldLength, newLength) - min(oldLength, newLength)
+        if charged > limit { throw .noMemory }
     }
 
     /// A fixed move with equal lengths: every VMA (or part) of `[address, address + length)` moves

@@ -322,3 +322,32 @@ extension MremapTests {
         #expect(remap(space, b + 8 * page, 0, 0x7fff_ffff_f000, .mayMove) == "ENOMEM")
     }
 }
+
+extension MremapTests {
+    /// Kernel (heuristic overcommit, 24 GiB of RAM, no swap): `[b, b+8p)` private rw and a shared
+    /// `[t, t+4p)`; `mremap(b, 64 GiB, 2 pages, MAYMOVE|FIXED, t+p)`: ENOMEM, after the target page
+    /// and the tail were unmapped (`200000000-200002000` stays). `mremap(b, 8 pages, 64 GiB,
+    /// MAYMOVE)`: ENOMEM, nothing changed. A 64 GiB shrink in place succeeds, and so does the
+    /// same fixed shrink of a shared (unaccounted) mapping.
+    @Test func movesChargeTheChangeInSizeAgainstOvercommit() throws {
+        func space() throws -> AddressSpace {
+            let configuration = AddressSpace.Configuration(commitLimit: 24 << 30)
+            return try AddressSpace(configuration: configuration, memory: PhysicalMemory(capacity: 8192, swapSlots: 0))
+        }
+        let t: UInt64 = 0x7f00_0000_0000
+        var s = try space()
+        try s.map(length: 8 * page, placement: .fixed(b))
+        try s.map(length: 4 * page, placement: .fixed(t), options: .shared)
+        #expect(remap(s, b, 1 << 36, 2 * page, [.mayMove, .fixed], t + page) == "ENOMEM")
+        #expect(s.mappings().map { "\(String($0.start, radix: 16))-\(String($0.end, radix: 16))" }
+            == ["200000000-200002000", "7f0000000000-7f0000001000", "7f0000003000-7f0000004000"])
+        s = try space()
+        try s.map(length: 8 * page, placement: .fixed(b))
+        #expect(remap(s, b, 8 * page, 1 << 36, .mayMove) == "ENOMEM")
+        #expect(s.mappings().map(\.end) == [b + 8 * page])
+        #expect(remap(s, b, 1 << 36, 4 * page, []) == "0x200000000")
+        s = try space()
+        try s.map(length: 8 * page, protection: .read, placement: .fixed(b), options: .shared)
+        #expect(remap(s, b, 1 << 36, 2 * page, [.mayMove, .fixed], t) == "0x7f0000000000")
+    }
+}
