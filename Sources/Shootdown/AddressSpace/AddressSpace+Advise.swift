@@ -340,17 +340,25 @@ extension AddressSpace {
     }
 
     /// `MADV_FREE` on private memory (`madvise_free_pte_range`): under one `clear` invalidation,
-    /// exclusive pages lose their dirty and young bits (they keep frame and content; without
-    /// memory pressure nothing else happens). Caller: mmap lock, `vma` in an edit.
+    /// exclusive pages lose their dirty and young bits and become lazily freeable
+    /// (``PhysicalMemory/markLazyFree(_:)``, the folio losing `swapbacked`): they keep frame and
+    /// content until reclaim or `MADV_PAGEOUT` discards the ones still clean; a store first
+    /// makes a page dirty again and keeps it. Software TLBs are shot down under each table's
+    /// lock first: a store through a stale writable entry would not mark the page dirty.
+    /// Caller: mmap lock, `vma` in an edit.
     private func lazyFree(_ start: UInt64, _ end: UInt64, vma: VMA) {
         let scope = beginInvalidation(start, end, .clear, vma: snapshot(vma))
         withSecondaryTLBHook { hook in
             pageTable.forEachLockedLeafRun(
                 from: start, to: end, huge: { _, _, _, _, _ in },
-                pte: { table, first, last, _ in
+                pte: { table, first, last, chunkStart in
+                    shootDownTLBsLocked(table, first, last, chunkStart) {
+                        $0.isPresent && memory.isExclusive($0.number)
+                    }
                     for index in first..<last {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
                         guard entry.isPresent, memory.isExclusive(entry.number) else { continue }
+                        memory.markLazyFree(entry.number)
                         table[index].pointee.store(
                             entry.without(PageTableEntry.dirty | PageTableEntry.accessed).rawValue, ordering: .relaxed)
                     }
@@ -360,10 +368,13 @@ extension AddressSpace {
         scope.end()
     }
 
-    /// Writes the exclusive private pages of `[start, end)` to swap under one `clear`
-    /// invalidation (at most `limit` of them). Shared, zero-page and huge entries stay. Returns
-    /// pages swapped out. Software TLBs are shot down under each table's lock before its content
-    /// is written to swap (a store through a stale entry would otherwise be lost).
+    /// Evicts the exclusive private pages of `[start, end)` under one `clear` invalidation (at
+    /// most `limit` of them): a lazily freed page still clean (``Advice/free``, not written since)
+    /// is discarded, its entry emptied (it reads zero again, as Linux discards it without swap);
+    /// every other one is written to swap while swap has room. Shared, zero-page and huge entries
+    /// stay. Returns pages evicted. Software TLBs are shot down under each table's lock before its
+    /// content is written to swap or dropped (a store through a stale entry would otherwise be
+    /// lost).
     ///
     /// - Precondition: mmap lock held; the VMA in an edit's write section.
     @discardableResult
@@ -371,6 +382,7 @@ extension AddressSpace {
         let scope = beginInvalidation(start, end, .clear, vma: snapshot(vma))
         var chain = FrameChain()
         var swapped = 0
+        var discarded = 0
         var swapFull = false
         withSecondaryTLBHook { hook in
             pageTable.forEachLockedLeafRun(
@@ -379,10 +391,17 @@ extension AddressSpace {
                     shootDownTLBsLocked(table, first, last, chunkStart) {
                         $0.isPresent && memory.isExclusive($0.number)
                     }
-                    for index in first..<last where swapped < limit && !swapFull {
+                    for index in first..<last where swapped + discarded < limit {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
                         // isExclusive is false for the zero page.
                         guard entry.isPresent, memory.isExclusive(entry.number) else { continue }
+                        if !entry.isDirty && memory.isLazyFree(entry.number) {
+                            table[index].pointee.store(0, ordering: .relaxed)
+                            memory.unmapFrame(entry.number, into: &chain)
+                            discarded += 1
+                            continue
+                        }
+                        if swapFull { continue }
                         guard let slot = memory.swap.store(memory.token(of: entry.number)) else {
                             swapFull = true
                             continue
@@ -399,7 +418,8 @@ extension AddressSpace {
         scope.endWithoutTLBShootdown()  // shot down per table above
         memory.release(chain)
         count(.pagesSwappedOut, swapped)
-        return swapped
+        count(.lazyFreePagesDiscarded, discarded)
+        return swapped + discarded
     }
 }
 

@@ -50,7 +50,8 @@ public final class PhysicalMemory: @unchecked Sendable {
     @usableFromInline let links: UnsafeMutablePointer<Atomic<UInt32>>
     @usableFromInline let tokens: UnsafeMutablePointer<Atomic<UInt64>>
     /// One byte per frame: 1 once a page-table entry mapping the frame became dirty (the folio's
-    /// dirty flag; see ``markDirty(_:)``). Meaningful for page-cache frames only.
+    /// dirty flag; see ``markDirty(_:)``), 2 for a private page `MADV_FREE` made lazily freeable
+    /// and nothing dirtied since (``markLazyFree(_:)``); 0 from allocation.
     @usableFromInline let dirtyFlags: UnsafeMutablePointer<Atomic<UInt8>>
     /// Shard stacks, one per cache line: `tag << 32 | top frame` (0 = empty).
     @usableFromInline let shards: UnsafeMutablePointer<Atomic<UInt64>>
@@ -99,6 +100,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         let shard = ThreadSlot.current & (Self.shardCount - 1)
         guard let frame = pop(shard: shard) ?? allocateSlow(shard: shard) else { return nil }
         tokens[Int(frame)].store(0, ordering: .relaxed)
+        dirtyFlags[Int(frame)].store(0, ordering: .relaxed)
         // Relaxed: the frame is private until the caller publishes it under a split lock.
         counts[Int(frame)].store(initialCounts, ordering: .relaxed)
         inUse.add(0, 1)
@@ -422,7 +424,15 @@ public final class PhysicalMemory: @unchecked Sendable {
     }
 
     /// Whether ``markDirty(_:)`` was called for `frame` since ``clearDirty(_:)``.
-    func isDirty(_ frame: UInt64) -> Bool { dirtyFlags[Int(frame)].load(ordering: .relaxed) != 0 }
+    func isDirty(_ frame: UInt64) -> Bool { dirtyFlags[Int(frame)].load(ordering: .relaxed) == 1 }
+
+    /// Marks a private page lazily freeable (`MADV_FREE`; the folio losing `swapbacked`): until an
+    /// entry mapping it becomes dirty (``markDirty(_:)`` overwrites the mark), reclaim may discard
+    /// it instead of writing it to swap. Caller: the split lock of the entry mapping it.
+    func markLazyFree(_ frame: UInt64) { dirtyFlags[Int(frame)].store(2, ordering: .relaxed) }
+
+    /// Whether `frame` is lazily freeable (see ``markLazyFree(_:)``).
+    func isLazyFree(_ frame: UInt64) -> Bool { dirtyFlags[Int(frame)].load(ordering: .relaxed) == 2 }
 
     /// A clean frame: called when a frame enters a page cache (the flag is not reset on every
     /// allocation, so private faults pay nothing for it).

@@ -89,6 +89,8 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
     case pagesSwappedOut
     /// Clean shared-memory pages `MADV_PAGEOUT` dropped from their object's cache.
     case sharedPagesReclaimed
+    /// Pages `MADV_FREE` left lazily freeable that reclaim or `MADV_PAGEOUT` discarded.
+    case lazyFreePagesDiscarded
     /// Cached pages a read fault mapped around the faulting one (fault-around).
     case faultAroundPages
     /// Pages moved to new frames.
@@ -168,6 +170,7 @@ public enum SpaceCounter: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .hugePagesCollapsed: "hugePagesCollapsed"
         case .hugePageBlocksScanned: "hugePageBlocksScanned"
         case .sharedPagesReclaimed: "sharedPagesReclaimed"
+        case .lazyFreePagesDiscarded: "lazyFreePagesDiscarded"
         case .faultAroundPages: "faultAroundPages"
         case .pagesSwappedOut: "pagesSwappedOut"
         case .pagesMigrated: "pagesMigrated"

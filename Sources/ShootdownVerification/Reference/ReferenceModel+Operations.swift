@@ -461,12 +461,22 @@ extension ReferenceModel {
                     for page in pages.keys where page >= start && page < stop {
                         var entry = pages[page]!
                         guard !area.isShared, entry.residence == .mapped, entry.content != .zeroPage else { continue }
+                        if entry.lazyFree {
+                            pages[page] = nil  // discarded: reads zero again
+                            continue
+                        }
                         entry.residence = .swapped
                         entry.writable = false
                         pages[page] = entry
                     }
+                case .free:
+                    for page in pages.keys where page >= start && page < stop {
+                        if pages[page]!.residence == .mapped, case .anonymous = pages[page]!.content {
+                            pages[page]!.lazyFree = true
+                        }
+                    }
                 default:
-                    break  // FREE only clears dirty bits (not modelled); COLD nothing visible
+                    break  // COLD changes nothing visible
                 }
             }
         case .populateRead, .populateWrite:
@@ -530,6 +540,7 @@ extension ReferenceModel {
         if write, case .shared(let object, let objectPage) = entry.content {
             sharedDirty[object, default: []].insert(objectPage)
         }
+        if write { entry.lazyFree = false }
         if write && !entry.writable {
             // Copy the zero page; reuse anything else (shared, or private and exclusive).
             if entry.content == .zeroPage { entry.content = .anonymous(0) }
@@ -594,7 +605,9 @@ extension ReferenceModel {
         var entry = pages[page]!
         switch entry.content {
         case .zeroPage: preconditionFailure("writable zero page")
-        case .anonymous: entry.content = .anonymous(token)
+        case .anonymous:
+            entry.content = .anonymous(token)
+            entry.lazyFree = false
         case .shared(let object, let objectPage):
             sharedTokens[object, default: [:]][objectPage] = token
             sharedDirty[object, default: []].insert(objectPage)

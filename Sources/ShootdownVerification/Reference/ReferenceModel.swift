@@ -73,11 +73,19 @@ public final class ReferenceModel {
     }
 
     /// A page that has a page-table entry. Pages without an entry are absent from ``pages``.
+    /// Equality compares what an entry shows (``lazyFree`` is the frame's state, not the entry's).
     public struct Page: Equatable {
         public var content: Content
         public var residence: Residence
         public var writable: Bool
         public var softDirty: Bool
+        /// `MADV_FREE` made the page lazily freeable and nothing wrote it since: page-out
+        /// discards it.
+        public var lazyFree = false
+
+        public static func == (a: Page, b: Page) -> Bool {
+            a.content == b.content && a.residence == b.residence && a.writable == b.writable && a.softDirty == b.softDirty
+        }
 
         public init(content: Content, residence: Residence, writable: Bool, softDirty: Bool) {
             self.content = content

@@ -93,3 +93,29 @@ import Testing
         #expect(space.residencyString(b, pages: 10) == "1111000001")
     }
 }
+
+/// `MADV_PAGEOUT` after `MADV_FREE` (no swap): the lazily freed pages still clean are discarded.
+@Suite struct LazyFreePageOutTests {
+    /// Kernel: six private pages written 1…6; `MADV_FREE` of pages 0–3; page 1 written again (9),
+    /// page 2 read; fork. `MADV_PAGEOUT` with the child alive: nothing goes (`111111`: the pages
+    /// are shared). Once the child is gone: `010011`, and pages 0, 2, 3 read 0, page 1 reads 9,
+    /// page 4 reads 5.
+    @Test func cleanLazilyFreedPagesAreDiscarded() throws {
+        let space = try kernelLikeSpace()
+        let b = kernelBase
+        try space.map(length: 6 * page, placement: .fixed(b))
+        for index in 0..<6 as Range<UInt64> { try space.write(index + 1, at: b + index * page) }
+        try space.advise(address: b, length: 4 * page, advice: .free)
+        try space.write(9, at: b + page)
+        _ = try space.read(at: b + 2 * page)
+        let child = try space.fork()
+        try space.advise(address: b, length: 6 * page, advice: .pageOut)
+        #expect(space.residencyString(b, pages: 6) == "111111")
+        child.teardown()
+        try space.advise(address: b, length: 6 * page, advice: .pageOut)
+        #expect(space.residencyString(b, pages: 6) == "010011")
+        #expect(space.statistics[.lazyFreePagesDiscarded] == 3)
+        #expect(try [0, 1, 2, 3, 4].map { try space.read(at: b + $0 * page) } == [0, 9, 0, 0, 5])
+        try space.audit()
+    }
+}
