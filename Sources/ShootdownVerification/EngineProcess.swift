@@ -17,7 +17,12 @@ final class EngineProcess {
 
     /// A space configured from `facts`, with the child's initial mappings mirrored as shared
     /// anonymous fixed mappings of the same protection (shared: nothing the operations create can
-    /// merge with them, as with the child's own shared fillers).
+    /// merge with them, as with the child's own shared fillers), except the executable's bss: the
+    /// anonymous private writable mapping that ends where the heap starts, with resident pages
+    /// (so an anon_vma). A private mapping made or changed right after it merges with it in
+    /// Linux and takes its anon_vma (it keeps `ac` when made non-writable, and fork copies its
+    /// entries), so it is mirrored as private anonymous memory with one page written. The
+    /// comparison leaves the initial part of a merged mapping out on both sides.
     static func mirroring(
         _ layout: OracleLayout, configuration: AddressSpace.Configuration, memory: PhysicalMemory
     ) throws(OracleError) -> EngineProcess {
@@ -29,9 +34,12 @@ final class EngineProcess {
         }
         for mapping in layout.initialMappings where mapping.end <= LinuxABI.taskSize {
             do {
+                let isBSS = mapping.end == layout.programBreakStart && mapping.name.isEmpty
+                    && mapping.permissions == "rw-p" && mapping.residentKiB > 0
                 try space.map(
                     length: mapping.end - mapping.start, protection: protection(mapping.protectionLetters),
-                    placement: .fixed(mapping.start), options: .shared)
+                    placement: .fixed(mapping.start), options: isBSS ? [] : .shared)
+                if isBSS { try space.write(0, at: mapping.start) }
             } catch {
                 throw .layout("the engine could not mirror the initial mapping \(mapping): \(error)")
             }

@@ -42,9 +42,23 @@ extension OracleSession {
             throw .layout("an initial mapping disappeared after \(op)")
         }
         let linuxMappings = linuxEntries.map(MappingView.init)
-        let engineMappings = pair.engine.space.mappings()
-            .filter { !layout.isInitial(start: $0.start, end: $0.end) }
-            .map(MappingView.init)
+        // The same for the engine: an initial mapping (the mirrored bss) that a merge extended
+        // shows only its extension.
+        var engineMappings: [MappingView] = []
+        for view in pair.engine.space.mappings().map(MappingView.init) {
+            guard layout.overlapsInitial(start: view.start, end: view.end),
+                let initial = layout.initialMapping(extendedTo: view.start, view.end)
+            else {
+                engineMappings.append(view)
+                continue
+            }
+            for (start, end) in [(view.start, initial.start), (initial.end, view.end)] where start < end {
+                var part = view
+                part.start = start
+                part.end = end
+                engineMappings.append(part)
+            }
+        }
         pair.lastMappings = linuxMappings
 
         // 2. The outcome (a mincore vector only where Linux is deterministic).

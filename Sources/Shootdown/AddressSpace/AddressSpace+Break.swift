@@ -11,7 +11,8 @@ extension AddressSpace {
     /// sealed, after splitting the VMA at the new end as munmap does); growing needs the new
     /// end plus one page to stay below the next VMA (its stack guard gap included) and within
     /// `userLimit`, and the locked-memory limit after `mlockall(MCL_FUTURE)`; the new pages join
-    /// the previous VMA when compatible (the `[heap]` VMA: `rd wr mr mw me ac`) and are populated
+    /// the previous VMA when compatible and it starts at or above the break's start (the `[heap]`
+    /// VMA: `rd wr mr mw me ac`; a VMA below it, like the bss, never grows), and are populated
     /// when locked, and refused past ``Configuration/commitLimit``. Regrown pages read zero.
     ///
     /// - Throws: only ``MemoryError/addressSpaceDead``.
@@ -64,7 +65,10 @@ extension AddressSpace {
             let edit = VMAEdit(self)
             let vma = VMA(start: oldEnd, end: newEnd, protection: .readWrite, flags: flags)
             edit.insert(vma)
-            edit.mergeNeighbours(vma)
+            // Only a VMA at or above the break's start can absorb the growth (`vma_prev_limit`
+            // from `start_brk`): the executable's bss, ending where the heap starts, never does
+            // (oracle), and nothing follows within the guard gap.
+            if let previous = vma.previous, previous.start >= startBreak { edit.mergeNeighbours(vma) }
             edit.finish()
             if flags.contains(.locked) && !flags.contains(.lockOnFault) { populate = (oldEnd, newEnd - oldEnd) }
             programBreak = address

@@ -149,3 +149,19 @@ import Testing
         #expect(outcome { () throws(MemoryError) in try space.seal(address: b, length: 0) } == "ok")
     }
 }
+
+extension SmallCallTests {
+    /// Kernel: a private rw mapping `[s-2p, s)` (written) ending where the break starts, then
+    /// `brk(s+3p)`: the heap is a VMA of its own (`[s, s+3p)`), the mapping below the break's
+    /// start never absorbs it, compatible as it is (`vma_prev_limit` from `start_brk`).
+    @Test func theHeapNeverJoinsAVMABelowTheBreaksStart() throws {
+        let s = kernelBase + 16 * page
+        let space = try AddressSpace(
+            configuration: .init(capabilities: [.ipcLock, .sysRawIO], programBreakStart: s),
+            memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
+        try space.map(length: 2 * page, placement: .fixed(s - 2 * page))
+        try space.write(1, at: s - 2 * page)
+        #expect(try space.setBreak(s + 3 * page) == s + 3 * page)
+        #expect(space.kernelView() == ["20000e000-200010000 rw-p rd wr mr mw me ac ", "200010000-200013000 rw-p rd wr mr mw me ac "])
+    }
+}
