@@ -11,8 +11,8 @@ extension AddressSpace {
     /// sealed, after splitting the VMA at the new end as munmap does); growing needs the new
     /// end plus one page to stay below the next VMA (its stack guard gap included) and within
     /// `userLimit`, and the locked-memory limit after `mlockall(MCL_FUTURE)`; the new pages join
-    /// the previous VMA when compatible and it starts at or above the break's start (the `[heap]`
-    /// VMA: `rd wr mr mw me ac`; a VMA below it, like the bss, never grows), and are populated
+    /// the previous VMA when compatible and it reaches above the break's start (the `[heap]` VMA:
+    /// `rd wr mr mw me ac`; a VMA ending at the start, like the bss, never grows), and are populated
     /// when locked, and refused past ``Configuration/commitLimit``. Regrown pages read zero.
     ///
     /// - Throws: only ``MemoryError/addressSpaceDead``.
@@ -65,10 +65,11 @@ extension AddressSpace {
             let edit = VMAEdit(self)
             let vma = VMA(start: oldEnd, end: newEnd, protection: .readWrite, flags: flags)
             edit.insert(vma)
-            // Only a VMA at or above the break's start can absorb the growth (`vma_prev_limit`
-            // from `start_brk`): the executable's bss, ending where the heap starts, never does
-            // (oracle), and nothing follows within the guard gap.
-            if let previous = vma.previous, previous.start >= startBreak { edit.mergeNeighbours(vma) }
+            // Only a VMA reaching above the break's start can absorb the growth (`vma_prev_limit`
+            // from `start_brk`): the executable's bss, ending where the heap starts, never grows
+            // into an empty heap (oracle), though a heap merged into it does; nothing follows
+            // within the guard gap.
+            if let previous = vma.previous, previous.end > startBreak { edit.mergeNeighbours(vma) }
             edit.finish()
             if flags.contains(.locked) && !flags.contains(.lockOnFault) { populate = (oldEnd, newEnd - oldEnd) }
             programBreak = address

@@ -165,3 +165,22 @@ extension SmallCallTests {
         #expect(space.kernelView() == ["20000e000-200010000 rw-p rd wr mr mw me ac ", "200010000-200013000 rw-p rd wr mr mw me ac "])
     }
 }
+
+extension SmallCallTests {
+    /// Oracle (Linux 6.18, the child's bss ending at the break's start): a heap grown to
+    /// `s+0x333e2`, made PROT_NONE over its first 0x2a000 bytes and read-write again (merging back,
+    /// and with the bss below), then grown to `s+0x39bbd`: one VMA to `s+0x3a000`.
+    @Test func aHeapMergedWithTheVMABelowStillGrows() throws {
+        let s = kernelBase + 16 * page
+        let space = try AddressSpace(
+            configuration: .init(capabilities: [.ipcLock, .sysRawIO], programBreakStart: s),
+            memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
+        try space.map(length: 2 * page, placement: .fixed(s - 2 * page))
+        try space.write(1, at: s - 2 * page)
+        try space.setBreak(s + 0x333e2)
+        try space.protect(address: s, length: 0x2a000, protection: .none)
+        try space.protect(address: s, length: 0x2a000, protection: .readWrite)
+        #expect(try space.setBreak(s + 0x39bbd) == s + 0x39bbd)
+        #expect(space.kernelView() == ["20000e000-20004a000 rw-p rd wr mr mw me ac "])
+    }
+}
