@@ -46,8 +46,8 @@ extension AddressSpace {
     /// range and the VMA collapsed synchronously, whatever the VMA's `hg` (a forced collapse).
     ///
     /// Linux rules (measured on 6.18, and by the oracle): a VMA with `nh` or too small to hold an
-    /// aligned block, a private one without write access or that never had a page written (no
-    /// `anon_vma`), and a VMA piece that lies inside one block without reaching its end (the
+    /// aligned block, a private one that never had a page written (no `anon_vma`; read-only or
+    /// not), and a VMA piece that lies inside one block without reaching its end (the
     /// aligned start passes the aligned end), is `EINVAL`, stopping the walk; a piece holding no
     /// whole block otherwise succeeds doing nothing; a block already huge succeeds; a block that
     /// cannot be collapsed (no page table: nothing was ever touched there; a guard marker; a swap
@@ -77,9 +77,9 @@ extension AddressSpace {
                     if !collapseShared(object, vma: vma, firstBlock, stop) { throw .invalidArgument }
                     return
                 }
-                // Private memory without write access (read-only or PROT_NONE) or without anonymous
-                // pages (no anon_vma: oracle) collapses nothing.
-                if !vma.protection.contains(.write) || vma.anonVMA == 0 { throw .invalidArgument }
+                // Private memory without an anon_vma (never written) is refused, whatever the range
+                // (`thp_vma_allowable_order`); with one, read-only memory collapses too (measured).
+                if vma.anonVMA == 0 { throw .invalidArgument }
                 var failed = false
                 var block = firstBlock
                 while block + huge <= stop {

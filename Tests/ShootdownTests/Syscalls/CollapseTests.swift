@@ -131,3 +131,27 @@ extension CollapseTests {
         try parent.audit()
     }
 }
+
+extension CollapseTests {
+    /// Kernel: 4 MiB private, a page of the second block written, then all made read-only (it
+    /// keeps its anon_vma). A range holding no whole block: ok; the untouched first block:
+    /// EINVAL; the second block: ok, collapsed read-only. Without the write (no anon_vma) the
+    /// range holding no whole block is EINVAL, read-only or read-write.
+    @Test func readOnlyMemoryWithAnAnonVMACollapses() throws {
+        var space = try kernelLikeSpace()
+        try space.map(length: 2 * huge, placement: .fixed(b))
+        try space.write(1, at: b + huge + huge / 2)
+        try space.protect(address: b, length: 2 * huge, protection: .read)
+        #expect(collapse(space, b + page, huge - page) == "ok")
+        #expect(collapse(space, b, huge) == "EINVAL")
+        #expect(collapse(space, b + huge, huge) == "ok")
+        #expect(space.translate(b + huge)?.isHuge == true)
+        #expect(space.translate(b + huge)?.isWritable == false)
+        #expect(try space.read(at: b + huge + huge / 2) == 1)
+        for protection in [Protection.read, .readWrite] {
+            space = try kernelLikeSpace()
+            try space.map(length: 2 * huge, protection: protection, placement: .fixed(b))
+            #expect(collapse(space, b + page, huge - page) == "EINVAL")
+        }
+    }
+}
