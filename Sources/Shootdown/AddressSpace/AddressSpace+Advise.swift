@@ -424,8 +424,8 @@ extension AddressSpace {
 }
 
 extension AddressSpace {
-    /// `MADV_PAGEOUT` of shared memory (shmem) over `[start, end)` of `vma`: every present entry
-    /// whose page only this entry maps (no other mapping, no pin) is unmapped under one `clear`
+    /// `MADV_PAGEOUT` of shared memory (shmem) over `[start, end)` of `vma`: every entry mapping a
+    /// page (present or PROT_NONE) whose page only this entry maps (no other mapping, no pin) is unmapped under one `clear`
     /// invalidation, as reclaim's `try_to_unmap` does; then each such page that is still clean
     /// (no entry ever dirtied it, ``PhysicalMemory/markDirty(_:)``) and still mapped by nobody
     /// leaves the object's cache. Dirty pages stay cached: without swap, shmem cannot write them
@@ -451,7 +451,8 @@ extension AddressSpace {
                     }
                     for index in first..<last {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
-                        guard entry.isPresent, entry.number != PhysicalMemory.zeroFrame,
+                        // A PROT_NONE entry still maps its page (Linux's `pte_present`; oracle).
+                        guard entry.isPresent || entry.isProtNone, entry.number != PhysicalMemory.zeroFrame,
                             memory.refcountWord(entry.number) == mappedOnce
                         else { continue }
                         table[index].pointee.store(0, ordering: .relaxed)

@@ -447,7 +447,7 @@ extension ReferenceModel {
                     // Unmapped where this entry is the page's only mapping; dropped from the
                     // object's cache if never written.
                     for page in pages.keys.sorted() where page >= start && page < stop {
-                        guard let entry = pages[page], entry.residence == .mapped,
+                        guard let entry = pages[page], entry.residence != .swapped,
                             case .shared(let object, let objectPage) = entry.content,
                             pages.values.filter({ $0.content == entry.content }).count == 1
                         else { continue }

@@ -119,3 +119,16 @@ import Testing
         try space.audit()
     }
 }
+
+extension SharedPageOutTests {
+    /// Oracle (Linux 6.18): a populated read-only shared mapping with pages 2–3 made PROT_NONE:
+    /// `MADV_PAGEOUT` of all ten pages takes the PROT_NONE ones too (`0000000000`).
+    @Test func protNonePagesArePagedOutToo() throws {
+        let space = try kernelLikeSpace()
+        try space.map(length: 10 * page, protection: .read, placement: .fixed(b), options: [.shared, .populate])
+        try space.protect(address: b + 2 * page, length: 2 * page, protection: .none)
+        #expect(space.residencyString(b, pages: 10) == "1111111111")
+        try pageOut(space, b)
+        #expect(space.residencyString(b, pages: 10) == "0000000000")
+    }
+}
