@@ -57,10 +57,10 @@ extension AddressSpace {
     ///
     /// Linux rules, in Linux's order (measured on 6.18): a zero `RLIMIT_MEMLOCK` without
     /// `CAP_IPC_LOCK` is `EPERM`; the address is rounded down to a page and the length up (an
-    /// overflowing length becomes 0: success, nothing done; a range wrapping past 2^64: `EINVAL`);
-    /// locking more than `RLIMIT_MEMLOCK`
-    /// in total (pages already locked in the range do not count twice) without `CAP_IPC_LOCK` is
-    /// `ENOMEM` before anything changes; then VMA by VMA `lo` (and `lf` with `onFault`, or its
+    /// overflowing length becomes 0); locking more than `RLIMIT_MEMLOCK` in total (pages already
+    /// locked in the range do not count twice) without `CAP_IPC_LOCK` is `ENOMEM` before anything
+    /// changes, even for an empty range; then a range wrapping past 2^64 is `EINVAL` and an empty
+    /// one succeeds doing nothing; then VMA by VMA `lo` (and `lf` with `onFault`, or its
     /// removal without) is set, splitting and merging; a hole is `ENOMEM` with the VMAs before it
     /// locked and nothing populated. Without `onFault` the range is then populated: private
     /// writable memory write-faulted, other memory read-faulted; a `PROT_NONE` VMA or a guard
@@ -68,18 +68,23 @@ extension AddressSpace {
     public func lock(address: UInt64, length: UInt64, onFault: Bool = false) throws(MemoryError) {
         try checkCanLock()
         let start = address & ~(Self.pageSize - 1)
-        guard let rounded = Self.pageAlign(length &+ (address - start)), rounded != 0 else { return }
+        // `PAGE_ALIGN` wraps: a length within a page of 2^64 becomes 0.
+        let rounded = Self.pageAlign(length &+ (address - start)) ?? 0
         let end = start.addingReportingOverflow(rounded)
-        guard !end.overflow else { throw .invalidArgument }  // the range wraps past 2^64 (oracle)
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
+            // The limit first, whatever the range: with more locked than the limit already (a
+            // DONTUNMAP move leaves its pages charged), even an empty or wrapping range is ENOMEM
+            // (oracle; measured).
             if let limit = configuration.lockedMemoryLimit, !configuration.capabilities.contains(.ipcLock) {
                 var locked = lockedPages() + rounded / Self.pageSize
                 if locked * Self.pageSize > limit {
-                    locked -= lockedPages(start, end.partialValue)
+                    locked -= lockedPages(start, end.overflow ? UInt64.max : end.partialValue)
                     if locked * Self.pageSize > limit { throw .noMemory }
                 }
             }
+            guard !end.overflow else { throw .invalidArgument }  // the range wraps past 2^64 (oracle)
+            guard rounded != 0 else { return }
             let edit = VMAEdit(self)
             defer { edit.finish() }
             try walkVMAs(start, end.partialValue, stopAtHole: true) { vma, pieceStart, pieceEnd throws(MemoryError) in
@@ -89,7 +94,7 @@ extension AddressSpace {
                 try modifyVMA(vma, pieceStart, pieceEnd, protection: vma.protection, flags: flags, edit: edit)
             }
         }
-        if !onFault { try populateLocked(start, end.partialValue, ignoreErrors: false) }
+        if !onFault && rounded != 0 { try populateLocked(start, end.partialValue, ignoreErrors: false) }
     }
 
     /// `__mm_populate` over the locked VMAs of `[start, end)`: private writable memory is

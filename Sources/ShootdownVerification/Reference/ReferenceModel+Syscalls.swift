@@ -51,15 +51,17 @@ extension ReferenceModel {
     public func lock(address: UInt64, length: UInt64, onFault: Bool) throws(MemoryError) {
         try checkCanLock()
         let start = pageOf(address)
-        guard let rounded = roundUp(length &+ (address - start)), rounded != 0 else { return }
+        let rounded = roundUp(length &+ (address - start)) ?? 0
         let (end, overflow) = start.addingReportingOverflow(rounded)
-        guard !overflow else { throw .invalidArgument }
         guard !dead else { throw .addressSpaceDead }
+        // The limit first, even for an empty or wrapping range.
         if !canLockFreely {
             let limit = configuration.lockedMemoryLimit!
-            let total = lockedPages() + leakedLockedPages + rounded / Self.pageSize - lockedPages(start, end)
+            let total = lockedPages() + leakedLockedPages + rounded / Self.pageSize - lockedPages(start, overflow ? .max : end)
             if total * Self.pageSize > limit { throw .noMemory }
         }
+        guard !overflow else { throw .invalidArgument }
+        guard rounded != 0 else { return }
         try walk(start, end, stopAtHole: true) { area, pieceStart, pieceEnd throws(MemoryError) in
             var flags = area.flags
             flags.insert(.locked)

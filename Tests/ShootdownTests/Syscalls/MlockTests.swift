@@ -178,3 +178,20 @@ import Testing
         #expect(try space.map(length: 3 * page, protection: .read) == base - 11 * page)
     }
 }
+
+extension MlockTests {
+    /// Kernel (unprivileged, 8 MiB limit): 1 500 pages locked, then moved with
+    /// `MREMAP_DONTUNMAP` (the old pages stay charged: `VmLck` 12 000 kB, past the limit).
+    /// `mlock(a, 0)` and `mlock` of a range wrapping past 2^64 are then both ENOMEM (the limit
+    /// comes first); `munlock(a, 0)` succeeds.
+    @Test func theLockLimitComesBeforeAnEmptyOrWrappingRange() throws {
+        let space = try kernelLikeSpace(privileged: false, frames: 4096)
+        let a = kernelBase
+        try space.map(length: 1500 * page, placement: .fixed(a))
+        try space.lock(address: a, length: 1500 * page)
+        _ = try space.remap(address: a, oldLength: 1500 * page, newLength: 1500 * page, flags: [.mayMove, .dontUnmap], newAddress: 0)
+        #expect(outcome { () throws(MemoryError) in try space.lock(address: a, length: 0) } == "ENOMEM")
+        #expect(outcome { () throws(MemoryError) in try space.lock(address: 0xffff_ffff_fff0_0000, length: 0x200000) } == "ENOMEM")
+        #expect(outcome { () throws(MemoryError) in try space.unlock(address: a, length: 0) } == "ok")
+    }
+}
