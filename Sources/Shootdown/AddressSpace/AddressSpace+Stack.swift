@@ -15,8 +15,9 @@ extension AddressSpace {
     ///   is growsdown itself or `PROT_NONE` (then the stack may grow up to its end);
     /// - the grown VMA may not exceed `stackLimit` (`RLIMIT_STACK`), nor, when locked, push the
     ///   locked total past `RLIMIT_MEMLOCK` without `CAP_IPC_LOCK`;
-    /// - growing gives the VMA its `anon_vma` identity (`anon_vma_prepare`); the new pages are not
-    ///   populated, not even in a locked VMA. No invalidation is sent (nothing was mapped there).
+    /// - growing gives the VMA its `anon_vma` identity (`anon_vma_prepare`), before the size and
+    ///   lock checks, so a growth they refuse leaves it too; the new pages are not populated, not
+    ///   even in a locked VMA. No invalidation is sent (nothing was mapped there).
     func expandStack(to address: UInt64) -> Bool {
         mmapLock.withWriteLock { () -> Bool in
             guard !dead.load(ordering: .relaxed) else { return false }
@@ -32,6 +33,9 @@ extension AddressSpace {
                     return false
                 }
             }
+            // `anon_vma_prepare` comes before the size and lock checks: a refused growth still
+            // leaves the VMA its identity (measured: a later read-only mprotect keeps `ac`).
+            if vma.anonVMA == 0 && vma.sharedObject == nil { prepareAnonVMA(vma) }
             if vma.end - newStart > configuration.stackLimit { return false }
             if vma.isLocked {
                 do throws(MemoryError) {
@@ -40,7 +44,6 @@ extension AddressSpace {
                     return false
                 }
             }
-            if vma.anonVMA == 0 && vma.sharedObject == nil { prepareAnonVMA(vma) }
             let edit = VMAEdit(self)
             edit.setBounds(vma, start: newStart, end: vma.end)
             edit.finish()

@@ -106,3 +106,22 @@ import Testing
         #expect(space.kernelView() == ["200400000-200402000 r--p rd mr mw me gd ", "200402000-200404000 rw-p rd wr mr mw me gd ac "])
     }
 }
+
+extension StackGrowthTests {
+    /// Kernel (8 MiB `RLIMIT_STACK`): a 0xeba000-byte growsdown mapping, already past the limit;
+    /// a read of the page below it is SIGSEGV (no growth), yet the VMA got its anon_vma first
+    /// (`anon_vma_prepare` comes before the size check): a read-only mprotect of a part keeps
+    /// `ac` (`3000f8000-3000ff000 r--p … gd ac`). Without the read, `ac` goes.
+    @Test(arguments: [true, false])
+    func aRefusedGrowthStillPreparesTheAnonVMA(readBelow: Bool) throws {
+        let base: UInt64 = 0x3_0000_0000
+        let space = try AddressSpace(
+            configuration: .init(capabilities: [.ipcLock, .sysRawIO], stackLimit: 8 << 20),
+            memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
+        try space.map(length: 0xeba000, placement: .fixed(base), options: .growsDown)
+        if readBelow { #expect(access(space, base - page) == "SIGSEGV") }
+        try space.protect(address: base + 0xf8000, length: 0x7000, protection: .read)
+        let flags = space.kernelView(base, base + 0x1000_0000).first { $0.hasPrefix("3000f8000-3000ff000") }
+        #expect(flags == "3000f8000-3000ff000 r--p rd mr mw me gd " + (readBelow ? "ac " : ""))
+    }
+}
