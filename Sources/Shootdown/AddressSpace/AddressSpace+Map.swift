@@ -169,7 +169,7 @@ extension AddressSpace {
                         ? SharedMemoryObject(memory: memory, pageLimit: length / Self.pageSize) : nil)
             }
             edit.insert(vma)
-            edit.mergeNeighbours(vma)
+            edit.mergeNeighbours(vma, chain: false)
             edit.finish()
             // Populate (`MAP_POPULATE`, or locked): never a lock-on-fault VMA, whose population
             // `populate_vma_page_range` skips.

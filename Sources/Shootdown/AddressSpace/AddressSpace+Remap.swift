@@ -150,7 +150,7 @@ extension AddressSpace {
                     try checkRemapCharge(vma, oldLength, newLength, keepSource: false)
                     let oldVMAEnd = vma.end
                     edit.setBounds(vma, start: vma.start, end: newEnd.partialValue)
-                    let merged = edit.mergeNeighbours(vma, backward: false)
+                    let merged = edit.mergeNeighbours(vma, backward: false, chain: false)
                     if merged.isLocked && !merged.flags.contains(.lockOnFault) && !merged.protection.isEmpty {
                         let write = !merged.isShared && merged.protection.contains(.write)
                         populate = (oldVMAEnd, newEnd.partialValue - oldVMAEnd, write)
@@ -197,7 +197,7 @@ extension AddressSpace {
                     start: target, end: target + newLength, protection: vma.protection, flags: vma.flags,
                     sharedObject: vma.sharedObject, pageOffset: vma.pageOffset + (address - vma.start) / Self.pageSize)
                 edit.insert(copy)
-                edit.mergeNeighbours(copy)
+                edit.mergeNeighbours(copy, chain: false)
                 if vma.isLocked && !vma.flags.contains(.lockOnFault) && !vma.protection.isEmpty {
                     // A locked duplicate is populated whole, as a locked move populates its new
                     // pages (oracle: the object pages past the source's populated part become
@@ -298,7 +298,7 @@ extension AddressSpace {
             // VMA (or the one it merged into) stays, unsplit, and loses its lock as a whole
             // (measured: the parts outside the moved range are unlocked too; a move right below
             // a locked VMA leaves one unlocked VMA).
-            let merged = edit.mergeNeighbours(moved)
+            let merged = edit.mergeNeighbours(moved, chain: false)
             let old = vma.isRemoved ? merged : vma
             edit.touch(old)
             if old.flags.contains(.locked) || old.flags.contains(.lockOnFault) {
@@ -313,7 +313,7 @@ extension AddressSpace {
             }
         } else {
             unmapLocked(source, source + length, edit: edit)
-            edit.mergeNeighbours(moved)
+            edit.mergeNeighbours(moved, chain: false)
         }
     }
 }

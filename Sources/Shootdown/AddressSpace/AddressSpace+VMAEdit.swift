@@ -15,7 +15,7 @@ final class VMAEdit {
     let retire = RetireList()
     private var touched: [VMA] = []
     private var touchedSet: Set<ObjectIdentifier> = []
-    /// VMAs this edit split off (``split(_:at:)``), for ``mergeNeighbours(_:)``.
+    /// VMAs this edit split off (``split(_:at:)``), for ``mergeNeighbours(_:backward:chain:)``.
     private var splitOff: Set<ObjectIdentifier> = []
     private let holdsWriterLocks: Bool
     /// The space's mmap lock when its faults use per-VMA locks and this edit holds the mmap write
@@ -95,9 +95,12 @@ final class VMAEdit {
     /// Merges `vma` with its neighbours where they are compatible (`vma_merge`). Returns the VMA
     /// that now covers `vma`'s range. `backward: false` merges only with what follows: a VMA that
     /// grew at its end (`vma_merge_extend`) is the merge's lower side and never looks back, so two
-    /// compatible VMAs that a fork copied apart stay apart.
+    /// compatible VMAs that a fork copied apart stay apart. `chain: false` is a new VMA's merge
+    /// (`vma_merge_new_range`: mmap, mremap's moves and growth): with the VMA before and the one
+    /// after, never further, even over pieces this edit split off (oracle: a page moved between
+    /// two VMAs a fork kept apart merges with both, not with the third after them).
     @discardableResult
-    func mergeNeighbours(_ vma: VMA, backward: Bool = true) -> VMA {
+    func mergeNeighbours(_ vma: VMA, backward: Bool = true, chain: Bool = true) -> VMA {
         var survivor = vma
         if backward, let previous = survivor.previous, previous.canMerge(with: survivor) {
             let end = survivor.end
@@ -116,7 +119,7 @@ final class VMAEdit {
         // or split off: like Linux, a merge never reaches past the VMA after the one that changed
         // (two compatible VMAs a failed munmap split apart stay apart; measured).
         var mergedForward = false
-        while let next = survivor.next, !mergedForward || isPartOfEdit(next), survivor.canMerge(with: next) {
+        while let next = survivor.next, !mergedForward || (chain && isPartOfEdit(next)), survivor.canMerge(with: next) {
             mergedForward = true
             let end = next.end
             let flags = survivor.flags.union(next.flags.intersection(VMFlags.ignoredByMerge))

@@ -193,3 +193,19 @@ import Testing
         #expect(parent.kernelView() == ["200000000-200004000 rw-p rd wr mr mw me ac "])
     }
 }
+
+extension MergeTests {
+    /// Oracle (Linux 6.18, seed 53): 16 read-only pages with `[b+5p, b+7p)` locked, then fork (the
+    /// child's three VMAs are equal but stay apart). In the child, `mremap(b+10p, 4 pages, 1
+    /// page, MAYMOVE|FIXED, b+4p)`: the moved page merges with the VMA before and the one after
+    /// (`[b, b+7p)`), not with the third (`[b+7p, b+10p)`, split off by the move itself).
+    @Test func aMovedPageMergesWithItsTwoNeighboursOnly() throws {
+        let parent = try kernelLikeSpace()
+        try parent.map(length: 16 * page, protection: .read, placement: .fixed(b))
+        try parent.lock(address: b + 5 * page, length: 2 * page)
+        let child = try parent.fork()
+        try child.remap(address: b + 10 * page, oldLength: 4 * page, newLength: page, move: .fixed(b + 4 * page))
+        let r = "r--p rd mr mw me "
+        #expect(child.kernelView() == ["200000000-200007000 " + r, "200007000-20000a000 " + r, "20000e000-200010000 " + r])
+    }
+}
