@@ -58,6 +58,9 @@ extension AddressSpace {
         while true {
             var pmdEntry = pmd.load(pmdIndex)
             if pmdEntry.isNone && vma.allowsHuge(at: hugeStart) {
+                // The huge fault prepares the anon_vma first, for a read too (`vmf_anon_prepare`
+                // before the huge zero page; measured: a read-only mprotect then keeps `ac`).
+                if vma.anonVMA == 0 { prepareAnonVMA(vma) }
                 if try installHuge(vma, pmd: pmd, index: pmdIndex, write: write) { return }
                 pmdEntry = pmd.load(pmdIndex)  // no whole block free, or the slot was filled meanwhile
             }

@@ -209,3 +209,18 @@ extension MergeTests {
         #expect(child.kernelView() == ["200000000-200007000 " + r, "200007000-20000a000 " + r, "20000e000-200010000 " + r])
     }
 }
+
+extension MergeTests {
+    /// Kernel: 4 MiB private rw at b (2 MiB-aligned), one read of b, then `mprotect(b, 1 page,
+    /// PROT_READ)`: without `MADV_HUGEPAGE` the read-only page loses `ac` (no anon_vma); with it,
+    /// the read took the huge-page fault, which prepares the anon_vma first, so `ac` stays.
+    @Test(arguments: [false, true])
+    func aHugePageReadFaultPreparesTheAnonVMA(hugePage: Bool) throws {
+        let space = try kernelLikeSpace()
+        try space.map(length: 4 << 20, placement: .fixed(b))
+        if hugePage { try space.advise(address: b, length: 4 << 20, advice: .hugePage) }
+        _ = try space.read(at: b)
+        try space.protect(address: b, length: page, protection: .read)
+        #expect(space.kernelView().first == "200000000-200001000 r--p rd mr mw me " + (hugePage ? "ac hg " : ""))
+    }
+}
