@@ -25,10 +25,27 @@ import Testing
                 withKnownIssue(Comment(rawValue: "\(known.owner): \(known.note)")) {
                     Issue.record(Comment(rawValue: divergence.report))
                 }
+            } else if try !Self.reproduces(divergence) {
+                // The engine is deterministic: a session that does not diverge again when replayed
+                // operation for operation met something Linux does not repeat (which CPU's LRU
+                // batch held a page, say). Reported, but it does not fail the run.
+                withKnownIssue("did not reproduce on two replays: Linux-side nondeterminism", isIntermittent: true) {
+                    Issue.record(Comment(rawValue: divergence.report))
+                }
             } else {
                 Issue.record(Comment(rawValue: divergence.report))
             }
         }
+    }
+
+    /// Whether replaying the divergence's session (every operation up to the one that diverged)
+    /// on a fresh session diverges again with the same signature, in one of two tries.
+    static func reproduces(_ divergence: Divergence) throws -> Bool {
+        for _ in 0..<2 {
+            let replay = try Oracle.replay(divergence.operations)
+            if let step = replay.divergence, Divergence.signature(step) == divergence.signature { return true }
+        }
+        return false
     }
 
     /// Each known divergence's reproducer still diverges the way it says; once the engine matches
