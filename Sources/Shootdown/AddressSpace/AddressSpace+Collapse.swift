@@ -183,7 +183,6 @@ extension SharedMemoryObject {
             for offset in first..<first + count where pages[offset] == nil {
                 // One reference: the cache's.
                 guard let frame = memory.allocate(initialCounts: PhysicalMemory.refOne) else { return false }
-                memory.clearDirty(frame)
                 pages[offset] = frame
             }
             return true

@@ -423,7 +423,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         if frame != Self.zeroFrame { dirtyFlags[Int(frame)].store(1, ordering: .relaxed) }
     }
 
-    /// Whether ``markDirty(_:)`` was called for `frame` since ``clearDirty(_:)``.
+    /// Whether ``markDirty(_:)`` was called for `frame` since it was allocated.
     func isDirty(_ frame: UInt64) -> Bool { dirtyFlags[Int(frame)].load(ordering: .relaxed) == 1 }
 
     /// Marks a private page lazily freeable (`MADV_FREE`; the folio losing `swapbacked`): until an
@@ -434,9 +434,6 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// Whether `frame` is lazily freeable (see ``markLazyFree(_:)``).
     func isLazyFree(_ frame: UInt64) -> Bool { dirtyFlags[Int(frame)].load(ordering: .relaxed) == 2 }
 
-    /// A clean frame: called when a frame enters a page cache (the flag is not reset on every
-    /// allocation, so private faults pay nothing for it).
-    func clearDirty(_ frame: UInt64) { dirtyFlags[Int(frame)].store(0, ordering: .relaxed) }
 
     // MARK: - Accounting
 

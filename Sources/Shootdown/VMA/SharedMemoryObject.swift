@@ -60,7 +60,6 @@ final class SharedMemoryObject: @unchecked Sendable {
             }
             // One reference for the cache, one reference plus one mapping for the caller.
             guard let frame = memory.allocate(initialCounts: 2 | PhysicalMemory.mapOne) else { return nil }
-            memory.clearDirty(frame)
             pages[offset] = frame
             return frame
         }

@@ -150,33 +150,36 @@ import Testing
     }
 }
 
+/// The heap next to a written private mapping `[s-2p, s)` that ends where the break starts (the
+/// executable's bss in a real process); `s` is 0x200010000.
 extension SmallCallTests {
-    /// Kernel: a private rw mapping `[s-2p, s)` (written) ending where the break starts, then
-    /// `brk(s+3p)`: the heap is a VMA of its own (`[s, s+3p)`), the mapping below the break's
-    /// start never absorbs it, compatible as it is (`vma_prev_limit` from `start_brk`).
-    @Test func theHeapNeverJoinsAVMABelowTheBreaksStart() throws {
-        let s = kernelBase + 16 * page
+    static let breakStart = kernelBase + 16 * page
+
+    func spaceWithABSS() throws -> AddressSpace {
+        let s = Self.breakStart
         let space = try AddressSpace(
             configuration: .init(capabilities: [.ipcLock, .sysRawIO], programBreakStart: s),
             memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
         try space.map(length: 2 * page, placement: .fixed(s - 2 * page))
         try space.write(1, at: s - 2 * page)
+        return space
+    }
+
+    /// Kernel: `brk(s+3p)`: the heap is a VMA of its own (`[s, s+3p)`), the mapping below the
+    /// break's start never absorbs it, compatible as it is (`vma_prev_limit` from `start_brk`).
+    @Test func theHeapNeverJoinsAVMABelowTheBreaksStart() throws {
+        let s = Self.breakStart
+        let space = try spaceWithABSS()
         #expect(try space.setBreak(s + 3 * page) == s + 3 * page)
         #expect(space.kernelView() == ["20000e000-200010000 rw-p rd wr mr mw me ac ", "200010000-200013000 rw-p rd wr mr mw me ac "])
     }
-}
 
-extension SmallCallTests {
     /// Oracle (Linux 6.18, the child's bss ending at the break's start): a heap grown to
     /// `s+0x333e2`, made PROT_NONE over its first 0x2a000 bytes and read-write again (merging back,
     /// and with the bss below), then grown to `s+0x39bbd`: one VMA to `s+0x3a000`.
     @Test func aHeapMergedWithTheVMABelowStillGrows() throws {
-        let s = kernelBase + 16 * page
-        let space = try AddressSpace(
-            configuration: .init(capabilities: [.ipcLock, .sysRawIO], programBreakStart: s),
-            memory: PhysicalMemory(capacity: 1024, swapSlots: 0))
-        try space.map(length: 2 * page, placement: .fixed(s - 2 * page))
-        try space.write(1, at: s - 2 * page)
+        let s = Self.breakStart
+        let space = try spaceWithABSS()
         try space.setBreak(s + 0x333e2)
         try space.protect(address: s, length: 0x2a000, protection: .none)
         try space.protect(address: s, length: 0x2a000, protection: .readWrite)
