@@ -725,14 +725,41 @@ static bool cinterop_oracle_layout(uint64_t stack_pointer) {
     return false;
 }
 
+/// Pins the calling process to one CPU: the `index`th (modulo their count) of those it may run on,
+/// or the one it runs on now when `index` is negative. Pages a process faults in wait in a per-CPU
+/// batch before they reach the LRU lists, and `MADV_PAGEOUT`/`MADV_COLD` drain only the batch of
+/// the CPU they run on and skip pages still in another CPU's: on one CPU every page an operation
+/// touched is on the lists when the next operation runs (measured), so reclaim by madvise does not
+/// depend on where the scheduler put the child. Forked processes inherit the pinning.
+static bool cinterop_oracle_pin(int64_t index) {
+    cpu_set_t allowed;
+    if (sched_getaffinity(0, sizeof allowed, &allowed) != 0) return false;
+    int count = CPU_COUNT(&allowed);
+    if (count == 0) return false;
+    int chosen = -1;
+    if (index < 0) {
+        chosen = sched_getcpu();
+    } else {
+        int64_t wanted = index % count;
+        for (int cpu = 0; cpu < CPU_SETSIZE && chosen < 0; cpu++) {
+            if (CPU_ISSET(cpu, &allowed) && wanted-- == 0) chosen = cpu;
+        }
+    }
+    if (chosen < 0 || !CPU_ISSET(chosen, &allowed)) return false;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(chosen, &one);
+    return sched_setaffinity(0, sizeof one, &one) == 0;
+}
+
 /// Runs in every process that links CInterop, before `main`: does nothing unless this process
-/// was spawned as an oracle child. Environment: `fd:parent_pid:uid:gid:drop:no_thp`.
+/// was spawned as an oracle child. Environment: `fd:parent_pid:uid:gid:drop:no_thp:cpu+1`.
 __attribute__((constructor)) static void cinterop_oracle_child_entry(void) {
     const char *setting = getenv(CINTEROP_ORACLE_ENVIRONMENT);
     if (setting == NULL) return;
     const char *cursor = setting;
-    uint64_t fields[6] = {0};
-    for (int i = 0; i < 6; i++) {
+    uint64_t fields[7] = {0};
+    for (int i = 0; i < 7; i++) {
         fields[i] = cinterop_oracle_parse_decimal(&cursor);
         if (*cursor == ':') cursor++;
     }
@@ -749,6 +776,7 @@ __attribute__((constructor)) static void cinterop_oracle_child_entry(void) {
     if ((uint64_t)getppid() != fields[1]) _exit(0);
     prctl(PR_SET_DUMPABLE, 1);
     if (fields[5]) prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    if (!cinterop_oracle_pin(fields[6] == 0 ? -1 : (int64_t)fields[6] - 1)) _exit(8);
 
     // Every signal to its default action first: handlers the runtime installed point into
     // libraries about to be unmapped.
@@ -795,9 +823,9 @@ int32_t cinterop_oracle_spawn(const cinterop_oracle_options *options, int32_t *p
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return errno;
     // Everything the child needs is prepared before fork: after it, only async-signal-safe calls.
     char setting[160];
-    snprintf(setting, sizeof setting, "%s=%d:%d:%u:%u:%d:%d", CINTEROP_ORACLE_ENVIRONMENT, pair[1], (int)getpid(),
-             options->uid, options->gid, options->drop_privileges ? 1 : 0,
-             options->disable_transparent_huge_pages ? 1 : 0);
+    snprintf(setting, sizeof setting, "%s=%d:%d:%u:%u:%d:%d:%lld", CINTEROP_ORACLE_ENVIRONMENT, pair[1],
+             (int)getpid(), options->uid, options->gid, options->drop_privileges ? 1 : 0,
+             options->disable_transparent_huge_pages ? 1 : 0, options->cpu < 0 ? 0LL : (long long)options->cpu + 1);
     // A fixed, minimal environment: the child's layout must not depend on the caller's.
     char library_path[4096];
     const char *inherited = getenv("LD_LIBRARY_PATH");

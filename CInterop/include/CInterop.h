@@ -369,6 +369,9 @@ typedef struct {
     bool drop_privileges;
     /// `PR_SET_THP_DISABLE` in the child.
     bool disable_transparent_huge_pages;
+    /// The CPU the child (and every process it forks) is pinned to: an index into the CPUs the
+    /// spawner may use, modulo their count; -1 pins it to the CPU it starts on.
+    int32_t cpu;
 } cinterop_oracle_options;
 
 /// Spawns an oracle child. Returns 0 and sets `*pid` and `*channel`, or returns an errno value.

@@ -19,13 +19,18 @@ public final class LinuxProcess {
         public var unprivilegedIdentity: (uid: UInt32, gid: UInt32)? = (65534, 65534)
         /// `PR_SET_THP_DISABLE` in the child.
         public var disableTransparentHugePages = false
+        /// The CPU the child and its forks are pinned to, as an index into the CPUs this process
+        /// may use (modulo their count); `nil`: the CPU the child starts on. The child is always
+        /// pinned: `MADV_PAGEOUT` and `MADV_COLD` skip pages still waiting in another CPU's LRU
+        /// batch, so on more than one CPU their effect would depend on the scheduler.
+        public var cpu: UInt32? = nil
 
         public init() {}
 
         public static func == (lhs: Options, rhs: Options) -> Bool {
             lhs.stackLimit == rhs.stackLimit && lhs.unprivilegedIdentity?.uid == rhs.unprivilegedIdentity?.uid
                 && lhs.unprivilegedIdentity?.gid == rhs.unprivilegedIdentity?.gid
-                && lhs.disableTransparentHugePages == rhs.disableTransparentHugePages
+                && lhs.disableTransparentHugePages == rhs.disableTransparentHugePages && lhs.cpu == rhs.cpu
         }
 
         public func hash(into hasher: inout Hasher) {
@@ -33,6 +38,7 @@ public final class LinuxProcess {
             hasher.combine(unprivilegedIdentity?.uid)
             hasher.combine(unprivilegedIdentity?.gid)
             hasher.combine(disableTransparentHugePages)
+            hasher.combine(cpu)
         }
     }
 
@@ -83,6 +89,7 @@ public final class LinuxProcess {
             settings.gid = identity.gid
         }
         settings.disable_transparent_huge_pages = options.disableTransparentHugePages
+        settings.cpu = options.cpu.map { Int32(truncatingIfNeeded: $0 & 0x7fff_ffff) } ?? -1
         var pid: Int32 = 0
         var descriptor: Int32 = -1
         let status = cinterop_oracle_spawn(&settings, &pid, &descriptor)

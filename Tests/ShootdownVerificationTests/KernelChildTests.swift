@@ -84,6 +84,36 @@ import Testing
         #expect(try child.load(privatePage) == .value(2))
     }
 
+    /// `MADV_PAGEOUT` and `MADV_COLD` skip pages still in another CPU's LRU batch (measured: pages
+    /// faulted on one CPU and paged out from the other stay resident), so the child and every
+    /// process it forks run on one CPU: the one asked for, as an index into the allowed CPUs.
+    @Test func childAndItsForksRunOnTheCPUAskedFor() throws {
+        func allowed(_ process: LinuxProcess) throws -> String {
+            let status = try process.procText("status")
+            let line = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
+            return line.map { String($0.dropFirst("Cpus_allowed_list:".count)).trimmingWhitespace } ?? ""
+        }
+        let ownStatus = try ProcFile.text(of: "/proc/self/status")
+        let cpus = ownStatus.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }
+            .map { String($0.dropFirst("Cpus_allowed_list:".count)).trimmingWhitespace } ?? ""
+        var options = LinuxProcess.Options()
+        options.cpu = 1
+        let parent = try LinuxProcess.spawn(options)
+        defer { parent.close() }
+        let pinned = try allowed(parent)
+        #expect(!pinned.contains(",") && !pinned.contains("-"))
+        // The harness may use CPUs 0 to N (N >= 1): index 1 is CPU 1.
+        if cpus.hasPrefix("0-") && !cpus.contains(",") { #expect(pinned == "1") }
+        let child = try parent.fork()
+        defer { child.close() }
+        #expect(try allowed(child) == pinned)
+        // Without a choice: one CPU too (the one it started on).
+        let unchosen = try LinuxProcess.spawn()
+        defer { unchosen.close() }
+        let single = try allowed(unchosen)
+        #expect(!single.isEmpty && !single.contains(",") && !single.contains("-"))
+    }
+
     @Test func closeReapsTheChild() throws {
         let process = try LinuxProcess.spawn()
         let pid = process.pid

@@ -31,6 +31,7 @@ struct VerifyKernel: ParsableCommand {
     @Flag(help: .hidden) var worker = false
     @Option(help: .hidden) var journal: String?
     @Option(help: .hidden) var progressFile: String?
+    @Option(help: .hidden) var cpu: UInt32?
 
     func validate() throws {
         guard ops > 0, seeds > 0, jobs > 0, shrinkReplays >= 0 else {
@@ -56,7 +57,7 @@ struct VerifyKernel: ParsableCommand {
         let workers = min(jobs, seeds)
         DispatchQueue.concurrentPerform(iterations: workers) { slot in
             for (index, seed) in seedList.enumerated() where index % workers == slot && !interrupted {
-                for report in runSeed(seed) { merged.add(report) }
+                for report in runSeed(seed, cpu: UInt32(slot)) { merged.add(report) }
             }
         }
         let elapsed = nowNanoseconds() - started
@@ -74,6 +75,9 @@ struct VerifyKernel: ParsableCommand {
         options.shrink = shrinkReplays > 0
         options.shrinkReplays = shrinkReplays
         options.shouldStop = { interrupted }
+        // Each worker's children on a CPU of their own (while there are enough): see
+        // `LinuxProcess.Options.cpu`.
+        options.session.process.cpu = cpu
         if let journal {
             let writer = try Journal(path: journal)
             options.willRun = { op, index in writer.write(op, startsSession: index == 0) }
@@ -122,14 +126,14 @@ struct VerifyKernel: ParsableCommand {
     /// before the crashing session counts, the crash is a failure (with that session's operations
     /// from the journal), and the seed goes on in a new worker with a stream derived from the seed
     /// and the number of crashes, for the operations left.
-    private func runSeed(_ seed: UInt64) -> [WorkerReport] {
+    private func runSeed(_ seed: UInt64, cpu: UInt32) -> [WorkerReport] {
         var reports: [WorkerReport] = []
         var remaining = ops
         var crashes: UInt64 = 0
         while remaining > 0 && !interrupted && crashes < 100 {
             var derived = SplitMix64(seed: seed ^ (crashes &* 0x9E37_79B9_7F4A_7C15))
             let stream = crashes == 0 ? seed : derived.next()
-            let (report, crash) = runWorkerProcess(stream, operations: remaining, label: seed)
+            let (report, crash) = runWorkerProcess(stream, operations: remaining, label: seed, cpu: cpu)
             reports.append(report)
             guard let crash else { break }
             crashes += 1
@@ -146,7 +150,9 @@ struct VerifyKernel: ParsableCommand {
 
     /// One worker process: its report, and how it died if it did (the report is then what it
     /// wrote after its last complete session).
-    private func runWorkerProcess(_ stream: UInt64, operations: Int, label seed: UInt64) -> (WorkerReport, Crash?) {
+    private func runWorkerProcess(_ stream: UInt64, operations: Int, label seed: UInt64, cpu: UInt32)
+        -> (WorkerReport, Crash?)
+    {
         let base = FileManager.default.temporaryDirectory
             .appendingPathComponent("shootdown-oracle-\(ProcessInfo.processInfo.processIdentifier)-\(stream)").path
         let journal = base + ".journal"
@@ -160,7 +166,7 @@ struct VerifyKernel: ParsableCommand {
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe")
         process.arguments = [
             "verify-kernel", "--worker", "--seed", "\(stream)", "--ops", "\(operations)", "--shrink-replays",
-            "\(shrinkReplays)", "--journal", journal, "--progress-file", progressPath,
+            "\(shrinkReplays)", "--journal", journal, "--progress-file", progressPath, "--cpu", "\(cpu)",
         ]
         let output = Pipe()
         let errors = Pipe()
