@@ -46,7 +46,8 @@ extension AddressSpace {
     /// range and the VMA collapsed synchronously, whatever the VMA's `hg` (a forced collapse).
     ///
     /// Linux rules (measured on 6.18, and by the oracle): a VMA with `nh` or too small to hold an
-    /// aligned block, a private one that never had a page written (no `anon_vma`; read-only or
+    /// aligned block, a shared one whose addresses and object offsets disagree modulo 2 MiB, a
+    /// private one that never had a page written (no `anon_vma`; read-only or
     /// not), and a VMA piece that lies inside one block without reaching its end (the
     /// aligned start passes the aligned end), is `EINVAL`, stopping the walk; a piece holding no
     /// whole block otherwise succeeds doing nothing; a block already huge succeeds; a block that
@@ -69,6 +70,12 @@ extension AddressSpace {
             try walkVMAs(address, end, stopAtHole: false) { vma, start, stop throws(MemoryError) in
                 let vmaFirst = (vma.start + huge - 1) & ~(huge - 1)
                 if vma.flags.contains(.noHugePage) || vmaFirst + huge > vma.end { throw .invalidArgument }
+                // Shared memory whose addresses and object offsets disagree modulo 2 MiB can hold
+                // no huge page anywhere: the whole VMA is refused, even a piece without a whole
+                // block (measured; oracle seed 21).
+                if vma.sharedObject != nil, (vma.start / Self.pageSize &- vma.pageOffset) % (huge / Self.pageSize) != 0 {
+                    throw .invalidArgument
+                }
                 // `madvise_collapse` counts blocks as (aligned end - aligned start): a piece inside
                 // one block that starts past its start makes that negative, never matched.
                 let firstBlock = (start + huge - 1) & ~(huge - 1)

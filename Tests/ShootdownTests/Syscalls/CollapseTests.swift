@@ -154,4 +154,27 @@ extension CollapseTests {
             #expect(collapse(space, b + page, huge - page) == "EINVAL")
         }
     }
+
+    /// Kernel: shared memory whose addresses and object offsets disagree modulo 2 MiB (six blocks
+    /// mapped a page past a 2 MiB boundary, offset 0; the first page and the one 6 MiB in
+    /// written) refuses MADV_COLLAPSE for the whole VMA: EINVAL over one page at a block start (no whole block
+    /// inside), over a piece inside one block, and over a whole block with a page. The same
+    /// mapping placed on the boundary: ok, EINVAL, ok; private memory, on it or a page past it:
+    /// ok, EINVAL, ok (anonymous memory has no object offset to disagree with). Oracle seed 21:
+    /// the engine checked the offset block by block, so a range without a whole block was ok.
+    @Test func sharedMemoryMisalignedWithItsObjectRefusesCollapse() throws {
+        for shared in [false, true] {
+            for misaligned in [false, true] {
+                let space = try kernelLikeSpace(privileged: false)
+                let start = b + (misaligned ? page : 0)
+                try space.map(length: 6 * huge, placement: .fixed(start), options: shared ? .shared : [])
+                try space.write(1, at: start)
+                try space.write(1, at: start + 3 * huge)
+                let refused = shared && misaligned
+                #expect(collapse(space, b + 2 * huge, page) == (refused ? "EINVAL" : "ok"))
+                #expect(collapse(space, b + 2 * huge + 0x10000, page) == "EINVAL")
+                #expect(collapse(space, b + 3 * huge, huge) == (refused ? "EINVAL" : "ok"))
+            }
+        }
+    }
 }
