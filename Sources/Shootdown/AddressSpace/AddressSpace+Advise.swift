@@ -371,8 +371,8 @@ extension AddressSpace {
     /// Evicts the exclusive private pages of `[start, end)` under one `clear` invalidation (at
     /// most `limit` of them): a lazily freed page still clean (``Advice/free``, not written since)
     /// is discarded, its entry emptied (it reads zero again, as Linux discards it without swap);
-    /// every other one is written to swap while swap has room. Shared, zero-page and huge entries
-    /// stay. Returns pages evicted. Software TLBs are shot down under each table's lock before its
+    /// every other one is written to swap while swap has room. PROT_NONE entries count like
+    /// present ones. Shared, zero-page and huge entries stay. Returns pages evicted. Software TLBs are shot down under each table's lock before its
     /// content is written to swap or dropped (a store through a stale entry would otherwise be
     /// lost).
     ///
@@ -393,8 +393,9 @@ extension AddressSpace {
                     }
                     for index in first..<last where swapped + discarded < limit {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
-                        // isExclusive is false for the zero page.
-                        guard entry.isPresent, memory.isExclusive(entry.number) else { continue }
+                        // isExclusive is false for the zero page. A PROT_NONE entry still maps
+                        // its page: reclaim takes it too (measured; oracle seed 100).
+                        guard entry.isPresent || entry.isProtNone, memory.isExclusive(entry.number) else { continue }
                         if !entry.isDirty && memory.isLazyFree(entry.number) {
                             table[index].pointee.store(0, ordering: .relaxed)
                             memory.unmapFrame(entry.number, into: &chain)

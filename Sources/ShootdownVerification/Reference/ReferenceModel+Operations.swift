@@ -460,7 +460,8 @@ extension ReferenceModel {
                 case .pageOut:
                     for page in pages.keys where page >= start && page < stop {
                         var entry = pages[page]!
-                        guard !area.isShared, entry.residence == .mapped, entry.content != .zeroPage else { continue }
+                        // A PROT_NONE entry still maps its page: taken like a present one.
+                        guard !area.isShared, entry.residence != .swapped, entry.content != .zeroPage else { continue }
                         if entry.lazyFree {
                             pages[page] = nil  // discarded: reads zero again
                             continue
