@@ -358,7 +358,8 @@ extension AddressSpace {
                     for index in first..<last {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
                         guard entry.isPresent, memory.isExclusive(entry.number) else { continue }
-                        memory.markLazyFree(entry.number)
+                        // A page still mlocked is not made lazily freeable (measured).
+                        if !memory.isStillLocked(entry.number) { memory.markLazyFree(entry.number) }
                         table[index].pointee.store(
                             entry.without(PageTableEntry.dirty | PageTableEntry.accessed).rawValue, ordering: .relaxed)
                     }
@@ -372,7 +373,8 @@ extension AddressSpace {
     /// most `limit` of them): a lazily freed page still clean (``Advice/free``, not written since)
     /// is discarded, its entry emptied (it reads zero again, as Linux discards it without swap);
     /// every other one is written to swap while swap has room. PROT_NONE entries count like
-    /// present ones. Shared, zero-page and huge entries stay. Returns pages evicted. Software TLBs are shot down under each table's lock before its
+    /// present ones. Shared, zero-page and huge entries stay, and so do pages still mlocked
+    /// (``PhysicalMemory/markStillLocked(_:)``), whose lock count the attempt resets. Returns pages evicted. Software TLBs are shot down under each table's lock before its
     /// content is written to swap or dropped (a store through a stale entry would otherwise be
     /// lost).
     ///
@@ -396,6 +398,10 @@ extension AddressSpace {
                         // isExclusive is false for the zero page. A PROT_NONE entry still maps
                         // its page: reclaim takes it too (measured; oracle seed 100).
                         guard entry.isPresent || entry.isProtNone, memory.isExclusive(entry.number) else { continue }
+                        if memory.isStillLocked(entry.number) {
+                            memory.resetLockCount(entry.number)  // tried and put back
+                            continue
+                        }
                         if !entry.isDirty && memory.isLazyFree(entry.number) {
                             table[index].pointee.store(0, ordering: .relaxed)
                             memory.unmapFrame(entry.number, into: &chain)
@@ -429,7 +435,8 @@ extension AddressSpace {
     /// page (present or PROT_NONE) whose page only this entry maps (no other mapping, no pin) is unmapped under one `clear`
     /// invalidation, as reclaim's `try_to_unmap` does; then each such page that is still clean
     /// (no entry ever dirtied it, ``PhysicalMemory/markDirty(_:)``) and still mapped by nobody
-    /// leaves the object's cache. Dirty pages stay cached: without swap, shmem cannot write them
+    /// leaves the object's cache; a page still mlocked (``PhysicalMemory/markStillLocked(_:)``)
+    /// stays mapped and cached, its lock count reset. Dirty pages stay cached: without swap, shmem cannot write them
     /// out (measured: read-faulted and `MADV_POPULATE_READ` pages go, written ones and pages a
     /// fork child maps too stay). Software TLBs are shot down under each table's lock before
     /// its entries go (a store through a stale entry must not dirty a page judged clean).
@@ -456,6 +463,10 @@ extension AddressSpace {
                         guard entry.isPresent || entry.isProtNone, entry.number != PhysicalMemory.zeroFrame,
                             memory.refcountWord(entry.number) == mappedOnce
                         else { continue }
+                        if memory.isStillLocked(entry.number) {
+                            memory.resetLockCount(entry.number)  // tried and put back, still mapped
+                            continue
+                        }
                         table[index].pointee.store(0, ordering: .relaxed)
                         if !entry.isDirty && !memory.isDirty(entry.number) {
                             let address = chunkStart + UInt64(index - first) * Self.pageSize

@@ -71,6 +71,9 @@ extension AddressSpace {
         // `PAGE_ALIGN` wraps: a length within a page of 2^64 becomes 0.
         let rounded = Self.pageAlign(length &+ (address - start)) ?? 0
         let end = start.addingReportingOverflow(rounded)
+        // Pieces this call locks: pages still mlocked there count one more lock once populated.
+        var newlyLocked: [(UInt64, UInt64)] = []
+        defer { adjustLockCounts(newlyLocked, locking: true) }
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
             // The limit first, whatever the range: with more locked than the limit already (a
@@ -88,6 +91,9 @@ extension AddressSpace {
             let edit = VMAEdit(self)
             defer { edit.finish() }
             try walkVMAs(start, end.partialValue, stopAtHole: true) { vma, pieceStart, pieceEnd throws(MemoryError) in
+                if !vma.flags.contains(.locked) && memory.hasLockMarks.load(ordering: .relaxed) {
+                    newlyLocked.append((pieceStart, pieceEnd))
+                }
                 var flags = vma.flags
                 flags.insert(.locked)
                 if onFault { flags.insert(.lockOnFault) } else { flags.remove(.lockOnFault) }
@@ -149,6 +155,9 @@ extension AddressSpace {
             let edit = VMAEdit(self)
             defer { edit.finish() }
             try walkVMAs(start, end.partialValue, stopAtHole: true) { vma, pieceStart, pieceEnd throws(MemoryError) in
+                if vma.flags.contains(.locked) && memory.hasLockMarks.load(ordering: .relaxed) {
+                    forEachMappedFrame(pieceStart, pieceEnd) { memory.adjustLockCount($0, locking: false) }
+                }
                 try modifyVMA(
                     vma, pieceStart, pieceEnd, protection: vma.protection,
                     flags: vma.flags.subtracting([.locked, .lockOnFault]), edit: edit)
@@ -171,6 +180,8 @@ extension AddressSpace {
             throw .invalidArgument
         }
         try checkCanLock()
+        var newlyLocked: [(UInt64, UInt64)] = []
+        defer { adjustLockCounts(newlyLocked, locking: true) }
         try mmapLock.withWriteLock { () throws(MemoryError) in
             try checkAlive()
             if flags.contains(.current), let limit = configuration.lockedMemoryLimit,
@@ -186,7 +197,9 @@ extension AddressSpace {
             guard flags.contains(.current) else { return }
             let edit = VMAEdit(self)
             defer { edit.finish() }
+            let marks = memory.hasLockMarks.load(ordering: .relaxed)
             for vma in index.all where !vma.isRemoved {
+                if marks && !vma.flags.contains(.locked) { newlyLocked.append((vma.start, vma.end)) }
                 try modifyVMA(
                     vma, vma.start, vma.end, protection: vma.protection,
                     flags: vma.flags.subtracting([.locked, .lockOnFault]).union(added), edit: edit)
@@ -204,11 +217,41 @@ extension AddressSpace {
             defaultFlags = []
             let edit = VMAEdit(self)
             defer { edit.finish() }
+            let marks = memory.hasLockMarks.load(ordering: .relaxed)
             for vma in index.all where !vma.isRemoved {
+                if marks && vma.flags.contains(.locked) {
+                    forEachMappedFrame(vma.start, vma.end) { memory.adjustLockCount($0, locking: false) }
+                }
                 try modifyVMA(
                     vma, vma.start, vma.end, protection: vma.protection,
                     flags: vma.flags.subtracting([.locked, .lockOnFault]), edit: edit)
             }
         }
+    }
+
+    /// mlock or munlock (`locking`) of the pieces `ranges` for the pages still mlocked there
+    /// (``PhysicalMemory/markStillLocked(_:)``): each mapped one's lock count goes up or down.
+    /// Takes the mmap read lock; call it with no lock held.
+    func adjustLockCounts(_ ranges: [(UInt64, UInt64)], locking: Bool) {
+        guard !ranges.isEmpty else { return }
+        mmapLock.withReadLock {
+            for (start, end) in ranges { forEachMappedFrame(start, end) { memory.adjustLockCount($0, locking: locking) } }
+        }
+    }
+
+    /// Calls `body` with the frame of every present or PROT_NONE 4 KiB entry of `[start, end)`
+    /// (the zero page left out), under each table's split lock. Caller: mmap lock (read or
+    /// write), no split lock.
+    func forEachMappedFrame(_ start: UInt64, _ end: UInt64, _ body: (UInt64) -> Void) {
+        pageTable.forEachLockedLeafRun(
+            from: start, to: end, huge: { _, _, _, _, _ in },
+            pte: { table, first, last, _ in
+                for index in first..<last {
+                    let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
+                    guard entry.isPresent || entry.isProtNone, entry.number != PhysicalMemory.zeroFrame else { continue }
+                    body(entry.number)
+                }
+            },
+            flush: { _, _ in })
     }
 }

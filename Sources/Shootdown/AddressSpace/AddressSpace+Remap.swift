@@ -302,8 +302,10 @@ extension AddressSpace {
             let old = vma.isRemoved ? merged : vma
             edit.touch(old)
             if old.flags.contains(.locked) || old.flags.contains(.lockOnFault) {
-                // Unlocked without being uncharged: `locked_vm` keeps counting these pages.
+                // Unlocked without being uncharged: `locked_vm` keeps counting these pages. Nor
+                // are the pages it still maps unlocked: they stay mlocked (oracle seed 91).
                 if old.flags.contains(.locked) { leakedLockedPages += (old.end - old.start) / Self.pageSize }
+                forEachMappedFrame(old.start, old.end) { memory.markStillLocked($0) }
                 old.setAttributes(protection: old.protection, flags: old.flags.subtracting([.locked, .lockOnFault]))
             }
             // The whole VMA moved: it gives up its anon_vma (`unlink_anon_vmas`; oracle: a

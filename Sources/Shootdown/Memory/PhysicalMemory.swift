@@ -53,6 +53,13 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// dirty flag; see ``markDirty(_:)``), 2 for a private page `MADV_FREE` made lazily freeable
     /// and nothing dirtied since (``markLazyFree(_:)``); 0 from allocation.
     @usableFromInline let dirtyFlags: UnsafeMutablePointer<Atomic<UInt8>>
+    /// One byte per frame: nonzero for a page still mlocked although no locked VMA holds it
+    /// (``markStillLocked(_:)``), then one more than the lock count kept for it; 0 from
+    /// allocation.
+    @usableFromInline let lockMarks: UnsafeMutablePointer<Atomic<UInt8>>
+    /// Whether any frame was ever marked still locked: until then mlock and munlock skip the
+    /// page walk that adjusts the marks.
+    let hasLockMarks = Atomic<Bool>(false)
     /// Shard stacks, one per cache line: `tag << 32 | top frame` (0 = empty).
     @usableFromInline let shards: UnsafeMutablePointer<Atomic<UInt64>>
     /// Three words, ``cacheLineSize`` apart: the next never-used block (``freshBlockWord``), the
@@ -75,6 +82,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         links = RawMemory.allocateAtomics(UInt32.self, count: totalFrames, initial: 0)
         tokens = RawMemory.allocateAtomics(UInt64.self, count: totalFrames, initial: 0)
         dirtyFlags = RawMemory.allocateAtomics(UInt8.self, count: totalFrames, initial: 0)
+        lockMarks = RawMemory.allocateAtomics(UInt8.self, count: totalFrames, initial: 0)
         shards = RawMemory.allocateAtomics(UInt64.self, count: Self.shardCount * Self.shardStride, initial: 0)
         global = RawMemory.allocateAtomics(UInt64.self, count: 3 * Self.globalStride, initial: 0)
         global[0].store(1, ordering: .relaxed)  // block 0 holds the zero page
@@ -87,6 +95,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         RawMemory.deallocateAtomics(links, count: totalFrames)
         RawMemory.deallocateAtomics(tokens, count: totalFrames)
         RawMemory.deallocateAtomics(dirtyFlags, count: totalFrames)
+        RawMemory.deallocateAtomics(lockMarks, count: totalFrames)
         RawMemory.deallocateAtomics(shards, count: Self.shardCount * Self.shardStride)
         RawMemory.deallocateAtomics(global, count: 3 * Self.globalStride)
     }
@@ -101,6 +110,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         guard let frame = pop(shard: shard) ?? allocateSlow(shard: shard) else { return nil }
         tokens[Int(frame)].store(0, ordering: .relaxed)
         dirtyFlags[Int(frame)].store(0, ordering: .relaxed)
+        lockMarks[Int(frame)].store(0, ordering: .relaxed)
         // Relaxed: the frame is private until the caller publishes it under a split lock.
         counts[Int(frame)].store(initialCounts, ordering: .relaxed)
         inUse.add(0, 1)
@@ -258,6 +268,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         for index in 0..<Self.framesPerHugePage {
             tokens[Int(head) + index].store(0, ordering: .relaxed)
             counts[Int(head) + index].store(0, ordering: .relaxed)
+            lockMarks[Int(head) + index].store(0, ordering: .relaxed)
         }
         counts[Int(head)].store(initialCounts, ordering: .relaxed)
         inUse.add(0, Int64(Self.framesPerHugePage))
@@ -433,6 +444,44 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     /// Whether `frame` is lazily freeable (see ``markLazyFree(_:)``).
     func isLazyFree(_ frame: UInt64) -> Bool { dirtyFlags[Int(frame)].load(ordering: .relaxed) == 2 }
+
+    // MARK: - Pages still locked
+
+    // Linux keeps a page mlocked (unevictable) until the lock count it keeps for the page drops
+    // to zero, and only mlock and munlock of locked VMAs move that count. A MREMAP_DONTUNMAP move
+    // of a locked VMA drops the old VMA's lock without unlocking its pages, so they stay mlocked
+    // in an unlocked VMA: MADV_PAGEOUT and reclaim leave them, MADV_FREE does not make them lazily
+    // freeable. Page-out's attempt resets their count to zero; mlock of a VMA mapping them adds
+    // one, munlock takes one and unlocks them at zero (measured on 6.18). Only such pages are
+    // marked: a page in a locked VMA is refused by page-out anyway. The marks are approximate
+    // under concurrency (relaxed, last writer wins), as is Linux's count.
+
+    /// Marks `frame` still mlocked after its VMA lost its lock without unlocking it, with a count
+    /// of at least one. Caller: the split lock of an entry mapping `frame`.
+    func markStillLocked(_ frame: UInt64) {
+        guard frame != Self.zeroFrame else { return }
+        if lockMarks[Int(frame)].load(ordering: .relaxed) < 2 { lockMarks[Int(frame)].store(2, ordering: .relaxed) }
+        hasLockMarks.store(true, ordering: .relaxed)
+    }
+
+    /// Whether `frame` is still mlocked (see ``markStillLocked(_:)``).
+    func isStillLocked(_ frame: UInt64) -> Bool { lockMarks[Int(frame)].load(ordering: .relaxed) != 0 }
+
+    /// Reclaim tried `frame` and put it back: still mlocked, with a count of zero. Caller: the
+    /// split lock of an entry mapping `frame`.
+    func resetLockCount(_ frame: UInt64) {
+        if lockMarks[Int(frame)].load(ordering: .relaxed) != 0 { lockMarks[Int(frame)].store(1, ordering: .relaxed) }
+    }
+
+    /// mlock (`locking`) or munlock of a VMA mapping a marked `frame`: one more on its count, or
+    /// one less, unmarked at zero. Unmarked frames are left alone. Caller: the split lock of an
+    /// entry mapping `frame`.
+    func adjustLockCount(_ frame: UInt64, locking: Bool) {
+        let mark = lockMarks[Int(frame)].load(ordering: .relaxed)
+        guard mark != 0 else { return }
+        let next: UInt8 = locking ? (mark == .max ? mark : mark + 1) : (mark <= 2 ? 0 : mark - 1)
+        lockMarks[Int(frame)].store(next, ordering: .relaxed)
+    }
 
 
     // MARK: - Accounting

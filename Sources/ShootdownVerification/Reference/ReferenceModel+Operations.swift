@@ -356,6 +356,7 @@ extension ReferenceModel {
             entry.softDirty = true  // every moved entry, present, PROT_NONE or swapped
             carried[target + offset] = entry
         }
+        var stillLocked: (start: UInt64, end: UInt64)? = nil
         if keepSource {
             // DONTUNMAP: the new area merges first, still locked (a neighbour of the old area
             // becomes part of it); the old area (or what it merged into) stays, emptied, and
@@ -365,6 +366,9 @@ extension ReferenceModel {
             mergeAll()
             let i = index(containing: source)!
             if areas[i].flags.contains(.locked) { leakedLockedPages += (areas[i].end - areas[i].start) / Self.pageSize }
+            if areas[i].flags.contains(.locked) || areas[i].flags.contains(.lockOnFault) {
+                stillLocked = (areas[i].start, areas[i].end)
+            }
             areas[i].flags.subtract([.locked, .lockOnFault])
             if areas[i].start == source && areas[i].end == source + length && areas[i].object == nil { areas[i].anon = 0 }
         } else {
@@ -372,6 +376,13 @@ extension ReferenceModel {
             insert(moved)
         }
         pages.merge(carried) { _, new in new }
+        if let stillLocked {
+            // The pages the old area (or what the new one merged into) maps stay mlocked, with a
+            // count of at least one.
+            for page in eachPage(stillLocked.start, stillLocked.end) where pages[page] != nil {
+                setLockMark(max(lockMark(at: page), 2), at: page)
+            }
+        }
         mergeAll()
     }
 
@@ -435,6 +446,7 @@ extension ReferenceModel {
                         sharedTokens[object]?[objectPage] = nil
                         sharedResident[object]?.remove(objectPage)
                         sharedDirty[object]?.remove(objectPage)
+                        sharedLockMarks[object]?[objectPage] = nil
                     }
                     // Every other mapping of those object pages loses them too.
                     for other in areas where other.object == object {
@@ -451,6 +463,10 @@ extension ReferenceModel {
                             case .shared(let object, let objectPage) = entry.content,
                             pages.values.filter({ $0.content == entry.content }).count == 1
                         else { continue }
+                        if lockMark(at: page) != 0 {
+                            setLockMark(1, at: page)  // still mlocked: tried, put back, count reset
+                            continue
+                        }
                         pages[page] = nil
                         if sharedDirty[object]?.contains(objectPage) != true {
                             sharedResident[object]?.remove(objectPage)
@@ -462,6 +478,10 @@ extension ReferenceModel {
                         var entry = pages[page]!
                         // A PROT_NONE entry still maps its page: taken like a present one.
                         guard !area.isShared, entry.residence != .swapped, entry.content != .zeroPage else { continue }
+                        if entry.lockMark != 0 {
+                            pages[page]!.lockMark = 1  // still mlocked: tried, put back, count reset
+                            continue
+                        }
                         if entry.lazyFree {
                             pages[page] = nil  // discarded: reads zero again
                             continue
@@ -472,7 +492,7 @@ extension ReferenceModel {
                     }
                 case .free:
                     for page in pages.keys where page >= start && page < stop {
-                        if pages[page]!.residence == .mapped, case .anonymous = pages[page]!.content {
+                        if pages[page]!.residence == .mapped, case .anonymous = pages[page]!.content, pages[page]!.lockMark == 0 {
                             pages[page]!.lazyFree = true
                         }
                     }

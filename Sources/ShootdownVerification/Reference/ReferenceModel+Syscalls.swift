@@ -48,6 +48,39 @@ extension ReferenceModel {
         }
     }
 
+    /// The lock mark of the page mapped at `page` (``Page/lockMark``; shared pages keep theirs in
+    /// ``sharedLockMarks``); 0 without a page or for the zero page.
+    public func lockMark(at page: UInt64) -> UInt8 {
+        guard let entry = pages[page], entry.residence != .swapped else { return 0 }
+        switch entry.content {
+        case .zeroPage: return 0
+        case .anonymous: return entry.lockMark
+        case .shared(let object, let objectPage): return sharedLockMarks[object]?[objectPage] ?? 0
+        }
+    }
+
+    /// Sets the lock mark of the page mapped at `page` (nothing for the zero page).
+    public func setLockMark(_ mark: UInt8, at page: UInt64) {
+        guard var entry = pages[page], entry.residence != .swapped else { return }
+        switch entry.content {
+        case .zeroPage: return
+        case .anonymous:
+            entry.lockMark = mark
+            pages[page] = entry
+        case .shared(let object, let objectPage): sharedLockMarks[object, default: [:]][objectPage] = mark == 0 ? nil : mark
+        }
+    }
+
+    /// mlock (`locking`) or munlock of `[start, end)` for the pages still mlocked there: the
+    /// lock count one up, or one down and unmarked at zero.
+    func adjustLockMarks(_ start: UInt64, _ end: UInt64, locking: Bool) {
+        for page in eachPage(start, end) {
+            let mark = lockMark(at: page)
+            guard mark != 0 else { continue }
+            setLockMark(locking ? (mark == .max ? mark : mark + 1) : (mark <= 2 ? 0 : mark - 1), at: page)
+        }
+    }
+
     public func lock(address: UInt64, length: UInt64, onFault: Bool) throws(MemoryError) {
         try checkCanLock()
         let start = pageOf(address)
@@ -62,7 +95,10 @@ extension ReferenceModel {
         }
         guard !overflow else { throw .invalidArgument }
         guard rounded != 0 else { return }
+        var newlyLocked: [(UInt64, UInt64)] = []
+        defer { for (from, to) in newlyLocked { adjustLockMarks(from, to, locking: true) } }
         try walk(start, end, stopAtHole: true) { area, pieceStart, pieceEnd throws(MemoryError) in
+            if !area.flags.contains(.locked) { newlyLocked.append((pieceStart, pieceEnd)) }
             var flags = area.flags
             flags.insert(.locked)
             if onFault { flags.insert(.lockOnFault) } else { flags.remove(.lockOnFault) }
@@ -78,6 +114,7 @@ extension ReferenceModel {
         guard !overflow else { throw .invalidArgument }
         guard !dead else { throw .addressSpaceDead }
         try walk(start, end, stopAtHole: true) { area, pieceStart, pieceEnd throws(MemoryError) in
+            if area.flags.contains(.locked) { adjustLockMarks(pieceStart, pieceEnd, locking: false) }
             try modify(area, pieceStart, pieceEnd, protection: area.protection, flags: area.flags.subtracting([.locked, .lockOnFault]))
         }
     }
@@ -95,8 +132,11 @@ extension ReferenceModel {
         if flags.contains(.onFault) { added.insert(.lockOnFault) }
         defaultFlags = flags.contains(.future) ? added : []
         guard flags.contains(.current) else { return }
+        var newlyLocked: [(UInt64, UInt64)] = []
+        defer { for (from, to) in newlyLocked { adjustLockMarks(from, to, locking: true) } }
         var cursor: UInt64 = 0
         while let area = areas.first(where: { $0.start >= cursor }) {
+            if !area.flags.contains(.locked) { newlyLocked.append((area.start, area.end)) }
             try modify(area, area.start, area.end, protection: area.protection,
                        flags: area.flags.subtracting([.locked, .lockOnFault]).union(added))
             cursor = area.end
@@ -109,6 +149,7 @@ extension ReferenceModel {
         defaultFlags = []
         var cursor: UInt64 = 0
         while let area = areas.first(where: { $0.start >= cursor }) {
+            if area.flags.contains(.locked) { adjustLockMarks(area.start, area.end, locking: false) }
             try modify(area, area.start, area.end, protection: area.protection, flags: area.flags.subtracting([.locked, .lockOnFault]))
             cursor = area.end
         }

@@ -82,6 +82,9 @@ public final class ReferenceModel {
         /// `MADV_FREE` made the page lazily freeable and nothing wrote it since: page-out
         /// discards it.
         public var lazyFree = false
+        /// Nonzero: the page stayed mlocked when its area lost its lock without unlocking it
+        /// (DONTUNMAP), one more than its lock count (the library's `PhysicalMemory` lock marks).
+        public var lockMark: UInt8 = 0
 
         public static func == (a: Page, b: Page) -> Bool {
             a.content == b.content && a.residence == b.residence && a.writable == b.writable && a.softDirty == b.softDirty
@@ -120,6 +123,8 @@ public final class ReferenceModel {
     /// Pages of shared objects written (or write-faulted) since they entered the cache: reclaim
     /// keeps them (no swap for shmem).
     public var sharedDirty: [Int: Set<UInt64>] = [:]
+    /// Lock marks of shared object pages (see ``Page/lockMark``).
+    public var sharedLockMarks: [Int: [UInt64: UInt8]] = [:]
     /// `mm->def_flags` after `mlockall(MCL_FUTURE)`.
     public var defaultFlags: MappingFlags = []
     /// The program break (`start_brk` is `configuration.programBreakStart`).

@@ -91,6 +91,57 @@ import Testing
         #expect(outcome { () throws(MemoryError) in _ = try child.map(length: 64 * page, options: .locked) } == "ok")
     }
 
+    /// A MREMAP_DONTUNMAP move of a locked VMA drops the old VMA's lock without unlocking the
+    /// pages still mapped there: MADV_PAGEOUT succeeds on them but leaves them, and MADV_FREE
+    /// does not make them lazily freeable. Linux keeps a lock count per page: page-out's attempt
+    /// resets it to zero, mlock of the range adds one, munlock takes one and unlocks at zero.
+    /// Measured, eight pages locked, page 2 moved away (the moved page stays locked where it
+    /// went): shared, page-out `11111111` (a never-locked control: `00000000`), munlock and
+    /// page-out `11111111`, mlock, munlock and page-out `00100000`; without the first page-out,
+    /// mlock, munlock and page-out `11111111`. Private: MADV_FREE and page-out `11011111`, then
+    /// mlock, munlock and page-out `11111111` (mlock populated page 2); page-out, mlock, munlock,
+    /// MADV_FREE and page-out `00000000`; MADV_FREE, mlock, munlock and page-out `11111111`;
+    /// mlock, munlock, MADV_FREE and page-out `11011111`. Oracle seed 91: the engine paged the
+    /// shared pages out.
+    @Test func pagesLockedBeforeADontUnmapMoveStayUnevictable() throws {
+        func lockedThenMoved(shared: Bool) throws -> AddressSpace {
+            let space = try kernelLikeSpace(privileged: false)
+            try space.map(length: 8 * page, placement: .fixed(b), options: shared ? .shared : [])
+            try space.lock(address: b, length: 8 * page)
+            _ = try space.remap(address: b + 2 * page, oldLength: page, newLength: page, flags: [.mayMove, .dontUnmap], newAddress: 0)
+            #expect(space.kernelView(b, b + 8 * page).first?.contains(" lo ") == false)
+            return space
+        }
+        func run(_ space: AddressSpace, _ steps: String) throws -> String {
+            for step in steps.split(separator: " ") {
+                switch step {
+                case "pageout": try space.advise(address: b, length: 8 * page, advice: .pageOut)
+                case "free": try space.advise(address: b, length: 8 * page, advice: .free)
+                case "mlock": try space.lock(address: b, length: 8 * page)
+                default: try space.unlock(address: b, length: 8 * page)
+                }
+            }
+            return space.residencyString(b, pages: 8)
+        }
+        let control = try kernelLikeSpace(privileged: false)
+        try control.map(length: 8 * page, placement: .fixed(b), options: .shared)
+        for index in 0..<8 { _ = try control.read(at: b + UInt64(index) * page) }
+        #expect(try run(control, "pageout") == "00000000")
+
+        let space = try lockedThenMoved(shared: true)
+        #expect(try run(space, "pageout") == "11111111")
+        #expect(try run(space, "munlock pageout") == "11111111")
+        #expect(try run(space, "mlock munlock pageout") == "00100000")
+        #expect(try run(lockedThenMoved(shared: true), "mlock munlock pageout") == "11111111")
+
+        let freed = try lockedThenMoved(shared: false)
+        #expect(try run(freed, "free pageout") == "11011111")
+        #expect(try run(freed, "mlock munlock pageout") == "11111111")
+        #expect(try run(lockedThenMoved(shared: false), "pageout mlock munlock free pageout") == "00000000")
+        #expect(try run(lockedThenMoved(shared: false), "free mlock munlock pageout") == "11111111")
+        #expect(try run(lockedThenMoved(shared: false), "mlock munlock free pageout") == "11011111")
+    }
+
     /// mremap(MREMAP_FIXED) to a target below mmap_min_addr: EPERM only after the target was
     /// unmapped (and a shrinking source's tail): growing, equal and shrinking moves to 0 of a
     /// mapping at 0x200000000 with `[0x10000, 0x40000)` mapped. (The engine failed first.)
