@@ -340,7 +340,7 @@ extension AddressSpace {
     }
 
     /// `MADV_FREE` on private memory (`madvise_free_pte_range`): under one `clear` invalidation,
-    /// exclusive pages lose their dirty and young bits and become lazily freeable
+    /// exclusive pages (PROT_NONE ones too) lose their dirty and young bits and become lazily freeable
     /// (``PhysicalMemory/markLazyFree(_:)``, the folio losing `swapbacked`): they keep frame and
     /// content until reclaim or `MADV_PAGEOUT` discards the ones still clean; a store first
     /// makes a page dirty again and keeps it. Software TLBs are shot down under each table's
@@ -357,7 +357,8 @@ extension AddressSpace {
                     }
                     for index in first..<last {
                         let entry = PageTableEntry(rawValue: table[index].pointee.load(ordering: .relaxed))
-                        guard entry.isPresent, memory.isExclusive(entry.number) else { continue }
+                        // A PROT_NONE entry still maps its page: freed lazily too (measured; oracle seed 1).
+                        guard entry.isPresent || entry.isProtNone, memory.isExclusive(entry.number) else { continue }
                         // A page still mlocked is not made lazily freeable (measured).
                         if !memory.isStillLocked(entry.number) { memory.markLazyFree(entry.number) }
                         table[index].pointee.store(

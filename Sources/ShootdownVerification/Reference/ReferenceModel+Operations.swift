@@ -492,7 +492,8 @@ extension ReferenceModel {
                     }
                 case .free:
                     for page in pages.keys where page >= start && page < stop {
-                        if pages[page]!.residence == .mapped, case .anonymous = pages[page]!.content, pages[page]!.lockMark == 0 {
+                        // PROT_NONE entries still map their pages: freed lazily too.
+                        if pages[page]!.residence != .swapped, case .anonymous = pages[page]!.content, pages[page]!.lockMark == 0 {
                             pages[page]!.lazyFree = true
                         }
                     }

@@ -142,6 +142,25 @@ import Testing
             try space.audit()
         }
     }
+
+    /// Kernel: four private pages written 7, pages 0–1 made PROT_NONE, then `MADV_FREE` of all
+    /// four (ok, `1111`) and `MADV_PAGEOUT`: `0000`, and back to read-write they read 0 0 0 0.
+    /// MADV_FREE makes pages behind PROT_NONE entries lazily freeable too. Oracle seed 1: the
+    /// engine skipped them, so page-out kept them.
+    @Test func madviseFreeReachesPagesBehindProtNone() throws {
+        let space = try kernelLikeSpace()
+        let b = kernelBase
+        try space.map(length: 4 * page, placement: .fixed(b))
+        for index in 0..<4 as Range<UInt64> { try space.write(7, at: b + index * page) }
+        try space.protect(address: b, length: 2 * page, protection: .none)
+        try space.advise(address: b, length: 4 * page, advice: .free)
+        #expect(space.residencyString(b, pages: 4) == "1111")
+        try space.advise(address: b, length: 4 * page, advice: .pageOut)
+        #expect(space.residencyString(b, pages: 4) == "0000")
+        try space.protect(address: b, length: 2 * page, protection: .readWrite)
+        #expect(try (0..<4 as Range<UInt64>).map { try space.read(at: b + $0 * page) } == [0, 0, 0, 0])
+        try space.audit()
+    }
 }
 
 extension SharedPageOutTests {
