@@ -21,7 +21,8 @@ extension AddressSpace {
     ///
     /// `VM_ACCOUNT` (`ac`): a private VMA without `nr` that becomes writable gets it; one that
     /// becomes non-writable loses it only while it has no anonymous pages (no `anon_vma`). A
-    /// locked private VMA that becomes writable is populated for write, as Linux does.
+    /// locked private VMA that becomes writable is populated for write, as Linux does; its
+    /// identity (`anon_vma`) is prepared before the next VMA is changed, as that population does.
     public func protect(address: UInt64, length: UInt64, protection: Protection) throws(MemoryError) {
         if protection.contains(.growsDown) && protection.contains(.growsUp) { throw .invalidArgument }
         guard Self.isPageAligned(address) else { throw .invalidArgument }
@@ -92,6 +93,15 @@ extension AddressSpace {
                     // Only the changed part, not the VMA it merged into (`populate_vma_page_range`
                     // on the mprotect range): pages of a neighbour stay as they are.
                     populate.append((pieceStart, pieceEnd))
+                    // Linux populates each piece before it changes the next, so the first write
+                    // fault gives the VMA its identity now, and that decides whether the next
+                    // pieces merge with it (measured; oracle seed 29). The pages themselves
+                    // come after the walk (a guard marker first stops the population at once).
+                    if let changed = index.find(containing: pieceStart), changed.sharedObject == nil,
+                        changed.anonVMA == 0, translate(pieceStart)?.isGuard != true
+                    {
+                        prepareAnonVMA(changed)
+                    }
                 }
             }
         }

@@ -124,4 +124,33 @@ import Testing
         #expect(space.residencyString(b, pages: 4) == "1111")
         #expect(try space.softDirtyPages(address: b, length: 4 * page) == [b + 2 * page, b + 3 * page])
     }
+
+    /// Kernel (unprivileged): sixteen private pages `PROT_NONE`, pages 4–5 read-only, pages 8–11
+    /// write-only and written, all locked; `mprotect` to read-write over seventeen pages (page
+    /// 16 a hole: ENOMEM) or the sixteen (ok): `[b, b+8p)` and `[b+8p, b+16p)` stay apart, all
+    /// sixteen resident. Each piece made writable is populated before the next piece is changed,
+    /// so the first piece got an identity of its own (its neighbours had none it could share),
+    /// and the written VMA, whose identity differs, no longer merges with it. Without the
+    /// read-only pages in between the first piece shares the written VMA's identity and all
+    /// sixteen merge. Oracle seed 29: the engine populated after every piece was changed, and
+    /// merged them.
+    @Test(arguments: [false, true])
+    func aLockedPieceMadeWritableIsPopulatedBeforeTheNext(hole: Bool) throws {
+        for readOnlyPages in [false, true] {
+            let space = try kernelLikeSpace(privileged: false)
+            try space.map(length: 16 * page, protection: .none, placement: .fixed(b))
+            try space.map(length: 4 * page, protection: .write, placement: .fixed(b + 8 * page))
+            for index in 8..<12 as Range<UInt64> { try space.write(1, at: b + index * page) }
+            if readOnlyPages { try space.map(length: 2 * page, protection: .read, placement: .fixed(b + 4 * page)) }
+            #expect(outcome { () throws(MemoryError) in try space.lock(address: b, length: 16 * page) } == "ENOMEM")
+            let result = outcome { () throws(MemoryError) in
+                try space.protect(address: b, length: (hole ? 17 : 16) * page, protection: .readWrite)
+            }
+            #expect(result == (hole ? "ENOMEM" : "ok"))
+            #expect(space.kernelView() == (readOnlyPages
+                ? ["200000000-200008000 rw-p rd wr mr mw me lo ac ", "200008000-200010000 rw-p rd wr mr mw me lo ac "]
+                : ["200000000-200010000 rw-p rd wr mr mw me lo ac "]))
+            #expect(space.residencyString(b, pages: 16) == String(repeating: "1", count: 16))
+        }
+    }
 }
