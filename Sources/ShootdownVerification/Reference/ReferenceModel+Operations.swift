@@ -308,9 +308,9 @@ extension ReferenceModel {
             }
             target = fixedTarget
         } else if dontUnmap && newAddress != 0 {
-            var hint = pageOf(newAddress)
-            if hint < configuration.hintMinAddress { hint = configuration.hintMinAddress }
-            if hint <= limit - newLength && overlapping(hint, hint + newLength).isEmpty {
+            // Taken as it is (not raised to hintMinAddress as mmap's hints are).
+            let hint = pageOf(newAddress)
+            if hint >= configuration.mmapMinAddress && hint <= limit - newLength && overlapping(hint, hint + newLength).isEmpty {
                 target = hint
             } else {
                 target = try freeArea(length: newLength)
