@@ -27,8 +27,9 @@ import Testing
                 }
             } else if try !Self.reproduces(divergence) {
                 // The engine is deterministic: a session that does not diverge again when replayed
-                // operation for operation met something Linux does not repeat (which CPU's LRU
-                // batch held a page, say). Reported, but it does not fail the run.
+                // operation for operation met something Linux does not repeat (the child runs on
+                // one CPU, so the per-CPU LRU batches are no longer such a thing; see
+                // docs/kernel-oracle.md). Reported, but it does not fail the run.
                 withKnownIssue("did not reproduce on two replays: Linux-side nondeterminism", isIntermittent: true) {
                     Issue.record(Comment(rawValue: divergence.report))
                 }
