@@ -963,6 +963,28 @@ int64_t cinterop_read_file(const char *path, void *buffer, size_t capacity) {
     return (int64_t)total;
 }
 
+int64_t cinterop_read_file_at(const char *path, uint64_t offset, void *buffer, size_t length) {
+    int fd;
+    do {
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    } while (fd < 0 && errno == EINTR);
+    if (fd < 0) return -(int64_t)errno;
+    size_t total = 0;
+    while (total < length) {
+        ssize_t got = pread(fd, (char *)buffer + total, length - total, (off_t)(offset + total));
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            int error = errno;
+            close(fd);
+            return -(int64_t)error;
+        }
+        if (got == 0) break;
+        total += (size_t)got;
+    }
+    close(fd);
+    return (int64_t)total;
+}
+
 static bool cinterop_prefix(const char *line, const char *end, const char *prefix) {
     size_t length = strlen(prefix);
     return (size_t)(end - line) >= length && memcmp(line, prefix, length) == 0;

@@ -398,6 +398,10 @@ int32_t cinterop_oracle_reap(int32_t pid, bool kill_first);
 /// -EFBIG if it does not fit in `capacity` (grow the buffer and retry).
 int64_t cinterop_read_file(const char *_Nonnull path, void *_Nonnull buffer, size_t capacity);
 
+/// Reads `length` bytes of a file at `offset` (`/proc/PID/pagemap`: 8 bytes per page). Returns the
+/// byte count (short only at the end of the file) or -errno.
+int64_t cinterop_read_file_at(const char *_Nonnull path, uint64_t offset, void *_Nonnull buffer, size_t length);
+
 /// One mapping found by `cinterop_smaps_scan`: its range, and where its fields are in the text.
 typedef struct {
     uint64_t start;

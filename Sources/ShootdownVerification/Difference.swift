@@ -6,6 +6,10 @@ public enum Difference: Hashable, Sendable, CustomStringConvertible {
     case mappings(linux: [MappingView], engine: [MappingView])
     /// Page residency differs on `pages` pages; `address` is the first.
     case residency(address: UInt64, linux: Bool, engine: Bool, pages: Int)
+    /// Whether a page-table entry maps a page of shared memory (`/proc/PID/pagemap`) differs on
+    /// `pages` pages; `address` is the first. Residency of shared memory is the object's, so this
+    /// is what shows the mappings a fault or a move made.
+    case mapped(address: UInt64, linux: Bool, engine: Bool, pages: Int)
     /// A touched page that is resident and readable on both sides has different contents.
     case content(address: UInt64, linux: KernelOutcome, engine: KernelOutcome)
     /// The engine cannot express the operation.
@@ -17,6 +21,7 @@ public enum Difference: Hashable, Sendable, CustomStringConvertible {
         case .outcome: "outcome"
         case .mappings: "mappings"
         case .residency: "residency"
+        case .mapped: "mapped"
         case .content: "content"
         case .inexpressible: "inexpressible"
         }
@@ -30,6 +35,9 @@ public enum Difference: Hashable, Sendable, CustomStringConvertible {
         case .residency(let address, let linux, let engine, let pages):
             "residency differs on \(pages) page(s), first \(hex(address)): Linux \(linux ? "resident" : "not resident"), "
                 + "engine \(engine ? "resident" : "not resident")"
+        case .mapped(let address, let linux, let engine, let pages):
+            "page-table entries differ on \(pages) page(s) of shared memory, first \(hex(address)): Linux "
+                + "\(linux ? "maps it" : "does not map it"), engine \(engine ? "maps it" : "does not map it")"
         case .content(let address, let linux, let engine):
             "contents of \(hex(address)): Linux \(linux), engine \(engine)"
         case .inexpressible(let what): "the engine cannot express \(what)"

@@ -22,7 +22,7 @@ public struct Divergence: Sendable {
         guard let first = step.differences.first else { return "\(step.op.coverageKey) none" }
         var text = "\(step.op.coverageKey) \(first.category)"
         switch first {
-        case .mappings, .residency, .content: text += " after " + kind(step.linux)
+        case .mappings, .residency, .mapped, .content: text += " after " + kind(step.linux)
         default: break
         }
         if case .outcome(let linux, let engine) = first {
@@ -34,6 +34,8 @@ public struct Divergence: Sendable {
             text += ": " + mappingDifference(linux: linux, engine: engine)
         } else if case .residency(_, let linux, _, _) = first {
             text += linux ? ": Linux resident, engine not" : ": engine resident, Linux not"
+        } else if case .mapped(_, let linux, _, _) = first {
+            text += linux ? ": Linux maps, engine not" : ": engine maps, Linux not"
         }
         return text
     }

@@ -200,6 +200,20 @@ public final class LinuxProcess {
         }
     }
 
+    /// The `/proc/PID/pagemap` words of `pages` pages from `address` (bit 63: a page-table entry
+    /// maps the page; bit 62: swapped; bit 58: a guard region).
+    public func pagemap(address: UInt64, pages: Int) throws(OracleError) -> [UInt64] {
+        let path = "/proc/\(pid)/pagemap"
+        var words = [UInt64](repeating: 0, count: pages)
+        let read = words.withUnsafeMutableBytes { bytes in
+            path.withCString { cinterop_read_file_at($0, (address / LinuxABI.pageSize) &* 8, bytes.baseAddress!, bytes.count) }
+        }
+        guard read == Int64(pages * 8) else {
+            throw .procfs(path: path, reason: read < 0 ? LinuxABI.errnoName(Int32(-read)) : "short read of \(read) bytes")
+        }
+        return words
+    }
+
     /// The text of `/proc/PID/<name>`.
     public func procText(_ name: String) throws(OracleError) -> String {
         try files.text(of: "/proc/\(pid)/\(name)")

@@ -44,6 +44,9 @@ public enum Oracle {
         /// two sides differed (``OracleSession/unsettledPagesScanned``).
         public var unsettledPagesScanned = 0
         public var unsettledPagesDiffering = 0
+        /// Pages of shared memory Linux's own reclaim dropped and the engine followed
+        /// (``OracleSession/hostReclaimsFollowed``).
+        public var hostReclaimsFollowed = 0
         public var nanoseconds: UInt64 = 0
     }
 
@@ -90,6 +93,7 @@ public enum Oracle {
             }
             report.unsettledPagesScanned += session.unsettledPagesScanned
             report.unsettledPagesDiffering += session.unsettledPagesDiffering
+            report.hostReclaimsFollowed += session.hostReclaimsFollowed
             options.sessionEnded?(report)
             if options.stopAtFirstDivergence && !report.divergences.isEmpty { break }
         }

@@ -80,6 +80,8 @@ extension OracleSession {
             var firstDifference: (UInt64, Bool, Bool)? = nil
             var differing = 0
             var settledNow: [UInt64] = []
+            var firstMappedDifference: (UInt64, Bool, Bool)? = nil
+            var mappedDiffering = 0
             for entry in linuxEntries where entry.end - entry.start <= options.residencyScanLimit {
                 for range in affected {
                     let start = max(entry.start, range.lowerBound & ~(page - 1))
@@ -95,10 +97,27 @@ extension OracleSession {
                         continue
                     }
                     let readable = entry.permissions.hasPrefix("r")
+                    if entry.permissions.hasSuffix("s") {
+                        // Shared memory: mincore reports the object's cache, so compare the
+                        // page-table entries too (pagemap bit 63, PROT_NONE entries included).
+                        let words = try pair.linux.pagemap(address: start, pages: pages)
+                        for (index, word) in words.enumerated() {
+                            let address = start + UInt64(index) * page
+                            let linuxMaps = word >> 63 != 0
+                            let engineMaps = pair.engine.space.translate(address)?.frame != nil
+                            if linuxMaps != engineMaps {
+                                mappedDiffering += 1
+                                if firstMappedDifference == nil { firstMappedDifference = (address, linuxMaps, engineMaps) }
+                            }
+                        }
+                    }
                     for index in 0..<pages {
                         let address = start + UInt64(index) * page
                         let linuxResident = vector[index] & 1 != 0
-                        let engineResident = engine[index]
+                        var engineResident = engine[index]
+                        if !linuxResident && engineResident && followsHostReclaim(op, entry, address, pair.engine) {
+                            engineResident = false
+                        }
                         if linuxResident && engineResident && readable { residentBoth.insert(address) }
                         if pair.unsettled.contains(address) {
                             unsettledPagesScanned += 1
@@ -115,6 +134,9 @@ extension OracleSession {
             }
             if let (address, linux, engine) = firstDifference {
                 differences.append(.residency(address: address, linux: linux, engine: engine, pages: differing))
+            }
+            if let (address, linux, engine) = firstMappedDifference {
+                differences.append(.mapped(address: address, linux: linux, engine: engine, pages: mappedDiffering))
             }
             settle(&pair, settledNow, linuxEntries, full: fullCheck)
 
@@ -183,6 +205,21 @@ extension OracleSession {
             }
         }
         pair.eligibleBlocks = eligible
+    }
+
+    /// Whether Linux's dropping the shared anonymous page at `address`, which the engine still
+    /// caches, is reclaim, and the engine has followed it. Linux may reclaim a clean page of shmem
+    /// that nothing maps at any moment (on this machine a DAMON `pageout` scheme over unmapped
+    /// page cache does, about a minute after a region goes cold), so no operation list decides
+    /// it. The engine drops the page too if, in the engine, no process maps it, nothing pins it
+    /// and it is clean (``AddressSpace/reclaimUnmappedObjectPage(at:)``); otherwise the difference
+    /// stands. A hole punch (`MADV_REMOVE`) is never followed: it must drop its pages itself.
+    func followsHostReclaim(_ op: KernelOp, _ entry: SmapsEntry, _ address: UInt64, _ engine: EngineProcess) -> Bool {
+        guard entry.permissions.hasSuffix("s") else { return false }
+        if case .madvise(_, _, let advice) = op, advice == LinuxABI.adviceValue("REMOVE") { return false }
+        guard (try? engine.space.reclaimUnmappedObjectPage(at: address)) == true else { return false }
+        hostReclaimsFollowed += 1
+        return true
     }
 
     /// Unmarks pages not resident on either side and outside every eligible block (they can only

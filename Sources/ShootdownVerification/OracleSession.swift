@@ -24,6 +24,9 @@ public final class OracleSession {
     /// THP exclusion hides.
     public internal(set) var unsettledPagesScanned = 0
     public internal(set) var unsettledPagesDiffering = 0
+    /// Pages of shared anonymous memory that Linux's reclaim dropped while nothing mapped them,
+    /// and the engine dropped too (see `followsHostReclaim`).
+    public internal(set) var hostReclaimsFollowed = 0
     private var steps = 0
 
     /// Spawns the kernel child, reads its facts and layout, and builds the engine side (in physical

@@ -259,6 +259,7 @@ struct VerifyKernel: ParsableCommand {
         var crashes: [CrashEntry] = []
         var unsettledPagesScanned = 0
         var unsettledPagesDiffering = 0
+        var hostReclaimsFollowed = 0
 
         init(
             seed: UInt64, operations: Int, sessions: Int, nanoseconds: UInt64, coverage: OracleCoverage,
@@ -278,6 +279,7 @@ struct VerifyKernel: ParsableCommand {
                 nanoseconds: report.nanoseconds, coverage: report.coverage, divergences: report.divergences.map(Entry.init))
             unsettledPagesScanned = report.unsettledPagesScanned
             unsettledPagesDiffering = report.unsettledPagesDiffering
+            hostReclaimsFollowed = report.hostReclaimsFollowed
         }
     }
 
@@ -292,6 +294,7 @@ struct VerifyKernel: ParsableCommand {
             var crashCount = 0
             var unsettledPagesScanned = 0
             var unsettledPagesDiffering = 0
+            var hostReclaimsFollowed = 0
         }
         private let lock = NSLock()
         private var result = Result()
@@ -305,6 +308,7 @@ struct VerifyKernel: ParsableCommand {
                 result.failures += report.failures
                 result.unsettledPagesScanned += report.unsettledPagesScanned
                 result.unsettledPagesDiffering += report.unsettledPagesDiffering
+                result.hostReclaimsFollowed += report.hostReclaimsFollowed
                 for entry in report.divergences {
                     if let kept = bySignature[entry.signature], kept.reproducer.count <= entry.reproducer.count { continue }
                     bySignature[entry.signature] = entry
@@ -361,6 +365,9 @@ struct VerifyKernel: ParsableCommand {
         lines.append(
             "THP       residency not compared on \(result.unsettledPagesScanned) page scans of THP-eligible blocks, "
                 + "\(result.unsettledPagesDiffering) of them differing")
+        lines.append(
+            "reclaim   \(result.hostReclaimsFollowed) clean, unmapped pages of shared memory dropped by Linux's own "
+                + "reclaim, followed by the engine")
         lines.append("")
         lines.append(result.coverage.table)
         for failure in result.failures { lines.append("\nFAILED: " + failure) }
@@ -391,6 +398,7 @@ struct VerifyKernel: ParsableCommand {
             var crashCount: Int
             var unsettledPagesScanned: Int
             var unsettledPagesDiffering: Int
+            var hostReclaimsFollowed: Int
         }
         let document = Document(
             kernel: facts.kernelRelease,
@@ -403,7 +411,7 @@ struct VerifyKernel: ParsableCommand {
             }.sorted { $0.operation < $1.operation },
             divergences: result.divergences, failures: result.failures, crashes: result.crashes,
             crashCount: result.crashCount, unsettledPagesScanned: result.unsettledPagesScanned,
-            unsettledPagesDiffering: result.unsettledPagesDiffering)
+            unsettledPagesDiffering: result.unsettledPagesDiffering, hostReclaimsFollowed: result.hostReclaimsFollowed)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         guard let data = try? encoder.encode(document) else { return "{}" }

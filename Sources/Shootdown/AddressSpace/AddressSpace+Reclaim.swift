@@ -32,6 +32,36 @@ extension AddressSpace {
         }
     }
 
+    /// Drops the page of shared anonymous memory (shmem) at `address` from its object's cache, if
+    /// no page-table entry in any space maps it, nothing pins it and it is clean: what
+    /// the kernel's reclaim may do to such a page at any moment (kswapd, direct reclaim, or a
+    /// proactive reclaimer such as a DAMON `pageout` scheme over unmapped page cache). A later
+    /// access faults in a zero-filled page, as Linux's does for shmem without swap. Nothing is
+    /// mapped, so no mirror needs an invalidation.
+    ///
+    /// Takes the mmap read lock and the object's cache lock; no split lock.
+    ///
+    /// - Returns: whether the page was dropped (`false`: not cached, or mapped, pinned or dirty).
+    /// - Throws: ``MemoryError/invalidArgument`` for an unaligned address,
+    ///   ``MemoryError/noMemory`` when no VMA of shared anonymous memory holds `address`,
+    ///   ``MemoryError/addressSpaceDead`` after teardown.
+    public func reclaimUnmappedObjectPage(at address: UInt64) throws(MemoryError) -> Bool {
+        guard Self.isPageAligned(address), address < Self.userLimit else { throw .invalidArgument }
+        return try mmapLock.withReadLock { () throws(MemoryError) -> Bool in
+            try checkAlive()
+            guard let vma = index.find(containing: address), let object = vma.sharedObject, vma.isShared,
+                object.path == nil
+            else {
+                throw .noMemory
+            }
+            let offset = vma.pageOffset + (address - vma.start) / Self.pageSize
+            guard let frame = object.pages.withLock({ $0[offset] }), !memory.isStillLocked(frame) else { return false }
+            let dropped = object.dropCleanPages([(offset, frame)])
+            if dropped > 0 { count(.sharedPagesReclaimed, dropped) }
+            return dropped > 0
+        }
+    }
+
     /// Ages `[start, end)` and returns the runs of evictable pages that were old (neither the
     /// accessed bit nor any subscriber reported them young), at most `limit` pages. Young pages
     /// have their accessed state cleared (second chance).

@@ -174,4 +174,43 @@ extension SharedPageOutTests {
         try pageOut(space, b)
         #expect(space.residencyString(b, pages: 10) == "0000000000")
     }
+
+    /// Reclaim from outside any call (`reclaimUnmappedObjectPage`): Linux drops a clean shmem
+    /// page that nothing maps (measured here: pages read, then unmapped by `MADV_DONTNEED`, went
+    /// from the cache about a minute later with no call, through the machine's DAMON `pageout`
+    /// scheme; written pages and mapped ones stayed). The engine drops exactly those.
+    @Test func reclaimTakesOnlyCleanUnmappedPages() throws {
+        let space = try kernelLikeSpace()
+        try shared(space, at: b)
+        try read(space, b, pages: [0, 1])
+        try space.write(7, at: b + 2 * page)
+        try space.advise(address: b + page, length: 2 * page, advice: .dontNeed)
+        #expect(space.residencyString(b, pages: 4) == "1110")
+        #expect(try space.reclaimUnmappedObjectPage(at: b) == false)  // still mapped
+        #expect(try space.reclaimUnmappedObjectPage(at: b + 2 * page) == false)  // dirty
+        #expect(try space.reclaimUnmappedObjectPage(at: b + 3 * page) == false)  // never cached
+        #expect(try space.reclaimUnmappedObjectPage(at: b + page) == true)
+        #expect(space.residencyString(b, pages: 4) == "1010")
+        #expect(space.statistics[.sharedPagesReclaimed] == 1)
+        #expect(try space.read(at: b + 2 * page) == 7)
+        #expect(throws: MemoryError.invalidArgument) { try space.reclaimUnmappedObjectPage(at: b + 1) }
+        try space.map(length: page, placement: .fixed(b + 20 * page))
+        #expect(throws: MemoryError.noMemory) { try space.reclaimUnmappedObjectPage(at: b + 20 * page) }
+        try space.audit()
+    }
+
+    /// A page another space maps stays: reclaim needs every mapping gone.
+    @Test func reclaimLeavesAPageAForkMaps() throws {
+        let space = try kernelLikeSpace()
+        try shared(space, at: b)
+        try read(space, b, pages: [0])
+        let child = try space.fork()
+        _ = try child.read(at: b)
+        try space.advise(address: b, length: page, advice: .dontNeed)
+        #expect(try space.reclaimUnmappedObjectPage(at: b) == false)
+        try child.advise(address: b, length: page, advice: .dontNeed)
+        #expect(try space.reclaimUnmappedObjectPage(at: b) == true)
+        #expect(child.residencyString(b, pages: 1) == "0")
+        try child.teardown()
+    }
 }
