@@ -27,6 +27,8 @@ struct VerifyKernel: ParsableCommand {
     @Option(help: "Number of seeds.") var seeds = 1
     @Option(help: "Seeds run at once (default: one per CPU).") var jobs = ProcessInfo.processInfo.activeProcessorCount
     @Option(help: "Replays the shrinker may spend per divergence (0: no shrinking).") var shrinkReplays = 150
+    @Option(help: "Compare every page's residency every N operations (1: after each; a divergence found at a periodic check began in the N operations before it).")
+    var fullCheckInterval = 16
     @Flag(help: "One JSON object.") var json = false
     @Flag(help: .hidden) var worker = false
     @Option(help: .hidden) var journal: String?
@@ -34,8 +36,9 @@ struct VerifyKernel: ParsableCommand {
     @Option(help: .hidden) var cpu: UInt32?
 
     func validate() throws {
-        guard ops > 0, seeds > 0, jobs > 0, shrinkReplays >= 0 else {
-            throw ValidationError("--ops, --seeds and --jobs must be positive, --shrink-replays not negative")
+        guard ops > 0, seeds > 0, jobs > 0, fullCheckInterval > 0, shrinkReplays >= 0 else {
+            throw ValidationError(
+                "--ops, --seeds, --jobs and --full-check-interval must be positive, --shrink-replays not negative")
         }
     }
 
@@ -78,6 +81,7 @@ struct VerifyKernel: ParsableCommand {
         // Each worker's children on a CPU of their own (while there are enough): see
         // `LinuxProcess.Options.cpu`.
         options.session.process.cpu = cpu
+        options.session.fullContentCheckInterval = fullCheckInterval
         if let journal {
             let writer = try Journal(path: journal)
             options.willRun = { op, index in writer.write(op, startsSession: index == 0) }
@@ -166,7 +170,7 @@ struct VerifyKernel: ParsableCommand {
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe")
         process.arguments = [
             "verify-kernel", "--worker", "--seed", "\(stream)", "--ops", "\(operations)", "--shrink-replays",
-            "\(shrinkReplays)", "--journal", journal, "--progress-file", progressPath, "--cpu", "\(cpu)",
+            "\(shrinkReplays)", "--full-check-interval", "\(fullCheckInterval)", "--journal", journal, "--progress-file", progressPath, "--cpu", "\(cpu)",
         ]
         let output = Pipe()
         let errors = Pipe()

@@ -132,8 +132,16 @@ extension AddressSpace {
         if entry.isNone {
             if let object = vma.sharedObject {
                 let offset = vma.pageOffset + (address - vma.start) / Self.pageSize
-                // Past the object's end (a shared mapping grown by mremap): `VM_FAULT_SIGBUS`.
-                guard offset < object.pageLimit else { throw .busError }
+                // Past the object's end (a shared mapping grown by mremap): `VM_FAULT_SIGBUS`. A
+                // read faults around first, as Linux tries fault-around before the page itself:
+                // the cached pages of the window are mapped even though this fault fails.
+                guard offset < object.pageLimit else {
+                    if !write {
+                        let writable = vma.isShared && vma.protection.contains(.write)
+                        faultAround(vma, object, pte: pte, address: address, writable: writable)
+                    }
+                    throw .busError
+                }
                 if write && !vma.isShared {
                     // A private file mapping's first write (`do_cow_fault`): a copy of the
                     // file's page, anonymous memory of this VMA.

@@ -530,7 +530,11 @@ extension ReferenceModel {
         guard var entry = pages[address] else {
             if let object = area.object {
                 let objectPage = area.objectPage + (address - area.start) / Self.pageSize
-                if objectPage >= objectPageLimits[object] ?? .max { throw .busError }
+                if objectPage >= objectPageLimits[object] ?? .max {
+                    // Fault-around comes first: a read maps the window's cached pages, then fails.
+                    if !write { faultAround(area, address, object: object) }
+                    throw .busError
+                }
                 sharedResident[object, default: []].insert(objectPage)
                 pages[address] = Page(
                     content: .shared(object: object, page: objectPage), residence: .mapped,

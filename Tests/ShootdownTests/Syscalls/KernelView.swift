@@ -38,6 +38,12 @@ extension AddressSpace {
         }
     }
 
+    /// `/proc/self/pagemap`'s present bit over `pages` pages from `address` as the experiments
+    /// print it (`"1100"`: an entry maps the page, `PROT_NONE` ones included).
+    func mappedString(_ address: UInt64, pages: Int) -> String {
+        (0..<UInt64(pages)).map { translate(address + $0 * page)?.frame != nil ? "1" : "0" }.joined()
+    }
+
     /// Writes a token to `count` pages from `address` (the experiments' `touch`).
     func touch(_ address: UInt64, pages count: Int, token: UInt64 = 1) throws {
         for index in 0..<UInt64(count) { try write(token, at: address + index * page) }

@@ -20,6 +20,32 @@ import Testing
         }
     }
 
+    /// A read fault past the object's end faults around before it fails: Linux maps the cached
+    /// pages of the faulting page's window first (`do_read_fault` tries fault-around before the
+    /// page itself), then raises SIGBUS; a write fault maps nothing. Kernel (pagemap and mincore
+    /// after each step): two pages read, unmapped by `MADV_DONTNEED` (mapped `00`, cached `11`);
+    /// a four-page duplicate (`mremap(a, 0, 4 pages, MAYMOVE)`) reads its page 2: SIGBUS, mapped
+    /// `1100`, cached `1100`; after `MADV_DONTNEED` of the duplicate, a write to its page 3:
+    /// SIGBUS, mapped `0000`. Oracle seed 55 (a read with SIGBUS in a duplicate; Linux mapped a
+    /// page the engine did not).
+    @Test func aReadPastTheObjectsEndFaultsAroundFirst() throws {
+        let space = try kernelLikeSpace()
+        try space.map(length: 2 * page, placement: .fixed(b), options: .shared)
+        _ = try space.read(at: b)
+        _ = try space.read(at: b + page)
+        try space.advise(address: b, length: 2 * page, advice: .dontNeed)
+        let duplicate = try space.remap(address: b, oldLength: 0, newLength: 4 * page, flags: .mayMove, newAddress: 0)
+        #expect(space.mappedString(duplicate, pages: 4) == "0000")
+        #expect(outcome { () throws(MemoryError) in _ = try space.read(at: duplicate + 2 * page) } == "SIGBUS")
+        #expect(space.mappedString(duplicate, pages: 4) == "1100")
+        #expect(space.residencyString(duplicate, pages: 4) == "1100")
+        try space.advise(address: duplicate, length: 4 * page, advice: .dontNeed)
+        #expect(outcome { () throws(MemoryError) in try space.write(1, at: duplicate + 3 * page) } == "SIGBUS")
+        #expect(space.mappedString(duplicate, pages: 4) == "0000")
+        try space.audit()
+        space.teardown()
+    }
+
     @Test func pagesPastTheEndOfAGrownSharedMappingRaiseSIGBUS() throws {
         let space = try kernelLikeSpace()
         try space.map(length: 4 * page, placement: .fixed(b), options: .shared)
