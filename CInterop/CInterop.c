@@ -934,55 +934,52 @@ int32_t cinterop_oracle_reap(int32_t pid, bool kill_first) {
     }
 }
 
-int64_t cinterop_read_file(const char *path, void *buffer, size_t capacity) {
+static int cinterop_open_read_only(const char *path) {
     int fd;
     do {
         fd = open(path, O_RDONLY | O_CLOEXEC);
     } while (fd < 0 && errno == EINTR);
-    if (fd < 0) return -(int64_t)errno;
+    return fd;
+}
+
+/// Reads into `buffer` until it is full or the file ends: from the file position when `offset`
+/// is negative, else from `offset` (pread). Returns the byte count or -errno (EINTR retried).
+static int64_t cinterop_fill(int fd, void *buffer, size_t length, int64_t offset) {
     size_t total = 0;
-    for (;;) {
-        if (total == capacity) {
-            // Full: EOF now means it fit exactly; anything more means it did not.
-            char probe;
-            ssize_t more = read(fd, &probe, 1);
-            close(fd);
-            return more == 0 ? (int64_t)total : -(int64_t)EFBIG;
-        }
-        ssize_t got = read(fd, (char *)buffer + total, capacity - total);
+    while (total < length) {
+        ssize_t got = offset < 0 ? read(fd, (char *)buffer + total, length - total)
+                                 : pread(fd, (char *)buffer + total, length - total, (off_t)(offset + (int64_t)total));
         if (got < 0 && errno == EINTR) continue;
-        if (got < 0) {
-            int error = errno;
-            close(fd);
-            return -(int64_t)error;
-        }
+        if (got < 0) return -(int64_t)errno;
         if (got == 0) break;
         total += (size_t)got;
     }
-    close(fd);
     return (int64_t)total;
 }
 
-int64_t cinterop_read_file_at(const char *path, uint64_t offset, void *buffer, size_t length) {
-    int fd;
-    do {
-        fd = open(path, O_RDONLY | O_CLOEXEC);
-    } while (fd < 0 && errno == EINTR);
+int64_t cinterop_read_file(const char *path, void *buffer, size_t capacity) {
+    int fd = cinterop_open_read_only(path);
     if (fd < 0) return -(int64_t)errno;
-    size_t total = 0;
-    while (total < length) {
-        ssize_t got = pread(fd, (char *)buffer + total, length - total, (off_t)(offset + total));
-        if (got < 0 && errno == EINTR) continue;
-        if (got < 0) {
-            int error = errno;
-            close(fd);
-            return -(int64_t)error;
-        }
-        if (got == 0) break;
-        total += (size_t)got;
+    int64_t total = cinterop_fill(fd, buffer, capacity, -1);
+    if (total == (int64_t)capacity) {
+        // Full: EOF now means it fit exactly; anything more means it did not.
+        char probe;
+        ssize_t more;
+        do {
+            more = read(fd, &probe, 1);
+        } while (more < 0 && errno == EINTR);
+        if (more != 0) total = -(int64_t)EFBIG;
     }
     close(fd);
-    return (int64_t)total;
+    return total;
+}
+
+int64_t cinterop_read_file_at(const char *path, uint64_t offset, void *buffer, size_t length) {
+    int fd = cinterop_open_read_only(path);
+    if (fd < 0) return -(int64_t)errno;
+    int64_t total = cinterop_fill(fd, buffer, length, (int64_t)offset);
+    close(fd);
+    return total;
 }
 
 static bool cinterop_prefix(const char *line, const char *end, const char *prefix) {
