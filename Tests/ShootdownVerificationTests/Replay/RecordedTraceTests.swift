@@ -31,6 +31,9 @@ import Testing
         Expected(name: "python-startup", calls: 1545, replayed: 1506, addressSpaces: 39, impliedMappings: 78, hasMaps: false),
         Expected(name: "python3-c", calls: 1687, replayed: 1250, addressSpaces: 79, impliedMappings: 78, hasMaps: true, childMaps: 40),
         Expected(name: "swift-build", calls: 1616, replayed: 1570, addressSpaces: 8, impliedMappings: 16, hasMaps: false),
+        Expected(
+            name: "swift-build-full", calls: 13786, replayed: 13533, addressSpaces: 28, impliedMappings: 56, hasMaps: true,
+            childMaps: 21),
     ]
 
     /// The repository's `traces/` directory.
