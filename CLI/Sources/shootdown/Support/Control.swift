@@ -7,12 +7,15 @@ import Synchronization
 /// machine with N free cores the control scales by N; what it loses on a shared or virtual machine
 /// (a busy sibling vCPU, a stolen core, frequency changes) the benchmark loses too, so a
 /// benchmark's `scaling` over the control's (`scaling_vs_control`) is the part of the loss that is
-/// the engine's. Needs no lock: each thread touches only its own buffer.
+/// the engine's. Each control measurement lasts about as long as the benchmark's (the number of
+/// passes is calibrated once, from the first round's duration), so both are exposed to the same
+/// preemptions of a shared host. Needs no lock: each thread touches only its own buffer.
 struct ControlRounds {
-    /// Words of each thread's private buffer (128 KiB: in the core's L2, away from the others').
-    static let words = 16_384
-    /// Passes over the buffer per measurement (a few ms of work per thread).
-    static let passes = 512
+    /// Words of each thread's private buffer (1 MiB: past a core's L2, as the benchmarks' tables
+    /// and frames are; never shared).
+    static let words = 131_072
+    /// Passes over the buffer per measurement: calibrated by the first ``measure(matching:)``.
+    private(set) var passes = 0
 
     /// Words processed per second, one thread, per round.
     private(set) var single: [Double] = []
@@ -22,10 +25,17 @@ struct ControlRounds {
 
     init(threads: Int) { self.threads = max(threads, 1) }
 
-    /// Measures one round: 1 thread, then `threads` threads.
-    mutating func measure() {
-        single.append(Self.rate(threads: 1))
-        multi.append(threads > 1 ? Self.rate(threads: threads) : single.last!)
+    /// Measures one round: 1 thread, then `threads` threads, each about `nanoseconds` long (the
+    /// benchmark's own measurement of the round; used to calibrate the first round only).
+    mutating func measure(matching nanoseconds: Double) {
+        if passes == 0 {
+            let probe = 4
+            let rate = Self.rate(threads: 1, passes: probe)  // words per second
+            let perPass = rate > 0 ? Double(Self.words) / rate * 1e9 : 0  // ns per pass
+            passes = perPass > 0 ? min(max(Int(nanoseconds / perPass), 4), 100_000) : 64
+        }
+        single.append(Self.rate(threads: 1, passes: passes))
+        multi.append(threads > 1 ? Self.rate(threads: threads, passes: passes) : single.last!)
     }
 
     /// Median over rounds of each round's N-thread rate over its 1-thread rate (N when perfect).
@@ -47,7 +57,7 @@ struct ControlRounds {
 
     /// Words per second of `threads` pinned threads each making ``passes`` passes over its own
     /// buffer, from the first thread's start to the last one's end.
-    static func rate(threads: Int) -> Double {
+    static func rate(threads: Int, passes: Int) -> Double {
         let line = SpinningStartLine(parties: threads)
         let startTime = Atomic<UInt64>(0)
         let finish = Atomic<UInt64>(0)

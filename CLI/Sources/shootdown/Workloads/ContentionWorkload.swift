@@ -36,7 +36,7 @@ func runContention(_ settings: BenchSettings) throws -> RunResult {
         let faults = measured.statistics.faults
         shares.append(faults > 0 ? Double(measured.statistics[.classicFaults]) / Double(faults) : 0)
         statistics = measured.statistics
-        control.measure()  // the interleaved control: the same two pinned threads, private memory
+        control.measure(matching: measured.faults > 0 ? Double(settings.pages) / measured.faults * 1e9 : 1e7)  // the interleaved control: the same two pinned threads, private memory
         progress("contention(\(settings.faultPath.rawValue), \(settings.churn.rawValue)): round \(round + 1)/\(settings.repeats): solo \(Int(solo.last!)) /s, under churn \(Int(contended.last!)) /s, churn \(Int(churn.last!)) ops/s")
     }
     // The key metric, fault_ops_per_sec, equals ops_per_sec: its worst and best rounds are

@@ -82,7 +82,7 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
         space.teardown()
         BenchmarkSupport.drainDeferredReclamation()
         // The interleaved control: the same threads, pinned the same way, on private memory.
-        control.measure()
+        control.measure(matching: Double(elapsed))
         progress("fault: round \(round + 1)/\(settings.repeats): 1 thread \(Int(single.last!)) /s, \(threads) threads \(Int(multi.last!)) /s, control \(String(format: "%.2f", control.multi.last! / control.single.last!))x")
     }
     let aggregate = Summary(multi).median

@@ -68,7 +68,7 @@ func runInvalidate(_ settings: BenchSettings) throws -> RunResult {
         statistics = measured.statistics
         bench.close()
         BenchmarkSupport.drainDeferredReclamation()
-        control.measure()
+        control.measure(matching: multi.last! > 0 ? Double(settings.threads * settings.iterations) / multi.last! * 1e9 : 1e7)
         progress("invalidate(\(settings.op.rawValue), \(settings.overlap.rawValue)): round \(round + 1)/\(settings.repeats): 1 thread \(Int(single.last!)) /s, \(settings.threads) threads \(Int(multi.last!)) /s, control \(String(format: "%.2f", control.multi.last! / control.single.last!))x")
     }
     let aggregate = Summary(multi).median

@@ -31,7 +31,7 @@ func runShootdown(_ settings: BenchSettings) throws -> RunResult {
             waited.append(Double(measured.statistics[.tlbShootdownWaits]) / shootdowns)
             if others == min(1, largest) { key.append(measured.munmap) }
             if round == 0 && others == largest { counters = counterPairs(measured.statistics) }
-            if others == largest { control.measure() }  // interleaved with the rounds of the largest count
+            if others == largest { control.measure(matching: (measured.munmap + measured.mprotect) * Double(settings.iterations)) }  // interleaved with the rounds of the largest count
             progress("shootdown: \(others) other thread(s), round \(round + 1)/\(settings.repeats): munmap \(Int(measured.munmap)) ns, mprotect \(Int(measured.mprotect)) ns")
         }
         munmapMedians[others] = Summary(munmaps).median
