@@ -57,6 +57,7 @@ func runInvalidate(_ settings: BenchSettings) throws -> RunResult {
     var single: [Double] = []
     var multi: [Double] = []
     var faults: [Double] = []
+    var failed: [Double] = []
     var control = ControlRounds(threads: settings.threads)
     var statistics: SpaceStatistics?
     for round in 0..<settings.repeats where !interrupted {
@@ -65,6 +66,7 @@ func runInvalidate(_ settings: BenchSettings) throws -> RunResult {
         let measured = try bench.measure(invalidators: settings.threads, faulters: settings.faulters)
         multi.append(measured.invalidations)
         faults.append(measured.faults)
+        failed.append(measured.failedShare)
         statistics = measured.statistics
         bench.close()
         BenchmarkSupport.drainDeferredReclamation()
@@ -78,6 +80,10 @@ func runInvalidate(_ settings: BenchSettings) throws -> RunResult {
     result.metrics += control.metrics(scaling: one > 0 ? aggregate / one : 0)
     result.metrics += rangeMetrics("invalidations_per_sec", multi)
     if settings.faulters > 0 { result.metrics.append(("faults_per_sec", Summary(faults).median)) }
+    if settings.op.takesWriteLock && settings.overlap == .sameRange {
+        // Another thread's unmap or mprotect can make a re-fault fail; such iterations are not counted.
+        result.metrics.append(("failed_share", Summary(failed).median))
+    }
     result.metrics.append(("ns_per_op", aggregate > 0 ? 1e9 / aggregate : 0))
     result.metrics.append(("repeats", Double(multi.count)))
     result.counters = statistics.map(counterPairs) ?? []
@@ -161,7 +167,9 @@ final class InvalidateBench: @unchecked Sendable {
     /// Runs `invalidators` threads (`settings.iterations` iterations each) and `faulters` threads
     /// (until the invalidators are done), all pinned; returns the rates over the invalidators'
     /// time, from the first start to the last end.
-    func measure(invalidators: Int, faulters: Int) throws -> (invalidations: Double, faults: Double, statistics: SpaceStatistics) {
+    func measure(invalidators: Int, faulters: Int) throws -> (
+        invalidations: Double, faults: Double, failedShare: Double, statistics: SpaceStatistics
+    ) {
         let line = SpinningStartLine(parties: invalidators + faulters)
         let startTime = Atomic<UInt64>(0)
         let finish = Atomic<UInt64>(0)
@@ -199,8 +207,12 @@ final class InvalidateBench: @unchecked Sendable {
             throw ValidationError("invalidate: \(failures.load(ordering: .relaxed)) operations failed")
         }
         let elapsed = Double(finish.load(ordering: .relaxed) &- startTime.load(ordering: .relaxed)) / 1e9
-        guard elapsed > 0 else { return (0, 0, space.statistics.since(before)) }
-        return (Double(invalidators * iterations) / elapsed, Double(faultCount.load(ordering: .relaxed)) / elapsed,
+        // Only iterations that completed count: a failed one skipped part of its work.
+        let attempted = invalidators * iterations
+        let completed = attempted - failures.load(ordering: .relaxed)
+        let failedShare = Double(attempted - completed) / Double(max(attempted, 1))
+        guard elapsed > 0 else { return (0, 0, failedShare, space.statistics.since(before)) }
+        return (Double(completed) / elapsed, Double(faultCount.load(ordering: .relaxed)) / elapsed, failedShare,
                 space.statistics.since(before))
     }
 
