@@ -186,6 +186,10 @@ struct Bench: ParsableCommand {
         if vmaPerThread && (threads ?? 1) < 2 && !(sweep ?? "").hasPrefix("threads=") {
             throw ValidationError("--vma-per-thread needs --threads 2 or more")
         }
+        if workload == .invalidate {
+            // The geometry's own checks, before anything runs.
+            _ = try InvalidateGeometry(settings)
+        }
         if plot != nil && sweep == nil && compare == nil { throw ValidationError("--plot needs --sweep or --compare") }
         if let sweep {
             let (name, _) = try parseSweep(sweep)
