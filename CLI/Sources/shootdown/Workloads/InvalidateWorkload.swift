@@ -95,7 +95,8 @@ func runInvalidate(_ settings: BenchSettings) throws -> RunResult {
 }
 
 /// Where each thread's pages are: one VMA of `regionPages` pages at a 2 MiB-aligned address;
-/// thread `i` (invalidators first, then faulters) works on `pages` pages at `offset(i)`.
+/// thread `i` (invalidators first, then faulters) works on `pages` pages at `offset(i)`. A value;
+/// needs no lock.
 struct InvalidateGeometry: Sendable {
     let pages: Int
     let overlap: InvalidateOverlap
@@ -131,6 +132,9 @@ struct InvalidateGeometry: Sendable {
 }
 
 /// One round's space: the region (written once), subscribers, interval notifiers and mirrors.
+/// Holds no lock of its own: its threads call the space's public operations, which take the mmap
+/// lock (read or write, per ``InvalidateOp``), split locks and notifier read sections themselves.
+/// ``close()`` only after ``measure(invalidators:faulters:)`` returned (its threads are joined).
 final class InvalidateBench: @unchecked Sendable {
     let settings: BenchSettings
     let geometry: InvalidateGeometry
@@ -244,7 +248,12 @@ func invalidateLoop(
                 page &+= 4096
             }
             for mirror in mirrors {
-                try mirror.takeUnretainedValue().populate(address: address, length: length, write: true)
+                // Guaranteed reference: no retain and release per call (the caller keeps the
+                // mirrors alive).
+                let populated = mirror._withUnsafeGuaranteedRef {
+                    (try? $0.populate(address: address, length: length, write: true)) != nil
+                }
+                if !populated { throw .badAddress }
             }
             switch op {
             case .dontneed: try space.advise(address: address, length: length, advice: .dontNeed)
