@@ -6,7 +6,7 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
     case fault, zap, notifier, isolation, contention
     case vmaLookup = "vma-lookup"
     case fork, softdirty
-    case access, shootdown
+    case access, shootdown, invalidate
 
     /// Default page count of the workload.
     var defaultPages: Int {
@@ -14,6 +14,7 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
         case .contention: 2_097_152  // ~50 ms per measurement: spans thousands of churn ops
         case .access: 256  // exactly the reach of one thread's TLB
         case .shootdown: 16  // below the 33-page flush ceiling: receivers flush page by page
+        case .invalidate: 64  // per thread and call
         default: 262_144
         }
     }
@@ -31,12 +32,18 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
         case .vmaLookup: [.vmas, .iterations]
         case .access: [.pages, .iterations]
         case .shootdown: [.pages, .threads, .iterations]
+        case .invalidate: [.pages, .threads, .subscribers, .intervals, .iterations, .op, .overlap, .mirrors, .faulters]
         }
     }
 
     /// Whether a larger key metric is better (throughput) or a smaller one (latency).
     var keyMetric: (name: String, higherIsBetter: Bool) {
-        self == .contention ? ("fault_ops_per_sec", true) : (self == .isolation ? ("grace_period_us", false) : ("ns_per_op", false))
+        switch self {
+        case .contention: ("fault_ops_per_sec", true)
+        case .invalidate: ("invalidations_per_sec", true)
+        case .isolation: ("grace_period_us", false)
+        default: ("ns_per_op", false)
+        }
     }
 
     func run(_ settings: BenchSettings) throws -> RunResult {
@@ -51,13 +58,14 @@ enum Workload: String, CaseIterable, ExpressibleByArgument {
         case .softdirty: try runSoftDirty(settings)
         case .access: try runAccess(settings)
         case .shootdown: try runShootdown(settings)
+        case .invalidate: try runInvalidate(settings)
         }
     }
 }
 
 /// A workload-specific option of `shootdown bench`.
 enum Parameter: String, CaseIterable {
-    case pages, threads, subscribers, intervals, vmas, huge, iterations, churn
+    case pages, threads, subscribers, intervals, vmas, huge, iterations, churn, op, overlap, mirrors, faulters
     case vmaPerThread = "vma-per-thread"
 
     /// "zap and notifier": the workloads that read it.
@@ -108,7 +116,7 @@ struct Bench: ParsableCommand {
         abstract: "Run one workload.",
         discussion: """
             Workloads: fault, zap, notifier, isolation, contention, vma-lookup, fork, softdirty,
-            access, shootdown.
+            access, shootdown, invalidate.
             Examples:
               shootdown bench fault --fault-path mmap-lock --pages 262144 --json
               shootdown bench zap --pages 262144 --subscribers 16
@@ -119,14 +127,22 @@ struct Bench: ParsableCommand {
               shootdown bench notifier --sweep subscribers=0,1,16,256 --plot notifier.svg
               shootdown bench access --compare tlb
               shootdown bench shootdown --threads 4
+              shootdown bench invalidate --threads 2 --op dontneed --overlap same-pmd --repeat 9
+              shootdown bench invalidate --op dontneed --compare page-table-locking --faulters 1
             """)
 
     @Argument(help: "The workload.") var workload: Workload
-    @Option(help: "Pages (4 KiB) per run (fault, zap, contention, fork, softdirty; default 262144, or 1048576 for fault with --threads above 1, 2097152 for contention); the working set (access; default 256); pages per munmap/mprotect (shootdown; default 16).")
+    @Option(help: "Pages (4 KiB) per run (fault, zap, contention, fork, softdirty; default 262144, or 1048576 for fault with --threads above 1, 2097152 for contention); the working set (access; default 256); pages per munmap/mprotect (shootdown; default 16); pages per thread and call (invalidate; default 64, at most 512).")
     var pages: Int?
-    @Option(help: "Faulting threads (fault; default 1); threads of the space including the one that unmaps, the largest count measured (shootdown; default 4: 0, 1 and 3 others).") var threads: Int?
-    @Option(help: "No-op classic subscribers attached (zap, notifier; default 0).") var subscribers: Int?
-    @Option(help: "Interval notifiers inserted (notifier; default 0).") var intervals: Int?
+    @Option(help: "Faulting threads (fault; default 1); threads of the space including the one that unmaps, the largest count measured (shootdown; default 4: 0, 1 and 3 others); invalidating threads (invalidate; default 2).") var threads: Int?
+    @Option(help: "No-op classic subscribers attached (zap, notifier, invalidate; default 0).") var subscribers: Int?
+    @Option(help: "Interval notifiers inserted (notifier, invalidate; default 0).") var intervals: Int?
+    @Option(help: "What each invalidating thread does (invalidate): dontneed | pageout | migrate (mmap read lock) | protect | unmap-map (mmap write lock).")
+    var op: InvalidateOp?
+    @Option(help: "Where the threads of invalidate work: none (a 2 MiB region each) | same-pmd (one PTE table, different pages) | same-range (the same pages).")
+    var overlap: InvalidateOverlap?
+    @Option(help: "SoftwareMirrors attached and repopulated over each range (invalidate; default 0).") var mirrors: Int?
+    @Option(help: "Threads write-faulting while the others invalidate (invalidate; default 0).") var faulters: Int?
     @Option(help: "VMAs (vma-lookup; default 10000).") var vmas: Int?
     @Flag(help: "Use 2 MiB mappings (zap).") var huge = false
     @Option(help: "What the churning thread changes (contention): other-vma (default: mmap/mprotect/munmap of a distant VMA) | same-vma (mprotect of pages of the faulted VMA).")
@@ -138,7 +154,7 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("page-table-locking"), help: "split | single") var locking: PageTableLocking = .split
     @Option(help: "none | per-thread | per-thread-fenced (default: per-thread for access and shootdown, none elsewhere)")
     var tlb: TLBMode?
-    @Option(help: "Operations per timed loop (notifier, vma-lookup, access; default 1000000); calls per measurement (shootdown; default 2000).") var iterations: Int?
+    @Option(help: "Operations per timed loop (notifier, vma-lookup, access; default 1000000); calls per measurement (shootdown; default 2000); calls per thread and measurement (invalidate; default 4000).") var iterations: Int?
     @Option(name: .customLong("repeat"), help: "Repetitions; reports the median of each figure, and the best and worst repetition of the key metric (min_/max_ metrics).")
     var repeats = 5
     @Option(help: "Run every value of a knob interleaved in this process and report ratios: fault-path | notifier-list | page-table-locking | tlb | tlb-barrier.")
@@ -154,20 +170,25 @@ struct Bench: ParsableCommand {
         if json && csv { throw ValidationError("--json and --csv are exclusive") }
         if let pages, pages <= 0 { throw ValidationError("--pages must be positive") }
         if (threads ?? 1) < 1 || (subscribers ?? 0) < 0 || (intervals ?? 0) < 0 || (vmas ?? 1) < 1
-            || (iterations ?? 1) < 1 || repeats < 1
+            || (iterations ?? 1) < 1 || repeats < 1 || (mirrors ?? 0) < 0 || (faulters ?? 0) < 0
         {
             throw ValidationError("counts must be positive")
         }
         let given: [(Parameter, Bool)] = [
             (.pages, pages != nil), (.threads, threads != nil), (.subscribers, subscribers != nil),
             (.intervals, intervals != nil), (.vmas, vmas != nil), (.huge, huge), (.iterations, iterations != nil),
-            (.churn, churn != nil), (.vmaPerThread, vmaPerThread),
+            (.churn, churn != nil), (.vmaPerThread, vmaPerThread), (.op, op != nil), (.overlap, overlap != nil),
+            (.mirrors, mirrors != nil), (.faulters, faulters != nil),
         ]
         for (parameter, isGiven) in given where isGiven && !workload.parameters.contains(parameter) {
             throw ValidationError("--\(parameter.rawValue) applies to \(parameter.workloads)")
         }
         if vmaPerThread && (threads ?? 1) < 2 && !(sweep ?? "").hasPrefix("threads=") {
             throw ValidationError("--vma-per-thread needs --threads 2 or more")
+        }
+        if workload == .invalidate {
+            // The geometry's own checks, before anything runs.
+            _ = try InvalidateGeometry(settings)
         }
         if plot != nil && sweep == nil && compare == nil { throw ValidationError("--plot needs --sweep or --compare") }
         if let sweep {
@@ -198,6 +219,14 @@ struct Bench: ParsableCommand {
         if let iterations { settings.iterations = iterations }
         else if workload == .shootdown { settings.iterations = 2000 }
         if workload == .shootdown && threads == nil { settings.threads = 4 }
+        if workload == .invalidate {
+            if threads == nil { settings.threads = 2 }
+            if iterations == nil { settings.iterations = 4000 }
+            if let op { settings.op = op }
+            if let overlap { settings.overlap = overlap }
+            if let mirrors { settings.mirrors = mirrors }
+            if let faulters { settings.faulters = faulters }
+        }
         settings.repeats = repeats
         return settings
     }
@@ -270,7 +299,7 @@ struct Bench: ParsableCommand {
         case .intervals: settings.intervals = value
         case .vmas: settings.vmas = max(value, 1)
         case .pages: settings.pages = max(value, 1)
-        case .huge, .iterations, .churn, .vmaPerThread: break  // not sweepable (parseSweep)
+        case .huge, .iterations, .churn, .vmaPerThread, .op, .overlap, .mirrors, .faulters: break  // not sweepable (parseSweep)
         }
     }
 
@@ -316,6 +345,9 @@ extension Bench {
         case .contention:
             bars = [("solo_fault_ops_per_sec", "alone"), ("fault_ops_per_sec", "under churn")]
             yLabel = "faults per second (faulting thread)"
+        case .invalidate:
+            bars = [("single_thread_invalidations_per_sec", "1 thread"), ("invalidations_per_sec", "\(threads) threads")]
+            yLabel = "invalidations per second (all threads)"
         case .fault where threads != "1":
             bars = [("single_thread_ops_per_sec", "1 thread"), ("ops_per_sec", "\(threads) threads")]
             yLabel = "faults per second (all threads)"

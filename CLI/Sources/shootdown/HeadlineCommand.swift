@@ -53,9 +53,18 @@ struct Headline: ParsableCommand {
                                   pass: nil, command: command))
         }
         if let (run, command) = try bench("fault --threads 2 --pages 1048576 --repeat 9") {
-            let value = run.metric("scaling") ?? .nan
-            figures.append(Figure(name: "2 threads faulting, scaling over 1", value: value, unit: "x", target: "≥ 1.8x",
-                                  pass: value >= 1.8, command: command))
+            // Judged against the interleaved control (the same pinned threads on private memory),
+            // so a busy or throttled vCPU does not count as the engine's loss.
+            let value = run.metric("scaling_vs_control") ?? .nan
+            let bare = run.metric("scaling") ?? .nan
+            figures.append(Figure(name: "2 threads faulting, scaling over control (bare \(String(format: "%.2f", bare))x)",
+                                  value: value, unit: "x", target: "≥ 0.95", pass: value >= 0.95, command: command))
+        }
+        if let (run, command) = try bench("invalidate --op dontneed --threads 2 --overlap none --repeat 7") {
+            let value = run.metric("scaling_vs_control") ?? .nan
+            let bare = run.metric("scaling") ?? .nan
+            figures.append(Figure(name: "2 threads DONTNEED, one VMA, scaling over control (bare \(String(format: "%.2f", bare))x)",
+                                  value: value, unit: "x", target: "—", pass: nil, command: command))
         }
         if let (run, command) = try bench("zap --pages 262144 --subscribers 16 --repeat 11") {
             let value = run.metric("ns_per_op") ?? .nan

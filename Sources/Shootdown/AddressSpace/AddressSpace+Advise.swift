@@ -281,7 +281,7 @@ extension AddressSpace {
                     if vma.isSealed && !vma.isShared && !vma.protection.contains(.write) { throw .permissionDenied }
                     if vma.isLocked { throw .invalidArgument }
                     if vma.sharedObject == nil && vma.anonVMA == 0 { prepareAnonVMA(vma) }
-                    edit.touch(vma)
+                    edit.touchExclusively(vma)  // changes the VMA's flags: no zap may share it
                     // `gu` is set on the whole VMA, without a split (an attribute change under
                     // the VMA's write section).
                     vma.setAttributes(protection: vma.protection, flags: vma.flags.union(.maybeGuard))

@@ -27,7 +27,7 @@ extension AddressSpace {
             result.attempts += 1
             var refused: [VMA] = []
             for vma in pending {
-                guard vma.writerLock.tryLock() else {
+                guard vma.tryLockExclusively() else {
                     refused.append(vma)
                     continue
                 }
@@ -38,7 +38,7 @@ extension AddressSpace {
                     refused.append(vma)
                 }
                 vma.endWrite()
-                vma.writerLock.unlock()
+                vma.unlockExclusively()
             }
             pending = refused
         }

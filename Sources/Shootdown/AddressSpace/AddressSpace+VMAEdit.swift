@@ -1,6 +1,8 @@
 import Synchronization
 /// One structural change to a space's VMAs, made under the mmap write lock (or, for zaps, the mmap
-/// read lock plus each VMA's writer lock).
+/// read lock plus each VMA's shared zap section, ``VMA/enterZapSection()``: zaps of one VMA run in
+/// parallel, as Linux's MADV_DONTNEED does; an attribute change under the read lock takes the VMA
+/// exclusively with ``touchExclusively(_:)``).
 ///
 /// Every VMA the edit touches enters its write section (odd `vm_sequence`) on first touch and
 /// stays there until ``finish()``, so a speculative fault that found it aborts; removed VMAs stay
@@ -18,15 +20,18 @@ final class VMAEdit {
     /// VMAs this edit split off (``split(_:at:)``), for ``mergeNeighbours(_:backward:chain:)``.
     private var splitOff: Set<ObjectIdentifier> = []
     private let holdsWriterLocks: Bool
+    /// VMAs touched with ``touchExclusively(_:)`` (the others of a `writerLocks` edit are in their
+    /// shared zap section).
+    private var exclusivelyLocked: Set<ObjectIdentifier> = []
     /// The space's mmap lock when its faults use per-VMA locks and this edit holds the mmap write
     /// lock (touched VMAs are then write-locked); `nil` otherwise.
     private let vmaLocks: Unmanaged<MmapLock>?  // unretained: the space owns it and outlives the edit
 
-    /// - Parameter writerLocks: `true` when the caller holds only the mmap read lock, so VMA
-    ///   writers must also take each VMA's writer lock. Such edits (zaps of madvise, reclaim,
+    /// - Parameter writerLocks: `true` when the caller holds only the mmap read lock: ``touch(_:)``
+    ///   then enters each VMA's shared zap section. Such edits (zaps of madvise, reclaim,
     ///   migration) change entries, never a VMA, and take no VMA write lock: like the classic
     ///   faults they run beside, faults under a VMA read lock are ordered against them by the split
-    ///   locks (the kernel's choice too).
+    ///   locks (the kernel's choice too). Two of them over one VMA run in parallel.
     @inline(__always)  // so callers can keep the edit on the stack and destroy it in place
     init(_ space: AddressSpace, writerLocks: Bool = false) {
         self.space = space
@@ -35,12 +40,31 @@ final class VMAEdit {
     }
 
     /// Enters `vma`'s write section (once per edit); with per-VMA locks, write-locks it first
-    /// (`vma_start_write`: waits for its readers).
+    /// (`vma_start_write`: waits for its readers). In a `writerLocks` edit (mmap read lock), the
+    /// shared zap section, which other zaps of the VMA share: such an edit changes entries only.
     func touch(_ vma: VMA) {
         if !touchedSet.insert(ObjectIdentifier(vma)).inserted { return }
-        if holdsWriterLocks { vma.writerLock.lock() }
-        if let vmaLocks { vmaLocks._withUnsafeGuaranteedRef { vma.startWrite($0) } }
+        if holdsWriterLocks {
+            vma.enterZapSection()
+        } else {
+            if let vmaLocks { vmaLocks._withUnsafeGuaranteedRef { vma.startWrite($0) } }
+            vma.beginWrite()
+        }
+        touched.append(vma)
+    }
+
+    /// In a `writerLocks` edit, enters `vma`'s write section alone (waiting for its zaps, excluding
+    /// them until ``finish()``), so its fields may change under the mmap read lock. Not after a
+    /// ``touch(_:)`` of the same VMA in this edit.
+    func touchExclusively(_ vma: VMA) {
+        checkInvariant(holdsWriterLocks, "touchExclusively outside a writerLocks edit")
+        if !touchedSet.insert(ObjectIdentifier(vma)).inserted {
+            checkInvariant(exclusivelyLocked.contains(ObjectIdentifier(vma)), "touchExclusively after touch")
+            return
+        }
+        vma.lockExclusively()
         vma.beginWrite()
+        exclusivelyLocked.insert(ObjectIdentifier(vma))
         touched.append(vma)
     }
 
@@ -156,11 +180,20 @@ final class VMAEdit {
     /// Publishes (again, if needed), leaves every write section and queues reclamation.
     func finish() {
         publish()
-        for vma in touched where !vma.isRemoved {
-            vma.endWrite()
-        }
         if holdsWriterLocks {
-            for vma in touched { vma.writerLock.unlock() }
+            for vma in touched {
+                if exclusivelyLocked.contains(ObjectIdentifier(vma)) {
+                    vma.endWrite()
+                    vma.unlockExclusively()
+                } else {
+                    vma.leaveZapSection()
+                }
+            }
+            exclusivelyLocked.removeAll()
+        } else {
+            for vma in touched where !vma.isRemoved {
+                vma.endWrite()
+            }
         }
         touched.removeAll()
         touchedSet.removeAll()

@@ -87,12 +87,15 @@ final class VMA: @unchecked Sendable {
     unowned(unsafe) var previous: VMA?
     unowned(unsafe) var next: VMA?
 
-    /// Write-section nesting depth (writer-owned) and the lock serialising writers that hold only
-    /// the mmap read lock (zaps by madvise, reclaim, migration).
+    /// Write-section nesting depth (writer-owned: the mmap write lock, or `writerLock`).
     private var writeDepth = 0
     private var removed = false
-    /// A sleeping lock: its holder runs blockable notifier callbacks (DONTNEED, reclaim), which
-    /// may sleep.
+    /// Zaps inside the shared zap section (``enterZapSection()``); guarded by `writerLock`.
+    private var zappers = 0
+    /// Guards `zappers` and the write section of writers that hold only the mmap read lock: zaps
+    /// (madvise, reclaim, migration) hold it only to enter and leave the shared zap section; an
+    /// attribute change under the mmap read lock (``lockExclusively()``) holds it throughout. A
+    /// sleeping lock.
     let writerLock = FutexMutex()
 
     /// - Parameter pageOffset: `nil` for private memory means `start`'s page number.
@@ -136,7 +139,7 @@ final class VMA: @unchecked Sendable {
             && hugeStart >= start && hugeStart &+ PageTable.hugePageSize <= end
     }
 
-    // MARK: Writing (mmap write lock, or mmap read lock plus `writerLock`)
+    // MARK: Writing (mmap write lock, or mmap read lock plus `writerLock` or the zap section)
 
     /// Enters the VMA's write section (nestable on one thread).
     func beginWrite() {
@@ -152,6 +155,59 @@ final class VMA: @unchecked Sendable {
         if writeDepth == 0 && !removed { sequence.writeEnd() }
     }
 
+    // MARK: Writers under the mmap read lock
+
+    /// Enters the shared zap section: the VMA's write section, shared by every zap (madvise
+    /// DONTNEED/FREE/PAGEOUT/REMOVE, reclaim, migration) that holds the mmap read lock, as Linux's
+    /// zaps of one VMA run in parallel. The sequence count turns odd when the first zap enters and
+    /// even again when the last one leaves, so a speculative fault that took its snapshot before
+    /// or during any of them fails its validation under the split lock (the zaps take the split
+    /// locks inside the section); the split locks order the zaps' entry changes against each
+    /// other and against faults. Zaps change entries only, never the VMA's fields: a change of
+    /// those under the mmap read lock needs ``lockExclusively()``, which waits for the zaps.
+    ///
+    /// Caller: the mmap read lock. Pair with ``leaveZapSection()``.
+    func enterZapSection() {
+        writerLock.lock()
+        if zappers == 0 { beginWrite() }
+        zappers += 1
+        writerLock.unlock()
+    }
+
+    /// Leaves the shared zap section; the last zap out makes the sequence count even.
+    func leaveZapSection() {
+        writerLock.lock()
+        checkInvariant(zappers > 0, "leaveZapSection without enterZapSection")
+        zappers -= 1
+        if zappers == 0 { endWrite() }
+        writerLock.unlock()
+    }
+
+    /// Takes `writerLock` once no zap is inside the VMA (waits with back-off: a zap may run
+    /// blockable callbacks), excluding zaps and other such writers until
+    /// ``unlockExclusively()``. For changes of the VMA's fields under the mmap read lock (guard
+    /// installation's flag); the caller enters the write section itself (``beginWrite()``).
+    func lockExclusively() {
+        var backoff = Backoff()
+        while true {
+            writerLock.lock()
+            if zappers == 0 { return }
+            writerLock.unlock()
+            backoff.wait()
+        }
+    }
+
+    /// ``lockExclusively()`` if that needs no wait; `false` otherwise (an OOM reap never blocks).
+    func tryLockExclusively() -> Bool {
+        guard writerLock.tryLock() else { return false }
+        if zappers == 0 { return true }
+        writerLock.unlock()
+        return false
+    }
+
+    /// Releases ``lockExclusively()``.
+    func unlockExclusively() { writerLock.unlock() }
+
     /// Marks the VMA removed: its sequence count becomes (and stays) odd, so speculative readers
     /// that still find it abort.
     func markRemoved() {
@@ -165,6 +221,7 @@ final class VMA: @unchecked Sendable {
     /// Sets the bounds. Inside a write section.
     func setBounds(start: UInt64, end: UInt64) {
         checkInvariant(writeDepth > 0, "VMA change outside its write section")
+        checkInvariant(zappers == 0, "VMA change inside the shared zap section")
         startWord.store(start, ordering: .relaxed)
         endWord.store(end, ordering: .relaxed)
     }
@@ -172,6 +229,7 @@ final class VMA: @unchecked Sendable {
     /// Sets protection and flags. Inside a write section.
     func setAttributes(protection: Protection, flags: VMFlags) {
         checkInvariant(writeDepth > 0, "VMA change outside its write section")
+        checkInvariant(zappers == 0, "VMA change inside the shared zap section")
         attributeWord.store(Self.pack(protection, flags), ordering: .relaxed)
     }
 }

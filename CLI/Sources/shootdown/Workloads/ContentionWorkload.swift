@@ -25,6 +25,7 @@ func runContention(_ settings: BenchSettings) throws -> RunResult {
     var churn: [Double] = []
     var ratios: [Double] = []
     var shares: [Double] = []
+    var control = ControlRounds(threads: 2)
     var statistics: SpaceStatistics?
     for round in 0..<settings.repeats where !interrupted {
         solo.append(try measureFaultRate(settings, churn: false).faults)
@@ -35,6 +36,7 @@ func runContention(_ settings: BenchSettings) throws -> RunResult {
         let faults = measured.statistics.faults
         shares.append(faults > 0 ? Double(measured.statistics[.classicFaults]) / Double(faults) : 0)
         statistics = measured.statistics
+        control.measure(matching: measured.faults > 0 ? Double(settings.pages) / measured.faults * 1e9 : 1e7)  // the interleaved control: the same two pinned threads, private memory
         progress("contention(\(settings.faultPath.rawValue), \(settings.churn.rawValue)): round \(round + 1)/\(settings.repeats): solo \(Int(solo.last!)) /s, under churn \(Int(contended.last!)) /s, churn \(Int(churn.last!)) ops/s")
     }
     // The key metric, fault_ops_per_sec, equals ops_per_sec: its worst and best rounds are
@@ -45,12 +47,14 @@ func runContention(_ settings: BenchSettings) throws -> RunResult {
     result.metrics += timedMetrics(
         nsPerOp: nsPerFault,
         extra: [("solo_fault_ops_per_sec", Summary(solo).median), ("retained", Summary(ratios).median),
-                ("churn_ops_per_sec", Summary(churn).median), ("mmap_lock_share", Summary(shares).median)])
+                ("churn_ops_per_sec", Summary(churn).median), ("mmap_lock_share", Summary(shares).median)]
+            + control.metrics(scaling: Summary(ratios).median, perThread: true))
     result.counters = statistics.map(counterPairs) ?? []
     switch settings.churn {
     case .otherVMA: result.notes.append("a churn op is mmap + one write fault + mprotect(read) + munmap of 16 pages of another VMA")
     case .sameVMA: result.notes.append("a churn op is mprotect(read) + mprotect(read-write) of 16 written pages of the faulted VMA")
     }
+    result.notes.append("scaling = retained; control_scaling = what each of two pinned threads keeps of one thread's rate on private memory (interleaved)")
     result.notes.append("counters: the last round under churn" + (settings.churn == .otherVMA ? ", the churn thread's own faults included" : ""))
     return result
 }

@@ -49,6 +49,7 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
                      ("vmas", settings.vmaPerThread ? "per-thread" : "one")] + settings.knobs
     var single: [Double] = []
     var multi: [Double] = []
+    var control = ControlRounds(threads: threads)
     var statistics: SpaceStatistics?
     for round in 0..<settings.repeats where !interrupted {
         // One thread, same total, same process.
@@ -73,27 +74,26 @@ private func runFaultThreads(_ settings: BenchSettings) throws -> RunResult {
             line.arriveAndWait()
             _ = startTime.compareExchange(expected: 0, desired: nowNanoseconds(), ordering: .relaxed)
             try? faultPages(space, base + UInt64(index * perThread) * 4096, perThread)
-            let end = nowNanoseconds()
-            var seen = finish.load(ordering: .relaxed)
-            while end > seen {
-                let exchange = finish.compareExchange(expected: seen, desired: end, ordering: .relaxed)
-                if exchange.exchanged { break }
-                seen = exchange.original
-            }
+            recordLatest(nowNanoseconds(), in: finish)
         }
         let elapsed = finish.load(ordering: .relaxed) - startTime.load(ordering: .relaxed)
         multi.append(Double(total) * 1e9 / Double(elapsed))
         statistics = space.statistics
-        progress("fault: round \(round + 1)/\(settings.repeats): 1 thread \(Int(single.last!)) /s, \(threads) threads \(Int(multi.last!)) /s")
+        space.teardown()
+        BenchmarkSupport.drainDeferredReclamation()
+        // The interleaved control: the same threads, pinned the same way, on private memory.
+        control.measure(matching: Double(elapsed))
+        progress("fault: round \(round + 1)/\(settings.repeats): 1 thread \(Int(single.last!)) /s, \(threads) threads \(Int(multi.last!)) /s, control \(String(format: "%.2f", control.multi.last! / control.single.last!))x")
     }
     let aggregate = Summary(multi).median
     let one = Summary(single).median
     result.metrics = timedMetrics(
         nsPerOp: multi.map { $0 > 0 ? 1e9 / $0 : 0 },
-        extra: [("single_thread_ops_per_sec", one), ("scaling", one > 0 ? aggregate / one : 0),
-                ("retained", one > 0 ? aggregate / one / Double(threads) : 0)])
+        extra: [("single_thread_ops_per_sec", one)] + control.metrics(scaling: one > 0 ? aggregate / one : 0)
+            + [("retained", one > 0 ? aggregate / one / Double(threads) : 0)])
     result.counters = statistics.map(counterPairs) ?? []
     result.notes.append("ns_per_op is wall time per fault across all threads (aggregate); p50/p99 over \(multi.count) runs")
+    result.notes.append("control_scaling: \(threads) pinned threads over 1 on private memory, interleaved with each round; scaling_vs_control = scaling / control_scaling")
     return result
 }
 

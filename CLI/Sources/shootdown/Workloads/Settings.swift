@@ -19,6 +19,11 @@ struct BenchSettings: Sendable {
     /// elsewhere).
     var tlb: TLBMode? = nil
     var iterations = 1_000_000
+    /// `invalidate`: the operation, where the threads work, mirrors and faulting threads.
+    var op: InvalidateOp = .dontneed
+    var overlap: InvalidateOverlap = .none
+    var mirrors = 0
+    var faulters = 0
     var repeats = 5
 
     var configuration: AddressSpace.Configuration {

@@ -15,6 +15,8 @@ func runShootdown(_ settings: BenchSettings) throws -> RunResult {
                      ("iterations", String(settings.iterations))] + settings.knobs
     var key: [Double] = []
     var counters: [(String, Int64)] = []
+    var control = ControlRounds(threads: largest + 1)
+    var munmapMedians: [Int: Double] = [:]
     for others in counts where !interrupted {
         var munmaps: [Double] = []
         var mprotects: [Double] = []
@@ -29,8 +31,10 @@ func runShootdown(_ settings: BenchSettings) throws -> RunResult {
             waited.append(Double(measured.statistics[.tlbShootdownWaits]) / shootdowns)
             if others == min(1, largest) { key.append(measured.munmap) }
             if round == 0 && others == largest { counters = counterPairs(measured.statistics) }
+            if others == largest { control.measure(matching: (measured.munmap + measured.mprotect) * Double(settings.iterations)) }  // interleaved with the rounds of the largest count
             progress("shootdown: \(others) other thread(s), round \(round + 1)/\(settings.repeats): munmap \(Int(measured.munmap)) ns, mprotect \(Int(measured.mprotect)) ns")
         }
+        munmapMedians[others] = Summary(munmaps).median
         result.metrics += [
             ("munmap_\(others)_others_ns", Summary(munmaps).median),
             ("mprotect_\(others)_others_ns", Summary(mprotects).median),
@@ -39,6 +43,10 @@ func runShootdown(_ settings: BenchSettings) throws -> RunResult {
         ]
     }
     result.metrics = timedMetrics(nsPerOp: key) + result.metrics
+    if largest > 0, let alone = munmapMedians[0], let loaded = munmapMedians[largest], loaded > 0 {
+        result.metrics += control.metrics(scaling: alone / loaded, perThread: true)
+        result.notes.append("scaling = munmap time with 0 others over with \(largest) other(s) loading; control_scaling = what each of \(largest + 1) pinned threads keeps of one thread's rate on private memory (interleaved)")
+    }
     result.counters = counters
     result.notes.append("ns_per_op: one munmap of \(settings.pages) pages with \(min(1, largest)) other thread(s) loading; *_ns per call, medians of per-round medians; wait_*: initiator's wait per shootdown")
     return result
