@@ -127,7 +127,7 @@ final class PageTable: @unchecked Sendable {
     /// upper table is missing (the speculative fault path: it must not install tables).
     ///
     /// - Precondition: inside an RCU read section, or with the mmap lock held.
-    @inlinable
+    @inlinable @inline(__always)
     func existingPMDTable(for address: UInt64) -> TableBlock? {
         let pgdEntry = root.load(Self.index(address, level: 3))
         if pgdEntry.isNone { return nil }
