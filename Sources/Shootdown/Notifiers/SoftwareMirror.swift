@@ -165,6 +165,8 @@ public final class SoftwareMirror: IntervalNotifierHandler, MMUNotifier, @unchec
                 // the check and the commit, and nothing is committed once detached.
                 if state.detached || state.released { return .abort }
                 if notifier.readRetry(sequence) { return .retry }
+                // One growth at most (rehashing every translation held), not one per doubling.
+                state.table.reserveCapacity(state.table.count + pages.count)
                 for page in pages {
                     state.table[page.address] = Translation(frame: page.frame, writable: page.writable)
                 }
