@@ -82,7 +82,7 @@ final class PageTable: @unchecked Sendable {
     /// The leaf entry that maps `address`, if any tables lead there.
     ///
     /// - Precondition: inside an RCU read section, or with the mmap lock held.
-    @inlinable
+    @inlinable @inline(__always)
     func lookup(_ address: UInt64) -> LeafLookup? {
         var table = root
         for level in stride(from: 3, to: 1, by: -1) {
