@@ -108,8 +108,15 @@ struct PerfProbe: ParsableCommand {
                 try space.map(length: 4096, placement: .fixed(0x1000_0000 + UInt64(index) * 8192))
             }
             let lookups = 100_000
+            // The addresses are drawn before the region, so it measures the lookups alone.
+            var state = lookupSeed
+            let addresses = (0..<lookups).map { _ in
+                nextLookupAddress(&state, base: 0x1000_0000, stride: 8192, slots: 10_000)
+            }
             var found = 0
-            region { found = lookupMappings(space, lookups, base: 0x1000_0000, stride: 8192, slots: 10_000) }
+            addresses.withUnsafeBufferPointer { addresses in
+                region { found = lookupMappings(space, addresses) }
+            }
             precondition(found == lookups)
             return lookups
         case .forkCopyOnWrite:
@@ -163,6 +170,14 @@ struct PerfProbe: ParsableCommand {
             return loads
         }
     }
+}
+
+/// A lock-free VMA lookup of each of `addresses`; returns how many were found.
+@inline(never)
+func lookupMappings(_ space: AddressSpace, _ addresses: UnsafeBufferPointer<UInt64>) -> Int {
+    var found = 0
+    for address in addresses where space.mapping(containing: address) != nil { found &+= 1 }
+    return found
 }
 
 /// The region the instruction-count gate measures: callgrind's counters are reset on entry and

@@ -36,7 +36,10 @@ extension AddressSpace {
     func readWalking(_ address: UInt64) throws(MemoryError) -> UInt64 {
         LockContext.mightSleep("AddressSpace.read(at:) (it may fault, and it takes the split lock)")
         while true {
-            if let token = accessPresent(address, write: false, token: 0, filling: nil) { return token }
+            var writeProtected = false
+            if let token = accessPresent(address, write: false, token: 0, filling: nil, writeProtected: &writeProtected) {
+                return token
+            }
             try fault(at: address, access: .read)
         }
     }
@@ -47,7 +50,10 @@ extension AddressSpace {
     func readWalking(_ address: UInt64, filling tlb: SoftwareTLB) throws(MemoryError) -> UInt64 {
         LockContext.mightSleep("AddressSpace.read(at:) (it may fault, and it takes the split lock)")
         while true {
-            if let token = accessPresent(address, write: false, token: 0, filling: tlb) { return token }
+            var writeProtected = false
+            if let token = accessPresent(address, write: false, token: 0, filling: tlb, writeProtected: &writeProtected) {
+                return token
+            }
             try fault(at: address, access: .read)
         }
     }
@@ -56,9 +62,13 @@ extension AddressSpace {
     @usableFromInline
     func writeWalking(_ token: UInt64, _ address: UInt64) throws(MemoryError) {
         LockContext.mightSleep("AddressSpace.write(_:at:) (it may fault, and it takes the split lock)")
+        var writeProtected = false
         while true {
-            if accessPresent(address, write: true, token: token, filling: nil) != nil { return }
-            try fault(at: address, access: .write)
+            writeProtected = false
+            if accessPresent(address, write: true, token: token, filling: nil, writeProtected: &writeProtected) != nil {
+                return
+            }
+            try writeFault(address, writeProtected: writeProtected)
         }
     }
 
@@ -66,8 +76,25 @@ extension AddressSpace {
     @usableFromInline
     func writeWalking(_ token: UInt64, _ address: UInt64, filling tlb: SoftwareTLB) throws(MemoryError) {
         LockContext.mightSleep("AddressSpace.write(_:at:) (it may fault, and it takes the split lock)")
+        var writeProtected = false
         while true {
-            if accessPresent(address, write: true, token: token, filling: tlb) != nil { return }
+            writeProtected = false
+            if accessPresent(address, write: true, token: token, filling: tlb, writeProtected: &writeProtected) != nil {
+                return
+            }
+            try writeFault(address, writeProtected: writeProtected)
+        }
+    }
+
+    /// The write fault of a store that found no usable entry. When the walk found the entry
+    /// present but read-only (`writeProtected`: copy-on-write, a soft-dirty or write-notify
+    /// re-arm), the speculative path would only abort after its lookup (it never replaces or
+    /// upgrades a present entry), so a space on that path goes straight to the classic one.
+    @inline(__always)
+    private func writeFault(_ address: UInt64, writeProtected: Bool) throws(MemoryError) {
+        if writeProtected && speculativeEnabled {
+            try classicFault(address, .write)
+        } else {
             try fault(at: address, access: .write)
         }
     }
@@ -76,9 +103,12 @@ extension AddressSpace {
     /// needed. Taking the split lock orders the access against fork's write-protection and
     /// copy-on-write replacement, like a TLB flush would. With `tlb` the translation is also
     /// loaded into the calling thread's TLB, under the same lock (docs/tlb.md, "Filling"); inlined
-    /// into each caller, so a space without TLBs runs no code for it.
+    /// into each caller, so a space without TLBs runs no code for it. Sets `writeProtected` when
+    /// a store found the entry present but read-only (see ``writeFault(_:writeProtected:)``).
     @inline(__always)
-    private func accessPresent(_ address: UInt64, write: Bool, token: UInt64, filling tlb: SoftwareTLB?) -> UInt64? {
+    private func accessPresent(
+        _ address: UInt64, write: Bool, token: UInt64, filling tlb: SoftwareTLB?, writeProtected: inout Bool
+    ) -> UInt64? {
         guard address < Self.userLimit else { return nil }
         return RCU.withReadSection { () -> UInt64? in
             // After teardown the tables are retired (see `translate`): fault, which fails.
@@ -94,7 +124,11 @@ extension AddressSpace {
                     return nil  // the table was detached meanwhile
                 }
                 let entry = leaf.table.load(leaf.index)
-                guard entry.isPresent, entry.isHuge == leaf.isHuge, !write || entry.isWritable else { return nil }
+                guard entry.isPresent, entry.isHuge == leaf.isHuge else { return nil }
+                if write && !entry.isWritable {
+                    writeProtected = true
+                    return nil
+                }
                 let frame = entry.number &+ (leaf.isHuge ? (address & (Self.hugePageSize - 1)) >> 12 : 0)
                 let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
                 if entry.rawValue & wanted != wanted {

@@ -74,7 +74,9 @@ extension VMA {
         var mapping = Mapping(
             start: start, end: end, access: Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 7)),
             vmFlags: VMFlags(rawValue: ((attributes >> 8) & ~VMFlags.fileBacked.rawValue) | (attributes & 7)))
-        if let path = sharedObject?.path {
+        // Only a file mapping has a path: anonymous memory (the common case) never touches the
+        // object reference (no retain or release), the flag in the word just loaded tells.
+        if attributes & (VMFlags.fileBacked.rawValue << 8) != 0, let path = sharedObject?.path {
             mapping.path = path
             mapping.offset = pageOffset &* PageTable.pageSize
         }

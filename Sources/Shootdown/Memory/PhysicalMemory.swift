@@ -49,14 +49,26 @@ public final class PhysicalMemory: @unchecked Sendable {
     @usableFromInline let counts: UnsafeMutablePointer<Atomic<UInt64>>
     @usableFromInline let links: UnsafeMutablePointer<Atomic<UInt32>>
     @usableFromInline let tokens: UnsafeMutablePointer<Atomic<UInt64>>
-    /// One byte per frame: 1 once a page-table entry mapping the frame became dirty (the folio's
-    /// dirty flag; see ``markDirty(_:)``), 2 for a private page `MADV_FREE` made lazily freeable
-    /// and nothing dirtied since (``markLazyFree(_:)``); 0 from allocation.
+    /// One byte of flags per frame, 0 from allocation (one store resets all of them).
+    ///
+    /// Bits 0–1, the dirty state: 1 once a page-table entry mapping the frame became dirty (the
+    /// folio's dirty flag; see ``markDirty(_:)``), 2 for a private page `MADV_FREE` made lazily
+    /// freeable and nothing dirtied since (``markLazyFree(_:)``).
+    /// Bits 2–7, the lock mark: nonzero for a page still mlocked although no locked VMA holds it
+    /// (``markStillLocked(_:)``), then one more than the lock count kept for it (saturating at
+    /// ``lockMarkLimit``).
+    ///
+    /// Written under the split lock of an entry mapping the frame; a frame mapped by several
+    /// entries (shared memory, pages fork shares) can see writers under different locks, so every
+    /// change after allocation is a relaxed compare-and-swap that keeps the other field
+    /// (``updateFlags(_:_:)``); a change that would not alter the byte stores nothing.
     @usableFromInline let dirtyFlags: UnsafeMutablePointer<Atomic<UInt8>>
-    /// One byte per frame: nonzero for a page still mlocked although no locked VMA holds it
-    /// (``markStillLocked(_:)``), then one more than the lock count kept for it; 0 from
-    /// allocation.
-    @usableFromInline let lockMarks: UnsafeMutablePointer<Atomic<UInt8>>
+    @usableFromInline static let dirtyStateMask: UInt8 = 0b11
+    @usableFromInline static let dirtyStateDirty: UInt8 = 1
+    @usableFromInline static let dirtyStateLazyFree: UInt8 = 2
+    @usableFromInline static let lockMarkShift: UInt8 = 2
+    /// The largest lock mark (a lock count of 62 kept for a page).
+    @usableFromInline static let lockMarkLimit: UInt8 = 0xFF >> 2
     /// Whether any frame was ever marked still locked: until then mlock and munlock skip the
     /// page walk that adjusts the marks.
     let hasLockMarks = Atomic<Bool>(false)
@@ -82,7 +94,6 @@ public final class PhysicalMemory: @unchecked Sendable {
         links = RawMemory.allocateAtomics(UInt32.self, count: totalFrames, initial: 0)
         tokens = RawMemory.allocateAtomics(UInt64.self, count: totalFrames, initial: 0)
         dirtyFlags = RawMemory.allocateAtomics(UInt8.self, count: totalFrames, initial: 0)
-        lockMarks = RawMemory.allocateAtomics(UInt8.self, count: totalFrames, initial: 0)
         shards = RawMemory.allocateAtomics(UInt64.self, count: Self.shardCount * Self.shardStride, initial: 0)
         global = RawMemory.allocateAtomics(UInt64.self, count: 3 * Self.globalStride, initial: 0)
         global[0].store(1, ordering: .relaxed)  // block 0 holds the zero page
@@ -95,7 +106,6 @@ public final class PhysicalMemory: @unchecked Sendable {
         RawMemory.deallocateAtomics(links, count: totalFrames)
         RawMemory.deallocateAtomics(tokens, count: totalFrames)
         RawMemory.deallocateAtomics(dirtyFlags, count: totalFrames)
-        RawMemory.deallocateAtomics(lockMarks, count: totalFrames)
         RawMemory.deallocateAtomics(shards, count: Self.shardCount * Self.shardStride)
         RawMemory.deallocateAtomics(global, count: 3 * Self.globalStride)
     }
@@ -103,14 +113,14 @@ public final class PhysicalMemory: @unchecked Sendable {
     // MARK: - Allocation
 
     /// Allocates one frame, zero-filled (token 0), with counts set to `initialCounts`.
-    /// Returns `nil` when every frame is in use. Lock-free; no heap allocation.
-    @inlinable
+    /// Returns `nil` when every frame is in use. Lock-free; no heap allocation. Inlined into the
+    /// fault paths (a call would spill their live registers around it).
+    @inlinable @inline(__always)
     func allocate(initialCounts: UInt64 = exclusivelyMapped) -> UInt64? {
         let shard = ThreadSlot.current & (Self.shardCount - 1)
         guard let frame = pop(shard: shard) ?? allocateSlow(shard: shard) else { return nil }
         tokens[Int(frame)].store(0, ordering: .relaxed)
-        dirtyFlags[Int(frame)].store(0, ordering: .relaxed)
-        lockMarks[Int(frame)].store(0, ordering: .relaxed)
+        dirtyFlags[Int(frame)].store(0, ordering: .relaxed)  // dirty state and lock mark
         // Relaxed: the frame is private until the caller publishes it under a split lock.
         counts[Int(frame)].store(initialCounts, ordering: .relaxed)
         inUse.add(0, 1)
@@ -268,7 +278,7 @@ public final class PhysicalMemory: @unchecked Sendable {
         for index in 0..<Self.framesPerHugePage {
             tokens[Int(head) + index].store(0, ordering: .relaxed)
             counts[Int(head) + index].store(0, ordering: .relaxed)
-            lockMarks[Int(head) + index].store(0, ordering: .relaxed)
+            dirtyFlags[Int(head) + index].store(0, ordering: .relaxed)  // dirty state and lock mark
         }
         counts[Int(head)].store(initialCounts, ordering: .relaxed)
         inUse.add(0, Int64(Self.framesPerHugePage))
@@ -424,26 +434,51 @@ public final class PhysicalMemory: @unchecked Sendable {
 
     // MARK: - Dirty state
 
+    /// Replaces frame `frame`'s flags byte with `transform` of it, keeping whatever another
+    /// writer changed meanwhile (relaxed CAS loop; no store when the byte would not change).
+    @inlinable @inline(__always)
+    func updateFlags(_ frame: UInt64, _ transform: (UInt8) -> UInt8) {
+        let word = dirtyFlags + Int(frame)
+        var old = word.pointee.load(ordering: .relaxed)
+        while true {
+            let new = transform(old)
+            if new == old { return }
+            let result = word.pointee.compareExchange(expected: old, desired: new, ordering: .relaxed)
+            if result.exchanged { return }
+            old = result.original
+        }
+    }
+
     /// Records that an entry mapping `frame` became dirty (a store, or a write fault). Linux moves
     /// a page-table entry's dirty bit into the folio when the entry goes; shared memory is never
     /// written back without swap, so "ever dirtied while cached" is the folio's dirty flag here.
     /// Set where an entry's dirty bit is set, under that entry's split lock; relaxed: readers
-    /// order through the frame's counts (acquiring) or the object's cache lock.
+    /// order through the frame's counts (acquiring) or the object's cache lock. A frame already
+    /// dirty costs one load.
     @inlinable
     func markDirty(_ frame: UInt64) {
-        if frame != Self.zeroFrame { dirtyFlags[Int(frame)].store(1, ordering: .relaxed) }
+        if frame != Self.zeroFrame {
+            updateFlags(frame) { $0 & ~Self.dirtyStateMask | Self.dirtyStateDirty }
+        }
     }
 
-    /// Whether ``markDirty(_:)`` was called for `frame` since it was allocated.
-    func isDirty(_ frame: UInt64) -> Bool { dirtyFlags[Int(frame)].load(ordering: .relaxed) == 1 }
+    /// Whether ``markDirty(_:)`` was called for `frame` since it was allocated (and no
+    /// ``markLazyFree(_:)`` since).
+    func isDirty(_ frame: UInt64) -> Bool {
+        dirtyFlags[Int(frame)].load(ordering: .relaxed) & Self.dirtyStateMask == Self.dirtyStateDirty
+    }
 
     /// Marks a private page lazily freeable (`MADV_FREE`; the folio losing `swapbacked`): until an
     /// entry mapping it becomes dirty (``markDirty(_:)`` overwrites the mark), reclaim may discard
     /// it instead of writing it to swap. Caller: the split lock of the entry mapping it.
-    func markLazyFree(_ frame: UInt64) { dirtyFlags[Int(frame)].store(2, ordering: .relaxed) }
+    func markLazyFree(_ frame: UInt64) {
+        updateFlags(frame) { $0 & ~Self.dirtyStateMask | Self.dirtyStateLazyFree }
+    }
 
     /// Whether `frame` is lazily freeable (see ``markLazyFree(_:)``).
-    func isLazyFree(_ frame: UInt64) -> Bool { dirtyFlags[Int(frame)].load(ordering: .relaxed) == 2 }
+    func isLazyFree(_ frame: UInt64) -> Bool {
+        dirtyFlags[Int(frame)].load(ordering: .relaxed) & Self.dirtyStateMask == Self.dirtyStateLazyFree
+    }
 
     // MARK: - Pages still locked
 
@@ -453,36 +488,49 @@ public final class PhysicalMemory: @unchecked Sendable {
     // in an unlocked VMA: MADV_PAGEOUT and reclaim leave them, MADV_FREE does not make them lazily
     // freeable. Page-out's attempt resets their count to zero; mlock of a VMA mapping them adds
     // one, munlock takes one and unlocks them at zero (measured on 6.18). Only such pages are
-    // marked: a page in a locked VMA is refused by page-out anyway. The marks are approximate
-    // under concurrency (relaxed, last writer wins), as is Linux's count.
+    // marked: a page in a locked VMA is refused by page-out anyway. The marks live in bits 2–7 of
+    // the frame's flags byte (``dirtyFlags``); they are approximate under concurrency (two
+    // munlocks racing under different split locks may both see the same count), as is Linux's
+    // count, but a change never loses the dirty state beside it.
+
+    /// The lock mark of `frame` (0: not marked).
+    @inline(__always)
+    func lockMark(_ frame: UInt64) -> UInt8 {
+        dirtyFlags[Int(frame)].load(ordering: .relaxed) >> Self.lockMarkShift
+    }
+
+    /// Sets the lock mark of `frame` to `mark`, keeping its dirty state.
+    @inline(__always)
+    private func setLockMark(_ frame: UInt64, _ mark: UInt8) {
+        updateFlags(frame) { $0 & Self.dirtyStateMask | mark << Self.lockMarkShift }
+    }
 
     /// Marks `frame` still mlocked after its VMA lost its lock without unlocking it, with a count
     /// of at least one. Caller: the split lock of an entry mapping `frame`.
     func markStillLocked(_ frame: UInt64) {
         guard frame != Self.zeroFrame else { return }
-        if lockMarks[Int(frame)].load(ordering: .relaxed) < 2 { lockMarks[Int(frame)].store(2, ordering: .relaxed) }
+        if lockMark(frame) < 2 { setLockMark(frame, 2) }
         hasLockMarks.store(true, ordering: .relaxed)
     }
 
     /// Whether `frame` is still mlocked (see ``markStillLocked(_:)``).
-    func isStillLocked(_ frame: UInt64) -> Bool { lockMarks[Int(frame)].load(ordering: .relaxed) != 0 }
+    func isStillLocked(_ frame: UInt64) -> Bool { lockMark(frame) != 0 }
 
     /// Reclaim tried `frame` and put it back: still mlocked, with a count of zero. Caller: the
     /// split lock of an entry mapping `frame`.
     func resetLockCount(_ frame: UInt64) {
-        if lockMarks[Int(frame)].load(ordering: .relaxed) != 0 { lockMarks[Int(frame)].store(1, ordering: .relaxed) }
+        if lockMark(frame) != 0 { setLockMark(frame, 1) }
     }
 
     /// mlock (`locking`) or munlock of a VMA mapping a marked `frame`: one more on its count, or
     /// one less, unmarked at zero. Unmarked frames are left alone. Caller: the split lock of an
     /// entry mapping `frame`.
     func adjustLockCount(_ frame: UInt64, locking: Bool) {
-        let mark = lockMarks[Int(frame)].load(ordering: .relaxed)
+        let mark = lockMark(frame)
         guard mark != 0 else { return }
-        let next: UInt8 = locking ? (mark == .max ? mark : mark + 1) : (mark <= 2 ? 0 : mark - 1)
-        lockMarks[Int(frame)].store(next, ordering: .relaxed)
+        let next: UInt8 = locking ? (mark == Self.lockMarkLimit ? mark : mark + 1) : (mark <= 2 ? 0 : mark - 1)
+        setLockMark(frame, next)
     }
-
 
     // MARK: - Accounting
 

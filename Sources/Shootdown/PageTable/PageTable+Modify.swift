@@ -119,7 +119,10 @@ extension PageTable {
         return moved
     }
 
-    /// The PMD table and slot covering `address`, if the upper tables exist.
+    /// The PMD table and slot covering `address`, if the upper tables exist. Inlined always:
+    /// the access paths revalidate with it under the split lock, where a call would cost more
+    /// than the two loads.
+    @inline(__always)
     func existingPMDSlot(_ address: UInt64) -> (TableBlock, Int)? {
         var table = root
         for level in stride(from: 3, to: 1, by: -1) {

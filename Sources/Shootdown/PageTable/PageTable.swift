@@ -82,7 +82,7 @@ final class PageTable: @unchecked Sendable {
     /// The leaf entry that maps `address`, if any tables lead there.
     ///
     /// - Precondition: inside an RCU read section, or with the mmap lock held.
-    @inlinable
+    @inlinable @inline(__always)
     func lookup(_ address: UInt64) -> LeafLookup? {
         var table = root
         for level in stride(from: 3, to: 1, by: -1) {
@@ -107,7 +107,7 @@ final class PageTable: @unchecked Sendable {
     /// tables by CAS. Returns `nil` if a table block cannot be allocated.
     ///
     /// - Precondition: inside an RCU read section, or with the mmap lock held.
-    @inlinable
+    @inlinable @inline(__always)
     func pmdTable(for address: UInt64) -> TableBlock? {
         var table = root
         for level in stride(from: 3, to: 1, by: -1) {
@@ -127,7 +127,7 @@ final class PageTable: @unchecked Sendable {
     /// upper table is missing (the speculative fault path: it must not install tables).
     ///
     /// - Precondition: inside an RCU read section, or with the mmap lock held.
-    @inlinable
+    @inlinable @inline(__always)
     func existingPMDTable(for address: UInt64) -> TableBlock? {
         let pgdEntry = root.load(Self.index(address, level: 3))
         if pgdEntry.isNone { return nil }
@@ -138,8 +138,10 @@ final class PageTable: @unchecked Sendable {
 
     /// Installs a fresh table in the empty slot `index` of `parent` by CAS and returns whatever
     /// table the slot holds afterwards (ours, or a concurrent winner's). Returns `nil` when no block
-    /// can be allocated, or when the slot turned out to hold a huge mapping.
-    @usableFromInline
+    /// can be allocated, or when the slot turned out to hold a huge mapping. Out of line: the
+    /// walks that call it find the table present almost always, and inlined allocation would
+    /// make them save registers on every call.
+    @usableFromInline @inline(never)
     func installTable(in parent: TableBlock, at index: Int) -> TableBlock? {
         guard let fresh = TableAllocator.shared.allocate() else { return nil }
         // Acquiring and releasing: releases the zeroed block to lockless walkers that load the

@@ -63,6 +63,13 @@ struct TableBlock: Equatable {
     var state: UnsafeMutablePointer<Atomic<UInt32>> {
         (descriptor + 4).assumingMemoryBound(to: Atomic<UInt32>.self)
     }
+
+    /// How many times the block was allocated (descriptor offset 8; maintained only with
+    /// internal checks). A walker that reads it on reaching the table and again before its read
+    /// section ends must see one value: a table is never reallocated while reachable.
+    var generation: UnsafeMutablePointer<Atomic<UInt64>> {
+        (descriptor + 8).assumingMemoryBound(to: Atomic<UInt64>.self)
+    }
 }
 
 /// Lifecycle of a table block, tracked in its descriptor for invariant checks and audits.
@@ -76,13 +83,31 @@ enum TableState {
 
 /// The process-wide allocator of page-table blocks (the kernel's page allocator, for tables).
 ///
-/// Arenas of 2 MiB are mapped on demand and never returned; blocks come from a free list or from
-/// the newest arena. A free list entry is reused only after the grace period that follows its
-/// detachment (see ``RetireList``). Allocation takes one short spin lock; it happens
-/// once per 512 faults at most.
+/// Arenas of 2 MiB are mapped on demand and never returned; blocks come from the calling
+/// thread's cache, else from the shared free list or the newest arena.
+///
+/// Per-slot caches (like the frame allocator's shards, and the kernel's per-CPU page lists):
+/// a thread that owns a ``ThreadSlot`` keeps up to ``cacheCapacity`` free blocks in its slot's
+/// cache, which only it reads and writes (plain loads and stores; a slot passes to its next
+/// owner with the release/acquire of the slot bitmap, blocks included). Allocation takes the
+/// shared spin lock only to refill an empty cache with ``refillBatch`` blocks, freeing only to
+/// spill half of a full one; threads without a slot (overflow threads, liburcu's reclamation
+/// thread) use the shared list under the lock directly. A dead thread's cache waits, at most
+/// ``cacheCapacity`` blocks, for the slot's next owner.
+///
+/// A block is freed (to a cache or the shared list) only after the grace period that follows
+/// its detachment (see ``RetireList``), or if it was never published: wherever it goes, no
+/// walker can still reach it.
 @usableFromInline
 final class TableAllocator: @unchecked Sendable {
     @usableFromInline static let shared = TableAllocator()
+
+    /// Blocks a slot's cache holds at most.
+    static let cacheCapacity = 15
+    /// Blocks a refill moves into an empty cache (and a spill moves out of a full one).
+    static let refillBatch = 8
+    /// Bytes per slot cache: a count word and ``cacheCapacity`` block addresses (one line).
+    static let cacheShift = 7
 
     private let lock = SpinLock()
     /// Free blocks (protected by `lock`).
@@ -90,23 +115,31 @@ final class TableAllocator: @unchecked Sendable {
     /// Next never-used block of the newest arena and its end (protected by `lock`).
     private var bump: UnsafeMutableRawPointer?
     private var bumpEnd: UnsafeMutableRawPointer?
+    /// The slot caches, indexed like ``ThreadSlot/blockOffset`` (block 0, for threads without a
+    /// slot, stays unused). Owned by the allocator, which lives as long as the process.
+    private let caches: UnsafeMutableRawPointer
+
+    private init() {
+        let bytes = ThreadSlot.count << Self.cacheShift
+        caches = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: cacheLineSize)
+        caches.initializeMemory(as: UInt8.self, repeating: 0, count: bytes)
+    }
+
+    /// The calling thread's cache, `nil` for a thread without a slot.
+    private var slotCache: SlotTableCache? {
+        let offset = ThreadSlot.blockOffset
+        if offset == 0 { return nil }
+        return SlotTableCache(raw: caches + (offset >> (ThreadSlot.blockShift - Self.cacheShift)))
+    }
 
     /// Allocates a zeroed block. Returns `nil` only if the system refuses to map another arena.
     @usableFromInline
     func allocate() -> TableBlock? {
-        let raw: UnsafeMutablePointer<Atomic<UInt64>>? = lock.withLock {
-            if let block = freeBlocks.popLast() { return block }
-            if bump == nil || bump == bumpEnd {
-                guard let arena = cinterop_map_aligned(TableBlock.arenaSize, TableBlock.arenaSize) else { return nil }
-                // One arena is exactly one 2 MiB page: a lockless walk of any table in it, and its
-                // descriptors, share one TLB entry.
-                _ = cinterop_advise_huge_pages(arena, TableBlock.arenaSize)
-                bump = arena + TableBlock.descriptorBlocks * 4096
-                bumpEnd = arena + TableBlock.arenaSize
-            }
-            let block = bump.unsafelyUnwrapped
-            bump = block + 4096
-            return block.bindMemory(to: Atomic<UInt64>.self, capacity: TableBlock.entries)
+        let raw: UnsafeMutablePointer<Atomic<UInt64>>?
+        if let cache = slotCache {
+            raw = cache.pop() ?? refill(cache)
+        } else {
+            raw = lock.withLock { takeLocked() }
         }
         guard let raw else { return nil }
         cinterop_asan_unpoison(raw, 4096)
@@ -115,18 +148,88 @@ final class TableAllocator: @unchecked Sendable {
         let block = TableBlock(base: raw)
         checkInvariant(block.state.pointee.load(ordering: .relaxed) == TableState.free, "allocating a live table")
         checkInvariant(!block.splitLock.isLocked, "allocating a table whose lock is held")
+        #if SHOOTDOWN_INTERNAL_CHECKS
+        // Relaxed: read by walkers of the same thread's tests only to compare (see `generation`).
+        block.generation.pointee.wrappingAdd(1, ordering: .relaxed)
+        #endif
         block.state.pointee.store(TableState.live, ordering: .relaxed)
         return block
     }
 
-    /// Returns `block` to the free list. Call only after a grace period since it was detached (or
-    /// for a block that was never published).
+    /// Refills the empty `cache` with up to ``refillBatch`` blocks under the lock and returns one
+    /// more for the caller.
+    private func refill(_ cache: SlotTableCache) -> UnsafeMutablePointer<Atomic<UInt64>>? {
+        lock.withLock {
+            for _ in 1..<Self.refillBatch {
+                guard let block = takeLocked() else { break }
+                cache.push(block)
+            }
+            return takeLocked()
+        }
+    }
+
+    /// One block from the shared list or the newest arena (mapping another if needed). Caller
+    /// holds `lock`.
+    private func takeLocked() -> UnsafeMutablePointer<Atomic<UInt64>>? {
+        if let block = freeBlocks.popLast() { return block }
+        if bump == nil || bump == bumpEnd {
+            guard let arena = cinterop_map_aligned(TableBlock.arenaSize, TableBlock.arenaSize) else { return nil }
+            // One arena is exactly one 2 MiB page: a lockless walk of any table in it, and its
+            // descriptors, share one TLB entry.
+            _ = cinterop_advise_huge_pages(arena, TableBlock.arenaSize)
+            bump = arena + TableBlock.descriptorBlocks * 4096
+            bumpEnd = arena + TableBlock.arenaSize
+        }
+        let block = bump.unsafelyUnwrapped
+        bump = block + 4096
+        return block.bindMemory(to: Atomic<UInt64>.self, capacity: TableBlock.entries)
+    }
+
+    /// Returns `block` to the calling thread's cache (spilling half of a full cache to the shared
+    /// list) or, for a thread without a slot, to the shared list. Call only after a grace period
+    /// since it was detached (or for a block that was never published).
     @usableFromInline
     func free(_ block: TableBlock) {
         checkInvariant(!block.splitLock.isLocked, "freeing a table whose split lock is held")
         checkInvariant(block.state.pointee.load(ordering: .relaxed) != TableState.free, "double free of a table")
         block.state.pointee.store(TableState.free, ordering: .relaxed)
         cinterop_asan_poison(block.base, 4096)
-        lock.withLock { freeBlocks.append(block.base) }
+        guard let cache = slotCache else {
+            lock.withLock { freeBlocks.append(block.base) }
+            return
+        }
+        if cache.isFull {
+            lock.withLock {
+                for _ in 0..<Self.refillBatch { freeBlocks.append(cache.pop().unsafelyUnwrapped) }
+            }
+        }
+        cache.push(block.base)
+    }
+
+    /// Free blocks in the calling thread's cache (tests).
+    var cachedBlocks: Int { slotCache?.count ?? 0 }
+}
+
+/// A handle to one slot's cache of free table blocks: a count word, then up to
+/// ``TableAllocator/cacheCapacity`` block addresses. Only the thread owning the slot touches it
+/// (plain loads and stores).
+struct SlotTableCache {
+    let raw: UnsafeMutableRawPointer
+
+    var count: Int { raw.load(as: Int.self) }
+    var isFull: Bool { count == TableAllocator.cacheCapacity }
+
+    func pop() -> UnsafeMutablePointer<Atomic<UInt64>>? {
+        let count = self.count
+        if count == 0 { return nil }
+        raw.storeBytes(of: count &- 1, as: Int.self)
+        return raw.load(fromByteOffset: count &* 8, as: UnsafeMutablePointer<Atomic<UInt64>>.self)
+    }
+
+    func push(_ block: UnsafeMutablePointer<Atomic<UInt64>>) {
+        let count = self.count &+ 1
+        checkInvariant(count <= TableAllocator.cacheCapacity, "table cache overflow")
+        raw.storeBytes(of: block, toByteOffset: count &* 8, as: UnsafeMutablePointer<Atomic<UInt64>>.self)
+        raw.storeBytes(of: count, as: Int.self)
     }
 }

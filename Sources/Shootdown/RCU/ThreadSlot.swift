@@ -27,4 +27,7 @@ extension ThreadSlot {
     /// thread owns its slot, 0 when it shares the overflow slot or has none yet (one TLS load).
     @inlinable @inline(__always)
     static var blockOffset: Int { Int(truncatingIfNeeded: cinterop_thread_block()) }
+
+    /// log2 of the bytes per block of ``blockOffset``.
+    @usableFromInline static let blockShift = Int(CINTEROP_SLOT_BLOCK_SHIFT)
 }

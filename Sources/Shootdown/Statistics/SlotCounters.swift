@@ -1,32 +1,51 @@
 import Synchronization
 
-/// Counters sharded by thread slot (the kernel's per-CPU counters): each slot has its own cache
-/// line(s), so counting on a hot path never bounces a line between cores. A slot owned by one
-/// thread is updated with a relaxed load and store; the shared overflow slot with an RMW.
-/// Reading sums every slot, which is exact once the counting threads are quiescent.
+/// Counters sharded by thread slot (the kernel's per-CPU counters): each slot has its own
+/// block of cache lines, so counting on a hot path never bounces a line between cores.
+///
+/// Layout: ``ThreadSlot/count`` blocks of `1 << blockShift` bytes (a power of two, at least one
+/// cache line). Block 0 is shared by every thread that owns no slot (overflow threads, and
+/// threads not attached yet) and is updated with an atomic RMW; block `s + 1` belongs to the
+/// thread owning slot `s`, the only writer, which updates it with a relaxed load and store.
+/// A thread finds its block with one TLS load (``ThreadSlot/blockOffset``) and a shift.
+///
+/// Reading sums every block, which is exact once the counting threads are quiescent. Ownership:
+/// the counters own `words` and free it in `deinit`; nothing else keeps a pointer into it.
 @usableFromInline
 final class SlotCounters: @unchecked Sendable {
     /// Keeps the fields every count reads off the line of the object header.
     private let headerPadding = CacheLinePadding()
     @usableFromInline let width: Int
-    @usableFromInline let stride: Int
+    /// log2 of the bytes per block.
+    @usableFromInline let blockShift: Int
+    /// How far right a ``ThreadSlot/blockOffset`` (blocks of `1 << CINTEROP_SLOT_BLOCK_SHIFT`
+    /// bytes) shifts to become a byte offset into `words` (blocks of `1 << blockShift` bytes).
+    @usableFromInline let offsetShift: Int
     @usableFromInline let words: UnsafeMutablePointer<Atomic<UInt64>>
 
     init(width: Int) {
         self.width = width
-        let perLine = cacheLineSize / MemoryLayout<UInt64>.stride
-        stride = (width + perLine - 1) / perLine * perLine
-        words = RawMemory.allocateAtomics(UInt64.self, count: ThreadSlot.count * stride, initial: 0)
+        var shift = 0
+        while 1 << shift < max(cacheLineSize, width * MemoryLayout<UInt64>.stride) { shift += 1 }
+        precondition(shift <= ThreadSlot.blockShift, "SlotCounters: \(width) counters do not fit a block")
+        blockShift = shift
+        offsetShift = ThreadSlot.blockShift - shift
+        words = RawMemory.allocateAtomics(UInt64.self, count: (Self.blocks << shift) >> 3, initial: 0)
     }
 
-    deinit { RawMemory.deallocateAtomics(words, count: ThreadSlot.count * stride) }
+    deinit { RawMemory.deallocateAtomics(words, count: (Self.blocks << blockShift) >> 3) }
 
-    /// Adds `delta` to counter `index` for the calling thread's slot.
+    /// Blocks: the shared one and one per slot a thread can own (the last slot is never owned).
+    @usableFromInline static var blocks: Int { ThreadSlot.count }
+
+    /// Adds `delta` to counter `index` for the calling thread: a relaxed load and store in the
+    /// thread's own block, or a relaxed RMW in the shared block 0.
     @inlinable @inline(__always)
     func add(_ index: Int, _ delta: Int64) {
-        let slot = ThreadSlot.current
-        let word = words + (slot &* stride &+ index)
-        if slot != ThreadSlot.shared {
+        let offset = ThreadSlot.blockOffset
+        let word = (UnsafeMutableRawPointer(words) + (offset &>> offsetShift))
+            .assumingMemoryBound(to: Atomic<UInt64>.self) + index
+        if offset != 0 {
             word.pointee.store(word.pointee.load(ordering: .relaxed) &+ UInt64(bitPattern: delta), ordering: .relaxed)
         } else {
             word.pointee.wrappingAdd(UInt64(bitPattern: delta), ordering: .relaxed)
@@ -37,11 +56,12 @@ final class SlotCounters: @unchecked Sendable {
     @inlinable @inline(__always)
     func increment(_ index: Int) { add(index, 1) }
 
-    /// The sum of counter `index` over all slots.
+    /// The sum of counter `index` over all blocks.
     func sum(_ index: Int) -> Int64 {
         var total: UInt64 = 0
-        for slot in 0..<ThreadSlot.count {
-            total &+= words[slot * stride + index].load(ordering: .relaxed)
+        let stride = (1 << blockShift) >> 3
+        for block in 0..<Self.blocks {
+            total &+= words[block * stride + index].load(ordering: .relaxed)
         }
         return Int64(bitPattern: total)
     }

@@ -53,17 +53,24 @@ final class VMAIndex: @unchecked Sendable {
     func lookup(_ address: UInt64) -> Unmanaged<VMA>? {
         // Acquiring: the nodes reachable from the root are fully initialised.
         let rootBits = publishedRoot.load(ordering: .acquiring)
-        guard rootBits != 0 else { return nil }
+        // No VMA contains the last address, and below it the search needs no clamp (see
+        // `rank(belowMaximum:)`).
+        guard rootBits != 0, address != .max else { return nil }
         var node = IndexNode(raw: UnsafeMutableRawPointer(bitPattern: rootBits).unsafelyUnwrapped)
+        // Every leaf is at the same depth: the root's level says how many inner nodes follow, so
+        // the descent reads no child's level.
+        var levels = node.level
         while true {
-            let position = node.rank(of: address)
+            checkInvariant(node.level == levels, "VMA index node at an unexpected depth")
+            let position = node.rank(belowMaximum: address)
             if position < 0 { return nil }
             let slot = node.slot(position).unsafelyUnwrapped
-            if node.level == 0 {
+            if levels == 0 {
                 let vma = Unmanaged<VMA>.fromOpaque(slot)
                 let end = vma._withUnsafeGuaranteedRef { $0.end }
                 return address < end ? vma : nil
             }
+            levels &-= 1
             node = IndexNode(raw: slot)
             // The search below reads keys and a slot on up to five lines of the child, each
             // depending on the last: start loading all of them now.
@@ -235,7 +242,7 @@ final class VMAIndex: @unchecked Sendable {
                 current.insert(at: position, key: key, slot: value)
                 return (current, nil)
             }
-            let right = current.splitOff(edit: edit)
+            let right = current.splitOff(edit: edit, appending: position == current.count)
             if position <= current.count {
                 current.insert(at: position, key: key, slot: value)
             } else {
@@ -251,7 +258,7 @@ final class VMAIndex: @unchecked Sendable {
             current.insert(at: position + 1, key: split.key(0), slot: split.raw)
             return (current, nil)
         }
-        let right = current.splitOff(edit: edit)
+        let right = current.splitOff(edit: edit, appending: position + 1 == current.count)
         if position + 1 <= current.count {
             current.insert(at: position + 1, key: split.key(0), slot: split.raw)
         } else {
@@ -395,6 +402,20 @@ struct IndexNode {
         raw.load(fromByteOffset: Self.slotsOffset &+ 8 &* index, as: UnsafeMutableRawPointer?.self)
     }
 
+    /// ``rank(of:)`` for a key below `UInt64.max`: the unused slots' keys (`UInt64.max`) are
+    /// greater than it, so the result is a used slot without the clamp (lock-free lookups).
+    @inlinable @inline(__always)
+    func rank(belowMaximum key: UInt64) -> Int {
+        checkInvariant(key != .max, "rank(belowMaximum:) of UInt64.max")
+        let keys = raw.advanced(by: Self.keysOffset).assumingMemoryBound(to: UInt64.self)
+        var index = 0
+        index &+= keys[index &+ 8] <= key ? 8 : 0
+        index &+= keys[index &+ 4] <= key ? 4 : 0
+        index &+= keys[index &+ 2] <= key ? 2 : 0
+        index &+= keys[index &+ 1] <= key ? 1 : 0
+        return keys[index] <= key ? index : -1
+    }
+
     /// Index of the last key ≤ `key`, or -1: a branchless binary search over all 16 slots (four
     /// dependent loads and conditional moves, instead of a scan whose branch mispredicts). Unused
     /// slots hold `UInt64.max`, so the result is clamped to the used keys for `key == UInt64.max`.
@@ -439,11 +460,15 @@ struct IndexNode {
         setCount(count - 1)
     }
 
-    /// Moves the upper half into a new node (same level) and returns it.
-    func splitOff(edit: UInt64) -> IndexNode {
+    /// Moves the upper half into a new node (same level) and returns it. When the key that
+    /// overflowed the node goes after all of its keys (`appending`: mappings placed in address
+    /// order, the common way a space fills), only ``minimumFill`` - 1 keys move, so such nodes
+    /// stay nearly full and the tree one level lower (10,000 sequential mappings: 4 levels,
+    /// not 5); the new right node gets the key and holds ``minimumFill``.
+    func splitOff(edit: UInt64, appending: Bool = false) -> IndexNode {
         let right = IndexNode.allocate(level: level, edit: edit)
         let count = self.count
-        let keep = count / 2
+        let keep = appending ? count - (Self.minimumFill - 1) : count / 2
         for index in keep..<count {
             right.store(index - keep, key: key(index), slot: slot(index))
             store(index, key: .max, slot: nil)
