@@ -20,9 +20,6 @@ final class VMAEdit {
     /// VMAs this edit split off (``split(_:at:)``), for ``mergeNeighbours(_:backward:chain:)``.
     private var splitOff: Set<ObjectIdentifier> = []
     private let holdsWriterLocks: Bool
-    /// VMAs touched with ``touchExclusively(_:)`` (the others of a `writerLocks` edit are in their
-    /// shared zap section).
-    private var exclusivelyLocked: Set<ObjectIdentifier> = []
     /// The space's mmap lock when its faults use per-VMA locks and this edit holds the mmap write
     /// lock (touched VMAs are then write-locked); `nil` otherwise.
     private let vmaLocks: Unmanaged<MmapLock>?  // unretained: the space owns it and outlives the edit
@@ -59,12 +56,11 @@ final class VMAEdit {
     func touchExclusively(_ vma: VMA) {
         checkInvariant(holdsWriterLocks, "touchExclusively outside a writerLocks edit")
         if !touchedSet.insert(ObjectIdentifier(vma)).inserted {
-            checkInvariant(exclusivelyLocked.contains(ObjectIdentifier(vma)), "touchExclusively after touch")
+            checkInvariant(vma.heldExclusively, "touchExclusively after touch")
             return
         }
         vma.lockExclusively()
         vma.beginWrite()
-        exclusivelyLocked.insert(ObjectIdentifier(vma))
         touched.append(vma)
     }
 
@@ -182,14 +178,15 @@ final class VMAEdit {
         publish()
         if holdsWriterLocks {
             for vma in touched {
-                if exclusivelyLocked.contains(ObjectIdentifier(vma)) {
+                // Touched with `touchExclusively` (which this edit alone can have set), or in
+                // the shared zap section.
+                if vma.heldExclusively {
                     vma.endWrite()
                     vma.unlockExclusively()
                 } else {
                     vma.leaveZapSection()
                 }
             }
-            exclusivelyLocked.removeAll()
         } else {
             for vma in touched where !vma.isRemoved {
                 vma.endWrite()

@@ -92,6 +92,10 @@ final class VMA: @unchecked Sendable {
     private var removed = false
     /// Zaps inside the shared zap section (``enterZapSection()``); guarded by `writerLock`.
     private var zappers = 0
+    /// Whether a writer holds `writerLock` through ``lockExclusively()``; changed only by that
+    /// holder. A zapper inside the shared section reads `false` without the lock: nobody can take
+    /// the VMA exclusively while a zap is inside.
+    private(set) var heldExclusively = false
     /// Guards `zappers` and the write section of writers that hold only the mmap read lock: zaps
     /// (madvise, reclaim, migration) hold it only to enter and leave the shared zap section; an
     /// attribute change under the mmap read lock (``lockExclusively()``) holds it throughout. A
@@ -191,7 +195,10 @@ final class VMA: @unchecked Sendable {
         var backoff = Backoff()
         while true {
             writerLock.lock()
-            if zappers == 0 { return }
+            if zappers == 0 {
+                heldExclusively = true
+                return
+            }
             writerLock.unlock()
             backoff.wait()
         }
@@ -200,13 +207,20 @@ final class VMA: @unchecked Sendable {
     /// ``lockExclusively()`` if that needs no wait; `false` otherwise (an OOM reap never blocks).
     func tryLockExclusively() -> Bool {
         guard writerLock.tryLock() else { return false }
-        if zappers == 0 { return true }
+        if zappers == 0 {
+            heldExclusively = true
+            return true
+        }
         writerLock.unlock()
         return false
     }
 
     /// Releases ``lockExclusively()``.
-    func unlockExclusively() { writerLock.unlock() }
+    func unlockExclusively() {
+        checkInvariant(heldExclusively, "unlockExclusively without lockExclusively")
+        heldExclusively = false
+        writerLock.unlock()
+    }
 
     /// Marks the VMA removed: its sequence count becomes (and stays) odd, so speculative readers
     /// that still find it abort.
