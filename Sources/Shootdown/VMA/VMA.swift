@@ -96,6 +96,11 @@ final class VMA: @unchecked Sendable {
     /// holder. A zapper inside the shared section reads `false` without the lock: nobody can take
     /// the VMA exclusively while a zap is inside.
     private(set) var heldExclusively = false
+    /// Writers waiting in ``lockExclusively()`` for the zaps inside to leave; guarded by
+    /// `writerLock`. While non-zero, no new zap enters.
+    private var exclusiveWaiters = 0
+    /// Zaps waiting in ``enterZapSection()`` for such a writer; guarded by `writerLock`.
+    private var zapsWaitingForWriter = 0
     /// Guards `zappers` and the write section of writers that hold only the mmap read lock: zaps
     /// (madvise, reclaim, migration) hold it only to enter and leave the shared zap section; an
     /// attribute change under the mmap read lock (``lockExclusively()``) holds it throughout. A
@@ -170,9 +175,23 @@ final class VMA: @unchecked Sendable {
     /// other and against faults. Zaps change entries only, never the VMA's fields: a change of
     /// those under the mmap read lock needs ``lockExclusively()``, which waits for the zaps.
     ///
+    /// A writer waiting in ``lockExclusively()`` has priority: a zap that is not yet inside waits
+    /// until that writer is done (with back-off), so a stream of overlapping zaps cannot starve
+    /// it (the zaps already inside finish without waiting for anything here).
+    ///
     /// Caller: the mmap read lock. Pair with ``leaveZapSection()``.
     func enterZapSection() {
+        var backoff = Backoff()
         writerLock.lock()
+        if exclusiveWaiters > 0 {
+            zapsWaitingForWriter += 1
+            repeat {
+                writerLock.unlock()
+                backoff.wait()
+                writerLock.lock()
+            } while exclusiveWaiters > 0
+            zapsWaitingForWriter -= 1
+        }
         if zappers == 0 { beginWrite() }
         zappers += 1
         writerLock.unlock()
@@ -193,16 +212,24 @@ final class VMA: @unchecked Sendable {
     /// installation's flag); the caller enters the write section itself (``beginWrite()``).
     func lockExclusively() {
         var backoff = Backoff()
-        while true {
-            writerLock.lock()
-            if zappers == 0 {
-                heldExclusively = true
-                return
-            }
-            writerLock.unlock()
-            backoff.wait()
+        writerLock.lock()
+        if zappers > 0 {
+            // Announced under the lock: no zap enters from here on (see `enterZapSection`).
+            exclusiveWaiters += 1
+            repeat {
+                writerLock.unlock()
+                backoff.wait()
+                writerLock.lock()
+            } while zappers > 0
+            exclusiveWaiters -= 1
         }
+        heldExclusively = true
     }
+
+    /// Zaps waiting for a writer that wants the VMA exclusively (tests).
+    var zapsWaitingForWriterCount: Int { writerLock.withLock { zapsWaitingForWriter } }
+    /// Writers waiting in ``lockExclusively()`` (tests).
+    var exclusiveWaitersCount: Int { writerLock.withLock { exclusiveWaiters } }
 
     /// ``lockExclusively()`` if that needs no wait; `false` otherwise (an OOM reap never blocks).
     func tryLockExclusively() -> Bool {

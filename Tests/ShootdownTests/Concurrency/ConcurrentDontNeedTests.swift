@@ -102,6 +102,71 @@ struct ConcurrentDontNeedTests {
         #expect(memory.framesInUse == 0)
     }
 
+    /// A guard installation, which changes the VMA's flags and so needs it without zaps inside,
+    /// used to poll until it found no zap inside, while new zaps kept entering: two or three
+    /// threads zapping one VMA in overlapping calls held it off for seconds, and in half the
+    /// runs for good (found by review: not finished after 10 s, 150 000 zaps later). A waiting
+    /// writer now has priority. Here zap A is held inside the VMA, the guard installation waits
+    /// for it, and a second zap B of other pages must then wait for the installation instead of
+    /// entering: B's invalidation must see the guard installed.
+    @Test func guardInstallationIsNotStarvedByZapsOfItsVMA() throws {
+        let memory = PhysicalMemory(capacity: 4096, swapSlots: 64)
+        let space = try AddressSpace(memory: memory)
+        let page = Self.page
+        let base = try space.map(length: 64 * page)
+        for address in eachPage(base, base + 64 * page) { try space.write(1, at: address) }
+        let vma = try #require(space.index.find(containing: base))
+        let gate = ConcurrentZapGate(heldPage: base)
+        try space.registerNotifier(gate)
+
+        let zapA = TestThread("dontneed-held") {
+            try? space.advise(address: base, length: 4 * page, advice: .dontNeed)
+        }
+        guard Self.spin(until: { gate.entered.load(ordering: .acquiring) }) else {
+            Issue.record("zap A never reached its invalidation")
+            gate.opened.store(true, ordering: .releasing)
+            zapA.join("zap A")
+            return
+        }
+        let guardDone = Atomic<Bool>(false)
+        let installer = TestThread("guard-install") {
+            try? space.advise(address: base + 32 * page, length: page, advice: .guardInstall)
+            guardDone.store(true, ordering: .releasing)
+        }
+        guard Self.spin(until: { vma.exclusiveWaitersCount > 0 }) else {
+            Issue.record("the guard installation never waited for zap A")
+            gate.opened.store(true, ordering: .releasing)
+            zapA.join("zap A")
+            installer.join("guard install")
+            return
+        }
+        let sawGuardAtZap = Atomic<Int>(-1)
+        let zapB = TestThread("dontneed-other") {
+            try? space.advise(address: base + 8 * page, length: 4 * page, advice: .dontNeed)
+            sawGuardAtZap.store(guardDone.load(ordering: .acquiring) ? 1 : 0, ordering: .releasing)
+        }
+        // Zap B either waits for the installer (the fix) or, as before, goes in and finishes
+        // while zap A is still held.
+        let settled = Self.spin {
+            vma.zapsWaitingForWriterCount > 0 || sawGuardAtZap.load(ordering: .acquiring) >= 0
+        }
+        #expect(settled, "zap B neither waited nor finished")
+        let wentAhead = sawGuardAtZap.load(ordering: .acquiring) != -1
+        #expect(!wentAhead, "zap B went in ahead of the waiting guard installation")
+        gate.opened.store(true, ordering: .releasing)
+        guard zapA.join("zap A"), installer.join("guard install"), zapB.join("zap B") else { return }
+        let installed = guardDone.load(ordering: .acquiring)
+        #expect(installed)
+        #expect(space.translate(base + 32 * page)?.isGuard == true)
+        #expect(space.translate(base + 8 * page) == nil)
+        space.unregisterNotifier(gate)
+        let audit = space.audit()
+        #expect(audit.entriesOutsideVMAs == 0 && audit.deadTablesReached == 0, "\(audit)")
+        space.teardown()
+        RCU.barrier()
+        #expect(memory.framesInUse == 0)
+    }
+
     /// Stress: threads DONTNEED (and page out) disjoint ranges of one VMA in parallel, each in a
     /// PTE table shared with the others, while other threads write-fault and read back their own
     /// pages of the same VMA (through the configured fault path, so speculative faults validate
