@@ -975,6 +975,7 @@ int64_t cinterop_read_file(const char *path, void *buffer, size_t capacity) {
 }
 
 int64_t cinterop_read_file_at(const char *path, uint64_t offset, void *buffer, size_t length) {
+    if (offset > (uint64_t)INT64_MAX) return -(int64_t)EINVAL;  // pread's offset is signed
     int fd = cinterop_open_read_only(path);
     if (fd < 0) return -(int64_t)errno;
     int64_t total = cinterop_fill(fd, buffer, length, (int64_t)offset);

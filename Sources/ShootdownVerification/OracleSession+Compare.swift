@@ -213,10 +213,18 @@ extension OracleSession {
     /// page cache does, about a minute after a region goes cold), so no operation list decides
     /// it. The engine drops the page too if, in the engine, no process maps it, nothing pins it
     /// and it is clean (``AddressSpace/reclaimUnmappedObjectPage(at:)``); otherwise the difference
-    /// stands. A hole punch (`MADV_REMOVE`) is never followed: it must drop its pages itself.
+    /// stands. Never followed inside the range of an operation that drops pages itself (a hole
+    /// punch, page-out, `MADV_COLD`, a collapse): there the engine has to match Linux on its own,
+    /// and following would hide its mistake.
     func followsHostReclaim(_ op: KernelOp, _ entry: SmapsEntry, _ address: UInt64, _ engine: EngineProcess) -> Bool {
         guard entry.permissions.hasSuffix("s") else { return false }
-        if case .madvise(_, _, let advice) = op, advice == LinuxABI.adviceValue("REMOVE") { return false }
+        if case .madvise(let start, let length, let advice) = op,
+            ["REMOVE", "PAGEOUT", "COLD", "COLLAPSE"].contains(where: { LinuxABI.adviceValue($0) == advice })
+        {
+            let first = start.resolved(in: layout) & ~(LinuxABI.pageSize - 1)
+            let (end, overflow) = first.addingReportingOverflow(length)
+            if address >= first && (overflow || address < end) { return false }
+        }
         guard (try? engine.space.reclaimUnmappedObjectPage(at: address)) == true else { return false }
         hostReclaimsFollowed += 1
         return true
