@@ -320,7 +320,8 @@ public final class AddressSpace: @unchecked Sendable {
         return address + length
     }
 
-    /// A snapshot of `vma` for an invalidation range.
+    /// A snapshot of `vma` for an invalidation range (inlined: a few loads, less than the call).
+    @inline(__always)
     func snapshot(_ vma: VMA) -> VMASnapshot {
         VMASnapshot(start: vma.start, end: vma.end, protection: vma.protection, flags: vma.flags.with(vma.protection))
     }
