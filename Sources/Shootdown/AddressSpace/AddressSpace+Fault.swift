@@ -336,7 +336,9 @@ extension AddressSpace {
         }
         // Shot down above, or nothing changed.
         scope.endWithoutTLBShootdown()
-        memory.release(chain)
+        // Usually empty: the old frame stays mapped by the other side of the fork, so the call
+        // (and the chain passed through memory) is skipped then.
+        if chain.count | chain.hugeCount != 0 { memory.release(chain) }
         if !replaced {
             memory.freeUnused(copy)
             return false

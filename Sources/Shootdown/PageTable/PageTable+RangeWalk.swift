@@ -105,51 +105,40 @@ extension PageTable {
         var head = chain.first
         var tail = chain.last
         var gathered = chain.count
-        var pages = 0
-        var sawSwap = false
-        var index = first
-        while index < last {
-            let raw = table[index].pointee.load(ordering: .relaxed)
-            if raw != 0 {
-                if raw & (PageTableEntry.present | PageTableEntry.swap) == PageTableEntry.swap {
-                    sawSwap = true
-                } else {
-                    // Relaxed: the split lock orders this against other writers; lockless readers
-                    // load atomically and revalidate.
-                    table[index].pointee.store(0, ordering: .relaxed)
-                    pages &+= 1
-                    let frame = (raw & PageTableEntry.numberMask) &>> 12
-                    if frame != PhysicalMemory.zeroFrame {
-                        let word = counts + Int(truncatingIfNeeded: frame)
-                        // Exclusive fast path (see PhysicalMemory): the split lock we hold is the
-                        // only way to reach a frame mapped once, so no atomic RMW is needed, and a
-                        // free frame's counts are dead state (allocation sets them), so release
-                        // builds do not even clear them; checked builds do.
-                        var freed = word.pointee.load(ordering: .relaxed) == PhysicalMemory.exclusivelyMapped
-                        if freed {
-                            #if SHOOTDOWN_INTERNAL_CHECKS
-                            word.pointee.store(0, ordering: .relaxed)
-                            #endif
-                        } else {
-                            let remaining = word.pointee.wrappingSubtract(
-                                PhysicalMemory.refOne | PhysicalMemory.mapOne, ordering: .acquiringAndReleasing
-                            ).newValue
-                            #if SHOOTDOWN_INTERNAL_CHECKS
-                            checkInvariant(remaining & 0xFFFF_FFFF != 0xFFFF_FFFF, "frame \(frame) refcount underflow")
-                            #endif
-                            freed = remaining == 0
-                        }
-                        if freed {
-                            links[Int(truncatingIfNeeded: frame)].store(UInt32(truncatingIfNeeded: head), ordering: .relaxed)
-                            if gathered == 0 { tail = frame }
-                            head = frame
-                            gathered &+= 1
-                        }
-                    }
+        // The entries this pass leaves: empty ones counted in the low 16 bits, swap entries above
+        // (a table has 512 entries; 1 << 16 is an immediate operand, no constant register).
+        // Counting those, rare in a populated range, instead of the cleared ones keeps a counter
+        // update out of the common path.
+        var skipped = 0
+        var entry = table[first]
+        let end = table[last]
+        // The chain's tail is set by the first frame appended to an empty chain: only while the
+        // chain is empty does the loop track it (one table of a zap), so the loop that runs for
+        // the rest does not test for it per page.
+        if gathered == 0 {
+            while entry < end {
+                let frame = Self.zapEntry(entry, counts: counts, skipped: &skipped)
+                entry += 1
+                if frame != PhysicalMemory.zeroFrame {
+                    links[Int(truncatingIfNeeded: frame)].store(UInt32(truncatingIfNeeded: head), ordering: .relaxed)
+                    tail = frame
+                    head = frame
+                    gathered = 1
+                    break
                 }
             }
-            index &+= 1
         }
+        while entry < end {
+            let frame = Self.zapEntry(entry, counts: counts, skipped: &skipped)
+            entry += 1
+            if frame != PhysicalMemory.zeroFrame {
+                links[Int(truncatingIfNeeded: frame)].store(UInt32(truncatingIfNeeded: head), ordering: .relaxed)
+                head = frame
+                gathered &+= 1
+            }
+        }
+        let pages = (last &- first) &- (skipped & 0xFFFF) &- (skipped &>> 16)
+        let sawSwap = skipped &>> 16 != 0
         chain.first = head
         chain.last = tail
         chain.count = gathered
@@ -169,5 +158,55 @@ extension PageTable {
             }
         }
         return (pages, swapEntries)
+    }
+
+    /// One entry of `zapEntries`' first pass: clears it unless it is empty or a swap entry
+    /// (counted in `skipped`), and returns the frame whose last mapping it was, or the zero frame
+    /// when none was freed.
+    @inline(__always)
+    static func zapEntry(
+        _ entry: UnsafeMutablePointer<Atomic<UInt64>>, counts: UnsafeMutablePointer<Atomic<UInt64>>,
+        skipped: inout Int
+    ) -> UInt64 {
+        let raw = entry.pointee.load(ordering: .relaxed)
+        // Present entries are cleared; of the others, empty entries and swap entries (left for
+        // the second pass) are skipped and PROT_NONE entries cleared.
+        if raw & PageTableEntry.present == 0 {
+            if raw == 0 {
+                skipped &+= 1
+                return PhysicalMemory.zeroFrame
+            }
+            if raw & PageTableEntry.swap != 0 {
+                skipped &+= 1 &<< 16
+                return PhysicalMemory.zeroFrame
+            }
+        }
+        // Relaxed: the split lock orders this against other writers; lockless readers load
+        // atomically and revalidate.
+        entry.pointee.store(0, ordering: .relaxed)
+        // The frame number, bits 12..<52 (numberMask).
+        let frame = (raw &<< 12) &>> 24
+        #if SHOOTDOWN_INTERNAL_CHECKS
+        checkInvariant(frame == (raw & PageTableEntry.numberMask) &>> 12, "frame number extraction")
+        #endif
+        if frame == PhysicalMemory.zeroFrame { return frame }
+        let word = counts + Int(truncatingIfNeeded: frame)
+        // Exclusive fast path (see PhysicalMemory): the split lock we hold is the only way to
+        // reach a frame mapped once, so no atomic RMW is needed, and a free frame's counts are
+        // dead state (allocation sets them), so release builds do not even clear them; checked
+        // builds do.
+        if word.pointee.load(ordering: .relaxed) == PhysicalMemory.exclusivelyMapped {
+            #if SHOOTDOWN_INTERNAL_CHECKS
+            word.pointee.store(0, ordering: .relaxed)
+            #endif
+            return frame
+        }
+        let remaining = word.pointee.wrappingSubtract(
+            PhysicalMemory.refOne | PhysicalMemory.mapOne, ordering: .acquiringAndReleasing
+        ).newValue
+        #if SHOOTDOWN_INTERNAL_CHECKS
+        checkInvariant(remaining & 0xFFFF_FFFF != 0xFFFF_FFFF, "frame \(frame) refcount underflow")
+        #endif
+        return remaining == 0 ? frame : PhysicalMemory.zeroFrame
     }
 }
