@@ -181,15 +181,10 @@ final class VMA: @unchecked Sendable {
     ///
     /// Caller: the mmap read lock. Pair with ``leaveZapSection()``.
     func enterZapSection() {
-        var backoff = Backoff()
         writerLock.lock()
         if exclusiveWaiters > 0 {
             zapsWaitingForWriter += 1
-            repeat {
-                writerLock.unlock()
-                backoff.wait()
-                writerLock.lock()
-            } while exclusiveWaiters > 0
+            waitHoldingWriterLock { exclusiveWaiters > 0 }
             zapsWaitingForWriter -= 1
         }
         if zappers == 0 { beginWrite() }
@@ -211,19 +206,25 @@ final class VMA: @unchecked Sendable {
     /// ``unlockExclusively()``. For changes of the VMA's fields under the mmap read lock (guard
     /// installation's flag); the caller enters the write section itself (``beginWrite()``).
     func lockExclusively() {
-        var backoff = Backoff()
         writerLock.lock()
         if zappers > 0 {
             // Announced under the lock: no zap enters from here on (see `enterZapSection`).
             exclusiveWaiters += 1
-            repeat {
-                writerLock.unlock()
-                backoff.wait()
-                writerLock.lock()
-            } while zappers > 0
+            waitHoldingWriterLock { zappers > 0 }
             exclusiveWaiters -= 1
         }
         heldExclusively = true
+    }
+
+    /// With `writerLock` held: drops it, backs off and retakes it until `condition` (read under
+    /// the lock) is false. Returns with the lock held.
+    private func waitHoldingWriterLock(while condition: () -> Bool) {
+        var backoff = Backoff()
+        while condition() {
+            writerLock.unlock()
+            backoff.wait()
+            writerLock.lock()
+        }
     }
 
     /// Zaps waiting for a writer that wants the VMA exclusively (tests).

@@ -50,6 +50,24 @@ struct ConcurrentDontNeedTests {
         return true
     }
 
+    /// Starts a thread whose DONTNEED of `[address, address + length)` the gate holds inside its
+    /// invalidation, and waits until it is there; `nil` (issue recorded, thread joined) if it
+    /// never arrives.
+    static func heldZap(
+        _ space: AddressSpace, _ gate: ConcurrentZapGate, _ address: UInt64, _ length: UInt64, _ name: String
+    ) -> TestThread? {
+        let thread = TestThread("dontneed-held") {
+            try? space.advise(address: address, length: length, advice: .dontNeed)
+        }
+        guard spin(until: { gate.entered.load(ordering: .acquiring) }) else {
+            Issue.record("\(name) never reached its invalidation")
+            gate.opened.store(true, ordering: .releasing)
+            thread.join(name)
+            return nil
+        }
+        return thread
+    }
+
     /// MADV_DONTNEED runs under the mmap read lock and, as in Linux, two of them over disjoint
     /// ranges of one VMA run in parallel. The engine used to take the VMA's writer lock for every
     /// zap, so the second waited for the first's whole invalidation (seen: thread B stuck behind A
@@ -68,15 +86,7 @@ struct ConcurrentDontNeedTests {
         let gate = ConcurrentZapGate(heldPage: base)
         try space.registerNotifier(gate)
 
-        let holder = TestThread("dontneed-held") {
-            try? space.advise(address: base, length: 4 * page, advice: .dontNeed)
-        }
-        guard Self.spin(until: { gate.entered.load(ordering: .acquiring) }) else {
-            Issue.record("thread A never reached its invalidation")
-            gate.opened.store(true, ordering: .releasing)
-            holder.join("thread A")
-            return
-        }
+        guard let holder = Self.heldZap(space, gate, base, 4 * page, "thread A") else { return }
         let otherDone = Atomic<Bool>(false)
         let other = TestThread("dontneed-other") {
             try? space.advise(address: base + 32 * page, length: 4 * page, advice: .dontNeed)
@@ -119,15 +129,7 @@ struct ConcurrentDontNeedTests {
         let gate = ConcurrentZapGate(heldPage: base)
         try space.registerNotifier(gate)
 
-        let zapA = TestThread("dontneed-held") {
-            try? space.advise(address: base, length: 4 * page, advice: .dontNeed)
-        }
-        guard Self.spin(until: { gate.entered.load(ordering: .acquiring) }) else {
-            Issue.record("zap A never reached its invalidation")
-            gate.opened.store(true, ordering: .releasing)
-            zapA.join("zap A")
-            return
-        }
+        guard let zapA = Self.heldZap(space, gate, base, 4 * page, "zap A") else { return }
         let guardDone = Atomic<Bool>(false)
         let installer = TestThread("guard-install") {
             try? space.advise(address: base + 32 * page, length: page, advice: .guardInstall)
