@@ -288,13 +288,19 @@ extension AddressSpace {
                     splitPartialHugeMappings(start, stop)
                     let scope = beginInvalidation(start, stop, .clear, vma: snapshot(vma))
                     var chain = FrameChain()
-                    let result = withSecondaryTLBHook { hook in
-                        pageTable.zap(from: start, to: stop, memory: memory, chain: &chain, keepGuards: true, flush: hook)
+                    // A classic or per-VMA-lock fault may map a page between the zap and the
+                    // markers (neither waits for this VMA's write section): the markers skip it,
+                    // and the range is zapped and marked again, as Linux retries on `-EAGAIN`.
+                    while true {
+                        let result = withSecondaryTLBHook { hook in
+                            pageTable.zap(from: start, to: stop, memory: memory, chain: &chain, keepGuards: true, flush: hook)
+                        }
+                        recordZap(result)
+                        testHook(.guardInstallAfterZap)
+                        if installGuards(start, stop) == 0 { break }
                     }
-                    installGuards(start, stop)
                     scope.end()
                     memory.release(chain)
-                    recordZap(result)
                 }
             }
         case .guardRemove:
@@ -315,9 +321,11 @@ extension AddressSpace {
         }
     }
 
-    /// Writes guard markers into every entry of `[start, end)` (which was just zapped, except for
-    /// markers), allocating tables. Caller: mmap lock, the range's VMA in an edit.
-    private func installGuards(_ start: UInt64, _ end: UInt64) {
+    /// Writes guard markers into every empty entry of `[start, end)` (which was just zapped,
+    /// except for markers), allocating tables. Returns how many entries it skipped because a
+    /// fault mapped them since the zap. Caller: mmap lock, the range's VMA in an edit.
+    private func installGuards(_ start: UInt64, _ end: UInt64) -> Int {
+        var skipped = 0
         var page = start
         while page < end {
             guard let pmd = pageTable.pmdTable(for: page),
@@ -328,15 +336,19 @@ extension AddressSpace {
                 var address = page
                 while address < chunkEnd {
                     let slot = PageTable.index(address, level: 0)
-                    if table.load(slot).isNone {
+                    let entry = table.load(slot)
+                    if entry.isNone {
                         // Releasing: lockless walkers see the marker whole.
                         table[slot].pointee.store(PageTableEntry.guardEntry.rawValue, ordering: .releasing)
+                    } else if !entry.isGuard {
+                        skipped += 1
                     }
                     address += Self.pageSize
                 }
             }
             page = chunkEnd
         }
+        return skipped
     }
 
     /// `MADV_FREE` on private memory (`madvise_free_pte_range`): under one `clear` invalidation,

@@ -20,6 +20,10 @@ enum TestHookPoint: Int, CaseIterable, Sendable {
     /// A TLB shootdown bumped the generation and is about to store its flush record (no lock of
     /// its own; the caller's split lock if it flushes under one).
     case tlbShootdownBeforeRecord
+    /// A guard installation zapped its range and is about to write the markers (the mmap read
+    /// lock held, the VMA held exclusively and in its write section; no split lock): a classic
+    /// fault may map a page of the range here.
+    case guardInstallAfterZap
 }
 
 #if SHOOTDOWN_INTERNAL_CHECKS

@@ -112,6 +112,34 @@ private let base = NotifierTestConstants.base
         #expect(memory.framesInUse == 0 && memory.swap.slotsInUse == 0)
     }
 
+    /// Review (this round): a classic fault that mapped a page of a guard installation's range
+    /// between its zap and its markers left that page mapped, no guard, and the call succeeded;
+    /// Linux zaps again and retries the markers until none is skipped. The fault runs here at the
+    /// interleaving point, on the installing thread (the mmap read lock is shared).
+    @Test func guardInstallLeftAPageAFaultMappedAfterItsZap() throws {
+        let memory = PhysicalMemory(capacity: 1024, swapSlots: 0)
+        let space = try AddressSpace(memory: memory)
+        try space.map(length: 4 * p, placement: .fixed(base))
+        for index in 0..<4 as Range<UInt64> { try space.write(index + 1, at: base + index * p) }
+        let ran = SharedFlag()
+        TestHooks.arm(.guardInstallAfterZap) {
+            try? space.write(9, at: base + p)  // "thread B" faults a page of the range back in
+            ran.set()
+        }
+        defer { TestHooks.disarm(.guardInstallAfterZap) }
+        try space.advise(address: base, length: 2 * p, advice: .guardInstall)
+        #expect(ran.isSet)
+        #expect(space.translate(base)?.isGuard == true)
+        #expect(space.translate(base + p)?.isGuard == true, "the page faulted in after the zap stayed mapped")
+        #expect(throws: MemoryError.segmentationFault) { try space.write(1, at: base + p) }
+        #expect(try space.read(at: base + 2 * p) == 3)
+        let audit = space.audit()
+        #expect(audit.entriesOutsideVMAs == 0, "\(audit)")
+        space.teardown()
+        RCU.barrier()
+        #expect(memory.framesInUse == 0)
+    }
+
     /// Review finding 6: a speculative fault that found its VMA just before munmap published the
     /// removal walked the range after `freeTables` and installed fresh upper and PTE tables by CAS
     /// into the hole; validation then aborted, but the tables stayed (blocking huge mappings there,
