@@ -407,6 +407,21 @@ struct IndexNode {
     @inlinable @inline(__always)
     func rank(belowMaximum key: UInt64) -> Int {
         checkInvariant(key != .max, "rank(belowMaximum:) of UInt64.max")
+        return searchAllSlots(key)
+    }
+
+    /// Index of the last key ≤ `key`, or -1. Unused slots hold `UInt64.max`, so the result is
+    /// clamped to the used keys for `key == UInt64.max`.
+    @inlinable @inline(__always)
+    func rank(of key: UInt64) -> Int {
+        let index = searchAllSlots(key)
+        return index < 0 ? -1 : min(index, count &- 1)
+    }
+
+    /// Index of the last of all 16 slots whose key is ≤ `key`, or -1: a branchless binary search
+    /// (four dependent loads and conditional moves, instead of a scan whose branch mispredicts).
+    @inlinable @inline(__always)
+    func searchAllSlots(_ key: UInt64) -> Int {
         let keys = raw.advanced(by: Self.keysOffset).assumingMemoryBound(to: UInt64.self)
         var index = 0
         index &+= keys[index &+ 8] <= key ? 8 : 0
@@ -414,20 +429,6 @@ struct IndexNode {
         index &+= keys[index &+ 2] <= key ? 2 : 0
         index &+= keys[index &+ 1] <= key ? 1 : 0
         return keys[index] <= key ? index : -1
-    }
-
-    /// Index of the last key ≤ `key`, or -1: a branchless binary search over all 16 slots (four
-    /// dependent loads and conditional moves, instead of a scan whose branch mispredicts). Unused
-    /// slots hold `UInt64.max`, so the result is clamped to the used keys for `key == UInt64.max`.
-    @inlinable @inline(__always)
-    func rank(of key: UInt64) -> Int {
-        let keys = raw.advanced(by: Self.keysOffset).assumingMemoryBound(to: UInt64.self)
-        var index = 0
-        index &+= keys[index &+ 8] <= key ? 8 : 0
-        index &+= keys[index &+ 4] <= key ? 4 : 0
-        index &+= keys[index &+ 2] <= key ? 2 : 0
-        index &+= keys[index &+ 1] <= key ? 1 : 0
-        return keys[index] <= key ? min(index, count &- 1) : -1
     }
 
     private func setCount(_ value: Int) { raw.storeBytes(of: Int32(value), as: Int32.self) }
