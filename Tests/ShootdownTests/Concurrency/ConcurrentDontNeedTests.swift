@@ -50,6 +50,19 @@ struct ConcurrentDontNeedTests {
         return true
     }
 
+    /// Unregisters the gate, audits the space, tears it down and checks every frame came back.
+    static func finish(
+        _ space: AddressSpace, _ memory: PhysicalMemory, _ gate: ConcurrentZapGate,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) {
+        space.unregisterNotifier(gate)
+        let audit = space.audit()
+        #expect(audit.entriesOutsideVMAs == 0 && audit.deadTablesReached == 0, "\(audit)", sourceLocation: sourceLocation)
+        space.teardown()
+        RCU.barrier()
+        #expect(memory.framesInUse == 0, sourceLocation: sourceLocation)
+    }
+
     /// Starts a thread whose DONTNEED of `[address, address + length)` the gate holds inside its
     /// invalidation, and waits until it is there; `nil` (issue recorded, thread joined) if it
     /// never arrives.
@@ -104,12 +117,7 @@ struct ConcurrentDontNeedTests {
         #expect(space.translate(base) == nil)
         #expect(try space.read(at: base + 32 * page) == 0)
         #expect(try space.read(at: base + 8 * page) == 9)
-        space.unregisterNotifier(gate)
-        let audit = space.audit()
-        #expect(audit.entriesOutsideVMAs == 0 && audit.deadTablesReached == 0, "\(audit)")
-        space.teardown()
-        RCU.barrier()
-        #expect(memory.framesInUse == 0)
+        Self.finish(space, memory, gate)
     }
 
     /// A guard installation, which changes the VMA's flags and so needs it without zaps inside,
@@ -161,12 +169,7 @@ struct ConcurrentDontNeedTests {
         #expect(installed)
         #expect(space.translate(base + 32 * page)?.isGuard == true)
         #expect(space.translate(base + 8 * page) == nil)
-        space.unregisterNotifier(gate)
-        let audit = space.audit()
-        #expect(audit.entriesOutsideVMAs == 0 && audit.deadTablesReached == 0, "\(audit)")
-        space.teardown()
-        RCU.barrier()
-        #expect(memory.framesInUse == 0)
+        Self.finish(space, memory, gate)
     }
 
     /// Stress: threads DONTNEED (and page out) disjoint ranges of one VMA in parallel, each in a
@@ -264,17 +267,7 @@ struct ConcurrentDontNeedTests {
         violations.expectNone("parallel zaps of one VMA")
         ConcurrentHarness.report("dontneed(\(path)): mirrorOps=\(mirrorOps.load(ordering: .relaxed)) checks=\(auditor.checks.load(ordering: .relaxed)) \(space.statistics.nonZero)")
         #expect(auditor.checks.load(ordering: .relaxed) > 0)
-        for (address, translation) in mirror.translations {
-            guard let entry = space.translate(address), entry.isPresent, entry.frame == translation.frame else {
-                Issue.record("mirror holds stale \(address.hex) -> \(translation.frame); CPU: \(String(describing: space.translate(address)))")
-                continue
-            }
-            #expect(!translation.writable || entry.isWritable, "mirror writable at \(address.hex), CPU read-only")
-        }
-        let audit = space.audit()
-        #expect(audit.entriesOutsideVMAs == 0)
-        #expect(audit.entriesExceedingProtection == 0)
-        #expect(audit.deadTablesReached == 0 && audit.tablesInHoles == 0, "\(audit)")
+        ConcurrentHarness.expectMirrorCoherent(mirror, with: space)
         space.teardown()
         mirror.detach()
         RCU.barrier()

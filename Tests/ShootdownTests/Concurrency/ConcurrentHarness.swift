@@ -34,6 +34,28 @@ enum ConcurrentHarness {
         if verbose { print("[stress] " + message()) }
     }
 
+    /// After quiescence: every translation `mirror` holds is still what the CPU page table maps
+    /// and no more permissive, and the space's audit finds no entry outside a VMA or beyond its
+    /// protection and no freed or stranded table.
+    static func expectMirrorCoherent(
+        _ mirror: SoftwareMirror, with space: AddressSpace, sourceLocation: SourceLocation = #_sourceLocation
+    ) {
+        for (address, translation) in mirror.translations {
+            guard let entry = space.translate(address), entry.isPresent, entry.frame == translation.frame else {
+                Issue.record(
+                    "mirror holds stale \(address.hex) -> \(translation.frame); CPU: \(String(describing: space.translate(address)))",
+                    sourceLocation: sourceLocation)
+                continue
+            }
+            #expect(!translation.writable || entry.isWritable, "mirror writable at \(address.hex), CPU read-only",
+                sourceLocation: sourceLocation)
+        }
+        let audit = space.audit()
+        #expect(audit.entriesOutsideVMAs == 0, sourceLocation: sourceLocation)
+        #expect(audit.entriesExceedingProtection == 0, sourceLocation: sourceLocation)
+        #expect(audit.deadTablesReached == 0 && audit.tablesInHoles == 0, "\(audit)", sourceLocation: sourceLocation)
+    }
+
     /// A liveness watchdog only (a hang becomes a recorded failure instead of a stuck CI job); no
     /// outcome depends on it.
     static var watchdog: DispatchTime { .now() + .seconds(Int(max(600, 600 * scale))) }

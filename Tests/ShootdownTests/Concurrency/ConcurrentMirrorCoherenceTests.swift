@@ -209,17 +209,7 @@ struct ConcurrentMirrorCoherenceTests {
 
         // Quiescent: every translation the mirror holds is still what the CPU page table maps, and
         // no more permissive.
-        for (address, translation) in mirror.translations {
-            guard let entry = space.translate(address), entry.isPresent, entry.frame == translation.frame else {
-                Issue.record("mirror holds stale \(address.hex) -> \(translation.frame); CPU: \(String(describing: space.translate(address)))")
-                continue
-            }
-            #expect(!translation.writable || entry.isWritable, "mirror writable at \(address.hex), CPU read-only")
-        }
-        let audit = space.audit()
-        #expect(audit.entriesOutsideVMAs == 0)
-        #expect(audit.entriesExceedingProtection == 0)
-        #expect(audit.deadTablesReached == 0 && audit.tablesInHoles == 0, "\(audit)")
+        ConcurrentHarness.expectMirrorCoherent(mirror, with: space)
 
         space.teardown()
         #expect(mirror.count == 0)
