@@ -150,4 +150,22 @@ import Testing
         #expect(kept.differences.contains { $0.category == "residency" || $0.category == "outcome" })
         #expect(session.hostReclaimsFollowed == 1)
     }
+
+    /// A page that an operation drops itself is never put down to the host's reclaim: inside the
+    /// range of a page-out the engine must match Linux on its own (review: following there would
+    /// hide a page-out bug). Here the engine is made to miss the page-out: behind the oracle's
+    /// back it unmaps the page first, so its page-out finds nothing mapped and keeps the page,
+    /// while Linux drops it. The difference must stand.
+    @Test func hostReclaimIsNotFollowedInsideAPageOut() throws {
+        let session = try OracleSession()
+        defer { session.close() }
+        _ = try session.step(.mmap(.absolute(0), length: 0x2000, protection: 3, flags: 0x21))
+        _ = try session.step(.read(.window(-0x2000)))
+        let page = session.layout.windowTop - 0x2000
+        try session.processes[0].engine.space.advise(address: page, length: 0x1000, advice: .dontNeed)  // engine only
+        let step = try session.step(.madvise(.window(-0x2000), length: 0x1000, advice: 21))  // MADV_PAGEOUT
+        try #require(try session.processes[0].linux.mincore(address: page, length: 0x1000).vector == [0])
+        #expect(step.differences.contains { $0.category == "residency" }, "\(step.differences)")
+        #expect(session.hostReclaimsFollowed == 0)
+    }
 }
