@@ -129,3 +129,31 @@ import Testing
         mirror.detach()
     }
 }
+
+/// The speculative fault takes a frame only from the calling thread's own free list; when that is
+/// empty it aborts and the classic path refills the list (or reports that memory is exhausted).
+@Suite struct SpeculativeFrameAllocationTests {
+    @Test func anEmptyOwnFreeListSendsTheFaultToTheClassicPath() throws {
+        // Two 512-frame blocks of usable memory; the mapping starts 256 pages into a PTE table, so
+        // the free list runs dry in the middle of a table, not where the classic path refills it
+        // anyway for a missing table.
+        let memory = PhysicalMemory(capacity: 1024)
+        let space = try AddressSpace(memory: memory)
+        let base: UInt64 = 0x4000_0000 + 256 * 4096
+        _ = try space.map(length: 1025 * 4096, placement: .fixed(base))
+        for page in 0..<1024 { try space.fault(at: base + UInt64(page) * 4096, access: .write) }
+        #expect(memory.framesInUse == 1024 && memory.framesFree == 0)
+        var stats = space.statistics
+        // Classic: the first fault of each of the three tables (pages 0, 256 and 768) and page 512,
+        // where the first block's 512 frames ran out (refilled from the second block).
+        #expect(stats[.speculativeAbortNoTable] == 3 && stats[.speculativeAbortNoMemory] == 1, "\(stats.nonZero)")
+        #expect(stats[.classicFaults] == 4 && stats[.speculativeFaults] == 1020, "\(stats.nonZero)")
+        // Every frame is in use: the speculative fault aborts and the classic one reports it.
+        #expect(throws: MemoryError.outOfMemory) { try space.fault(at: base + 1024 * 4096, access: .write) }
+        stats = space.statistics
+        #expect(stats[.speculativeAbortNoMemory] == 2 && stats[.outOfMemoryFaults] == 1, "\(stats.nonZero)")
+        try space.unmap(address: base, length: 1025 * 4096)
+        #expect(memory.framesInUse == 0)
+        space.teardown()
+    }
+}

@@ -12,6 +12,7 @@ enum SpeculativeOutcome: UInt8 {
     case abortEntryChanged
     case abortLockContention
     case abortNotSupported
+    /// The calling thread's free list of frames was empty (the classic path refills it).
     case abortNoMemory
     case abortNoTable
 
@@ -59,97 +60,108 @@ extension AddressSpace {
     /// and aborts on everything else: a missing page table (it never allocates one), copy-on-write,
     /// swap-in, shared, file-backed or huge-page memory, conflicts.
     /// No heap allocation, no retain/release.
-    @inlinable
+    @inlinable @inline(__always)
     func speculativeFault(_ address: UInt64, _ access: Access) -> SpeculativeOutcome {
         RCU.readLock()
         defer { RCU.readUnlock() }
         guard let found = index.lookup(address) else { return .abortNoVMA }
-        return found._withUnsafeGuaranteedRef { vma -> SpeculativeOutcome in
-            let sequence = vma.sequence.readBegin()
-            if sequence & 1 != 0 { return .abortSequenceOdd }
-            let attributes = vma.attributeWord.load(ordering: .relaxed)
-            let protection = Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 0xFF))
-            let flags = VMFlags(rawValue: attributes >> 8)
-            if address < vma.start || address >= vma.end { return .abortVMAChanged }
-            if !Self.accessAllowed(protection, access) {
-                // A real violation only if the snapshot was consistent.
-                return vma.sequence.hasChanged(since: sequence) ? .abortVMAChanged : .segmentationFault
-            }
-            if !flags.isDisjoint(with: .objectBacked) { return .abortNotSupported }
-            let write = access == .write
-            testHook(.speculativeAfterLookup)
+        return found._withUnsafeGuaranteedRef { speculativeFault(in: $0, address, access) }
+    }
 
-            // Only existing tables: a table installed here could land in a hole that an munmap,
-            // racing with this fault since the lookup, has just freed; validation would abort, but
-            // the table would stay. The first fault in each 2 MiB takes the classic path instead.
-            guard let pmd = pageTable.existingPMDTable(for: address) else { return .abortNoTable }
-            let pmdIndex = PageTable.index(address, level: 1)
-            let pmdEntry = pmd.load(pmdIndex)
-            if pmdEntry.isHuge { return .abortNotSupported }
-            if pmdEntry.isNone {
-                // The classic path allocates the PTE table, or may install a huge mapping.
-                return vma.allowsHuge(at: address & ~(PageTable.hugePageSize &- 1)) ? .abortNotSupported : .abortNoTable
-            }
-            let pte = TableBlock(entry: pmdEntry)
-            let slot = PageTable.index(address, level: 0)
-            let entry = pte.load(slot)
-
-            let lock = pageTable.pteLock(pte)
-            var frame = PhysicalMemory.zeroFrame
-            let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
-            if entry.isPresent {
-                // Spurious unless it needs write access it lacks (copy-on-write, soft-dirty).
-                if write && !entry.isWritable { return .abortNotSupported }
-                if entry.rawValue & wanted == wanted {
-                    counters.increment(SpaceCounter.spuriousFaults.rawValue)
-                    counters.increment(SpaceCounter.speculativeFaults.rawValue)
-                    return .handled
-                }
-            } else if !entry.isNone {
-                return .abortNotSupported  // swap or PROT_NONE entry
-            } else if write {
-                // The first anonymous page needs the VMA's anon_vma identity, which only the classic
-                // path assigns (as the kernel retries a per-VMA-lock fault without an anon_vma under
-                // the mmap lock). Relaxed: a stale zero only sends the fault to the classic path, and
-                // a non-zero identity is never cleared while the VMA's sequence stays unchanged.
-                if vma.anonVMAWord.load(ordering: .relaxed) == 0 { return .abortNotSupported }
-                guard let fresh = memory.allocate() else { return .abortNoMemory }
-                frame = fresh
-            }
-
-            guard lock.tryLock() || lockWithBoundedSpin(lock) else {
-                if frame != PhysicalMemory.zeroFrame { memory.freeUnused(frame) }
-                return .abortLockContention
-            }
-            // Re-validate under the split lock: the table is still linked, the VMA unchanged (its
-            // sequence orders every zap of its pages and every change to it), the entry unchanged.
-            let outcome: SpeculativeOutcome
-            if pmd.load(pmdIndex).rawValue != PageTableEntry.table(at: pte.address).rawValue
-                || vma.sequence.hasChanged(since: sequence)
-            {
-                outcome = .abortVMAChanged
-            } else if pte.load(slot) != entry {
-                outcome = .abortEntryChanged
-            } else {
-                if entry.isPresent {
-                    // Setting accessed/dirty is not a spurious fault (as on the classic path).
-                    pte[slot].pointee.store(entry.rawValue | wanted, ordering: .relaxed)
-                    if write { memory.markDirty(entry.number) }
-                } else {
-                    let installed = PageTableEntry.leaf(frame: frame, writable: write, dirty: write, softDirty: write)
-                    // Releasing: the frame's counts and zeroed token are visible to lockless readers
-                    // that load this entry.
-                    pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
-                    if !write { counters.increment(SpaceCounter.zeroPageFaults.rawValue) }
-                    frame = PhysicalMemory.zeroFrame  // consumed
-                }
-                outcome = .handled
-            }
-            lock.unlock()
-            if frame != PhysicalMemory.zeroFrame { memory.freeUnused(frame) }
-            if outcome == .handled { counters.increment(SpaceCounter.speculativeFaults.rawValue) }
-            return outcome
+    /// The body of ``speculativeFault(_:_:)`` once the VMA is found: one function with the caller
+    /// (no call, no spills across one).
+    ///
+    /// - Precondition: inside the RCU read section `vma` was looked up in.
+    @inlinable @inline(__always)
+    func speculativeFault(in vma: VMA, _ address: UInt64, _ access: Access) -> SpeculativeOutcome {
+        // The thread's per-slot block, read once for the frame's shard and every count below
+        // (the RCU read section attached the thread, so it is final).
+        let slotOffset = ThreadSlot.blockOffset
+        let sequence = vma.sequence.readBegin()
+        if sequence & 1 != 0 { return .abortSequenceOdd }
+        let attributes = vma.attributeWord.load(ordering: .relaxed)
+        let protection = Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 0xFF))
+        let flags = VMFlags(rawValue: attributes >> 8)
+        if address < vma.start || address >= vma.end { return .abortVMAChanged }
+        if !Self.accessAllowed(protection, access) {
+            // A real violation only if the snapshot was consistent.
+            return vma.sequence.hasChanged(since: sequence) ? .abortVMAChanged : .segmentationFault
         }
+        if !flags.isDisjoint(with: .objectBacked) { return .abortNotSupported }
+        let write = access == .write
+        testHook(.speculativeAfterLookup)
+
+        // Only existing tables: a table installed here could land in a hole that an munmap,
+        // racing with this fault since the lookup, has just freed; validation would abort, but
+        // the table would stay. The first fault in each 2 MiB takes the classic path instead.
+        guard let pmd = pageTable.existingPMDTable(for: address) else { return .abortNoTable }
+        let pmdIndex = PageTable.index(address, level: 1)
+        let pmdEntry = pmd.load(pmdIndex)
+        if pmdEntry.isHuge { return .abortNotSupported }
+        if pmdEntry.isNone {
+            // The classic path allocates the PTE table, or may install a huge mapping.
+            return vma.allowsHuge(at: address & ~(PageTable.hugePageSize &- 1)) ? .abortNotSupported : .abortNoTable
+        }
+        let pte = TableBlock(entry: pmdEntry)
+        let slot = PageTable.index(address, level: 0)
+        let entry = pte.load(slot)
+
+        let lock = pageTable.pteLock(pte)
+        var frame = PhysicalMemory.zeroFrame
+        let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
+        if entry.isPresent {
+            // Spurious unless it needs write access it lacks (copy-on-write, soft-dirty).
+            if write && !entry.isWritable { return .abortNotSupported }
+            if entry.rawValue & wanted == wanted {
+                counters.increment(SpaceCounter.spuriousFaults.rawValue, blockOffset: slotOffset)
+                counters.increment(SpaceCounter.speculativeFaults.rawValue, blockOffset: slotOffset)
+                return .handled
+            }
+        } else if !entry.isNone {
+            return .abortNotSupported  // swap or PROT_NONE entry
+        } else if write {
+            // The first anonymous page needs the VMA's anon_vma identity, which only the classic
+            // path assigns (as the kernel retries a per-VMA-lock fault without an anon_vma under
+            // the mmap lock). Relaxed: a stale zero only sends the fault to the classic path, and
+            // a non-zero identity is never cleared while the VMA's sequence stays unchanged.
+            if vma.anonVMAWord.load(ordering: .relaxed) == 0 { return .abortNotSupported }
+            // Only the calling thread's free list: when it is empty, the classic path refills it.
+            guard let fresh = memory.allocateFromOwnShard(blockOffset: slotOffset) else { return .abortNoMemory }
+            frame = fresh
+        }
+
+        guard lock.tryLock() || lockWithBoundedSpin(lock) else {
+            if frame != PhysicalMemory.zeroFrame { memory.freeUnused(frame) }
+            return .abortLockContention
+        }
+        // Re-validate under the split lock: the table is still linked, the VMA unchanged (its
+        // sequence orders every zap of its pages and every change to it), the entry unchanged.
+        let outcome: SpeculativeOutcome
+        if pmd.load(pmdIndex).rawValue != PageTableEntry.table(at: pte.address).rawValue
+            || vma.sequence.hasChanged(since: sequence)
+        {
+            outcome = .abortVMAChanged
+        } else if pte.load(slot) != entry {
+            outcome = .abortEntryChanged
+        } else {
+            if entry.isPresent {
+                // Setting accessed/dirty is not a spurious fault (as on the classic path).
+                pte[slot].pointee.store(entry.rawValue | wanted, ordering: .relaxed)
+                if write { memory.markDirty(entry.number) }
+            } else {
+                let installed = PageTableEntry.leaf(frame: frame, writable: write, dirty: write, softDirty: write)
+                // Releasing: the frame's counts and zeroed token are visible to lockless readers
+                // that load this entry.
+                pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
+                if !write { counters.increment(SpaceCounter.zeroPageFaults.rawValue, blockOffset: slotOffset) }
+                frame = PhysicalMemory.zeroFrame  // consumed
+            }
+            outcome = .handled
+        }
+        lock.unlock()
+        if frame != PhysicalMemory.zeroFrame { memory.freeUnused(frame) }
+        if outcome == .handled { counters.increment(SpaceCounter.speculativeFaults.rawValue, blockOffset: slotOffset) }
+        return outcome
     }
 
     /// Spins a bounded number of times for a contended split lock (the speculative path never

@@ -119,12 +119,42 @@ public final class PhysicalMemory: @unchecked Sendable {
     func allocate(initialCounts: UInt64 = exclusivelyMapped) -> UInt64? {
         let shard = ThreadSlot.current & (Self.shardCount - 1)
         guard let frame = pop(shard: shard) ?? allocateSlow(shard: shard) else { return nil }
+        prepareAllocated(frame, initialCounts: initialCounts, blockOffset: ThreadSlot.blockOffset)
+        return frame
+    }
+
+    /// Allocates one frame as ``allocate(initialCounts:)`` does, but only from the free list of
+    /// the calling thread's shard: `nil` when that list is empty (no refill, no steal, no call).
+    /// For the speculative fault, which then aborts to the classic path, whose allocation refills;
+    /// keeping the out-of-line slow path out of the fault keeps its registers from being spilled
+    /// around a call. `blockOffset` is the caller's ``ThreadSlot/blockOffset`` (read once).
+    ///
+    /// - Precondition: the calling thread is attached (it is inside an RCU read section).
+    @inlinable @inline(__always)
+    func allocateFromOwnShard(blockOffset: Int) -> UInt64? {
+        guard let frame = pop(shard: Self.shard(blockOffset: blockOffset)) else { return nil }
+        prepareAllocated(frame, initialCounts: Self.exclusivelyMapped, blockOffset: blockOffset)
+        return frame
+    }
+
+    /// The shard of the thread whose ``ThreadSlot/blockOffset`` is `blockOffset`: the same as
+    /// `ThreadSlot.current & (shardCount - 1)` for an attached thread (the offset is
+    /// `(slot + 1) << blockShift`, and 0 for a thread in the shared last slot, whose shard is the
+    /// last one either way).
+    @inlinable @inline(__always)
+    static func shard(blockOffset: Int) -> Int {
+        ((blockOffset &>> ThreadSlot.blockShift) &- 1) & (shardCount - 1)
+    }
+
+    /// Zero-fills a frame just popped from a free list (token 0, clean), sets its counts and
+    /// counts it in use.
+    @inlinable @inline(__always)
+    func prepareAllocated(_ frame: UInt64, initialCounts: UInt64, blockOffset: Int) {
         tokens[Int(frame)].store(0, ordering: .relaxed)
         dirtyFlags[Int(frame)].store(0, ordering: .relaxed)  // dirty state and lock mark
         // Relaxed: the frame is private until the caller publishes it under a split lock.
         counts[Int(frame)].store(initialCounts, ordering: .relaxed)
-        inUse.add(0, 1)
-        return frame
+        inUse.add(0, 1, blockOffset: blockOffset)
     }
 
     /// The head word of shard `shard`'s free stack.
