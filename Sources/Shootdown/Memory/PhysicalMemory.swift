@@ -219,8 +219,13 @@ public final class PhysicalMemory: @unchecked Sendable {
     /// returns `first` for the caller.
     private func refill(_ shard: Int, withBlockAt first: UInt64) -> UInt64 {
         let last = first &+ UInt64(Self.framesPerHugePage - 1)
-        for frame in (first &+ 1)..<last {
-            links[Int(frame)].store(UInt32(frame &+ 1), ordering: .relaxed)
+        // Frame numbers fit 32 bits and the block is in range (it was taken from this memory): a
+        // plain counted loop, without the range's and the conversions' overflow checks.
+        var frame = Int(truncatingIfNeeded: first) &+ 1
+        let end = Int(truncatingIfNeeded: last)
+        while frame < end {
+            links[frame].store(UInt32(truncatingIfNeeded: frame &+ 1), ordering: .relaxed)
+            frame &+= 1
         }
         push(first: first &+ 1, last: last, onto: shardTop(shard))
         return first
