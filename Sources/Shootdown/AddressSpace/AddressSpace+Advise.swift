@@ -275,12 +275,15 @@ extension AddressSpace {
         case .guardInstall:
             try mmapLock.withReadLock { () throws(MemoryError) in
                 try checkAlive()
-                let edit = VMAEdit(self, writerLocks: true)
-                defer { edit.finish() }
                 try walkVMAs(address, end, stopAtHole: false) { vma, start, stop throws(MemoryError) in
                     if vma.isSealed && !vma.isShared && !vma.protection.contains(.write) { throw .permissionDenied }
                     if vma.isLocked { throw .invalidArgument }
                     if vma.sharedObject == nil && vma.anonVMA == 0 { prepareAnonVMA(vma) }
+                    // One edit per VMA: holding this VMA exclusively while waiting for the zaps of
+                    // the next would deadlock with a hole punch in the next that zaps this one
+                    // (another mapping of its object) from inside the next's zap section.
+                    let edit = VMAEdit(self, writerLocks: true)
+                    defer { edit.finish() }
                     edit.touchExclusively(vma)  // changes the VMA's flags: no zap may share it
                     // `gu` is set on the whole VMA, without a split (an attribute change under
                     // the VMA's write section).

@@ -42,7 +42,8 @@ final class VMAEdit {
     func touch(_ vma: VMA) {
         if !touchedSet.insert(ObjectIdentifier(vma)).inserted { return }
         if holdsWriterLocks {
-            vma.enterZapSection()
+            // Nested once this edit holds another VMA's section (see `VMA.enterZapSection`).
+            vma.enterZapSection(nested: !touched.isEmpty)
         } else {
             if let vmaLocks { vmaLocks._withUnsafeGuaranteedRef { vma.startWrite($0) } }
             vma.beginWrite()

@@ -177,12 +177,16 @@ final class VMA: @unchecked Sendable {
     ///
     /// A writer waiting in ``lockExclusively()`` has priority: a zap that is not yet inside waits
     /// until that writer is done (with back-off), so a stream of overlapping zaps cannot starve
-    /// it (the zaps already inside finish without waiting for anything here).
+    /// it (the zaps already inside finish without waiting for anything here). Except a `nested`
+    /// entry, by an edit already inside another VMA's section (a hole punch zapping the other
+    /// mappings of its object): it must not wait for a writer that may itself be waiting for that
+    /// section to drain, two such edits crossing would deadlock through the two waiting writers
+    /// (as rwsem readers must not nest). It still waits for a writer that holds the VMA.
     ///
     /// Caller: the mmap read lock. Pair with ``leaveZapSection()``.
-    func enterZapSection() {
+    func enterZapSection(nested: Bool = false) {
         writerLock.lock()
-        if exclusiveWaiters > 0 {
+        if exclusiveWaiters > 0 && !nested {
             zapsWaitingForWriter += 1
             waitHoldingWriterLock { exclusiveWaiters > 0 }
             zapsWaitingForWriter -= 1

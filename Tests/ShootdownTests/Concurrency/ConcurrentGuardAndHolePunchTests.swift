@@ -1,0 +1,140 @@
+import CInterop
+import Foundation
+import Synchronization
+import Testing
+
+@testable import Shootdown
+
+/// Guard installation and MADV_REMOVE both run under the mmap read lock and hold VMAs: the guard
+/// installation a VMA exclusively (it sets the VMA's `maybeGuard` flag), the hole punch the
+/// shared zap section of the VMA it was called on, and then, to unmap the punched pages from the
+/// other mappings of the object, the zap sections of those too. Two mappings of one object in one
+/// space (a shared mapping and its `mremap` duplicate) let the two cross.
+@Suite(.serialized)
+struct ConcurrentGuardAndHolePunchTests {
+    static let page = AddressSpace.pageSize
+    static let base: UInt64 = 0x4000_0000
+
+    /// A space with a 4-page shared mapping at `base` (A, every page written) and its duplicate
+    /// right above it (B, the same object pages): two VMAs, which cannot merge.
+    static func twoMappingsOfOneObject() throws -> (PhysicalMemory, AddressSpace, VMA, VMA) {
+        let memory = PhysicalMemory(capacity: 4096, swapSlots: 64)
+        let space = try AddressSpace(memory: memory)
+        let page = Self.page
+        try space.map(length: 4 * page, placement: .fixed(base), options: .shared)
+        for index in 0..<4 { try space.write(UInt64(index + 1), at: base + UInt64(index) * page) }
+        _ = try space.remap(
+            address: base, oldLength: 0, newLength: 4 * page, flags: [.mayMove, .fixed], newAddress: base + 4 * page)
+        let a = try #require(space.index.find(containing: base))
+        let b = try #require(space.index.find(containing: base + 4 * page))
+        #expect(a !== b && a.sharedObject === b.sharedObject)
+        return (memory, space, a, b)
+    }
+
+    /// The guard installation over A and B kept A exclusively until it was done with B, and waited
+    /// for B's zaps while holding it. A hole punch in B, inside B's zap section, then zaps A (the
+    /// other mapping of the punched pages) and waits for A: each waited for the other for good.
+    /// Here the punch is held inside B's zap (a subscriber's start) until the installation waits
+    /// for B; at that moment A must be free. (Before the fix A was still held: the test records
+    /// that and leaves both threads parked rather than let them deadlock.)
+    @Test func guardInstallOverTwoMappingsOfAnObjectDeadlockedWithAHolePunchInTheSecond() throws {
+        let (memory, space, a, b) = try Self.twoMappingsOfOneObject()
+        let page = Self.page
+        let base = Self.base
+        let gate = ConcurrentZapGate(heldPage: base + 4 * page)
+        try space.registerNotifier(gate)
+        let punch = TestThread("remove-B") {
+            try? space.advise(address: base + 4 * page, length: 4 * page, advice: .remove)
+        }
+        guard ConcurrentDontNeedTests.spin(until: { gate.entered.load(ordering: .acquiring) }) else {
+            Issue.record("the hole punch never reached its zap of B")
+            return
+        }
+        let installer = TestThread("guard-install-A-B") {
+            try? space.advise(address: base, length: 8 * page, advice: .guardInstall)
+        }
+        guard ConcurrentDontNeedTests.spin(until: { b.exclusiveWaitersCount > 0 }) else {
+            Issue.record("the guard installation never waited for the zap of B")
+            return
+        }
+        // The installation waits for B's zap: it must not hold A, which the punch is about to zap.
+        guard a.tryLockExclusively() else {
+            Issue.record("the guard installation holds A while it waits for B's zaps: the hole punch in B deadlocks on A")
+            return  // the two threads stay parked (gate closed); the space is left alone
+        }
+        a.unlockExclusively()
+        gate.opened.store(true, ordering: .releasing)
+        guard punch.join("remove"), installer.join("guard install") else { return }
+        // Every page of both mappings ends as a guard marker: B's were punched, then guarded; A's
+        // were guarded, and the punch's zap of A kept the markers.
+        for index in 0..<8 {
+            #expect(space.translate(base + UInt64(index) * page)?.isGuard == true, "page \(index)")
+        }
+        ConcurrentDontNeedTests.finish(space, memory, gate)
+    }
+
+    /// Two hole punches, one in A and one in B, each held inside its own zap; then a guard
+    /// installation on A alone waits for the punch in A, and one on B alone for the punch in B.
+    /// Released, each punch zaps the other mapping: it enters the other VMA's zap section from
+    /// inside its own. A zap used to wait for any writer waiting on the VMA (writer priority),
+    /// nested or not: punch B waited for installer A, which waited for punch A to leave A, which
+    /// waited for installer B, which waited for punch B to leave B. A nested entry must not wait
+    /// for a waiting writer. (Before the fix both punches were seen waiting for the writers: the
+    /// test records that and leaves the four threads parked.)
+    @Test func holePunchesInTwoMappingsOfAnObjectDeadlockedThroughWaitingGuardInstallations() throws {
+        let (memory, space, a, b) = try Self.twoMappingsOfOneObject()
+        let page = Self.page
+        let base = Self.base
+        let gateA = ConcurrentZapGate(heldPage: base)
+        let gateB = ConcurrentZapGate(heldPage: base + 4 * page)
+        try space.registerNotifier(gateA)
+        try space.registerNotifier(gateB)
+        let finished = Atomic<Int>(0)
+        let punchA = TestThread("remove-A") {
+            try? space.advise(address: base, length: 4 * page, advice: .remove)
+            finished.add(1, ordering: .releasing)
+        }
+        guard ConcurrentDontNeedTests.spin(until: { gateA.entered.load(ordering: .acquiring) }) else {
+            Issue.record("the punch in A never reached its zap")
+            return
+        }
+        let punchB = TestThread("remove-B") {
+            try? space.advise(address: base + 4 * page, length: 4 * page, advice: .remove)
+            finished.add(1, ordering: .releasing)
+        }
+        guard ConcurrentDontNeedTests.spin(until: { gateB.entered.load(ordering: .acquiring) }) else {
+            Issue.record("the punch in B never reached its zap")
+            return
+        }
+        let installA = TestThread("guard-install-A") {
+            try? space.advise(address: base, length: 4 * page, advice: .guardInstall)
+            finished.add(1, ordering: .releasing)
+        }
+        let installB = TestThread("guard-install-B") {
+            try? space.advise(address: base + 4 * page, length: 4 * page, advice: .guardInstall)
+            finished.add(1, ordering: .releasing)
+        }
+        guard ConcurrentDontNeedTests.spin(until: { a.exclusiveWaitersCount > 0 && b.exclusiveWaitersCount > 0 }) else {
+            Issue.record("the guard installations never waited for the punches")
+            return
+        }
+        gateA.opened.store(true, ordering: .releasing)
+        gateB.opened.store(true, ordering: .releasing)
+        // Either everything finishes, or both punches wait for the waiting writers: the cycle.
+        let settled = ConcurrentDontNeedTests.spin {
+            finished.load(ordering: .acquiring) == 4
+                || (a.zapsWaitingForWriterCount > 0 && b.zapsWaitingForWriterCount > 0)
+        }
+        guard settled, finished.load(ordering: .acquiring) == 4 else {
+            Issue.record("both hole punches wait for a guard installation that waits for the other punch: deadlock")
+            return  // the four threads stay parked; the space is left alone
+        }
+        guard punchA.join("remove A"), punchB.join("remove B"), installA.join("guard A"), installB.join("guard B")
+        else { return }
+        for index in 0..<8 {
+            #expect(space.translate(base + UInt64(index) * page)?.isGuard == true, "page \(index)")
+        }
+        space.unregisterNotifier(gateA)
+        ConcurrentDontNeedTests.finish(space, memory, gateB)
+    }
+}
