@@ -48,8 +48,10 @@ struct TableBlock: Equatable {
     var descriptor: UnsafeMutableRawPointer {
         let address = UInt(bitPattern: base)
         let arena = address & ~UInt(Self.arenaSize - 1)
-        let index = (address - arena) >> 12
-        return UnsafeMutableRawPointer(bitPattern: arena + index * UInt(Self.descriptorSize)).unsafelyUnwrapped
+        // Wrapping arithmetic: `address` is inside its arena, so nothing can overflow (and the
+        // descriptor lookup, on every split-lock acquisition, carries no trap branch).
+        let index = (address &- arena) &>> 12
+        return UnsafeMutableRawPointer(bitPattern: arena &+ index &* UInt(Self.descriptorSize)).unsafelyUnwrapped
     }
 
     /// The split lock of this table (for a PTE table: its `ptlock`; for a PMD table: `pmd_lock`).
