@@ -202,6 +202,9 @@ extension AddressSpace {
                 try checkAlive()
                 let edit = VMAEdit(self, writerLocks: true)
                 defer { edit.finish() }
+                // A hole punch also zaps the object's other mappings, below the range as well:
+                // every VMA it may zap enters its zap section now, in address order.
+                if advice == .remove { for vma in holePunchVMAs(address, end) { edit.touch(vma) } }
                 try walkVMAs(address, end, stopAtHole: false) { vma, start, stop throws(MemoryError) in
                     if advice.discards && vma.isSealed && !vma.isShared && !vma.protection.contains(.write) {
                         throw .permissionDenied
@@ -527,6 +530,33 @@ extension AddressSpace {
             let edit = VMAEdit(self, writerLocks: true)
             defer { edit.finish() }
             zapObjectMappings(object, from: from, to: to, edit: edit)
+        }
+    }
+
+    /// The VMAs a hole punch of `[start, end)` may zap, in address order: the range's VMAs over a
+    /// shared object, and every VMA of this space that maps the same pages of that object
+    /// (``zapObjectMappings(_:from:to:edit:skipping:)``). Caller: the mmap lock.
+    func holePunchVMAs(_ start: UInt64, _ end: UInt64) -> [VMA] {
+        var found: [VMA] = []
+        var cursor = start
+        while cursor < end, let vma = index.findFirst(endingAfter: cursor), vma.start < end {
+            if let object = vma.sharedObject {
+                let first = vma.pageOffset + (max(start, vma.start) - vma.start) / Self.pageSize
+                let last = vma.pageOffset + (min(end, vma.end) - vma.start) / Self.pageSize
+                found.append(vma)
+                for other in index.all where other !== vma && other.sharedObject === object {
+                    let low = max(first, other.pageOffset)
+                    let high = min(last, other.pageOffset + (other.end - other.start) / Self.pageSize)
+                    if low < high { found.append(other) }
+                }
+            }
+            cursor = vma.end
+        }
+        found.sort { $0.start < $1.start }
+        var previous: VMA? = nil
+        return found.filter { vma in
+            defer { previous = vma }
+            return vma !== previous
         }
     }
 

@@ -12,7 +12,6 @@ enum SpeculativeOutcome: UInt8 {
     case abortEntryChanged
     case abortLockContention
     case abortNotSupported
-    /// The calling thread's free list of frames was empty (the classic path refills it).
     case abortNoMemory
     case abortNoTable
 
@@ -125,8 +124,7 @@ extension AddressSpace {
             // the mmap lock). Relaxed: a stale zero only sends the fault to the classic path, and
             // a non-zero identity is never cleared while the VMA's sequence stays unchanged.
             if vma.anonVMAWord.load(ordering: .relaxed) == 0 { return .abortNotSupported }
-            // Only the calling thread's free list: when it is empty, the classic path refills it.
-            guard let fresh = memory.allocateFromOwnShard(blockOffset: slotOffset) else { return .abortNoMemory }
+            guard let fresh = memory.allocate(blockOffset: slotOffset) else { return .abortNoMemory }
             frame = fresh
         }
 

@@ -38,12 +38,16 @@ final class VMAEdit {
 
     /// Enters `vma`'s write section (once per edit); with per-VMA locks, write-locks it first
     /// (`vma_start_write`: waits for its readers). In a `writerLocks` edit (mmap read lock), the
-    /// shared zap section, which other zaps of the VMA share: such an edit changes entries only.
+    /// shared zap section, which other zaps of the VMA share: such an edit changes entries only,
+    /// and touches VMAs in increasing address order (a hole punch, which also zaps the object's
+    /// other mappings, touches them all up front: ``AddressSpace/holePunchVMAs(_:_:)``).
     func touch(_ vma: VMA) {
         if !touchedSet.insert(ObjectIdentifier(vma)).inserted { return }
         if holdsWriterLocks {
-            // Nested once this edit holds another VMA's section (see `VMA.enterZapSection`).
-            vma.enterZapSection(nested: !touched.isEmpty)
+            // In address order: zap sections yield to waiting writers, so an edit that entered a
+            // higher VMA first could wait, holding it, for a writer waiting on its own zaps.
+            checkInvariant(touched.last.map { $0.start < vma.start } ?? true, "zap sections entered out of address order")
+            vma.enterZapSection()
         } else {
             if let vmaLocks { vmaLocks._withUnsafeGuaranteedRef { vma.startWrite($0) } }
             vma.beginWrite()

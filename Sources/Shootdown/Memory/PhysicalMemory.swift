@@ -123,16 +123,25 @@ public final class PhysicalMemory: @unchecked Sendable {
         return frame
     }
 
-    /// Allocates one frame as ``allocate(initialCounts:)`` does, but only from the free list of
-    /// the calling thread's shard: `nil` when that list is empty (no refill, no steal, no call).
-    /// For the speculative fault, which then aborts to the classic path, whose allocation refills;
-    /// keeping the out-of-line slow path out of the fault keeps its registers from being spilled
-    /// around a call. `blockOffset` is the caller's ``ThreadSlot/blockOffset`` (read once).
+    /// Allocates one frame as ``allocate(initialCounts:)`` does, for a caller that already read
+    /// its ``ThreadSlot/blockOffset`` (the speculative fault, which reads it once for the frame's
+    /// shard and every count). The pop from the thread's own free list is inline; refilling an
+    /// empty list (a fresh block, a free huge block, a steal) is a call on the cold branch only.
     ///
     /// - Precondition: the calling thread is attached (it is inside an RCU read section).
     @inlinable @inline(__always)
-    func allocateFromOwnShard(blockOffset: Int) -> UInt64? {
-        guard let frame = pop(shard: Self.shard(blockOffset: blockOffset)) else { return nil }
+    func allocate(blockOffset: Int) -> UInt64? {
+        guard let frame = pop(shard: Self.shard(blockOffset: blockOffset)) else {
+            return allocateRefilling(blockOffset: blockOffset)
+        }
+        prepareAllocated(frame, initialCounts: Self.exclusivelyMapped, blockOffset: blockOffset)
+        return frame
+    }
+
+    /// The cold half of ``allocate(blockOffset:)``: the thread's free list is empty.
+    @usableFromInline @inline(never)
+    func allocateRefilling(blockOffset: Int) -> UInt64? {
+        guard let frame = allocateSlow(shard: Self.shard(blockOffset: blockOffset)) else { return nil }
         prepareAllocated(frame, initialCounts: Self.exclusivelyMapped, blockOffset: blockOffset)
         return frame
     }

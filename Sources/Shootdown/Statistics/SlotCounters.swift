@@ -27,6 +27,7 @@ final class SlotCounters: @unchecked Sendable {
 
     init(width: Int) {
         precondition(width * MemoryLayout<UInt64>.stride <= 1 << Self.blockShift, "SlotCounters: \(width) counters do not fit a block")
+        precondition(Self.offsetShift >= 0, "SlotCounters: thread-slot blocks smaller than a counter block")
         self.width = width
         words = RawMemory.allocateAtomics(UInt64.self, count: (Self.blocks << Self.blockShift) >> 3, initial: 0)
     }

@@ -177,16 +177,15 @@ final class VMA: @unchecked Sendable {
     ///
     /// A writer waiting in ``lockExclusively()`` has priority: a zap that is not yet inside waits
     /// until that writer is done (with back-off), so a stream of overlapping zaps cannot starve
-    /// it (the zaps already inside finish without waiting for anything here). Except a `nested`
-    /// entry, by an edit already inside another VMA's section (a hole punch zapping the other
-    /// mappings of its object): it must not wait for a writer that may itself be waiting for that
-    /// section to drain, two such edits crossing would deadlock through the two waiting writers
-    /// (as rwsem readers must not nest). It still waits for a writer that holds the VMA.
+    /// it (the zaps already inside finish without waiting for anything here). An edit that enters
+    /// several VMAs' sections enters them in address order (``VMAEdit/touch(_:)``), and a writer
+    /// holds one VMA at a time, so no ring of waits can form (docs/protocols.md, "Zap sections
+    /// and exclusive VMA writers").
     ///
     /// Caller: the mmap read lock. Pair with ``leaveZapSection()``.
-    func enterZapSection(nested: Bool = false) {
+    func enterZapSection() {
         writerLock.lock()
-        if exclusiveWaiters > 0 && !nested {
+        if exclusiveWaiters > 0 {
             zapsWaitingForWriter += 1
             waitHoldingWriterLock { exclusiveWaiters > 0 }
             zapsWaitingForWriter -= 1
@@ -235,6 +234,13 @@ final class VMA: @unchecked Sendable {
     var zapsWaitingForWriterCount: Int { writerLock.withLock { zapsWaitingForWriter } }
     /// Writers waiting in ``lockExclusively()`` (tests).
     var exclusiveWaitersCount: Int { writerLock.withLock { exclusiveWaiters } }
+    /// Writers waiting in ``lockExclusively()``, or 0 while the writer lock is held (tests that
+    /// must not block on a VMA another thread holds exclusively).
+    var exclusiveWaitersIfUnlocked: Int {
+        guard writerLock.tryLock() else { return 0 }
+        defer { writerLock.unlock() }
+        return exclusiveWaiters
+    }
 
     /// ``lockExclusively()`` if that needs no wait; `false` otherwise (an OOM reap never blocks).
     func tryLockExclusively() -> Bool {

@@ -7,8 +7,8 @@ import Testing
 
 /// Guard installation and MADV_REMOVE both run under the mmap read lock and hold VMAs: the guard
 /// installation a VMA exclusively (it sets the VMA's `maybeGuard` flag), the hole punch the
-/// shared zap section of the VMA it was called on, and then, to unmap the punched pages from the
-/// other mappings of the object, the zap sections of those too. Two mappings of one object in one
+/// shared zap section of the VMA it was called on and, to unmap the punched pages from the other
+/// mappings of the object, the zap sections of those too. Two mappings of one object in one
 /// space (a shared mapping and its `mremap` duplicate) let the two cross.
 @Suite(.serialized)
 struct ConcurrentGuardAndHolePunchTests {
@@ -34,9 +34,9 @@ struct ConcurrentGuardAndHolePunchTests {
     /// The guard installation over A and B kept A exclusively until it was done with B, and waited
     /// for B's zaps while holding it. A hole punch in B, inside B's zap section, then zaps A (the
     /// other mapping of the punched pages) and waits for A: each waited for the other for good.
-    /// Here the punch is held inside B's zap (a subscriber's start) until the installation waits
-    /// for B; at that moment A must be free. (Before the fix A was still held: the test records
-    /// that and leaves both threads parked rather than let them deadlock.)
+    /// Here the punch is held inside B's zap (a subscriber's start) until the installation waits;
+    /// if it waits for B, A must be free at that moment. (Before the fix A was still held: the
+    /// test records that and leaves both threads parked rather than let them deadlock.)
     @Test func guardInstallOverTwoMappingsOfAnObjectDeadlockedWithAHolePunchInTheSecond() throws {
         let (memory, space, a, b) = try Self.twoMappingsOfOneObject()
         let page = Self.page
@@ -53,16 +53,26 @@ struct ConcurrentGuardAndHolePunchTests {
         let installer = TestThread("guard-install-A-B") {
             try? space.advise(address: base, length: 8 * page, advice: .guardInstall)
         }
-        guard ConcurrentDontNeedTests.spin(until: { b.exclusiveWaitersCount > 0 }) else {
-            Issue.record("the guard installation never waited for the zap of B")
+        // The installation waits: for A, if the punch already entered A's zap section (it enters
+        // every section it needs up front, in address order), or for B after it finished A.
+        // (Never blocking on a VMA the installation holds: that is the bug this test looks for.)
+        var waitsForB = false
+        let waits = ConcurrentDontNeedTests.spin {
+            waitsForB = b.exclusiveWaitersIfUnlocked > 0
+            return waitsForB || a.exclusiveWaitersIfUnlocked > 0
+        }
+        guard waits else {
+            Issue.record("the guard installation never waited for the hole punch")
             return
         }
-        // The installation waits for B's zap: it must not hold A, which the punch is about to zap.
-        guard a.tryLockExclusively() else {
-            Issue.record("the guard installation holds A while it waits for B's zaps: the hole punch in B deadlocks on A")
-            return  // the two threads stay parked (gate closed); the space is left alone
+        // Waiting for B's zap, it must not hold A, which the punch may still have to zap.
+        if waitsForB {
+            guard a.tryLockExclusively() else {
+                Issue.record("the guard installation holds A while it waits for B's zaps: the hole punch in B deadlocks on A")
+                return  // the two threads stay parked (gate closed); the space is left alone
+            }
+            a.unlockExclusively()
         }
-        a.unlockExclusively()
         gate.opened.store(true, ordering: .releasing)
         guard punch.join("remove"), installer.join("guard install") else { return }
         // Every page of both mappings ends as a guard marker: B's were punched, then guarded; A's
@@ -75,12 +85,13 @@ struct ConcurrentGuardAndHolePunchTests {
 
     /// Two hole punches, one in A and one in B, each held inside its own zap; then a guard
     /// installation on A alone waits for the punch in A, and one on B alone for the punch in B.
-    /// Released, each punch zaps the other mapping: it enters the other VMA's zap section from
-    /// inside its own. A zap used to wait for any writer waiting on the VMA (writer priority),
-    /// nested or not: punch B waited for installer A, which waited for punch A to leave A, which
-    /// waited for installer B, which waited for punch B to leave B. A nested entry must not wait
-    /// for a waiting writer. (Before the fix both punches were seen waiting for the writers: the
-    /// test records that and leaves the four threads parked.)
+    /// Released, each punch zaps the other mapping. The punch in B used to enter A's zap section
+    /// only then, from inside B's, and a zap yields to a writer waiting on the VMA: punch B waited
+    /// for installer A, which waited for punch A to leave A, which waited (entering B) for
+    /// installer B, which waited for punch B to leave B. A punch now enters every section it needs
+    /// up front, in address order, so a punch inside a section never waits to enter a lower one.
+    /// (Before the fix both punches were seen waiting for the writers: the test records that and
+    /// leaves the four threads parked.)
     @Test func holePunchesInTwoMappingsOfAnObjectDeadlockedThroughWaitingGuardInstallations() throws {
         let (memory, space, a, b) = try Self.twoMappingsOfOneObject()
         let page = Self.page
