@@ -75,4 +75,11 @@ struct ReviewShardMappingTests {
         #expect(counters.sum(0) == Int64(threads * 2000))
         for index in 1..<127 { #expect(counters.sum(index) == 0) }
     }
+
+    /// One fixed 1 KiB block: 128 counters fit, 129 trap at creation.
+    @Test func slotCountersWiderThan128Trap() async {
+        _ = SlotCounters(width: 128)
+        await #expect(processExitsWith: .failure) { _ = SlotCounters(width: 129) }
+        await #expect(processExitsWith: .success) { _ = SlotCounters(width: 128) }
+    }
 }
