@@ -1,0 +1,49 @@
+import CInterop
+import Foundation
+import Synchronization
+import Testing
+
+@testable import Shootdown
+
+/// Review of a02ddbc: the speculative fault takes frames only from the calling thread's own free
+/// list. A thread whose list is empty (any thread that has not allocated from this memory yet,
+/// or whose frames went elsewhere) now aborts to the classic path, which needs the mmap lock:
+/// while an munmap holds the mmap write lock (here: in a notifier start that blocks), such a
+/// write fault waits for it, where before the speculative path refilled the list locklessly.
+/// `ConcurrentSleepableRCUTests.blockedNotifierDelaysNeitherFaultsNorReclamation` fails on
+/// spec-15 for this reason (writeFault: `.abortNoMemory`).
+@Suite(.serialized)
+struct ReviewSpeculativeAllocationTests {
+    @Test func writeFaultOnAFreshThreadDoesNotWaitForABlockedMunmap() throws {
+        let memory = PhysicalMemory(capacity: 1 << 12)
+        let space = try AddressSpace(memory: memory)
+        let page = AddressSpace.pageSize
+        let victim = try space.map(length: 16 * page, placement: .fixed(0x40_0000_0000))
+        let stable = try space.map(length: 16 * page, placement: .fixed(0x40_0000_0000 + (1 << 30)))
+        try space.write(7, at: stable)  // the PTE table of `stable` exists; this thread's list refilled
+        #expect(memory.framesFree > 1000)
+        let blocker = ConcurrentBlockingNotifier(blockOn: victim)
+        try space.registerNotifier(blocker)
+        let unmapper = TestThread("blocked-unmap") { try? space.unmap(address: victim, length: 16 * page) }
+        blocker.entered.wait()  // the munmap holds the mmap write lock inside its start
+
+        let outcome = Atomic<UInt8>(0xFF)
+        let direct = TestThread("speculative-probe") {
+            outcome.store(space.speculativeFault(stable + 2 * page, .write).rawValue, ordering: .releasing)
+        }
+        direct.join("probe")
+        let faulter = TestThread("fresh-faulter") { try? space.write(9, at: stable + page) }
+        let finishedWhileBlocked = faulter.join(within: 3)
+        blocker.release.signal()
+        unmapper.join("unmap")
+        if !finishedWhileBlocked { faulter.join("faulter") }
+        #expect(
+            outcome.load(ordering: .acquiring) == SpeculativeOutcome.handled.rawValue,
+            "speculative write fault on a fresh thread: outcome \(outcome.load(ordering: .acquiring)) (abortNoMemory = \(SpeculativeOutcome.abortNoMemory.rawValue)) with \(memory.framesFree) frames free")
+        #expect(finishedWhileBlocked, "a write fault on a thread with an empty free list waited for the mmap write lock")
+        #expect(try space.read(at: stable + page) == 9)
+        space.unregisterNotifier(blocker)
+        space.teardown()
+        #expect(memory.framesInUse == 0)
+    }
+}
