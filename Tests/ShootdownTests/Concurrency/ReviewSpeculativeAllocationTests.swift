@@ -46,4 +46,51 @@ struct ReviewSpeculativeAllocationTests {
         space.teardown()
         #expect(memory.framesInUse == 0)
     }
+
+    /// Memory at capacity (no never-used block left), frames freed by one thread and faulted in by
+    /// another, one at a time: the faulting thread's own list is empty at every fault, so every
+    /// speculative write fault aborts (`abortNoMemory`) and the classic path, under the mmap
+    /// lock, steals the one frame. Before a02ddbc the speculative path stole it itself.
+    @Test func crossThreadFreesAtCapacitySendEveryFaultToTheClassicPath() throws {
+        let memory = PhysicalMemory(capacity: 1024)
+        let space = try AddressSpace(memory: memory)
+        let page = AddressSpace.pageSize
+        let filler = try space.map(length: 1024 * page)
+        for address in eachPage(filler, filler + 1024 * page) { try space.write(1, at: address) }
+        #expect(memory.framesFree == 0)
+        let target = try space.map(length: 64 * page)
+        let rounds = 63
+        let freed = DispatchSemaphore(value: 0)
+        let faulted = DispatchSemaphore(value: 0)
+        let failures = Atomic<Int>(0)
+        let faulter = TestThread("faulter") {
+            // A read fault creates the PTE table (zero page, no frame).
+            if (try? space.read(at: target)) != 0 { failures.add(1, ordering: .relaxed) }
+            faulted.signal()
+            for index in 1...rounds {
+                freed.wait()
+                do { try space.write(UInt64(index), at: target + UInt64(index) * page) } catch {
+                    failures.add(1, ordering: .relaxed)
+                }
+                faulted.signal()
+            }
+        }
+        faulted.wait()
+        let before = space.statistics
+        for index in 1...rounds {
+            try space.advise(address: filler + UInt64(index) * page, length: page, advice: .dontNeed)
+            freed.signal()
+            faulted.wait()
+        }
+        faulter.join("faulter")
+        let after = space.statistics
+        let speculative = after[.speculativeFaults] - before[.speculativeFaults]
+        let noMemory = after[.speculativeAbortNoMemory] - before[.speculativeAbortNoMemory]
+        #expect(failures.load(ordering: .relaxed) == 0)
+        #expect(
+            speculative == Int64(rounds),
+            "\(rounds) write faults with a frame free: \(speculative) speculative, \(noMemory) aborted for no memory")
+        space.teardown()
+        #expect(memory.framesInUse == 0)
+    }
 }
