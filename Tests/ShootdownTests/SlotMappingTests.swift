@@ -5,11 +5,12 @@ import Testing
 
 @testable import Shootdown
 
-/// Review of a02ddbc: `PhysicalMemory.shard(blockOffset:)` must name the shard
+/// `PhysicalMemory.shard(blockOffset:)` (the speculative fault's shard, from the TLS block offset)
+/// must name the shard
 /// `ThreadSlot.current & (shardCount - 1)` names, for every attached thread: slot owners and the
 /// overflow threads that share the last slot (more live threads than owned slots).
 @Suite(.serialized)
-struct ReviewShardMappingTests {
+struct SlotMappingTests {
     @Test func shardFromBlockOffsetMatchesSlotForOwnersAndOverflowThreads() {
         let threads = ThreadSlot.count + 16  // at least 17 overflow threads
         let arrived = Atomic<Int>(0)
@@ -37,7 +38,7 @@ struct ReviewShardMappingTests {
                 }
                 arrived.add(1, ordering: .releasing)
                 // Stay alive (keep the slot) until every thread has checked.
-                while !release.load(ordering: .acquiring) { usleep(100) }
+                while !release.load(ordering: .acquiring) { sched_yield() }
             })
         }
         _ = ConcurrentDontNeedTests.spin { arrived.load(ordering: .acquiring) == threads }
@@ -65,7 +66,7 @@ struct ReviewShardMappingTests {
                     counters.add(0, 2, blockOffset: ThreadSlot.blockOffset)
                 }
                 arrived.add(1, ordering: .releasing)
-                while !release.load(ordering: .acquiring) { usleep(100) }
+                while !release.load(ordering: .acquiring) { sched_yield() }
             })
         }
         _ = ConcurrentDontNeedTests.spin { arrived.load(ordering: .acquiring) == threads }

@@ -5,15 +5,15 @@ import Testing
 
 @testable import Shootdown
 
-/// Review of a02ddbc: the speculative fault takes frames only from the calling thread's own free
-/// list. A thread whose list is empty (any thread that has not allocated from this memory yet,
-/// or whose frames went elsewhere) now aborts to the classic path, which needs the mmap lock:
-/// while an munmap holds the mmap write lock (here: in a notifier start that blocks), such a
-/// write fault waits for it, where before the speculative path refilled the list locklessly.
-/// `ConcurrentSleepableRCUTests.blockedNotifierDelaysNeitherFaultsNorReclamation` fails on
-/// spec-15 for this reason (writeFault: `.abortNoMemory`).
+/// A first version of the speculative fault's inline allocation took frames only from the
+/// calling thread's own free list and aborted when it was empty (found by an outside review). A
+/// thread whose list is empty (any thread that has not allocated from this memory yet, or whose
+/// frames went elsewhere) then took the classic path, which needs the mmap lock: while an munmap
+/// holds the mmap write lock (here: in a notifier start that blocks), such a write fault waited
+/// for it, where the speculative path refills the list locklessly
+/// (`ConcurrentSleepableRCUTests.blockedNotifierDelaysNeitherFaultsNorReclamation` failed too).
 @Suite(.serialized)
-struct ReviewSpeculativeAllocationTests {
+struct SpeculativeAllocationTests {
     @Test func writeFaultOnAFreshThreadDoesNotWaitForABlockedMunmap() throws {
         let memory = PhysicalMemory(capacity: 1 << 12)
         let space = try AddressSpace(memory: memory)

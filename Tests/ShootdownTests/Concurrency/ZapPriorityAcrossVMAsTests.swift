@@ -1,0 +1,127 @@
+import CInterop
+import Foundation
+import Synchronization
+import Testing
+
+@testable import Shootdown
+
+/// Writer priority across VMAs: a first fix of the guard-installation/hole-punch deadlocks let an
+/// edit's entries after its first VMA skip writer priority ("nested"). Every zap over more than
+/// one VMA (MADV_DONTNEED/FREE/PAGEOUT/REMOVE over a range that spans VMAs, migrate, the hole
+/// punch's zaps of the object's other mappings) is such an edit, so the starvation that
+/// `guardInstallationIsNotStarvedByZapsOfItsVMA` was written against came back for zaps whose
+/// range starts in the VMA before (found by an outside review). Edits now enter zap sections in
+/// address order and every entry keeps writer priority.
+@Suite(.serialized)
+struct ZapPriorityAcrossVMAsTests {
+    static let page = AddressSpace.pageSize
+
+    /// X = [base, base + 4 pages) read-only, B = [base + 4, base + 68 pages) read-write: two
+    /// VMAs that cannot merge; B's pages written.
+    static func twoVMAs() throws -> (PhysicalMemory, AddressSpace, UInt64, VMA) {
+        let memory = PhysicalMemory(capacity: 4096, swapSlots: 64)
+        let space = try AddressSpace(memory: memory)
+        let page = Self.page
+        let base = try space.map(length: 68 * page)
+        for address in eachPage(base + 4 * page, base + 68 * page) { try space.write(1, at: address) }
+        try space.protect(address: base, length: 4 * page, protection: .read)
+        #expect(space.mappings().count == 2)
+        let b = try #require(space.index.find(containing: base + 4 * page))
+        return (memory, space, base, b)
+    }
+
+    /// Same shape as `guardInstallationIsNotStarvedByZapsOfItsVMA`, but the second zap's range
+    /// starts one VMA lower: zap A is held inside B, the guard installation on B waits for it,
+    /// and zap B2 (DONTNEED over X and part of B) must then wait for the installation. With the
+    /// nested bypass it entered B and finished while the writer was still waiting.
+    @Test func zapSpanningTwoVMAsGoesAheadOfAWaitingGuardInstallation() throws {
+        let (memory, space, base, b) = try Self.twoVMAs()
+        let page = Self.page
+        let gate = ConcurrentZapGate(heldPage: base + 4 * page)
+        try space.registerNotifier(gate)
+        guard let zapA = ConcurrentDontNeedTests.heldZap(space, gate, base + 4 * page, 4 * page, "zap A") else { return }
+        let guardDone = Atomic<Bool>(false)
+        let installer = TestThread("guard-install") {
+            try? space.advise(address: base + 40 * page, length: page, advice: .guardInstall)
+            guardDone.store(true, ordering: .releasing)
+        }
+        guard ConcurrentDontNeedTests.spin(until: { b.exclusiveWaitersCount > 0 }) else {
+            Issue.record("the guard installation never waited for zap A")
+            gate.opened.store(true, ordering: .releasing)
+            zapA.join("zap A")
+            installer.join("guard install")
+            return
+        }
+        let sawGuardAtZap = Atomic<Int>(-1)
+        let zapB = TestThread("dontneed-spanning") {
+            // X (no writer waits on X), then pages 8..11 of the mapping in B (its second VMA).
+            try? space.advise(address: base, length: 12 * page, advice: .dontNeed)
+            sawGuardAtZap.store(guardDone.load(ordering: .acquiring) ? 1 : 0, ordering: .releasing)
+        }
+        let settled = ConcurrentDontNeedTests.spin {
+            b.zapsWaitingForWriterCount > 0 || sawGuardAtZap.load(ordering: .acquiring) >= 0
+        }
+        #expect(settled, "zap B2 neither waited nor finished")
+        let wentAhead = sawGuardAtZap.load(ordering: .acquiring) != -1
+        #expect(!wentAhead, "a zap spanning X and B went into B ahead of the waiting guard installation")
+        gate.opened.store(true, ordering: .releasing)
+        guard zapA.join("zap A"), installer.join("guard install"), zapB.join("zap B2") else { return }
+        #expect(space.translate(base + 40 * page)?.isGuard == true)
+        ConcurrentDontNeedTests.finish(space, memory, gate)
+    }
+
+    /// A DONTNEED over A and B (in address order) held inside A, a hole punch in B held inside its
+    /// zap, a guard installation waiting on each VMA. Released, everything must finish: the punch
+    /// entered A's and B's sections up front, in address order, so no wait closes a ring.
+    @Test func inOrderZapAndOutOfOrderPunchCrossingWithWaitingWritersFinish() throws {
+        let (memory, space, a, b) = try ConcurrentGuardAndHolePunchTests.twoMappingsOfOneObject()
+        let page = Self.page
+        let base = ConcurrentGuardAndHolePunchTests.base
+        let gateA = ConcurrentZapGate(heldPage: base)
+        let gateB = ConcurrentZapGate(heldPage: base + 4 * page)
+        try space.registerNotifier(gateA)
+        try space.registerNotifier(gateB)
+        let finished = Atomic<Int>(0)
+        let zap = TestThread("dontneed-A-B") {
+            try? space.advise(address: base, length: 8 * page, advice: .dontNeed)
+            finished.add(1, ordering: .releasing)
+        }
+        guard ConcurrentDontNeedTests.spin(until: { gateA.entered.load(ordering: .acquiring) }) else {
+            Issue.record("the DONTNEED never reached its zap of A")
+            return
+        }
+        let punch = TestThread("remove-B") {
+            try? space.advise(address: base + 4 * page, length: 4 * page, advice: .remove)
+            finished.add(1, ordering: .releasing)
+        }
+        guard ConcurrentDontNeedTests.spin(until: { gateB.entered.load(ordering: .acquiring) }) else {
+            Issue.record("the punch in B never reached its zap")
+            return
+        }
+        let installA = TestThread("guard-install-A") {
+            try? space.advise(address: base, length: 4 * page, advice: .guardInstall)
+            finished.add(1, ordering: .releasing)
+        }
+        let installB = TestThread("guard-install-B") {
+            try? space.advise(address: base + 4 * page, length: 4 * page, advice: .guardInstall)
+            finished.add(1, ordering: .releasing)
+        }
+        guard ConcurrentDontNeedTests.spin(until: { a.exclusiveWaitersCount > 0 && b.exclusiveWaitersCount > 0 }) else {
+            Issue.record("the guard installations never waited")
+            return
+        }
+        gateA.opened.store(true, ordering: .releasing)
+        gateB.opened.store(true, ordering: .releasing)
+        let settled = ConcurrentDontNeedTests.spin {
+            finished.load(ordering: .acquiring) == 4
+                || (a.zapsWaitingForWriterCount > 0 && b.zapsWaitingForWriterCount > 0)
+        }
+        guard settled, finished.load(ordering: .acquiring) == 4 else {
+            Issue.record("zaps wait for writers that wait for them: deadlock")
+            return
+        }
+        guard zap.join("zap"), punch.join("punch"), installA.join("guard A"), installB.join("guard B") else { return }
+        space.unregisterNotifier(gateA)
+        ConcurrentDontNeedTests.finish(space, memory, gateB)
+    }
+}
