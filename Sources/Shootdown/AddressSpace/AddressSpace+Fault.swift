@@ -173,6 +173,8 @@ extension AddressSpace {
 
     /// A huge fault (`do_huge_pmd_anonymous_page`): one 2 MiB compound frame in one PMD entry.
     /// Returns `false` when it could not (no whole free block, or the slot got filled meanwhile).
+    /// Out of line: inlined, its set-up was hoisted into every ``handleFault(_:_:_:)``.
+    @inline(never)
     private func installHuge(_ vma: VMA, pmd: TableBlock, index: Int, write: Bool) throws(MemoryError) -> Bool {
         guard let head = memory.allocateHuge() else { return false }
         let lock = pageTable.pmdLock(pmd)
@@ -199,7 +201,9 @@ extension AddressSpace {
     }
 
     /// A fault on a present huge mapping: spurious, or a write to a read-only one (exclusive by
-    /// construction: fork splits huge mappings, so the compound is reused in place).
+    /// construction: fork splits huge mappings, so the compound is reused in place). Out of line,
+    /// as ``installHuge(_:pmd:index:write:)``.
+    @inline(never)
     private func handleHugeFault(
         _ vma: VMA, pmd: TableBlock, index: Int, address: UInt64, write: Bool
     ) throws(MemoryError) -> Bool {
