@@ -98,6 +98,7 @@ extension AddressSpace {
             frame = fresh
         }
         let installed = PageTableEntry.leaf(frame: frame, writable: write, dirty: write, softDirty: write)
+        testHook(.classicFastFaultBeforeLock)
         lock.lock()
         guard pte.load(slot).isNone else {
             lock.unlock()
