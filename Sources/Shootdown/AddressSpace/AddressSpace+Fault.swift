@@ -51,9 +51,9 @@ extension AddressSpace {
         count(.classicFaults)
     }
 
-    /// How ``anonymousFastFault(_:_:write:)`` ended.
+    /// How ``anonymousFastFault(_:write:)`` ended.
     enum FastFaultOutcome {
-        /// The entry was installed (and counted, as the general path would).
+        /// The entry was installed (a zero-page read counted as such; the caller counts the fault).
         case installed
         /// No frame was left: the fault fails as the general path's would.
         case outOfMemory
