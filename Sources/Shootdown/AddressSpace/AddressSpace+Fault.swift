@@ -3,7 +3,9 @@ import Synchronization
 extension AddressSpace {
     /// The classic fault path (`lock_mm_and_find_vma` + `handle_mm_fault`): under the mmap read
     /// lock, find the VMA, check access, then handle the PMD or PTE under its lock.
-    @usableFromInline
+    /// Always inlined (into ``fault(at:access:)`` and the access path's write fault): one frame
+    /// for the whole fault.
+    @usableFromInline @inline(__always)
     func classicFault(_ address: UInt64, _ access: Access) throws(MemoryError) {
         mmapLock.readLock()
         defer { mmapLock.readUnlock() }
@@ -18,14 +20,28 @@ extension AddressSpace {
             count(.segmentationFaults)
             throw .segmentationFault
         }
-        // `_withUnsafeGuaranteedRef` is untyped-rethrows: carry the typed error out as a value.
-        let failure = found._withUnsafeGuaranteedRef { vma -> MemoryError? in
-            guard Self.accessAllowed(vma.protection, access) else { return .segmentationFault }
-            do throws(MemoryError) {
-                try handleFault(vma, address, access)
-                return nil
-            } catch {
-                return error
+        // The three fields the common case needs, read through the unretained reference (a tiny
+        // closure the optimiser inlines; the general path's larger one stays out of line).
+        let (protection, anonymous, hasAnonVMA) = found._withUnsafeGuaranteedRef { vma in
+            (vma.protection, vma.sharedObject == nil, vma.anonVMA != 0)
+        }
+        let failure: MemoryError?
+        if !Self.accessAllowed(protection, access) {
+            failure = .segmentationFault
+        } else {
+            // Private anonymous memory (no backing object, as `handlePTEFault` decides it); a write
+            // needs the `anon_vma`, which only the general path prepares. Two inlined copies, each
+            // with `write` a constant.
+            let outcome: FastFaultOutcome =
+                if !anonymous { .general }
+                else if access == .write { hasAnonVMA ? anonymousFastFault(address, write: true) : .general }
+                else { anonymousFastFault(address, write: false) }
+            switch outcome {
+            case .installed: failure = nil
+            case .outOfMemory: failure = .outOfMemory
+            case .general:
+                // `_withUnsafeGuaranteedRef` is untyped-rethrows: carry the typed error out as a value.
+                failure = found._withUnsafeGuaranteedRef { vma in handleFaultReportingError(vma, address, access) }
             }
         }
         if let failure {
@@ -33,6 +49,88 @@ extension AddressSpace {
             throw failure
         }
         count(.classicFaults)
+    }
+
+    /// How ``anonymousFastFault(_:write:)`` ended.
+    enum FastFaultOutcome {
+        /// The entry was installed (a zero-page read counted as such; the caller counts the fault).
+        case installed
+        /// No frame was left: the fault fails as the general path's would.
+        case outOfMemory
+        /// Not the common case, or the entry changed under us: the general path handles it.
+        case general
+    }
+
+    /// The common fault, straight-line: a missing 4 KiB entry of private anonymous memory whose PTE
+    /// table exists (a fresh frame for a write, the zero page for a read). Exactly what
+    /// ``handleFault(_:_:_:)`` does in that case, minus its set-up (the upper-table walk with
+    /// allocation, the huge-page checks, the retry loop and the backing-object branches); anything
+    /// else — a missing PTE table, a huge or empty PMD entry, a non-empty entry — goes to the
+    /// general path untouched. The caller has checked the VMA: access allowed, no backing object,
+    /// and for a write an `anon_vma` (the first anonymous write takes the general path, which
+    /// prepares it).
+    ///
+    /// Concurrency: as the general path. Under the mmap read lock no table is detached, so the PTE
+    /// table found here stays linked; its entries change only under its split lock, so the entry is
+    /// re-checked under that lock before the install, and a racing install (another classic fault,
+    /// a speculative one) makes this one drop its unmapped frame and leave the retry to the general
+    /// path, which starts over from the PMD. The install is a releasing store: the frame's counts
+    /// and zeroed token are visible to lockless readers that load the entry.
+    ///
+    /// - Precondition: the mmap read lock; the VMA at `address` checked as above.
+    @inline(__always)
+    func anonymousFastFault(_ address: UInt64, write: Bool) -> FastFaultOutcome {
+        guard let pmd = pageTable.existingPMDTable(for: address) else { return .general }
+        let pmdEntry = pmd.load(PageTable.index(address, level: 1))
+        // A PTE table (present, not huge; one test for both). Anything else goes to the general
+        // path: empty (it allocates the PTE table or maps a huge page), huge (its handler).
+        guard pmdEntry.rawValue & (PageTableEntry.present | PageTableEntry.huge) == PageTableEntry.present
+        else { return .general }
+        let pte = TableBlock(entry: pmdEntry)
+        let slot = PageTable.index(address, level: 0)
+        guard pte.load(slot).isNone else { return .general }
+        // The split lock's address, before the allocation (fewer values live across it).
+        let lock = pageTable.pteLock(pte)
+        // Read: the zero page, read-only (`do_anonymous_page`); write: a fresh frame.
+        var frame = PhysicalMemory.zeroFrame
+        if write {
+            guard let fresh = memory.allocate() else { return .outOfMemory }
+            frame = fresh
+        }
+        let installed = PageTableEntry.leaf(frame: frame, writable: write, dirty: write, softDirty: write)
+        testHook(.classicFastFaultBeforeLock)
+        lock.lock()
+        guard pte.load(slot).isNone else {
+            lock.unlock()
+            if write { dropUnmappedFrame(frame) }
+            return .general
+        }
+        // Releasing: the frame's state is visible to lockless readers of the entry.
+        pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
+        lock.unlock()
+        if !write { count(.zeroPageFaults) }
+        return .installed
+    }
+
+    /// ``handleFault(_:_:_:)`` with its typed error as a value (for the closure of
+    /// ``classicFault(_:_:)``, which cannot throw it). Out of line: the fast path is the common case.
+    @inline(never)
+    func handleFaultReportingError(_ vma: VMA, _ address: UInt64, _ access: Access) -> MemoryError? {
+        do throws(MemoryError) {
+            try handleFault(vma, address, access)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
+    /// Drops the mapping reference of `frame`, allocated for an install that lost its race and
+    /// never mapped (no invalidation owed). Cold.
+    @inline(never)
+    func dropUnmappedFrame(_ frame: UInt64) {
+        var chain = FrameChain()
+        memory.unmapFrame(frame, into: &chain)
+        memory.release(chain)
     }
 
     /// No VMA at `address`: if the next VMA above grows down, grow it (``expandStack(to:)``, which
@@ -76,6 +174,8 @@ extension AddressSpace {
 
     /// A huge fault (`do_huge_pmd_anonymous_page`): one 2 MiB compound frame in one PMD entry.
     /// Returns `false` when it could not (no whole free block, or the slot got filled meanwhile).
+    /// Out of line: inlined, its set-up was hoisted into every ``handleFault(_:_:_:)``.
+    @inline(never)
     private func installHuge(_ vma: VMA, pmd: TableBlock, index: Int, write: Bool) throws(MemoryError) -> Bool {
         guard let head = memory.allocateHuge() else { return false }
         let lock = pageTable.pmdLock(pmd)
@@ -102,7 +202,9 @@ extension AddressSpace {
     }
 
     /// A fault on a present huge mapping: spurious, or a write to a read-only one (exclusive by
-    /// construction: fork splits huge mappings, so the compound is reused in place).
+    /// construction: fork splits huge mappings, so the compound is reused in place). Out of line,
+    /// as ``installHuge(_:pmd:index:write:)``.
+    @inline(never)
     private func handleHugeFault(
         _ vma: VMA, pmd: TableBlock, index: Int, address: UInt64, write: Bool
     ) throws(MemoryError) -> Bool {
@@ -293,11 +395,7 @@ extension AddressSpace {
             return true
         }
         lock.unlock()
-        if let frame {
-            var chain = FrameChain()
-            memory.unmapFrame(frame, into: &chain)  // not mapped anywhere yet: no invalidation owed
-            memory.release(chain)
-        }
+        if let frame { dropUnmappedFrame(frame) }  // not mapped anywhere yet: no invalidation owed
         return false
     }
 

@@ -24,6 +24,10 @@ enum TestHookPoint: Int, CaseIterable, Sendable {
     /// lock held, the VMA held exclusively and in its write section; no split lock): a classic
     /// fault may map a page of the range here.
     case guardInstallAfterZap
+    /// The classic fault's fast path (``AddressSpace/anonymousFastFault(_:write:)``) found the
+    /// entry empty and allocated its frame, and is about to take the PTE lock (the mmap read lock
+    /// held, no split lock).
+    case classicFastFaultBeforeLock
 }
 
 #if SHOOTDOWN_INTERNAL_CHECKS
