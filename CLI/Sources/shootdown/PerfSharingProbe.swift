@@ -20,7 +20,8 @@ import Foundation
 // `map LINE` lines, from which perf/sharing turns run-time instruction addresses into addresses in
 // each object's file.
 //
-// What "its own data" is, per probe (N = --operations, 1024 unless given):
+// What "its own data" is, per probe (N = --operations; unless given 1024, and for the zap probes
+// 16384 pages as in the single-thread probes, since an unmap's fixed costs are spread over its pages):
 //   fault-*                   two mappings of one space, N pages each, 2 MiB aligned, 2 MiB or more
 //                             apart (separate VMAs, separate page-table pages); each thread
 //                             write-faults its own.
@@ -48,6 +49,14 @@ extension PerfProbe {
         var prepare: (Int) throws -> Void = { _ in }
         var measure: (Int) throws -> Void
         var finish: () throws -> Void = {}
+    }
+
+    /// Operations per thread unless `--operations` says otherwise.
+    static func sharingOperations(_ probe: Probe) -> Int {
+        switch probe {
+        case .zap16, .zapHuge: 16_384
+        default: 1024
+        }
     }
 
     /// Runs the sharing variant of `probe`: a small warm-up without markers, then the measured run.
