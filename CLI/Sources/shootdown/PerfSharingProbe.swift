@@ -30,10 +30,12 @@ import Foundation
 //   zap-huge                  two mappings of N rounded up to 512 pages, faulted as huge pages;
 //                             each thread unmaps its own.
 //   notifier-0/16-subscribers invalidation pairs over two disjoint windows of 1024 slots.
-//   notifier-10000-intervals  10000 interval notifiers; thread A invalidates among the first 5000,
-//                             B among the last 5000.
-//   vma-lookup-10000          10000 mappings; A looks up addresses in the first 5000, B in the
-//                             last 5000.
+//   notifier-10000-intervals  2000 interval notifiers (not 10000: under lackey, inserting 10000
+//                             costs minutes, and which lines an invalidation RMWs does not depend
+//                             on the count); thread A invalidates among the first 1000, B among
+//                             the last 1000.
+//   vma-lookup-10000          2000 mappings (not 10000, as above); A looks up addresses in the
+//                             first 1000, B in the last 1000.
 //   fork-cow                  two parent spaces on one PhysicalMemory, N pages each; each thread
 //                             forks its own parent and writes every page of the child.
 //   softdirty-cycle           two mappings of one space; each thread clears soft-dirty on its own
@@ -157,7 +159,7 @@ extension PerfProbe {
         case .notifierIntervals:
             let space = try AddressSpace(memory: memory)
             let handler = MinimalIntervalHandler()
-            let count = small ? 256 : 10_000
+            let count = small ? 256 : 2000
             var notifiers: [IntervalNotifier] = []
             for index in 0..<count {
                 notifiers.append(try space.insertIntervalNotifier(
@@ -172,21 +174,27 @@ extension PerfProbe {
                 finish: { for notifier in kept { notifier.remove() } })
         case .vmaLookup:
             let space = try AddressSpace(memory: memory)
-            let count = small ? 256 : 10_000
+            let count = small ? 256 : 2000
             for index in 0..<count {
                 try space.map(length: 4096, placement: .fixed(0x1000_0000 + UInt64(index) * 8192))
             }
             let half = count / 2
-            let addresses: [[UInt64]] = (0..<2).map { thread in
+            // Drawn before the markers, into buffers (indexing an array of arrays would retain the
+            // inner one between the markers).
+            let addresses: [UnsafeMutableBufferPointer<UInt64>] = (0..<2).map { thread in
+                let buffer = UnsafeMutableBufferPointer<UInt64>.allocate(capacity: pages)
                 var state = lookupSeed
-                return (0..<pages).map { _ in
-                    nextLookupAddress(&state, base: 0x1000_0000 + UInt64(thread * half) * 8192, stride: 8192, slots: half)
+                for index in 0..<pages {
+                    buffer[index] = nextLookupAddress(
+                        &state, base: 0x1000_0000 + UInt64(thread * half) * 8192, stride: 8192, slots: half)
                 }
+                return buffer
             }
-            return SharingWork(measure: { thread in
-                let found = addresses[thread].withUnsafeBufferPointer { lookupMappings(space, $0) }
-                precondition(found == pages)
-            })
+            return SharingWork(
+                measure: { thread in
+                    precondition(lookupMappings(space, UnsafeBufferPointer(addresses[thread])) == pages)
+                },
+                finish: { for buffer in addresses { buffer.deallocate() } })
         case .forkCopyOnWrite:
             let parents = try (0..<2).map { _ in try AddressSpace(memory: memory) }
             var bases: [UInt64] = []
