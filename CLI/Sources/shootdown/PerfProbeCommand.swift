@@ -28,10 +28,14 @@ struct PerfProbe: ParsableCommand {
 
     @Argument(help: "The probe.") var probe: Probe?
     @Flag(help: "List the probes, one a line (what perf/measure measures).") var list = false
+    @Flag(help: "Run the operation on two threads, one after the other, each on its own data, between markers (for perf/sharing, under valgrind's lackey tool; see PerfSharingProbe.swift).")
+    var sharing = false
+    @Option(help: "With --sharing: operations per thread (1024; 16384 pages for the zap probes).") var operations: Int?
 
     func validate() throws {
         if list && probe != nil { throw ValidationError("--list takes no probe") }
         if !list && probe == nil { throw ValidationError("give a probe, or --list") }
+        if let operations, operations < 1 { throw ValidationError("--operations must be positive") }
     }
 
     func run() throws {
@@ -39,6 +43,7 @@ struct PerfProbe: ParsableCommand {
             for probe in Probe.allCases { print(probe.rawValue) }
             return
         }
+        if sharing { return try Self.runSharing(probe, operations: operations ?? Self.sharingOperations(probe)) }
         // Warm-up: the first run of an operation pays one-time costs (Swift metadata and protocol
         // conformance caches, first arena mappings) that are not what the gate is about.
         _ = try Self.run(probe, measured: false)
