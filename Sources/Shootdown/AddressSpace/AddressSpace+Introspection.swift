@@ -6,19 +6,55 @@ public struct Mapping: Hashable, Sendable, CustomStringConvertible {
     public var start: UInt64
     /// End of the mapping (exclusive).
     public var end: UInt64
-    /// The access bits (`PROT_READ`, `PROT_WRITE`, `PROT_EXEC`).
+    /// The VMA's flags, including `rd wr ex` mirroring ``protection``.
+    public var vmFlags: VMFlags
+    /// ``path`` and ``offset``. An enum with a payload in both cases, so destroying a mapping
+    /// tests the case and releases the path only for a file mapping: an anonymous mapping (the
+    /// common case) is created, copied and destroyed without any retain or release. (A stored
+    /// `String?` is released unconditionally, a call into the runtime even when `nil`.)
+    @usableFromInline var backing: Backing
+    /// The access bits (`PROT_READ`, `PROT_WRITE`, `PROT_EXEC`). Stored after ``backing``, so it
+    /// fills the space after that enum's tag byte (56 bytes in all, as with `String?`).
     public var protection: Protection {
         didSet { vmFlags = vmFlags.with(protection) }
     }
-    /// The VMA's flags, including `rd wr ex` mirroring ``protection``.
-    public var vmFlags: VMFlags
+
+    /// What a mapping maps: anonymous memory, or a file's pages from a byte offset.
+    @usableFromInline
+    enum Backing: Hashable, Sendable {
+        /// No file (``Mapping/offset`` is kept as set; 0 as the engine reports it).
+        case anonymous(offset: UInt64)
+        case file(path: String, offset: UInt64)
+    }
 
     /// The path of the file a file mapping maps (its ``FileObject/path``); `nil` for anonymous
     /// memory.
-    public var path: String? = nil
+    public var path: String? {
+        get {
+            if case .file(let path, _) = backing { return path }
+            return nil
+        }
+        set {
+            let offset = self.offset
+            backing = newValue.map { .file(path: $0, offset: offset) } ?? .anonymous(offset: offset)
+        }
+    }
+
     /// The file offset of ``start`` in bytes (the offset column of `/proc/PID/maps`); 0 for
     /// anonymous memory, as Linux prints it.
-    public var offset: UInt64 = 0
+    public var offset: UInt64 {
+        get {
+            switch backing {
+            case .anonymous(let offset), .file(_, let offset): return offset
+            }
+        }
+        set {
+            switch backing {
+            case .anonymous: backing = .anonymous(offset: newValue)
+            case .file(let path, _): backing = .file(path: path, offset: newValue)
+            }
+        }
+    }
 
     /// The flags (``vmFlags``; the former name).
     public var flags: VMFlags {
@@ -36,17 +72,19 @@ public struct Mapping: Hashable, Sendable, CustomStringConvertible {
     public init(start: UInt64, end: UInt64, protection: Protection, flags: VMFlags) {
         self.start = start
         self.end = end
-        self.protection = protection.access
         vmFlags = flags.with(protection.access)
+        backing = .anonymous(offset: 0)
+        self.protection = protection.access
     }
 
     /// Fields as they are (`vmFlags` already carrying `protection`'s access bits).
     @inlinable
-    init(start: UInt64, end: UInt64, access protection: Protection, vmFlags: VMFlags) {
+    init(start: UInt64, end: UInt64, access protection: Protection, vmFlags: VMFlags, backing: Backing = .anonymous(offset: 0)) {
         self.start = start
         self.end = end
-        self.protection = protection
         self.vmFlags = vmFlags
+        self.backing = backing
+        self.protection = protection
     }
 
     /// The `VmFlags:` field of `/proc/PID/smaps` for this VMA, exactly as this kernel prints it
@@ -55,6 +93,24 @@ public struct Mapping: Hashable, Sendable, CustomStringConvertible {
 
     /// A `/proc/self/maps` line: `start-end perms`, `p` or `s` (`VM_MAYSHARE`), then for a file
     /// mapping its offset (8 hex digits at least) and path.
+    /// An anonymous mapping from a VMA's bounds and attribute word (``VMA/attributeWord``: the
+    /// access bits in the low byte, the other flags above).
+    @inlinable
+    init(start: UInt64, end: UInt64, attributes: UInt64) {
+        self.init(
+            start: start, end: end, access: Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 7)),
+            vmFlags: VMFlags(rawValue: ((attributes & ~Self.fileBackedAttribute) >> 8) | (attributes & 7)))
+    }
+
+    /// ``VMFlags/fileBacked`` as it sits in a VMA's attribute word (flags shifted up a byte), as a
+    /// literal: a `static let` read from code inlined into another module goes through its
+    /// lazy-initialisation accessor, a call on every lookup.
+    @inlinable
+    static var fileBackedAttribute: UInt64 {
+        checkInvariant(1 << 48 == VMA.pack([], .fileBacked), "VMFlags.fileBacked moved")
+        return 1 << 48
+    }
+
     public var description: String {
         let line = String(start, radix: 16) + "-" + String(end, radix: 16) + " " + protection.description
             + (vmFlags.contains(.mayShare) ? "s" : "p")
@@ -71,14 +127,11 @@ extension VMA {
     var mapping: Mapping {
         // One load of the attribute word: protection in the low byte (its access bits), flags above.
         let attributes = attributeWord.load(ordering: .relaxed)
-        var mapping = Mapping(
-            start: start, end: end, access: Protection(rawValue: UInt32(truncatingIfNeeded: attributes & 7)),
-            vmFlags: VMFlags(rawValue: ((attributes >> 8) & ~VMFlags.fileBacked.rawValue) | (attributes & 7)))
+        var mapping = Mapping(start: start, end: end, attributes: attributes)
         // Only a file mapping has a path: anonymous memory (the common case) never touches the
         // object reference (no retain or release), the flag in the word just loaded tells.
-        if attributes & (VMFlags.fileBacked.rawValue << 8) != 0, let path = sharedObject?.path {
-            mapping.path = path
-            mapping.offset = pageOffset &* PageTable.pageSize
+        if attributes & Mapping.fileBackedAttribute != 0, let path = sharedObject?.path {
+            mapping.backing = .file(path: path, offset: pageOffset &* PageTable.pageSize)
         }
         return mapping
     }

@@ -48,35 +48,30 @@ final class VMAIndex: @unchecked Sendable {
     /// The VMA containing `address`, if any. Lock-free.
     ///
     /// - Precondition: inside an RCU read section (or holding the mmap lock). The result is valid
-    ///   until the read section ends; validate its fields with its sequence count.
+    ///   until the read section ends; validate its fields with its sequence count. A `nil` is not
+    ///   validated: the bounds it tests may belong to a change not yet published.
     @inlinable
     func lookup(_ address: UInt64) -> Unmanaged<VMA>? {
-        // Acquiring: the nodes reachable from the root are fully initialised.
-        let rootBits = publishedRoot.load(ordering: .acquiring)
-        // No VMA contains the last address, and below it the search needs no clamp (see
-        // `rank(belowMaximum:)`).
-        guard rootBits != 0, address != .max else { return nil }
-        var node = IndexNode(raw: UnsafeMutableRawPointer(bitPattern: rootBits).unsafelyUnwrapped)
-        // Every leaf is at the same depth: the root's level says how many inner nodes follow, so
-        // the descent reads no child's level.
-        var levels = node.level
-        while true {
-            checkInvariant(node.level == levels, "VMA index node at an unexpected depth")
-            let position = node.rank(belowMaximum: address)
-            if position < 0 { return nil }
-            let slot = node.slot(position).unsafelyUnwrapped
-            if levels == 0 {
-                let vma = Unmanaged<VMA>.fromOpaque(slot)
-                let end = vma._withUnsafeGuaranteedRef { $0.end }
-                return address < end ? vma : nil
-            }
-            levels &-= 1
-            node = IndexNode(raw: slot)
-            // The search below reads keys and a slot on up to five lines of the child, each
-            // depending on the last: start loading all of them now.
-            node.prefetch()
-        }
+        // No VMA contains the last address, and below it every search lands on a used key (the
+        // unused ones are `UInt64.max`).
+        if address == .max { return nil }
+        let root = publishedRootBits
+        if root == 0 { return nil }
+        let key = IndexNode(root: root).leafKey(belowMaximum: address)
+        if key.pointee > address { return nil }
+        let vma = Unmanaged<VMA>.fromOpaque(IndexNode.slot(at: key).unsafelyUnwrapped)
+        let end = vma._withUnsafeGuaranteedRef { $0.end }
+        return address < end ? vma : nil
     }
+
+    /// The published root (0: an empty index), for ``IndexNode/candidate(belowMaximum:)``.
+    ///
+    /// Acquiring: the nodes reachable from it are fully initialised. A root, once replaced, is
+    /// retired and never published again, so inside one read section an equal value read later
+    /// means the index did not change in between (the same test works with the root's memory
+    /// reused only after a grace period).
+    @inlinable
+    var publishedRootBits: UInt { publishedRoot.load(ordering: .acquiring) }
 
     // MARK: - Writer queries (mmap lock held)
 
@@ -351,16 +346,21 @@ final class VMAIndex: @unchecked Sendable {
     }
 }
 
-/// One B+tree node in raw memory: `count`, `level` (0 = leaf), the edit that created it, 16 keys
-/// (unused keys are `UInt64.max`, so a branchless rank over all 16 works) and 16 slots (VMAs in
-/// leaves, child nodes above). 272 bytes.
+/// One B+tree node in raw memory: 16 keys (unused keys are `UInt64.max`, so a branchless search
+/// over all 16 works), 16 slots (VMAs in leaves, child nodes above), then `count`, `level`
+/// (0 = leaf) and the edit that created it. 272 bytes, 64-byte aligned: the keys fill lines 0-1,
+/// the slots lines 2-3 (a lock-free search reads only those four), the header line 4.
 @frozen @usableFromInline
 struct IndexNode {
     @usableFromInline static let fanout = 16
     @usableFromInline static let minimumFill = 4
-    @usableFromInline static let keysOffset = 16
-    @usableFromInline static let slotsOffset = 16 + 8 * 16
-    @usableFromInline static let byteCount = slotsOffset + 8 * 16
+    @usableFromInline static let keysOffset = 0
+    @usableFromInline static let slotsOffset = 8 * 16
+    /// Header: `count` (Int32), `level` (Int32), `edit` (UInt64).
+    @usableFromInline static let headerOffset = slotsOffset + 8 * 16
+    @usableFromInline static let byteCount = headerOffset + 16
+    /// The lines a search reads (keys and slots).
+    @usableFromInline static let searchedByteCount = headerOffset
 
     @usableFromInline let raw: UnsafeMutableRawPointer
 
@@ -369,9 +369,9 @@ struct IndexNode {
     static func allocate(level: Int, edit: UInt64) -> IndexNode {
         let raw = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: 64)
         let node = IndexNode(raw: raw)
-        raw.storeBytes(of: Int32(0), as: Int32.self)
-        raw.storeBytes(of: Int32(level), toByteOffset: 4, as: Int32.self)
-        raw.storeBytes(of: edit, toByteOffset: 8, as: UInt64.self)
+        raw.storeBytes(of: Int32(0), toByteOffset: headerOffset, as: Int32.self)
+        raw.storeBytes(of: Int32(level), toByteOffset: headerOffset + 4, as: Int32.self)
+        raw.storeBytes(of: edit, toByteOffset: headerOffset + 8, as: UInt64.self)
         for index in 0..<fanout {
             raw.storeBytes(of: UInt64.max, toByteOffset: keysOffset + 8 * index, as: UInt64.self)
             raw.storeBytes(of: nil, toByteOffset: slotsOffset + 8 * index, as: UnsafeMutableRawPointer?.self)
@@ -382,17 +382,95 @@ struct IndexNode {
     func copy(edit: UInt64) -> IndexNode {
         let raw = UnsafeMutableRawPointer.allocate(byteCount: Self.byteCount, alignment: 64)
         raw.copyMemory(from: self.raw, byteCount: Self.byteCount)
-        raw.storeBytes(of: edit, toByteOffset: 8, as: UInt64.self)
+        raw.storeBytes(of: edit, toByteOffset: Self.headerOffset + 8, as: UInt64.self)
         return IndexNode(raw: raw)
     }
 
-    /// Starts loading every line of the node.
+    /// Starts loading the lines a search reads (keys and slots; not the header).
     @inlinable @inline(__always)
-    func prefetch() { RawMemory.prefetchLines(raw, byteCount: Self.byteCount) }
+    func prefetch() { RawMemory.prefetchLines(raw, byteCount: Self.searchedByteCount) }
 
-    @inlinable var count: Int { Int(raw.load(as: Int32.self)) }
-    @inlinable var level: Int { Int(raw.load(fromByteOffset: 4, as: Int32.self)) }
-    var edit: UInt64 { raw.load(fromByteOffset: 8, as: UInt64.self) }
+    // MARK: Lock-free descent
+
+    /// A published root (non-zero ``VMAIndex/publishedRootBits``).
+    @inlinable
+    init(root bits: UInt) {
+        checkInvariant(bits != 0, "the root of an empty index")
+        raw = UnsafeMutableRawPointer(bitPattern: bits).unsafelyUnwrapped
+    }
+
+    /// In the index rooted at this node, the VMA with the greatest start ≤ `address`, or the
+    /// first VMA if every start is above `address`: ``VMAIndex/lookup(_:)`` without its bounds
+    /// tests, for a caller that tests the VMA's bounds itself in a validated snapshot
+    /// (``AddressSpace/mapping(containing:)``).
+    ///
+    /// - Precondition: `address != UInt64.max`; this node the root read from
+    ///   ``VMAIndex/publishedRootBits`` in the current RCU read section. The result is valid until
+    ///   the read section ends.
+    ///
+    /// Out of line: a call keeps the inline part of ``AddressSpace/mapping(containing:)`` small
+    /// enough to be inlined into its callers (measured: inlining the descent there instead makes
+    /// the caller call `mapping(containing:)`, 35 instructions more per lookup).
+    @usableFromInline
+    func candidate(belowMaximum address: UInt64) -> Unmanaged<VMA> {
+        // Every reachable leaf holds at least one VMA, so even the first slot is used.
+        Unmanaged<VMA>.fromOpaque(Self.slot(at: leafKey(belowMaximum: address)).unsafelyUnwrapped)
+    }
+
+    /// The leaf key for `address` in the index rooted at this node: the last key ≤ `address`, or
+    /// the first key of the first leaf if every key is above it. Lock-free.
+    @inlinable @inline(__always)
+    func leafKey(belowMaximum address: UInt64) -> UnsafePointer<UInt64> {
+        checkInvariant(address != .max, "leafKey(belowMaximum:) of UInt64.max")
+        var node = self
+        // Every leaf is at the same depth: the root's level says how many inner nodes follow, so
+        // the descent reads no child's level.
+        //
+        // Inner nodes need no "below every key" test: an inner key is its child's first key, so
+        // below the root the search always finds a key ≤ `address`; at the root, an address below
+        // every VMA descends along the first keys to the first leaf.
+        //
+        // Up to four inner levels (trees of up to 16^5 VMAs) descend in straight-line code entered
+        // at the root's depth, not in a loop: inside a loop whose iterations depend on each other,
+        // x86 code generation turns the searches' conditional moves into branches, which
+        // mispredict on every other step for unpredictable addresses. Deeper trees go out of line.
+        switch node.unsignedLevel {
+        case 4:
+            node = node.child(containing: address)
+            fallthrough
+        case 3:
+            node = node.child(containing: address)
+            fallthrough
+        case 2:
+            node = node.child(containing: address)
+            fallthrough
+        case 1:
+            node = node.child(containing: address)
+            fallthrough
+        case 0:
+            checkInvariant(node.level == 0, "VMA index leaf at an unexpected depth")
+            return node.lastKey(atMost: address)
+        default:
+            return node.deepLeafKey(belowMaximum: address)
+        }
+    }
+
+    /// ``leafKey(belowMaximum:)`` below a root above level 4 (six levels or more: over a million
+    /// VMAs in full nodes): a loop.
+    @usableFromInline @inline(never)
+    func deepLeafKey(belowMaximum address: UInt64) -> UnsafePointer<UInt64> {
+        var node = self
+        while node.level > 0 { node = node.child(containing: address) }
+        return node.lastKey(atMost: address)
+    }
+
+    // MARK: Fields
+
+    @inlinable var count: Int { Int(raw.load(fromByteOffset: Self.headerOffset, as: Int32.self)) }
+    @inlinable var level: Int { Int(raw.load(fromByteOffset: Self.headerOffset + 4, as: Int32.self)) }
+    /// ``level`` (never negative), unsigned.
+    @inlinable var unsignedLevel: UInt { UInt(raw.load(fromByteOffset: Self.headerOffset + 4, as: UInt32.self)) }
+    var edit: UInt64 { raw.load(fromByteOffset: Self.headerOffset + 8, as: UInt64.self) }
 
     @inlinable func key(_ index: Int) -> UInt64 {
         raw.load(fromByteOffset: Self.keysOffset &+ 8 &* index, as: UInt64.self)
@@ -402,36 +480,58 @@ struct IndexNode {
         raw.load(fromByteOffset: Self.slotsOffset &+ 8 &* index, as: UnsafeMutableRawPointer?.self)
     }
 
-    /// ``rank(of:)`` for a key below `UInt64.max`: the unused slots' keys (`UInt64.max`) are
-    /// greater than it, so the result is a used slot without the clamp (lock-free lookups).
+    /// The child to descend into for `key` (an inner node; `key` at least its first key or below
+    /// every key of the tree), with the lines its search reads already being loaded.
     @inlinable @inline(__always)
-    func rank(belowMaximum key: UInt64) -> Int {
-        checkInvariant(key != .max, "rank(belowMaximum:) of UInt64.max")
-        return searchAllSlots(key)
+    func child(containing key: UInt64) -> IndexNode {
+        checkInvariant(level > 0, "descending from a VMA index leaf")
+        let found = lastKey(atMost: key)
+        let child = IndexNode(raw: Self.slot(at: found).unsafelyUnwrapped)
+        checkInvariant(child.level == level - 1, "VMA index node at an unexpected depth")
+        checkInvariant(child.key(0) == found.pointee, "VMA index key differs from its child's first key")
+        // The search below reads keys and a slot on up to four lines of the child, each depending
+        // on the last: start loading all of them now.
+        child.prefetch()
+        return child
+    }
+
+    /// The slot that goes with the key at `key` (a result of ``lastKey(atMost:)``): keys and slots
+    /// are parallel arrays, so it is a fixed distance away.
+    @inlinable @inline(__always)
+    static func slot(at key: UnsafePointer<UInt64>) -> UnsafeMutableRawPointer? {
+        UnsafeRawPointer(key).load(fromByteOffset: slotsOffset &- keysOffset, as: UnsafeMutableRawPointer?.self)
     }
 
     /// Index of the last key ≤ `key`, or -1. Unused slots hold `UInt64.max`, so the result is
     /// clamped to the used keys for `key == UInt64.max`.
     @inlinable @inline(__always)
     func rank(of key: UInt64) -> Int {
-        let index = searchAllSlots(key)
-        return index < 0 ? -1 : min(index, count &- 1)
+        let found = lastKey(atMost: key)
+        if found.pointee > key { return -1 }
+        return min(found - keys, count &- 1)
     }
 
-    /// Index of the last of all 16 slots whose key is ≤ `key`, or -1: a branchless binary search
-    /// (four dependent loads and conditional moves, instead of a scan whose branch mispredicts).
+    @inlinable var keys: UnsafePointer<UInt64> {
+        UnsafePointer(raw.advanced(by: Self.keysOffset).assumingMemoryBound(to: UInt64.self))
+    }
+
+    /// The last of all 16 keys that is ≤ `key`, or the first key if none is: a branchless binary
+    /// search over the key pointer (four dependent loads and conditional moves, instead of a scan
+    /// whose branch mispredicts; the pointer, not an index, so the slot is one load away).
+    /// Unused keys (`UInt64.max`) are found only for `key == UInt64.max`.
     @inlinable @inline(__always)
-    func searchAllSlots(_ key: UInt64) -> Int {
-        let keys = raw.advanced(by: Self.keysOffset).assumingMemoryBound(to: UInt64.self)
-        var index = 0
-        index &+= keys[index &+ 8] <= key ? 8 : 0
-        index &+= keys[index &+ 4] <= key ? 4 : 0
-        index &+= keys[index &+ 2] <= key ? 2 : 0
-        index &+= keys[index &+ 1] <= key ? 1 : 0
-        return keys[index] <= key ? index : -1
+    func lastKey(atMost key: UInt64) -> UnsafePointer<UInt64> {
+        var found = keys
+        found = found[8] <= key ? found + 8 : found
+        found = found[4] <= key ? found + 4 : found
+        found = found[2] <= key ? found + 2 : found
+        found = found[1] <= key ? found + 1 : found
+        return found
     }
 
-    private func setCount(_ value: Int) { raw.storeBytes(of: Int32(value), as: Int32.self) }
+    private func setCount(_ value: Int) {
+        raw.storeBytes(of: Int32(value), toByteOffset: Self.headerOffset, as: Int32.self)
+    }
 
     private func store(_ index: Int, key: UInt64, slot: UnsafeMutableRawPointer?) {
         raw.storeBytes(of: key, toByteOffset: Self.keysOffset + 8 * index, as: UInt64.self)
