@@ -4,23 +4,24 @@
  *
  * Abstracts (Swift sources of this repository):
  *   Sources/Shootdown/VMA/VMA.swift
- *       VMA.enterZapSection(nested:), leaveZapSection(), lockExclusively(),
+ *       VMA.enterZapSection(), leaveZapSection(), lockExclusively(),
  *       waitHoldingWriterLock(while:), unlockExclusively(), tryLockExclusively()
  *   Sources/Shootdown/AddressSpace/AddressSpace+VMAEdit.swift
- *       VMAEdit.touch(_:) (nested once the edit holds another VMA), touchExclusively(_:),
+ *       VMAEdit.touch(_:) (zap sections in increasing address order), touchExclusively(_:),
  *       finish() (leaves every touched VMA, in touch order)
  *   Sources/Shootdown/AddressSpace/AddressSpace+Advise.swift
- *       advise .remove (one edit: touch the VMA, then zapObjectMappings touches the object's
- *       other VMAs of the space, all held until finish), .dontNeed (one edit, one VMA here),
- *       .guardInstall (one edit per VMA: touchExclusively, change, finish, next VMA)
+ *       advise .remove (one edit: holePunchVMAs touches every VMA the punch may zap, the
+ *       object's other mappings included, in address order, before anything is zapped; all held
+ *       until finish), .dontNeed (one edit, one VMA here), .guardInstall (one edit per VMA:
+ *       touchExclusively, change, finish, next VMA)
  *   Sources/Shootdown/AddressSpace/AddressSpace+Reap.swift (optional REAP: tryLockExclusively)
  *
- * What is modelled. Two VMAs, A and B, mapping the same object pages. Per VMA: writerLock (a
+ * What is modelled. Two VMAs, A below B, mapping the same object pages. Per VMA: writerLock (a
  * lock with no owner check), zappers, exclusiveWaiters, heldExclusively. Everything runs under
  * the mmap read lock, which is not modelled (nobody here takes it for writing). Processes:
- *   - RemoveA: MADV_REMOVE in A: enterZapSection(A); zapObjectMappings: enterZapSection(B,
- *     nested); finish: leave A, leave B;
- *   - RemoveB: the same with A and B swapped;
+ *   - RemoveA: MADV_REMOVE in A: enterZapSection(A), enterZapSection(B) (holePunchVMAs, address
+ *     order), zap; finish: leave A, leave B;
+ *   - RemoveB: MADV_REMOVE in B: the same entries in the same order (A is below B);
  *   - GuardAB: guard installation over A then B, one edit per VMA: lockExclusively(A),
  *     unlockExclusively(A), lockExclusively(B), unlockExclusively(B);
  *   - GuardB: guard installation over B alone;
@@ -28,17 +29,18 @@
  *   - optional (-DDONTNEED) DontNeed: MADV_DONTNEED of A: enter A, leave A;
  *   - optional (-DREAP) Reap: OOM reap of A: tryLockExclusively(A), and if it got it,
  *     unlockExclusively(A).
- * The zaps themselves, beginWrite/endWrite and the sequence count are not modelled: what a
- * section's holder does inside never waits for another VMA here, except the nested entry.
- * Lock acquisition is one atomic step (test-and-set); every other statement is its own step.
- * The back-off waits of waitHoldingWriterLock (drop writerLock, back off, retake it, re-check)
- * are modelled as: drop writerLock, block until the condition is false (read without the lock),
- * retake writerLock, re-check. A wait whose condition can never become false is then a blocked
- * process instead of a spin, so a cycle of waits is a state with no successor: every process
- * runs to its closing brace when nothing is stuck, and spin's invalid-end-state check (safety
- * mode, no end labels) reports any state in which no process can move and some has not finished.
- * What the blocking guard drops are retakes of the lock that find the condition still true and
- * drop it again: they change nothing but delay others.
+ * Every entry yields to a waiting writer (the `nested` bypass is gone). The zaps themselves,
+ * beginWrite/endWrite and the sequence count are not modelled: what a section's holder does
+ * inside never waits for another VMA. Lock acquisition is one atomic step (test-and-set); every
+ * other statement is its own step. The back-off waits of waitHoldingWriterLock (drop
+ * writerLock, back off, retake it, re-check) are modelled as: drop writerLock, block until the
+ * condition is false (read without the lock), retake writerLock, re-check. A wait whose
+ * condition can never become false is then a blocked process instead of a spin, so a cycle of
+ * waits is a state with no successor: every process runs to its closing brace when nothing is
+ * stuck, and spin's invalid-end-state check (safety mode, no end labels) reports any state in
+ * which no process can move and some has not finished. What the blocking guard drops are
+ * retakes of the lock that find the condition still true and drop it again: they change
+ * nothing but delay others.
  *
  * Properties:
  *   (a) no deadlock: every process finishes (invalid end state otherwise);
@@ -46,30 +48,35 @@
  *       inside and no other exclusive holder; a zap that enters finds no exclusive holder.
  *       These two are the only steps that can make "heldExclusively while zappers > 0" or "two
  *       exclusive holders" true, so checking them checks the invariant in every state.
- * That a nested entry never waits for a waiting writer is how enterZapSection(nested:) is
- * written (the model copies it); MUTANT_NESTED_WAITS shows what it buys.
  *
  * Mutants (each must make spin report an error):
- *   MUTANT_NESTED_WAITS             nested entries also wait for waiting writers (the protocol
- *                                   before 2271cbf's second fix): RemoveA in A, RemoveB in B,
- *                                   GuardAB waiting on A, GuardB waiting on B; each remove's
- *                                   nested entry waits for the writer waiting on the other VMA,
- *                                   which waits for the other remove (invalid end state).
- *   MUTANT_GUARD_HOLDS_ACROSS_VMAS  GuardAB holds A exclusively until it has B (one edit over
- *                                   both, the protocol before the first fix): it waits for B's
- *                                   zappers holding A; RemoveB in B waits for A's writerLock in
- *                                   its nested entry (invalid end state).
+ *   MUTANT_OUT_OF_ORDER             RemoveB enters B first, then A (both with writer priority):
+ *                                   RemoveA in A, RemoveB in B, GuardAB waiting on A, GuardB
+ *                                   waiting on B; each remove's second entry waits for the
+ *                                   writer waiting on the other VMA, which waits for the other
+ *                                   remove (a ring of waits: invalid end state).
  *   MUTANT_NO_WAIT_FOR_ZAPPERS      lockExclusively does not wait for the zaps inside: a writer
  *                                   holds a VMA exclusively while a zap is inside (assertion).
+ * Not a mutant any more (no error, a pass configuration of scripts/check-models):
+ *   GUARD_HOLDS_ACROSS_VMAS         GuardAB holds A exclusively until it has B (one edit over
+ *                                   both, the deadlock 2271cbf fixed). With zaps in address order
+ *                                   it no longer deadlocks: a zap inside B entered A before B and
+ *                                   left nothing below B to wait for, so the guard holding A
+ *                                   waits only for zaps that need nothing it holds. Every wait
+ *                                   then targets a VMA above what the waiter holds, as long as
+ *                                   writers also go upwards. One VMA at a time stays the rule.
+ * And the protocol before 1a20f29, for the liveness variant below:
+ *   MUTANT_NESTED_BYPASS            RemoveB (and the looping punches) enter B, then A "nested":
+ *                                   the second entry does not wait for a waiting writer.
  *
- * Liveness variant STARVATION (not a mutant, not run by scripts/check-models; LTL with weak
- * fairness, i.e. pan without -DSAFETY, `./pan -a -f -N <claim>`): two threads punch holes in B
- * forever (enter B, nested-enter A, leave both), one guard installation waits on A. Claims:
+ * Liveness variant STARVATION (LTL with weak fairness, i.e. pan without -DSAFETY,
+ * `./pan -a -f -N <claim>`): two threads punch holes in B forever (enter A, enter B, leave
+ * both: the punch zaps the mapping A below), one guard installation waits on A. Claims:
  * waiterServed (a writer announced on A eventually holds it) and zapsDrain (once a writer is
- * announced on A, A's zappers eventually reach 0). Both are violated: nested entries do not
- * yield, so two overlapping punches keep zappers[A] >= 1 forever and no scheduler lets the
- * guard in. With STARVATION_PLAIN (the looping threads zap A alone, non-nested entries) both
- * hold.
+ * announced on A, A's zappers eventually reach 0). Both hold: once the guard is announced no
+ * punch enters A, and the punches inside need only B, where nobody waits. With
+ * MUTANT_NESTED_BYPASS (enter B, nested-enter A) both are violated: two overlapping punches keep
+ * zappers[A] >= 1 forever and no scheduler lets the guard in.
  */
 
 #define A 0
@@ -84,14 +91,14 @@ byte holders[2];                /* ghost: exclusive holders */
 inline lockW(v) { atomic { wlock[v] == 0 -> wlock[v] = 1 } }
 inline unlockW(v) { wlock[v] = 0 }
 
-/* enterZapSection(nested:) */
+/* enterZapSection(); `nested` only under MUTANT_NESTED_BYPASS (the protocol before 1a20f29) */
 inline enter(v, nested) {
     lockW(v);
     if
-#ifdef MUTANT_NESTED_WAITS
-    :: waiters[v] > 0 ->
-#else
+#ifdef MUTANT_NESTED_BYPASS
     :: waiters[v] > 0 && !nested ->
+#else
+    :: waiters[v] > 0 ->
 #endif
         do                                            /* waitHoldingWriterLock */
         :: waiters[v] > 0 -> unlockW(v); (waiters[v] == 0); lockW(v)
@@ -136,21 +143,21 @@ inline unlockExcl(v) {
     unlockW(v)
 }
 
-/* MADV_REMOVE in `mine`: its edit touches `mine`, then zapObjectMappings touches `other`
- * (nested: the edit holds `mine`); finish leaves both in touch order. */
-proctype Remove(byte mine, other)
+/* MADV_REMOVE: its edit touches `first`, then `second` (holePunchVMAs: address order, up
+ * front); finish leaves both in touch order. */
+proctype Remove(byte first, second)
 {
-    enter(mine, false);
-    enter(other, true);
-    leave(mine);
-    leave(other)
+    enter(first, false);
+    enter(second, true);                              /* `nested` matters only to the bypass */
+    leave(first);
+    leave(second)
 }
 
 /* guard installation over A then B (the walk's VMAs in address order) */
 proctype GuardAB()
 {
     lockExcl(A);
-#ifdef MUTANT_GUARD_HOLDS_ACROSS_VMAS
+#ifdef GUARD_HOLDS_ACROSS_VMAS
     lockExcl(B);                                      /* one edit over both: A stays held */
     unlockExcl(A);
     unlockExcl(B)
@@ -202,8 +209,12 @@ done:
 init
 {
     atomic {
-        run Remove(A, B);
-        run Remove(B, A);
+        run Remove(A, B);                             /* REMOVE in A */
+#if defined(MUTANT_OUT_OF_ORDER) || defined(MUTANT_NESTED_BYPASS)
+        run Remove(B, A);                             /* REMOVE in B, its own VMA first */
+#else
+        run Remove(A, B);                             /* REMOVE in B: A is below B */
+#endif
         run GuardAB();
         run Guard(B);
 #ifdef GUARD_A
@@ -218,25 +229,26 @@ init
     }
 }
 #else
-/* Liveness variant (not run by scripts/check-models; needs a non-SAFETY pan, see README.md).
- * Two threads punch holes in B over and over (each: enter B, nested-enter A, leave both); one
- * guard installation over A. With STARVATION_PLAIN the looping threads are zaps of A alone
- * (non-nested entries) instead. Claim: once the guard is announced as waiting on A, it
- * eventually holds A. */
+/* Liveness variant (needs a non-SAFETY pan, see README.md). Two threads punch holes in B over
+ * and over; the object's pages are also mapped by A, below B, so each punch enters A, then B
+ * (with MUTANT_NESTED_BYPASS: B, then A nested). One guard installation over A. Claim: once
+ * the guard is announced as waiting on A, it eventually holds A. */
 bool gotA;
 
 proctype Punch()
 {
     do
     :: true ->
-#ifdef STARVATION_PLAIN
-        enter(A, false);
-        leave(A)
-#else
+#ifdef MUTANT_NESTED_BYPASS
         enter(B, false);
         enter(A, true);
         leave(B);
         leave(A)
+#else
+        enter(A, false);
+        enter(B, true);
+        leave(A);
+        leave(B)
 #endif
     od
 }
