@@ -29,19 +29,43 @@ extension AddressSpace {
     ///
     /// - Throws: ``MemoryError/segmentationFault`` outside any VMA or against its protection,
     ///   ``MemoryError/outOfMemory`` when no frame is left.
-    @inlinable
+    ///
+    /// Only the dispatch on the space's fault path is inlined into the caller; each path is one
+    /// out-of-line function holding the whole path, so that none pays for another's registers.
+    @inlinable @inline(__always)
     public func fault(at address: UInt64, access: Access) throws(MemoryError) {
         if speculativeEnabled {
-            let outcome = speculativeFault(address, access)
-            if outcome == .handled { return }
-            if outcome == .segmentationFault {
-                count(.segmentationFaults)
-                throw .segmentationFault
-            }
-            counters.increment(outcome.counter)
+            try speculativeFaultThenClassic(address, access)
         } else if vmaLocksEnabled {
-            if try vmaLockFault(address, access) { return }
+            try vmaLockFaultThenClassic(address, access)
+        } else {
+            try classicFaultOutOfLine(address, access)
         }
+    }
+
+    /// ``speculativeFault(_:_:)``, then the classic path if it aborted.
+    @usableFromInline @inline(never)
+    func speculativeFaultThenClassic(_ address: UInt64, _ access: Access) throws(MemoryError) {
+        let outcome = speculativeFault(address, access)
+        if outcome == .handled { return }
+        if outcome == .segmentationFault {
+            count(.segmentationFaults)
+            throw .segmentationFault
+        }
+        counters.increment(outcome.counter)
+        try classicFaultOutOfLine(address, access)
+    }
+
+    /// The per-VMA-lock fault, then the classic path if it could not handle the fault.
+    @usableFromInline @inline(never)
+    func vmaLockFaultThenClassic(_ address: UInt64, _ access: Access) throws(MemoryError) {
+        if try vmaLockFault(address, access) { return }
+        try classicFaultOutOfLine(address, access)
+    }
+
+    /// The classic path, in a function of its own (``classicFault(_:_:)`` inlined into it).
+    @usableFromInline @inline(never)
+    func classicFaultOutOfLine(_ address: UInt64, _ access: Access) throws(MemoryError) {
         try classicFault(address, access)
     }
 
