@@ -93,59 +93,62 @@ struct ConcurrentGuardAndHolePunchTests {
     /// (Before the fix both punches were seen waiting for the writers: the test records that and
     /// leaves the four threads parked.)
     @Test func holePunchesInTwoMappingsOfAnObjectDeadlockedThroughWaitingGuardInstallations() throws {
-        let (memory, space, a, b) = try Self.twoMappingsOfOneObject()
         let page = Self.page
-        let base = Self.base
-        let gateA = ConcurrentZapGate(heldPage: base)
-        let gateB = ConcurrentZapGate(heldPage: base + 4 * page)
-        try space.registerNotifier(gateA)
-        try space.registerNotifier(gateB)
+        try Self.expectCrossingWithWaitingWritersFinishes(
+            first: ("remove A", 0, 4 * page, .remove), second: ("remove B", 4 * page, 4 * page, .remove))
+    }
+
+    /// In a fresh `twoMappingsOfOneObject` space: starts `first` (an advice over a range given by
+    /// its offset from `base` and its length) and holds it inside its zap of A's first page, then
+    /// `second`, held inside its zap of B's first page; then a guard installation on A alone and
+    /// one on B alone, and waits until both wait. Released, all four must finish, and every page
+    /// of both mappings ends as a guard marker. If both VMAs instead have a zap waiting for their
+    /// waiting writer, that is the ring of waits: recorded, and the four threads stay parked (the
+    /// space is left alone) instead of hanging the test.
+    static func expectCrossingWithWaitingWritersFinishes(
+        first: (name: String, offset: UInt64, length: UInt64, advice: AddressSpace.Advice),
+        second: (name: String, offset: UInt64, length: UInt64, advice: AddressSpace.Advice),
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
+        let (memory, space, a, b) = try twoMappingsOfOneObject()
+        let gates = [ConcurrentZapGate(heldPage: base), ConcurrentZapGate(heldPage: base + 4 * page)]
+        for gate in gates { try space.registerNotifier(gate) }
         let finished = Atomic<Int>(0)
-        let punchA = TestThread("remove-A") {
-            try? space.advise(address: base, length: 4 * page, advice: .remove)
-            finished.add(1, ordering: .releasing)
+        var threads: [(String, TestThread)] = []
+        for (operation, gate) in zip([first, second], gates) {
+            threads.append((operation.name, TestThread(operation.name) {
+                try? space.advise(address: base + operation.offset, length: operation.length, advice: operation.advice)
+                finished.add(1, ordering: .releasing)
+            }))
+            guard ConcurrentDontNeedTests.spin(until: { gate.entered.load(ordering: .acquiring) }) else {
+                Issue.record("\(operation.name) never reached its held zap", sourceLocation: sourceLocation)
+                return
+            }
         }
-        guard ConcurrentDontNeedTests.spin(until: { gateA.entered.load(ordering: .acquiring) }) else {
-            Issue.record("the punch in A never reached its zap")
-            return
-        }
-        let punchB = TestThread("remove-B") {
-            try? space.advise(address: base + 4 * page, length: 4 * page, advice: .remove)
-            finished.add(1, ordering: .releasing)
-        }
-        guard ConcurrentDontNeedTests.spin(until: { gateB.entered.load(ordering: .acquiring) }) else {
-            Issue.record("the punch in B never reached its zap")
-            return
-        }
-        let installA = TestThread("guard-install-A") {
-            try? space.advise(address: base, length: 4 * page, advice: .guardInstall)
-            finished.add(1, ordering: .releasing)
-        }
-        let installB = TestThread("guard-install-B") {
-            try? space.advise(address: base + 4 * page, length: 4 * page, advice: .guardInstall)
-            finished.add(1, ordering: .releasing)
+        for (name, offset) in [("guard A", UInt64(0)), ("guard B", 4 * page)] {
+            threads.append((name, TestThread(name) {
+                try? space.advise(address: base + offset, length: 4 * page, advice: .guardInstall)
+                finished.add(1, ordering: .releasing)
+            }))
         }
         guard ConcurrentDontNeedTests.spin(until: { a.exclusiveWaitersCount > 0 && b.exclusiveWaitersCount > 0 }) else {
-            Issue.record("the guard installations never waited for the punches")
+            Issue.record("the guard installations never waited", sourceLocation: sourceLocation)
             return
         }
-        gateA.opened.store(true, ordering: .releasing)
-        gateB.opened.store(true, ordering: .releasing)
-        // Either everything finishes, or both punches wait for the waiting writers: the cycle.
+        for gate in gates { gate.opened.store(true, ordering: .releasing) }
         let settled = ConcurrentDontNeedTests.spin {
             finished.load(ordering: .acquiring) == 4
                 || (a.zapsWaitingForWriterCount > 0 && b.zapsWaitingForWriterCount > 0)
         }
         guard settled, finished.load(ordering: .acquiring) == 4 else {
-            Issue.record("both hole punches wait for a guard installation that waits for the other punch: deadlock")
+            Issue.record("zaps wait for guard installations that wait for them: deadlock", sourceLocation: sourceLocation)
             return  // the four threads stay parked; the space is left alone
         }
-        guard punchA.join("remove A"), punchB.join("remove B"), installA.join("guard A"), installB.join("guard B")
-        else { return }
+        for (name, thread) in threads { guard thread.join(name, sourceLocation: sourceLocation) else { return } }
         for index in 0..<8 {
-            #expect(space.translate(base + UInt64(index) * page)?.isGuard == true, "page \(index)")
+            #expect(space.translate(base + UInt64(index) * page)?.isGuard == true, "page \(index)", sourceLocation: sourceLocation)
         }
-        space.unregisterNotifier(gateA)
-        ConcurrentDontNeedTests.finish(space, memory, gateB)
+        space.unregisterNotifier(gates[0])
+        ConcurrentDontNeedTests.finish(space, memory, gates[1], sourceLocation: sourceLocation)
     }
 }

@@ -74,54 +74,8 @@ struct ZapPriorityAcrossVMAsTests {
     /// zap, a guard installation waiting on each VMA. Released, everything must finish: the punch
     /// entered A's and B's sections up front, in address order, so no wait closes a ring.
     @Test func inOrderZapAndOutOfOrderPunchCrossingWithWaitingWritersFinish() throws {
-        let (memory, space, a, b) = try ConcurrentGuardAndHolePunchTests.twoMappingsOfOneObject()
         let page = Self.page
-        let base = ConcurrentGuardAndHolePunchTests.base
-        let gateA = ConcurrentZapGate(heldPage: base)
-        let gateB = ConcurrentZapGate(heldPage: base + 4 * page)
-        try space.registerNotifier(gateA)
-        try space.registerNotifier(gateB)
-        let finished = Atomic<Int>(0)
-        let zap = TestThread("dontneed-A-B") {
-            try? space.advise(address: base, length: 8 * page, advice: .dontNeed)
-            finished.add(1, ordering: .releasing)
-        }
-        guard ConcurrentDontNeedTests.spin(until: { gateA.entered.load(ordering: .acquiring) }) else {
-            Issue.record("the DONTNEED never reached its zap of A")
-            return
-        }
-        let punch = TestThread("remove-B") {
-            try? space.advise(address: base + 4 * page, length: 4 * page, advice: .remove)
-            finished.add(1, ordering: .releasing)
-        }
-        guard ConcurrentDontNeedTests.spin(until: { gateB.entered.load(ordering: .acquiring) }) else {
-            Issue.record("the punch in B never reached its zap")
-            return
-        }
-        let installA = TestThread("guard-install-A") {
-            try? space.advise(address: base, length: 4 * page, advice: .guardInstall)
-            finished.add(1, ordering: .releasing)
-        }
-        let installB = TestThread("guard-install-B") {
-            try? space.advise(address: base + 4 * page, length: 4 * page, advice: .guardInstall)
-            finished.add(1, ordering: .releasing)
-        }
-        guard ConcurrentDontNeedTests.spin(until: { a.exclusiveWaitersCount > 0 && b.exclusiveWaitersCount > 0 }) else {
-            Issue.record("the guard installations never waited")
-            return
-        }
-        gateA.opened.store(true, ordering: .releasing)
-        gateB.opened.store(true, ordering: .releasing)
-        let settled = ConcurrentDontNeedTests.spin {
-            finished.load(ordering: .acquiring) == 4
-                || (a.zapsWaitingForWriterCount > 0 && b.zapsWaitingForWriterCount > 0)
-        }
-        guard settled, finished.load(ordering: .acquiring) == 4 else {
-            Issue.record("zaps wait for writers that wait for them: deadlock")
-            return
-        }
-        guard zap.join("zap"), punch.join("punch"), installA.join("guard A"), installB.join("guard B") else { return }
-        space.unregisterNotifier(gateA)
-        ConcurrentDontNeedTests.finish(space, memory, gateB)
+        try ConcurrentGuardAndHolePunchTests.expectCrossingWithWaitingWritersFinishes(
+            first: ("dontneed A-B", 0, 8 * page, .dontNeed), second: ("remove B", 4 * page, 4 * page, .remove))
     }
 }
