@@ -157,4 +157,32 @@ import Testing
         #expect(memory.framesInUse == 0)
         space.teardown()
     }
+
+    /// Another fault installs the entry between the speculative first write's allocation and its
+    /// split lock: the revalidation under the lock must see it, drop the unmapped frame and abort
+    /// (the classic path then finds a spurious fault). Without it the other fault's page and its
+    /// content would be replaced and its frame leaked.
+    @Test func speculativeFirstWriteThatLostItsRaceDropsItsFrame() throws {
+        let memory = PhysicalMemory(capacity: 64, swapSlots: 0)
+        let space = try AddressSpace(memory: memory)
+        let base: UInt64 = 0x4000_0000
+        try space.map(length: 2 * 4096, placement: .fixed(base))
+        try space.write(1, at: base)  // the PTE table and the anon_vma exist now
+        let before = space.statistics
+        let ran = SharedFlag()
+        TestHooks.arm(.speculativeFirstWriteBeforeLock) {
+            let other = TestThread("other fault") {
+                if (try? space.write(9, at: base + 4096)) != nil { ran.set() }
+            }
+            other.join("other fault")
+        }
+        defer { TestHooks.disarm(.speculativeFirstWriteBeforeLock) }
+        try space.fault(at: base + 4096, access: .write)
+        #expect(ran.isSet)
+        #expect(try space.read(at: base + 4096) == 9, "the losing fault replaced the winner's page")
+        #expect(memory.framesInUse == 2, "the losing fault's frame was not dropped")
+        let counts = space.statistics.since(before)
+        #expect(counts[.speculativeAbortEntryChanged] == 1 && counts[.spuriousFaults] == 1, "\(counts.nonZero)")
+        space.teardown()
+    }
 }

@@ -128,9 +128,69 @@ extension AddressSpace {
         let pte = TableBlock(entry: pmdEntry)
         let slot = PageTable.index(address, level: 0)
         let entry = pte.load(slot)
+        if write && entry.isNone {
+            // The common case, straight-line: the first write to an anonymous page.
+            // The first anonymous page needs the VMA's anon_vma identity, which only the classic
+            // path assigns (as the kernel retries a per-VMA-lock fault without an anon_vma under
+            // the mmap lock). Relaxed: a stale zero only sends the fault to the classic path, and
+            // a non-zero identity is never cleared while the VMA's sequence stays unchanged.
+            if vma.anonVMAWord.load(ordering: .relaxed) == 0 { return .abortNotSupported }
+            return speculativeFirstWrite(
+                vma, sequence, pmd: pmd, pmdIndex: pmdIndex, pte: pte, slot: slot, slotOffset: slotOffset)
+        }
+        return speculativeFaultOnEntry(
+            vma, sequence, pmd: pmd, pmdIndex: pmdIndex, pte: pte, slot: slot, entry: entry, write: write,
+            slotOffset: slotOffset)
+    }
 
+    /// The speculative fault's common case: a write to an empty entry of a private anonymous VMA
+    /// with an `anon_vma`, whose PTE table `pte` the walk found under `pmd`'s slot `pmdIndex`; the
+    /// VMA's count read `sequence`. A fresh frame, then the split lock and the revalidation.
+    ///
+    /// - Precondition: inside the RCU read section the VMA was looked up in.
+    @inlinable @inline(__always)
+    func speculativeFirstWrite(
+        _ vma: VMA, _ sequence: UInt32, pmd: TableBlock, pmdIndex: Int, pte: TableBlock, slot: Int, slotOffset: Int
+    ) -> SpeculativeOutcome {
+        guard let frame = memory.allocate(blockOffset: slotOffset) else { return .abortNoMemory }
+        testHook(.speculativeFirstWriteBeforeLock)
         let lock = pageTable.pteLock(pte)
-        var frame = PhysicalMemory.zeroFrame
+        guard lock.tryLock() || lockWithBoundedSpin(lock) else {
+            memory.freeUnused(frame)
+            return .abortLockContention
+        }
+        // Re-validate under the split lock: the table is still linked, the VMA unchanged (its
+        // sequence orders every zap of its pages and every change to it), the entry still empty.
+        let outcome: SpeculativeOutcome
+        if pmd.load(pmdIndex).rawValue != PageTableEntry.table(at: pte.address).rawValue
+            || vma.sequence.hasChanged(since: sequence)
+        {
+            outcome = .abortVMAChanged
+        } else if !pte.load(slot).isNone {
+            outcome = .abortEntryChanged
+        } else {
+            let installed = PageTableEntry.leaf(frame: frame, writable: true, dirty: true, softDirty: true)
+            // Releasing: the frame's counts and zeroed token are visible to lockless readers
+            // that load this entry.
+            pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
+            lock.unlock()
+            counters.increment(SpaceCounter.speculativeFaults.rawValue, blockOffset: slotOffset)
+            return .handled
+        }
+        lock.unlock()
+        memory.freeUnused(frame)
+        return outcome
+    }
+
+    /// The rest of the speculative fault, out of line: a present entry (spurious, or setting the
+    /// accessed and dirty bits), a read of an empty entry (the zero page), anything else aborts.
+    /// Arguments as ``speculativeFirstWrite(_:_:pmd:pmdIndex:pte:slot:slotOffset:)``, plus the
+    /// entry the walk read and the access.
+    @usableFromInline @inline(never)
+    func speculativeFaultOnEntry(
+        _ vma: VMA, _ sequence: UInt32, pmd: TableBlock, pmdIndex: Int, pte: TableBlock, slot: Int,
+        entry: PageTableEntry, write: Bool, slotOffset: Int
+    ) -> SpeculativeOutcome {
         let wanted = PageTableEntry.accessed | (write ? PageTableEntry.dirty : 0)
         if entry.isPresent {
             // Spurious unless it needs write access it lacks (copy-on-write, soft-dirty).
@@ -142,20 +202,12 @@ extension AddressSpace {
             }
         } else if !entry.isNone {
             return .abortNotSupported  // swap or PROT_NONE entry
-        } else if write {
-            // The first anonymous page needs the VMA's anon_vma identity, which only the classic
-            // path assigns (as the kernel retries a per-VMA-lock fault without an anon_vma under
-            // the mmap lock). Relaxed: a stale zero only sends the fault to the classic path, and
-            // a non-zero identity is never cleared while the VMA's sequence stays unchanged.
-            if vma.anonVMAWord.load(ordering: .relaxed) == 0 { return .abortNotSupported }
-            guard let fresh = memory.allocate(blockOffset: slotOffset) else { return .abortNoMemory }
-            frame = fresh
         }
-
-        guard lock.tryLock() || lockWithBoundedSpin(lock) else {
-            if frame != PhysicalMemory.zeroFrame { memory.freeUnused(frame) }
-            return .abortLockContention
-        }
+        // Here: a present entry that needs its accessed (and dirty) bits, or a read of an empty
+        // one (a write to an empty entry is speculativeFirstWrite's).
+        checkInvariant(!write || entry.isPresent, "a first write reached the general speculative path")
+        let lock = pageTable.pteLock(pte)
+        guard lock.tryLock() || lockWithBoundedSpin(lock) else { return .abortLockContention }
         // Re-validate under the split lock: the table is still linked, the VMA unchanged (its
         // sequence orders every zap of its pages and every change to it), the entry unchanged.
         let outcome: SpeculativeOutcome
@@ -171,17 +223,15 @@ extension AddressSpace {
                 pte[slot].pointee.store(entry.rawValue | wanted, ordering: .relaxed)
                 if write { memory.markDirty(entry.number) }
             } else {
-                let installed = PageTableEntry.leaf(frame: frame, writable: write, dirty: write, softDirty: write)
-                // Releasing: the frame's counts and zeroed token are visible to lockless readers
-                // that load this entry.
+                // A read of private anonymous memory: the zero page, read-only.
+                let installed = PageTableEntry.leaf(
+                    frame: PhysicalMemory.zeroFrame, writable: false, dirty: false, softDirty: false)
                 pte[slot].pointee.store(installed.rawValue, ordering: .releasing)
-                if !write { counters.increment(SpaceCounter.zeroPageFaults.rawValue, blockOffset: slotOffset) }
-                frame = PhysicalMemory.zeroFrame  // consumed
+                counters.increment(SpaceCounter.zeroPageFaults.rawValue, blockOffset: slotOffset)
             }
             outcome = .handled
         }
         lock.unlock()
-        if frame != PhysicalMemory.zeroFrame { memory.freeUnused(frame) }
         if outcome == .handled { counters.increment(SpaceCounter.speculativeFaults.rawValue, blockOffset: slotOffset) }
         return outcome
     }

@@ -28,6 +28,10 @@ enum TestHookPoint: Int, CaseIterable, Sendable {
     /// entry empty and allocated its frame, and is about to take the PTE lock (the mmap read lock
     /// held, no split lock).
     case classicFastFaultBeforeLock
+    /// The speculative fault's first write (``AddressSpace/speculativeFirstWrite``) found the
+    /// entry empty and allocated its frame, and is about to take the PTE lock (inside the RCU read
+    /// section, no lock held: the closure must not wait for a grace period).
+    case speculativeFirstWriteBeforeLock
 }
 
 #if SHOOTDOWN_INTERNAL_CHECKS
