@@ -13,7 +13,7 @@ public struct Mapping: Hashable, Sendable, CustomStringConvertible {
     /// common case) is created, copied and destroyed without any retain or release. (A stored
     /// `String?` is released unconditionally, a call into the runtime even when `nil`.)
     @usableFromInline var backing: Backing
-    /// The access bits (`PROT_READ`, `PROT_WRITE`, `PROT_EXEC`). Stored after ``backing``, so it
+    /// The access bits (`PROT_READ`, `PROT_WRITE`, `PROT_EXEC`). Stored after `backing`, so it
     /// fills the space after that enum's tag byte (56 bytes in all, as with `String?`).
     public var protection: Protection {
         didSet { vmFlags = vmFlags.with(protection) }

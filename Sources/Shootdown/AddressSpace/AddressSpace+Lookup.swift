@@ -7,7 +7,7 @@ extension AddressSpace {
     ///
     /// The first attempt is inline and handles the common case (an anonymous mapping, no writer)
     /// with no retain, release or call; a file mapping (its path is a reference) and a failed
-    /// validation continue in ``mappingRetrying(containing:attempts:)``.
+    /// validation continue in `mappingRetrying(containing:attempts:)`.
     ///
     /// Why an answer is one state of the space (linearizable):
     /// - The index search gives the VMA whose start is the greatest ≤ `address` in the index
