@@ -159,15 +159,9 @@ extension AddressSpace {
             memory.freeUnused(frame)
             return .abortLockContention
         }
-        // Re-validate under the split lock: the table is still linked, the VMA unchanged (its
-        // sequence orders every zap of its pages and every change to it), the entry still empty.
         let outcome: SpeculativeOutcome
-        if pmd.load(pmdIndex).rawValue != PageTableEntry.table(at: pte.address).rawValue
-            || vma.sequence.hasChanged(since: sequence)
-        {
-            outcome = .abortVMAChanged
-        } else if !pte.load(slot).isNone {
-            outcome = .abortEntryChanged
+        if let abort = Self.revalidate(vma, sequence, pmd: pmd, pmdIndex: pmdIndex, pte: pte, slot: slot, entry: .none) {
+            outcome = abort
         } else {
             let installed = PageTableEntry.leaf(frame: frame, writable: true, dirty: true, softDirty: true)
             // Releasing: the frame's counts and zeroed token are visible to lockless readers
@@ -208,15 +202,9 @@ extension AddressSpace {
         checkInvariant(!write || entry.isPresent, "a first write reached the general speculative path")
         let lock = pageTable.pteLock(pte)
         guard lock.tryLock() || lockWithBoundedSpin(lock) else { return .abortLockContention }
-        // Re-validate under the split lock: the table is still linked, the VMA unchanged (its
-        // sequence orders every zap of its pages and every change to it), the entry unchanged.
         let outcome: SpeculativeOutcome
-        if pmd.load(pmdIndex).rawValue != PageTableEntry.table(at: pte.address).rawValue
-            || vma.sequence.hasChanged(since: sequence)
-        {
-            outcome = .abortVMAChanged
-        } else if pte.load(slot) != entry {
-            outcome = .abortEntryChanged
+        if let abort = Self.revalidate(vma, sequence, pmd: pmd, pmdIndex: pmdIndex, pte: pte, slot: slot, entry: entry) {
+            outcome = abort
         } else {
             if entry.isPresent {
                 // Setting accessed/dirty is not a spurious fault (as on the classic path).
@@ -234,6 +222,25 @@ extension AddressSpace {
         lock.unlock()
         if outcome == .handled { counters.increment(SpaceCounter.speculativeFaults.rawValue, blockOffset: slotOffset) }
         return outcome
+    }
+
+    /// The speculative fault's validation under `pte`'s split lock: `nil` if the table is still
+    /// linked at `pmd`'s slot `pmdIndex`, the VMA unchanged since its count read `sequence` (the
+    /// count orders every zap of its pages and every change to it) and slot `slot` still holds
+    /// `entry`; else the abort.
+    ///
+    /// - Precondition: `pte`'s split lock held, inside the RCU read section of the walk.
+    @inlinable @inline(__always)
+    static func revalidate(
+        _ vma: VMA, _ sequence: UInt32, pmd: TableBlock, pmdIndex: Int, pte: TableBlock, slot: Int,
+        entry: PageTableEntry
+    ) -> SpeculativeOutcome? {
+        if pmd.load(pmdIndex).rawValue != PageTableEntry.table(at: pte.address).rawValue
+            || vma.sequence.hasChanged(since: sequence)
+        {
+            return .abortVMAChanged
+        }
+        return pte.load(slot) != entry ? .abortEntryChanged : nil
     }
 
     /// Spins a bounded number of times for a contended split lock (the speculative path never
