@@ -134,42 +134,55 @@ struct ConcurrentDontNeedTests {
         let base = try space.map(length: 64 * page)
         for address in eachPage(base, base + 64 * page) { try space.write(1, at: address) }
         let vma = try #require(space.index.find(containing: base))
-        let gate = ConcurrentZapGate(heldPage: base)
-        try space.registerNotifier(gate)
+        Self.expectZapWaitsForWaitingGuardInstallation(
+            space, memory, vma, held: (base, 4 * page), guardPage: base + 32 * page, second: (base + 8 * page, 4 * page))
+        #expect(space.translate(base + 8 * page) == nil)
+    }
 
-        guard let zapA = Self.heldZap(space, gate, base, 4 * page, "zap A") else { return }
+    /// Holds a DONTNEED of `held` inside its invalidation (a gate at its first page), starts a
+    /// guard installation of `guardPage` in `vma`, which waits for that zap, then a second
+    /// DONTNEED of `second`, which reaches into `vma`: it must wait for the installation, not go
+    /// in ahead of it (writer priority). Then releases everything and checks the marker. Leaves
+    /// the space torn down.
+    static func expectZapWaitsForWaitingGuardInstallation(
+        _ space: AddressSpace, _ memory: PhysicalMemory, _ vma: VMA, held: (UInt64, UInt64), guardPage: UInt64,
+        second: (UInt64, UInt64), sourceLocation: SourceLocation = #_sourceLocation
+    ) {
+        let gate = ConcurrentZapGate(heldPage: held.0)
+        guard (try? space.registerNotifier(gate)) != nil else {
+            Issue.record("gate not registered", sourceLocation: sourceLocation)
+            return
+        }
+        guard let zapA = heldZap(space, gate, held.0, held.1, "zap A") else { return }
         let guardDone = Atomic<Bool>(false)
         let installer = TestThread("guard-install") {
-            try? space.advise(address: base + 32 * page, length: page, advice: .guardInstall)
+            try? space.advise(address: guardPage, length: page, advice: .guardInstall)
             guardDone.store(true, ordering: .releasing)
         }
-        guard Self.spin(until: { vma.exclusiveWaitersCount > 0 }) else {
-            Issue.record("the guard installation never waited for zap A")
+        guard spin(until: { vma.exclusiveWaitersCount > 0 }) else {
+            Issue.record("the guard installation never waited for zap A", sourceLocation: sourceLocation)
             gate.opened.store(true, ordering: .releasing)
             zapA.join("zap A")
             installer.join("guard install")
             return
         }
         let sawGuardAtZap = Atomic<Int>(-1)
-        let zapB = TestThread("dontneed-other") {
-            try? space.advise(address: base + 8 * page, length: 4 * page, advice: .dontNeed)
+        let zapB = TestThread("dontneed-second") {
+            try? space.advise(address: second.0, length: second.1, advice: .dontNeed)
             sawGuardAtZap.store(guardDone.load(ordering: .acquiring) ? 1 : 0, ordering: .releasing)
         }
-        // Zap B either waits for the installer (the fix) or, as before, goes in and finishes
-        // while zap A is still held.
-        let settled = Self.spin {
-            vma.zapsWaitingForWriterCount > 0 || sawGuardAtZap.load(ordering: .acquiring) >= 0
-        }
-        #expect(settled, "zap B neither waited nor finished")
+        // The second zap either waits for the installer or goes in and finishes while zap A is
+        // still held.
+        let settled = spin { vma.zapsWaitingForWriterCount > 0 || sawGuardAtZap.load(ordering: .acquiring) >= 0 }
+        #expect(settled, "the second zap neither waited nor finished", sourceLocation: sourceLocation)
         let wentAhead = sawGuardAtZap.load(ordering: .acquiring) != -1
-        #expect(!wentAhead, "zap B went in ahead of the waiting guard installation")
+        #expect(!wentAhead, "the second zap went in ahead of the waiting guard installation", sourceLocation: sourceLocation)
         gate.opened.store(true, ordering: .releasing)
         guard zapA.join("zap A"), installer.join("guard install"), zapB.join("zap B") else { return }
         let installed = guardDone.load(ordering: .acquiring)
-        #expect(installed)
-        #expect(space.translate(base + 32 * page)?.isGuard == true)
-        #expect(space.translate(base + 8 * page) == nil)
-        Self.finish(space, memory, gate)
+        #expect(installed, sourceLocation: sourceLocation)
+        #expect(space.translate(guardPage)?.isGuard == true, sourceLocation: sourceLocation)
+        finish(space, memory, gate, sourceLocation: sourceLocation)
     }
 
     /// Stress: threads DONTNEED (and page out) disjoint ranges of one VMA in parallel, each in a

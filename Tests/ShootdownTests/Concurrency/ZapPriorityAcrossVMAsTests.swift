@@ -37,37 +37,9 @@ struct ZapPriorityAcrossVMAsTests {
     @Test func zapSpanningTwoVMAsGoesAheadOfAWaitingGuardInstallation() throws {
         let (memory, space, base, b) = try Self.twoVMAs()
         let page = Self.page
-        let gate = ConcurrentZapGate(heldPage: base + 4 * page)
-        try space.registerNotifier(gate)
-        guard let zapA = ConcurrentDontNeedTests.heldZap(space, gate, base + 4 * page, 4 * page, "zap A") else { return }
-        let guardDone = Atomic<Bool>(false)
-        let installer = TestThread("guard-install") {
-            try? space.advise(address: base + 40 * page, length: page, advice: .guardInstall)
-            guardDone.store(true, ordering: .releasing)
-        }
-        guard ConcurrentDontNeedTests.spin(until: { b.exclusiveWaitersCount > 0 }) else {
-            Issue.record("the guard installation never waited for zap A")
-            gate.opened.store(true, ordering: .releasing)
-            zapA.join("zap A")
-            installer.join("guard install")
-            return
-        }
-        let sawGuardAtZap = Atomic<Int>(-1)
-        let zapB = TestThread("dontneed-spanning") {
-            // X (no writer waits on X), then pages 8..11 of the mapping in B (its second VMA).
-            try? space.advise(address: base, length: 12 * page, advice: .dontNeed)
-            sawGuardAtZap.store(guardDone.load(ordering: .acquiring) ? 1 : 0, ordering: .releasing)
-        }
-        let settled = ConcurrentDontNeedTests.spin {
-            b.zapsWaitingForWriterCount > 0 || sawGuardAtZap.load(ordering: .acquiring) >= 0
-        }
-        #expect(settled, "zap B2 neither waited nor finished")
-        let wentAhead = sawGuardAtZap.load(ordering: .acquiring) != -1
-        #expect(!wentAhead, "a zap spanning X and B went into B ahead of the waiting guard installation")
-        gate.opened.store(true, ordering: .releasing)
-        guard zapA.join("zap A"), installer.join("guard install"), zapB.join("zap B2") else { return }
-        #expect(space.translate(base + 40 * page)?.isGuard == true)
-        ConcurrentDontNeedTests.finish(space, memory, gate)
+        // The second zap: X (no writer waits on X), then pages 8..11 of the mapping in B.
+        ConcurrentDontNeedTests.expectZapWaitsForWaitingGuardInstallation(
+            space, memory, b, held: (base + 4 * page, 4 * page), guardPage: base + 40 * page, second: (base, 12 * page))
     }
 
     /// A DONTNEED over A and B (in address order) held inside A, a hole punch in B held inside its
